@@ -1,0 +1,230 @@
+//! The file types: what an operator writes in TOML (or, later, JSON in etcd).
+//!
+//! These types mirror the document one to one and reject unknown fields, so a
+//! typo is an error rather than a silently ignored setting. They are converted
+//! into the validated runtime [`crate::Snapshot`] by [`crate::Snapshot::build`].
+
+use serde::{Deserialize, Serialize};
+
+/// A whole Weir config document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listener addresses and process settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Default timeouts for every route (a route may override them).
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// Named sets of upstream backends.
+    #[serde(default)]
+    pub pools: Vec<PoolConfig>,
+    /// Routes, matched by host and longest path prefix.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Listener addresses and process settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the proxy listener, e.g. `127.0.0.1:8080`.
+    #[serde(default = "default_proxy")]
+    pub proxy: String,
+    /// Address of the admin listener (health, readiness, metrics, routes).
+    #[serde(default = "default_admin")]
+    pub admin: String,
+    /// Proxy worker threads; 0 means one per CPU core.
+    #[serde(default)]
+    pub threads: usize,
+    /// Seconds a graceful shutdown waits for in-flight requests.
+    #[serde(default = "default_grace")]
+    pub grace_period_seconds: u64,
+    /// Write one access-log line per request (at `info`, target `weir::access`).
+    #[serde(default = "default_true")]
+    pub access_log: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            proxy: default_proxy(),
+            admin: default_admin(),
+            threads: 0,
+            grace_period_seconds: default_grace(),
+            access_log: true,
+        }
+    }
+}
+
+fn default_proxy() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+fn default_admin() -> String {
+    "127.0.0.1:9090".to_owned()
+}
+fn default_grace() -> u64 {
+    5
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Upstream timeouts in milliseconds. Omitted values fall back to the
+/// top-level `[timeouts]` table, then to the built-in defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// TCP connect timeout to one backend (default 1000 ms).
+    pub connect_ms: Option<i64>,
+    /// Longest wait for the next bytes from the upstream, which bounds the gap
+    /// between streamed chunks (default 60000 ms).
+    pub read_ms: Option<i64>,
+    /// Longest time to write the request to the upstream (default 60000 ms).
+    pub write_ms: Option<i64>,
+}
+
+/// The wire protocol a pool's backends speak.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge (gRPC backends).
+    H2c,
+}
+
+/// A named set of backends that serve one model version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Unique name that arms refer to.
+    pub name: String,
+    /// Protocol spoken to every backend of the pool.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// The backends; traffic is spread by their weights.
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+    /// Active health checking of the backends.
+    #[serde(default)]
+    pub health_check: HealthCheckConfig,
+}
+
+/// One upstream server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// `IP:PORT` of the backend.
+    pub address: String,
+    /// Relative share of the pool's traffic (default 1, must be >= 1).
+    #[serde(default = "default_backend_weight")]
+    pub weight: i64,
+}
+
+fn default_backend_weight() -> i64 {
+    1
+}
+
+/// How backends are probed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// `tcp` (a connect succeeds) or `http` (`GET path` answers 2xx).
+    #[serde(default)]
+    pub kind: HealthCheckKind,
+    /// Path probed by `http` checks.
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// Milliseconds between probes (default 1000, at least 50).
+    #[serde(default = "default_health_interval")]
+    pub interval_ms: i64,
+    /// Consecutive failures before a backend is marked unhealthy (default 1).
+    #[serde(default = "default_one")]
+    pub unhealthy_threshold: i64,
+    /// Consecutive successes before it is healthy again (default 1).
+    #[serde(default = "default_one")]
+    pub healthy_threshold: i64,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        Self {
+            kind: HealthCheckKind::default(),
+            path: default_health_path(),
+            interval_ms: default_health_interval(),
+            unhealthy_threshold: 1,
+            healthy_threshold: 1,
+        }
+    }
+}
+
+fn default_health_path() -> String {
+    "/healthz".to_owned()
+}
+fn default_health_interval() -> i64 {
+    1000
+}
+fn default_one() -> i64 {
+    1
+}
+
+/// Kind of active health check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckKind {
+    /// A TCP connect must succeed.
+    #[default]
+    Tcp,
+    /// An HTTP `GET` of `path` must answer 2xx (HTTP/1.1 pools only).
+    Http,
+}
+
+/// A route: which requests it takes and how it splits them over arms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique name, reported in `x-weir-route` and metrics.
+    pub name: String,
+    /// Path prefix the request path must start with (default `/`).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Exact `Host` (without port) the request must carry; absent = any host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Header whose value names an arm and forces it (default `x-ab-group`).
+    #[serde(default = "default_ab_header")]
+    pub ab_header: String,
+    /// Header whose value keeps one user on one arm (weighted rendezvous hash).
+    #[serde(default)]
+    pub sticky_header: Option<String>,
+    /// Arm used when the chosen one cannot serve (and the stable baseline).
+    #[serde(default)]
+    pub fallback: Option<String>,
+    /// Per-route timeout overrides.
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// The versions traffic is split over.
+    #[serde(default)]
+    pub arms: Vec<ArmConfig>,
+}
+
+fn default_prefix() -> String {
+    "/".to_owned()
+}
+fn default_ab_header() -> String {
+    "x-ab-group".to_owned()
+}
+
+/// One arm of a route: a pool and its share of traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArmConfig {
+    /// Unique name within the route, reported in `x-weir-arm`.
+    pub name: String,
+    /// The pool that serves this arm.
+    pub pool: String,
+    /// Relative share of weighted and sticky traffic (>= 0; 0 = only by A/B header).
+    pub weight: i64,
+}

@@ -1,0 +1,117 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/admin/routes`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use weir_conf::model::Protocol;
+
+use crate::state::{Runtime, Shared};
+
+/// The admin HTTP router.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/admin/routes", get(routes))
+        .with_state(shared)
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    let generation = shared.current().map(|rt| rt.generation);
+    let ready = shared.is_ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({ "ready": ready, "generation": generation });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.metrics.render() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn routes(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.current() {
+        Some(rt) => axum::Json(describe(&rt)).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "error": "no configuration loaded yet" })),
+        )
+            .into_response(),
+    }
+}
+
+/// JSON view of the live routes, arms, weights and backend health.
+pub fn describe(rt: &Runtime) -> Value {
+    let routes: Vec<Value> = rt
+        .routes
+        .iter()
+        .map(|r| {
+            let total = r.table.total_weight().max(1) as f64;
+            let arms: Vec<Value> = r
+                .arms
+                .iter()
+                .map(|a| {
+                    json!({
+                        "name": a.name,
+                        "pool": a.pool.config.name,
+                        "weight": a.weight,
+                        "share": f64::from(a.weight) / total,
+                    })
+                })
+                .collect();
+            json!({
+                "name": r.config.name,
+                "prefix": r.config.prefix,
+                "host": r.config.host,
+                "ab_header": r.config.ab_header,
+                "sticky_header": r.config.sticky_header,
+                "fallback": r.config.fallback.map(|i| r.arms[i].name.as_str()),
+                "arms": arms,
+            })
+        })
+        .collect();
+    let pools: Vec<Value> = rt
+        .pools
+        .iter()
+        .map(|p| {
+            let backends: Vec<Value> = p
+                .lb
+                .backends()
+                .get_backend()
+                .iter()
+                .map(|b| {
+                    json!({
+                        "address": b.addr.to_string(),
+                        "weight": b.weight,
+                        "healthy": p.healthy(b),
+                    })
+                })
+                .collect();
+            json!({
+                "name": p.config.name,
+                "protocol": match p.config.protocol { Protocol::Http1 => "http1", Protocol::H2c => "h2c" },
+                "backends": backends,
+            })
+        })
+        .collect();
+    json!({ "generation": rt.generation, "routes": routes, "pools": pools })
+}

@@ -1,0 +1,153 @@
+//! Errors the gateway answers itself, mapped once to a status and an
+//! OpenAI-shaped JSON body `{"error":{"message","type","code"}}`.
+
+use pingora_error::{Error, ErrorSource, ErrorType};
+
+/// An error answered by the gateway rather than by an upstream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// No config snapshot is live yet.
+    #[error("the gateway has no configuration loaded yet")]
+    NotReady,
+    /// No route matches the request.
+    #[error("no route matches {path}")]
+    NoRoute {
+        /// The request path.
+        path: String,
+    },
+    /// The route has no arm that can take traffic without an A/B header.
+    #[error("route {route} has no arm with weight > 0")]
+    NoArm {
+        /// Route name.
+        route: String,
+    },
+    /// Every backend of the chosen arm (and of the fallback) is unhealthy or already tried.
+    #[error("no healthy backend for route {route} arm {arm}")]
+    NoHealthyBackend {
+        /// Route name.
+        route: String,
+        /// Arm name.
+        arm: String,
+    },
+    /// Connecting to the upstream failed.
+    #[error("could not connect to the upstream: {0}")]
+    UpstreamConnect(String),
+    /// The upstream did not answer in time.
+    #[error("the upstream timed out: {0}")]
+    UpstreamTimeout(String),
+    /// The upstream connection failed after connecting.
+    #[error("the upstream failed: {0}")]
+    Upstream(String),
+    /// The client sent something the gateway cannot proxy.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Anything else.
+    #[error("internal gateway error: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    /// HTTP status of the error response.
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::NoRoute { .. } => 404,
+            GatewayError::BadRequest(_) => 400,
+            GatewayError::UpstreamConnect(_) | GatewayError::Upstream(_) => 502,
+            GatewayError::UpstreamTimeout(_) => 504,
+            GatewayError::NotReady
+            | GatewayError::NoArm { .. }
+            | GatewayError::NoHealthyBackend { .. } => 503,
+            GatewayError::Internal(_) => 500,
+        }
+    }
+
+    /// OpenAI error `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GatewayError::NoRoute { .. } | GatewayError::BadRequest(_) => "invalid_request_error",
+            GatewayError::Internal(_) => "server_error",
+            _ => "upstream_error",
+        }
+    }
+
+    /// Machine-readable `code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::NotReady => "not_ready",
+            GatewayError::NoRoute { .. } => "route_not_found",
+            GatewayError::NoArm { .. } => "no_arm_available",
+            GatewayError::NoHealthyBackend { .. } => "no_healthy_backend",
+            GatewayError::UpstreamConnect(_) => "upstream_connect_failed",
+            GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::Upstream(_) => "upstream_failed",
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> String {
+        serde_json::json!({
+            "error": {
+                "message": self.to_string(),
+                "type": self.kind(),
+                "code": self.code(),
+            }
+        })
+        .to_string()
+    }
+
+    /// Classifies an error raised while proxying.
+    pub fn from_proxy_error(e: &Error) -> Self {
+        let detail = e.to_string();
+        match e.etype() {
+            ErrorType::ConnectTimedout => GatewayError::UpstreamTimeout(detail),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                GatewayError::UpstreamTimeout(detail)
+            }
+            ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::ConnectProxyFailure
+            | ErrorType::TLSHandshakeFailure
+            | ErrorType::TLSHandshakeTimedout
+            | ErrorType::HandshakeError
+            | ErrorType::SocketError => GatewayError::UpstreamConnect(detail),
+            ErrorType::HTTPStatus(400) | ErrorType::InvalidHTTPHeader => {
+                GatewayError::BadRequest(detail)
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => GatewayError::Upstream(detail),
+                ErrorSource::Downstream => GatewayError::BadRequest(detail),
+                ErrorSource::Internal | ErrorSource::Unset => GatewayError::Internal(detail),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn errors_map_to_status_and_openai_shape() {
+        let e = GatewayError::NoRoute { path: "/x".into() };
+        assert_eq!(e.status(), 404);
+        let v: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
+        assert_eq!(v["error"]["code"], "route_not_found");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["message"], "no route matches /x");
+
+        let refused = Error::new(ErrorType::ConnectRefused);
+        assert_eq!(GatewayError::from_proxy_error(&refused).status(), 502);
+        let timeout = Error::new(ErrorType::ConnectTimedout);
+        assert_eq!(GatewayError::from_proxy_error(&timeout).status(), 504);
+        let read = Error::new(ErrorType::ReadTimedout);
+        assert_eq!(
+            GatewayError::from_proxy_error(&read).code(),
+            "upstream_timeout"
+        );
+    }
+}

@@ -1,0 +1,21 @@
+//! Weir, the weighted-routing AI API gateway.
+//!
+//! A Pingora reverse proxy that routes each request to one *arm* (a model
+//! version) of a *route*: by an A/B header, by a sticky user key (weighted
+//! rendezvous hashing) or by weight, then to a healthy backend of the arm's
+//! pool. The routing state is rebuilt off the request path on every config
+//! change and published with one atomic swap.
+//!
+//! Modules: [`routing`] (arm selection), [`state`] (the live runtime and its
+//! swap), [`proxy`] (the `ProxyHttp` hooks), [`errors`] (gateway errors as
+//! OpenAI-shaped JSON), [`admin`] (health, readiness, metrics, routes),
+//! [`source`] (file watching), [`server`] (process wiring).
+
+pub mod admin;
+pub mod errors;
+pub mod metrics;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod source;
+pub mod state;

@@ -1,0 +1,59 @@
+//! `weir`: serve (`weir [--config FILE]`) or validate (`weir check --config FILE`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use weir_gateway::server::{ConfigSource, serve};
+
+/// Weir, the weighted-routing AI API gateway.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (TOML). Without it the embedded demo config is served.
+    #[arg(long, short, global = true, env = "WEIR_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a config file and list every problem.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let source = match cli.config {
+        Some(path) => ConfigSource::File(path),
+        None => ConfigSource::Embedded,
+    };
+    match cli.command {
+        Some(Command::Check) => match source.load() {
+            Ok(s) => {
+                println!("ok: {} route(s), {} pool(s)", s.routes.len(), s.pools.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        None => match serve(source) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weir: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -1,0 +1,111 @@
+//! Prometheus metrics of the gateway, in one registry served at `/metrics`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the gateway exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `weir_requests_total{route,arm,status}`.
+    pub requests: IntCounterVec,
+    /// `weir_request_duration_seconds{route,arm}`.
+    pub duration: HistogramVec,
+    /// `weir_upstream_connect_failures_total{pool,backend}`.
+    pub connect_failures: IntCounterVec,
+    /// `weir_config_reloads_total{result}` with result `applied` or `rejected`.
+    pub reloads: IntCounterVec,
+    /// `weir_config_generation`: generation of the live snapshot.
+    pub generation: IntGauge,
+    /// `weir_backend_healthy{pool,backend}`: 1 healthy, 0 not.
+    pub backend_healthy: prometheus::IntGaugeVec,
+    /// `weir_fallbacks_total{route,from,to}`.
+    pub fallbacks: IntCounterVec,
+}
+
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "weir_requests_total",
+                "Requests answered, by route, arm and status.",
+            ),
+            &["route", "arm", "status"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "weir_request_duration_seconds",
+                "Time from request start to the end of the response, by route and arm.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["route", "arm"],
+        )?;
+        let connect_failures = IntCounterVec::new(
+            Opts::new(
+                "weir_upstream_connect_failures_total",
+                "Failed connection attempts to a backend.",
+            ),
+            &["pool", "backend"],
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "weir_config_reloads_total",
+                "Config reloads by result (applied, rejected).",
+            ),
+            &["result"],
+        )?;
+        let generation = IntGauge::new(
+            "weir_config_generation",
+            "Generation of the live config snapshot (1 = the first one).",
+        )?;
+        let backend_healthy = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "weir_backend_healthy",
+                "1 when the backend passes health checks.",
+            ),
+            &["pool", "backend"],
+        )?;
+        let fallbacks = IntCounterVec::new(
+            Opts::new(
+                "weir_fallbacks_total",
+                "Requests sent to the fallback arm because the chosen arm had no usable backend.",
+            ),
+            &["route", "from", "to"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(connect_failures.clone()))?;
+        registry.register(Box::new(reloads.clone()))?;
+        registry.register(Box::new(generation.clone()))?;
+        registry.register(Box::new(backend_healthy.clone()))?;
+        registry.register(Box::new(fallbacks.clone()))?;
+        for result in ["applied", "rejected"] {
+            reloads.with_label_values(&[result]);
+        }
+        Ok(Self {
+            registry,
+            requests,
+            duration,
+            connect_failures,
+            reloads,
+            generation,
+            backend_healthy,
+            fallbacks,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut buf = Vec::with_capacity(8 * 1024);
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}

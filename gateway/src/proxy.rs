@@ -1,0 +1,425 @@
+//! The Pingora `ProxyHttp` implementation: one [`GatewayCtx`] per request,
+//! one job per hook.
+//!
+//! - `request_filter`: load the snapshot once, assign the request id, match the
+//!   route, choose the arm (A/B header, sticky key, weighted random).
+//! - `upstream_peer`: choose a healthy backend of the arm (weighted round
+//!   robin, skipping backends already tried); fall back to the route's fallback
+//!   arm when the arm has none.
+//! - `fail_to_connect`: count the failure and retry once on another backend.
+//! - `upstream_request_filter` / `response_filter`: request id and `x-weir-*`
+//!   headers.
+//! - `fail_to_proxy`: gateway-made errors as OpenAI-shaped JSON.
+//! - `logging`: metrics and the access-log line.
+
+use std::net::SocketAddr as StdSocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::protocols::l4::socket::SocketAddr;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_load_balancing::Backend;
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::errors::GatewayError;
+use crate::routing::Reason;
+use crate::state::{Runtime, Shared};
+
+/// Retries on another backend after a connect failure.
+const MAX_CONNECT_RETRIES: u8 = 1;
+/// Longest accepted client-supplied `x-request-id`.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Per-request state shared by the hooks.
+pub struct GatewayCtx {
+    start: Instant,
+    runtime: Option<Arc<Runtime>>,
+    request_id: String,
+    route: Option<usize>,
+    arm: Option<usize>,
+    reason: Option<Reason>,
+    fallback: bool,
+    backend: Option<Backend>,
+    tried: Vec<SocketAddr>,
+    connect_retries: u8,
+    error: Option<GatewayError>,
+}
+
+impl GatewayCtx {
+    fn route_name(&self) -> &str {
+        match (&self.runtime, self.route) {
+            (Some(rt), Some(r)) => rt.routes[r].config.name.as_str(),
+            _ => "",
+        }
+    }
+
+    fn arm_name(&self) -> &str {
+        match (&self.runtime, self.route, self.arm) {
+            (Some(rt), Some(r), Some(a)) => rt.routes[r].arms[a].name.as_str(),
+            _ => "",
+        }
+    }
+}
+
+/// The proxy application.
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    /// A proxy over the shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// Writes a gateway-made JSON error and records it in the context.
+    async fn answer_error(
+        &self,
+        session: &mut Session,
+        ctx: &mut GatewayCtx,
+        err: GatewayError,
+    ) -> u16 {
+        let status = err.status();
+        let body = Bytes::from(err.body());
+        ctx.error = Some(err);
+        let written = async {
+            let mut resp = ResponseHeader::build(status, Some(6))?;
+            resp.insert_header("content-type", "application/json")?;
+            resp.insert_header("content-length", body.len().to_string())?;
+            self.decorate(&mut resp, ctx)?;
+            session.set_keepalive(None);
+            session.write_response_header(Box::new(resp), false).await?;
+            session.write_response_body(Some(body), true).await
+        }
+        .await;
+        match written {
+            Ok(()) => status,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not write error response");
+                0
+            }
+        }
+    }
+
+    /// Adds the `x-weir-*` and `x-request-id` headers.
+    fn decorate(&self, resp: &mut ResponseHeader, ctx: &GatewayCtx) -> Result<()> {
+        if !ctx.request_id.is_empty() {
+            resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        }
+        if ctx.route.is_some() {
+            resp.insert_header("x-weir-route", ctx.route_name().to_owned())?;
+        }
+        if ctx.arm.is_some() {
+            resp.insert_header("x-weir-arm", ctx.arm_name().to_owned())?;
+        }
+        if ctx.fallback {
+            resp.insert_header("x-weir-fallback", "1")?;
+        }
+        Ok(())
+    }
+}
+
+fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
+    req.headers
+        .get(name)
+        .map(|v| v.as_bytes())
+        .filter(|v| !v.is_empty())
+}
+
+/// Host without port, from the `Host` header or the URI authority.
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    let raw = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))?;
+    let host = match raw.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => raw.split(':').next().unwrap_or(raw),
+    };
+    Some(host)
+}
+
+fn request_id(req: &RequestHeader) -> String {
+    match req
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(id) if !id.is_empty() && id.len() <= MAX_REQUEST_ID => id.to_owned(),
+        _ => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = GatewayCtx;
+
+    fn new_ctx(&self) -> GatewayCtx {
+        GatewayCtx {
+            start: Instant::now(),
+            runtime: None,
+            request_id: String::new(),
+            route: None,
+            arm: None,
+            reason: None,
+            fallback: false,
+            backend: None,
+            tried: Vec::new(),
+            connect_retries: 0,
+            error: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut GatewayCtx) -> Result<bool> {
+        ctx.request_id = request_id(session.req_header());
+        let Some(rt) = self.shared.current() else {
+            self.answer_error(session, ctx, GatewayError::NotReady)
+                .await;
+            return Ok(true);
+        };
+        let req = session.req_header();
+        let path = req.uri.path();
+        let Some(route_idx) = rt
+            .routes
+            .iter()
+            .position(|r| r.config.matches(request_host(req), path))
+        else {
+            let err = GatewayError::NoRoute {
+                path: path.to_owned(),
+            };
+            ctx.runtime = Some(rt);
+            self.answer_error(session, ctx, err).await;
+            return Ok(true);
+        };
+        let route = &rt.routes[route_idx];
+        let ab = header(req, &route.config.ab_header);
+        let sticky = route
+            .config
+            .sticky_header
+            .as_deref()
+            .and_then(|h| header(req, h));
+        let picked = route.table.select(ab, sticky);
+        ctx.route = Some(route_idx);
+        match picked {
+            Some((arm, reason)) => {
+                ctx.arm = Some(arm);
+                ctx.reason = Some(reason);
+                ctx.runtime = Some(rt);
+                Ok(false)
+            }
+            None => {
+                let err = GatewayError::NoArm {
+                    route: route.config.name.clone(),
+                };
+                ctx.runtime = Some(rt);
+                self.answer_error(session, ctx, err).await;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut GatewayCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let (Some(rt), Some(route_idx), Some(mut arm_idx)) =
+            (ctx.runtime.clone(), ctx.route, ctx.arm)
+        else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "upstream_peer without a route",
+            ));
+        };
+        let route = &rt.routes[route_idx];
+        loop {
+            let arm = &route.arms[arm_idx];
+            let tried = &ctx.tried;
+            let pick = arm
+                .pool
+                .lb
+                .select_with(b"", 256, |b, healthy| healthy && !tried.contains(&b.addr));
+            if let Some(backend) = pick {
+                let peer = route.peer(&backend, arm.pool.config.protocol);
+                ctx.arm = Some(arm_idx);
+                ctx.backend = Some(backend);
+                return Ok(peer);
+            }
+            match route.config.fallback {
+                Some(fb) if fb != arm_idx && !ctx.fallback => {
+                    self.shared
+                        .metrics
+                        .fallbacks
+                        .with_label_values(&[
+                            route.config.name.as_str(),
+                            arm.name.as_str(),
+                            route.arms[fb].name.as_str(),
+                        ])
+                        .inc();
+                    ctx.fallback = true;
+                    arm_idx = fb;
+                }
+                _ => {
+                    ctx.arm = Some(arm_idx);
+                    let err = GatewayError::NoHealthyBackend {
+                        route: route.config.name.clone(),
+                        arm: arm.name.clone(),
+                    };
+                    let msg = err.to_string();
+                    ctx.error = Some(err);
+                    return Err(Error::explain(ErrorType::HTTPStatus(503), msg));
+                }
+            }
+        }
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut GatewayCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(rt), Some(backend)) = (&ctx.runtime, &ctx.backend) {
+            let pool = ctx
+                .route
+                .zip(ctx.arm)
+                .map(|(r, a)| rt.routes[r].arms[a].pool.config.name.as_str())
+                .unwrap_or("");
+            self.shared
+                .metrics
+                .connect_failures
+                .with_label_values(&[pool, &backend.addr.to_string()])
+                .inc();
+            ctx.tried.push(backend.addr.clone());
+        }
+        tracing::warn!(request_id = %ctx.request_id, peer = %peer, error = %e, "upstream connect failed");
+        if ctx.connect_retries < MAX_CONNECT_RETRIES {
+            ctx.connect_retries += 1;
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut GatewayCtx,
+    ) -> Result<()> {
+        upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut GatewayCtx,
+    ) -> Result<()> {
+        self.decorate(upstream_response, ctx)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut GatewayCtx,
+    ) -> FailToProxy {
+        let err = match ctx.error.take() {
+            Some(err) => err,
+            None => GatewayError::from_proxy_error(e),
+        };
+        let already_answered = session.response_written().is_some();
+        let code = if already_answered {
+            ctx.error = Some(err);
+            0
+        } else {
+            self.answer_error(session, ctx, err).await
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut GatewayCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or_else(|| ctx.error.as_ref().map(GatewayError::status))
+            .unwrap_or(0);
+        let elapsed = ctx.start.elapsed();
+        let (route, arm) = (ctx.route_name(), ctx.arm_name());
+        let metrics = &self.shared.metrics;
+        metrics
+            .requests
+            .with_label_values(&[route, arm, status_label(status)])
+            .inc();
+        if let (Some(rt), Some(r), Some(a)) = (&ctx.runtime, ctx.route, ctx.arm) {
+            rt.routes[r].arms[a].duration.observe(elapsed.as_secs_f64());
+        }
+        let access_log = ctx
+            .runtime
+            .as_ref()
+            .is_some_and(|rt| rt.snapshot.server.access_log);
+        if access_log {
+            let req = session.req_header();
+            let backend = ctx
+                .backend
+                .as_ref()
+                .map(|b| b.addr.to_string())
+                .unwrap_or_default();
+            let client = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(StdSocketAddr::to_string)
+                .unwrap_or_default();
+            tracing::info!(
+                target: "weir::access",
+                request_id = %ctx.request_id,
+                client = %client,
+                method = %req.method,
+                path = %req.uri.path(),
+                route,
+                arm,
+                reason = ctx.reason.map(Reason::as_str).unwrap_or(""),
+                fallback = ctx.fallback,
+                backend = %backend,
+                status,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                error = e.map(|e| e.to_string()).unwrap_or_default(),
+            );
+        }
+    }
+}
+
+/// Static label strings for common statuses; avoids formatting on the hot path.
+fn status_label(status: u16) -> &'static str {
+    match status {
+        0 => "0",
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        429 => "429",
+        499 => "499",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        s if s < 200 => "1xx",
+        s if s < 300 => "2xx",
+        s if s < 400 => "3xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,176 @@
+//! Process wiring: the Pingora server, the proxy service and the control
+//! service (config source, admin listener, readiness).
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::services::background::{BackgroundService, background_service};
+use weir_conf::Snapshot;
+
+use crate::metrics::Metrics;
+use crate::proxy::Gateway;
+use crate::state::Shared;
+
+/// Where the config comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// The demo config compiled into the binary.
+    Embedded,
+    /// A TOML file, watched for changes.
+    File(PathBuf),
+}
+
+impl ConfigSource {
+    /// Loads and validates the config once.
+    pub fn load(&self) -> Result<Snapshot, weir_conf::ConfigError> {
+        match self {
+            ConfigSource::Embedded => weir_conf::demo(),
+            ConfigSource::File(p) => weir_conf::load_file(p),
+        }
+    }
+}
+
+/// Resolves a port-0 proxy address to a concrete free port, so the address
+/// can be announced before Pingora binds it.
+fn resolve_proxy_addr(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    let probe = TcpListener::bind(addr).with_context(|| format!("cannot bind {addr}"))?;
+    Ok(probe.local_addr()?)
+}
+
+/// Runs the gateway until it is told to stop.
+pub fn serve(source: ConfigSource) -> anyhow::Result<()> {
+    let snapshot = source
+        .load()
+        .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+    let proxy_addr = resolve_proxy_addr(snapshot.server.proxy)?;
+    let admin = TcpListener::bind(snapshot.server.admin)
+        .with_context(|| format!("cannot bind admin listener {}", snapshot.server.admin))?;
+    admin.set_nonblocking(true)?;
+    let admin_addr = admin.local_addr()?;
+
+    let shared = Arc::new(Shared::new(Metrics::new()?));
+    let threads = match snapshot.server.threads {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        n => n,
+    };
+    let grace = snapshot.server.grace_period.as_secs();
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(grace),
+        graceful_shutdown_timeout_seconds: Some(grace),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy =
+        pingora_proxy::http_proxy_service(&server.configuration, Gateway::new(Arc::clone(&shared)));
+    proxy.add_tcp(&proxy_addr.to_string());
+
+    let control = Control {
+        shared,
+        source,
+        first: Mutex::new(Some(snapshot)),
+        admin: Mutex::new(Some(admin)),
+        proxy_addr,
+    };
+    server.add_service(proxy);
+    server.add_service(background_service("control", control));
+
+    // The launch line that tests and scripts wait for.
+    println!("weir listening proxy={proxy_addr} admin={admin_addr}");
+    tracing::info!(%proxy_addr, %admin_addr, threads, "weir starting");
+    server.run_forever();
+}
+
+/// Config source, admin server and readiness, on their own runtime.
+struct Control {
+    shared: Arc<Shared>,
+    source: ConfigSource,
+    first: Mutex<Option<Snapshot>>,
+    admin: Mutex<Option<TcpListener>>,
+    proxy_addr: SocketAddr,
+}
+
+impl Control {
+    fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
+        slot.lock().ok().and_then(|mut s| s.take())
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Control {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(listener) = Self::take(&self.admin) {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    let app = crate::admin::router(Arc::clone(&self.shared));
+                    let mut stop = shutdown.clone();
+                    tasks.spawn(async move {
+                        let served = axum::serve(listener, app)
+                            .with_graceful_shutdown(async move {
+                                let _ = stop.changed().await;
+                            })
+                            .await;
+                        if let Err(e) = served {
+                            tracing::error!(error = %e, "admin listener failed");
+                        }
+                    });
+                }
+                Err(e) => tracing::error!(error = %e, "cannot use the admin listener"),
+            }
+        }
+        if let Some(snapshot) = Self::take(&self.first) {
+            match self.shared.publish(snapshot).await {
+                Ok(generation) => tracing::info!(generation, "config applied"),
+                Err(e) => self.shared.reject("startup", &e),
+            }
+        }
+        if let ConfigSource::File(path) = &self.source {
+            let shared = Arc::clone(&self.shared);
+            let path = path.clone();
+            tasks.spawn(async move {
+                if let Err(e) = crate::source::watch_file(shared, path).await {
+                    tracing::error!(error = %e, "config watch stopped");
+                }
+            });
+        }
+        let proxy_addr = self.proxy_addr;
+        let proxy_up = tokio::task::spawn_blocking(move || wait_for_listener(proxy_addr));
+        if matches!(proxy_up.await, Ok(true)) && self.shared.current().is_some() {
+            self.shared.set_ready(true);
+            tracing::info!(%proxy_addr, "weir ready");
+        } else {
+            tracing::error!(%proxy_addr, "the proxy listener did not come up; not ready");
+        }
+        let _ = shutdown.changed().await;
+        self.shared.set_ready(false);
+        tracing::info!("shutting down");
+        tasks.abort_all();
+    }
+}
+
+/// Waits (bounded) until something accepts connections on `addr`.
+fn wait_for_listener(addr: SocketAddr) -> bool {
+    let mut delay = Duration::from_millis(2);
+    for _ in 0..200 {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(50));
+    }
+    false
+}

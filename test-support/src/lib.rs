@@ -1,0 +1,53 @@
+//! Test and demo helpers.
+//!
+//! - [`Upstream`]: a small HTTP/1.1 + h2c server on a real socket that answers
+//!   every request with JSON naming itself; it can be stopped (its listener and
+//!   every open connection are closed) to simulate a dead backend.
+//! - [`Weir`]: starts the real `weir` binary with a config in a temp dir on
+//!   OS-chosen ports, waits for its launch line and for `/readyz`, and kills it
+//!   when dropped.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub mod upstream;
+pub mod weir;
+
+pub use upstream::Upstream;
+pub use weir::Weir;
+
+/// An HTTP client for tests: keep-alive pool, no proxy, generous timeouts.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(2048)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// Polls `check` until it returns `Some`, at most `limit`, with a short backoff.
+/// This is how tests wait for a condition instead of sleeping blindly.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut delay = Duration::from_millis(5);
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("condition not met within {limit:?}");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// `http://ADDR` for a socket address.
+pub fn base_url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}

@@ -1,0 +1,145 @@
+//! Launching the real `weir` binary for black-box tests.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// A running `weir` process with its temp dir; killed on drop.
+pub struct Weir {
+    /// The proxy listener.
+    pub proxy: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
+    /// The config file it watches.
+    pub config_path: PathBuf,
+    /// Its stderr log.
+    pub log_path: PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Weir {
+    /// Writes `config` to a temp dir and starts `binary --config FILE`, then
+    /// waits for the launch line and for `/readyz` to answer 200.
+    pub async fn start(binary: &Path, config: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config_path = dir.path().join("weir.toml");
+        std::fs::write(&config_path, config)?;
+        let log_path = dir.path().join("weir.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut child = Command::new(binary)
+            .arg("--config")
+            .arg(&config_path)
+            .env("WEIR_LOG", "info,weir::access=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let line = tokio::task::spawn_blocking(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            lines.next().transpose()
+        })
+        .await??;
+        let Some(line) = line else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "weir exited before listening:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        };
+        let field = |key: &str| -> anyhow::Result<SocketAddr> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .with_context(|| format!("no {key} in launch line {line:?}"))?
+                .parse()
+                .with_context(|| format!("bad address in {line:?}"))
+        };
+        let weir = Self {
+            proxy: field("proxy=")?,
+            admin: field("admin=")?,
+            config_path,
+            log_path,
+            child,
+            _dir: dir,
+        };
+        weir.wait_ready().await?;
+        Ok(weir)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let client = crate::client();
+        let url = format!("http://{}/readyz", self.admin);
+        crate::eventually(Duration::from_secs(20), || {
+            let req = client.get(&url).send();
+            async move {
+                req.await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ())
+            }
+        })
+        .await
+        .with_context(|| format!("weir not ready; log:\n{}", self.log()))
+    }
+
+    /// Replaces the config file atomically (write a sibling, then rename).
+    pub fn write_config(&self, text: &str) -> anyhow::Result<()> {
+        let tmp = self.config_path.with_extension("toml.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &self.config_path)?;
+        Ok(())
+    }
+
+    /// The process log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// `http://proxy` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    /// `http://admin` + `path`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// Reads one sample of a metric from `/metrics` (exact series match, e.g.
+    /// `weir_config_reloads_total{result="rejected"}`).
+    pub async fn metric(&self, series: &str) -> anyhow::Result<f64> {
+        let text = crate::client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix(series)
+                && let Some(v) = rest.strip_prefix(' ')
+            {
+                return Ok(v.trim().parse()?);
+            }
+        }
+        Ok(0.0)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
