@@ -131,7 +131,7 @@ fn default_backend_weight() -> i64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
-    /// `tcp` (a connect succeeds) or `http` (`GET path` answers 2xx).
+    /// `tcp` (a connect succeeds), `http` (`GET path` answers 2xx) or `none`.
     #[serde(default)]
     pub kind: HealthCheckKind,
     /// Path probed by `http` checks.
@@ -140,11 +140,14 @@ pub struct HealthCheckConfig {
     /// Milliseconds between probes (default 1000, at least 50).
     #[serde(default = "default_health_interval")]
     pub interval_ms: i64,
-    /// Consecutive failures before a backend is marked unhealthy (default 1).
-    #[serde(default = "default_one")]
+    /// Milliseconds a probe may take before it counts as failed (default 1000).
+    #[serde(default = "default_health_timeout")]
+    pub timeout_ms: i64,
+    /// Consecutive failures before a backend is marked unhealthy (default 3).
+    #[serde(default = "default_unhealthy")]
     pub unhealthy_threshold: i64,
-    /// Consecutive successes before it is healthy again (default 1).
-    #[serde(default = "default_one")]
+    /// Consecutive successes before it is healthy again (default 2).
+    #[serde(default = "default_healthy")]
     pub healthy_threshold: i64,
 }
 
@@ -154,8 +157,9 @@ impl Default for HealthCheckConfig {
             kind: HealthCheckKind::default(),
             path: default_health_path(),
             interval_ms: default_health_interval(),
-            unhealthy_threshold: 1,
-            healthy_threshold: 1,
+            timeout_ms: default_health_timeout(),
+            unhealthy_threshold: default_unhealthy(),
+            healthy_threshold: default_healthy(),
         }
     }
 }
@@ -166,8 +170,14 @@ fn default_health_path() -> String {
 fn default_health_interval() -> i64 {
     1000
 }
-fn default_one() -> i64 {
-    1
+fn default_health_timeout() -> i64 {
+    1000
+}
+fn default_unhealthy() -> i64 {
+    3
+}
+fn default_healthy() -> i64 {
+    2
 }
 
 /// Kind of active health check.
@@ -179,6 +189,9 @@ pub enum HealthCheckKind {
     Tcp,
     /// An HTTP `GET` of `path` must answer 2xx (HTTP/1.1 pools only).
     Http,
+    /// No active checks: every backend counts as healthy (connect failures
+    /// still retry on another backend).
+    None,
 }
 
 /// A route: which requests it takes and how it splits them over arms.

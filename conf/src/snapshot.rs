@@ -83,6 +83,8 @@ pub struct HealthCheck {
     pub path: String,
     /// Time between probes.
     pub interval: Duration,
+    /// Longest a probe may take.
+    pub timeout: Duration,
     /// Failures before unhealthy.
     pub unhealthy_threshold: usize,
     /// Successes before healthy.
@@ -349,6 +351,12 @@ fn check_pools(pools: &[PoolConfig], problems: &mut Problems) -> Vec<Pool> {
                 format!("{} must be between 50 and {MAX_TIMEOUT_MS}", h.interval_ms),
             );
         }
+        if !(1..=MAX_TIMEOUT_MS).contains(&h.timeout_ms) {
+            problems.push(
+                format!("{at}.health_check.timeout_ms"),
+                format!("{} must be between 1 and {MAX_TIMEOUT_MS}", h.timeout_ms),
+            );
+        }
         for (name, v) in [
             ("unhealthy_threshold", h.unhealthy_threshold),
             ("healthy_threshold", h.healthy_threshold),
@@ -380,6 +388,9 @@ fn check_pools(pools: &[PoolConfig], problems: &mut Problems) -> Vec<Pool> {
                 path: h.path.clone(),
                 interval: Duration::from_millis(
                     h.interval_ms.clamp(50, MAX_TIMEOUT_MS).unsigned_abs(),
+                ),
+                timeout: Duration::from_millis(
+                    h.timeout_ms.clamp(1, MAX_TIMEOUT_MS).unsigned_abs(),
                 ),
                 unhealthy_threshold: usize::try_from(h.unhealthy_threshold.clamp(1, 100))
                     .unwrap_or(1),

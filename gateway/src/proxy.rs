@@ -46,6 +46,8 @@ pub struct GatewayCtx {
     backend: Option<Backend>,
     tried: Vec<SocketAddr>,
     connect_retries: u8,
+    /// The last connect failure, reported if no other backend is left.
+    connect_error: Option<GatewayError>,
     error: Option<GatewayError>,
 }
 
@@ -171,6 +173,7 @@ impl ProxyHttp for Gateway {
             backend: None,
             tried: Vec::new(),
             connect_retries: 0,
+            connect_error: None,
             error: None,
         }
     }
@@ -266,13 +269,17 @@ impl ProxyHttp for Gateway {
                 }
                 _ => {
                     ctx.arm = Some(arm_idx);
-                    let err = GatewayError::NoHealthyBackend {
-                        route: route.config.name.clone(),
-                        arm: arm.name.clone(),
-                    };
-                    let msg = err.to_string();
+                    // Backends were tried and failed: report that failure
+                    // (502/504) rather than "no healthy backend" (503).
+                    let err = ctx.connect_error.take().unwrap_or_else(|| {
+                        GatewayError::NoHealthyBackend {
+                            route: route.config.name.clone(),
+                            arm: arm.name.clone(),
+                        }
+                    });
+                    let (status, msg) = (err.status(), err.to_string());
                     ctx.error = Some(err);
-                    return Err(Error::explain(ErrorType::HTTPStatus(503), msg));
+                    return Err(Error::explain(ErrorType::HTTPStatus(status), msg));
                 }
             }
         }
@@ -299,6 +306,7 @@ impl ProxyHttp for Gateway {
             ctx.tried.push(backend.addr.clone());
         }
         tracing::warn!(request_id = %ctx.request_id, peer = %peer, error = %e, "upstream connect failed");
+        ctx.connect_error = Some(GatewayError::from_proxy_error(&e));
         if ctx.connect_retries < MAX_CONNECT_RETRIES {
             ctx.connect_retries += 1;
             e.set_retry(true);

@@ -35,12 +35,14 @@ pub struct PoolRt {
     pub config: Pool,
     /// The balancer (weights and health).
     pub lb: Arc<Balancer>,
-    health_task: tokio::task::AbortHandle,
+    health_task: Option<tokio::task::AbortHandle>,
 }
 
 impl Drop for PoolRt {
     fn drop(&mut self) {
-        self.health_task.abort();
+        if let Some(task) = &self.health_task {
+            task.abort();
+        }
     }
 }
 
@@ -55,7 +57,7 @@ impl PoolRt {
         }
         let mut lb = Balancer::from_backends(Backends::new(discovery::Static::new(set)));
         let hc = &config.health;
-        let probe_timeout = hc.interval.min(Duration::from_secs(1));
+        let probe_timeout = hc.timeout;
         match hc.kind {
             HealthCheckKind::Tcp => {
                 let mut check = TcpHealthCheck::new();
@@ -75,21 +77,25 @@ impl PoolRt {
                     .set_uri(hc.path.parse().map_err(|e| format!("health path: {e}"))?);
                 lb.set_health_check(Box::new(check));
             }
+            HealthCheckKind::None => {}
         }
         lb.update()
             .await
             .map_err(|e| format!("pool {}: {e}", config.name))?;
         let lb = Arc::new(lb);
-        let task = tokio::spawn(health_loop(
-            Arc::clone(&lb),
-            config.name.clone(),
-            hc.interval,
-            metrics.clone(),
-        ));
+        let health_task = (hc.kind != HealthCheckKind::None).then(|| {
+            tokio::spawn(health_loop(
+                Arc::clone(&lb),
+                config.name.clone(),
+                hc.interval,
+                metrics.clone(),
+            ))
+            .abort_handle()
+        });
         Ok(Self {
             config,
             lb,
-            health_task: task.abort_handle(),
+            health_task,
         })
     }
 

@@ -30,7 +30,15 @@ pub struct Upstream {
 impl Upstream {
     /// Starts an upstream on `addr` (use port 0 for an OS-chosen port).
     pub async fn start(name: &str, addr: SocketAddr) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        // A deep accept queue: tests open a thousand connections at once.
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(4096)?;
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(serve(listener, name.to_owned(), Arc::clone(&hits)));

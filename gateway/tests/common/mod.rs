@@ -1,0 +1,81 @@
+//! Shared helpers of the gateway's black-box tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use futures::StreamExt;
+use weir_test_support::{Upstream, Weir};
+
+pub fn weir_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_weir"))
+}
+
+/// A config with one route `chat` on `/` and one single-backend pool per arm.
+/// `arms` = (arm name, upstream, weight).
+pub fn config(arms: &[(&str, &Upstream, u32)], extra_route: &str) -> String {
+    let mut s = String::from(
+        "[server]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nthreads = 2\ngrace_period_seconds = 0\n\n",
+    );
+    for (name, up, _) in arms {
+        s.push_str(&format!(
+            "[[pools]]\nname = \"pool-{name}\"\nbackends = [{{ address = \"{}\" }}]\nhealth_check = {{ kind = \"tcp\", interval_ms = 100 }}\n\n",
+            up.addr
+        ));
+    }
+    s.push_str(
+        "[[routes]]\nname = \"chat\"\nprefix = \"/\"\nsticky_header = \"x-user-id\"\nfallback = \"",
+    );
+    s.push_str(arms[0].0);
+    s.push_str("\"\narms = [\n");
+    for (name, _, w) in arms {
+        s.push_str(&format!(
+            "  {{ name = \"{name}\", pool = \"pool-{name}\", weight = {w} }},\n"
+        ));
+    }
+    s.push_str("]\n");
+    s.push_str(extra_route);
+    s
+}
+
+/// Sends `n` GETs with `concurrency` in flight; counts `x-weir-arm` values.
+/// Panics on any non-200 answer or transport error.
+pub async fn split(
+    weir: &Weir,
+    n: usize,
+    concurrency: usize,
+    headers: &[(&str, &str)],
+) -> HashMap<String, usize> {
+    let client = weir_test_support::client();
+    let url = weir.url("/v1/chat/completions");
+    let results = futures::stream::iter(0..n)
+        .map(|_| {
+            let mut req = client.get(&url);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            async move {
+                let resp = req.send().await.expect("request failed");
+                assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+                let arm = resp.headers()["x-weir-arm"].to_str().unwrap().to_owned();
+                let upstream = resp.headers()["x-upstream"].to_str().unwrap().to_owned();
+                assert_eq!(
+                    arm, upstream,
+                    "arm header and the upstream that answered disagree"
+                );
+                arm
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await;
+    let mut counts = HashMap::new();
+    for arm in results {
+        *counts.entry(arm).or_insert(0) += 1;
+    }
+    counts
+}
+
+pub async fn generation(weir: &Weir) -> f64 {
+    weir.metric("weir_config_generation").await.unwrap()
+}
