@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install the system packages the build and the tests need, when missing.
+# Debian/Ubuntu (apt); run as root or with sudo available. Idempotent.
+#
+#   cmake              Pingora's libz-ng-sys build
+#   protobuf-compiler  protoc, for tonic/prost code generation
+#   etcd-server/client a real etcd for the config-source tests
+set -euo pipefail
+
+need=()
+command -v cmake >/dev/null || need+=(cmake)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
+command -v python3 >/dev/null || need+=(python3 python3-venv python3-pip)
+command -v unzip >/dev/null || need+=(unzip)
+
+if ((${#need[@]})); then
+    SUDO=""
+    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+    echo "deps: installing ${need[*]}" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+fi
