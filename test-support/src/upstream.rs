@@ -120,6 +120,7 @@ async fn answer(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let method = req.method().to_string();
+    let version = format!("{:?}", req.version());
     let path = req.uri().path().to_owned();
     let request_id = req
         .headers()
@@ -138,6 +139,7 @@ async fn answer(
     let body = serde_json::json!({
         "upstream": name,
         "method": method,
+        "version": version,
         "path": path,
         "request_id": request_id,
         "body_bytes": body_len,

@@ -1,0 +1,76 @@
+//! Backend selection inside an arm: backend weights and h2c pools.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{split, weir_bin};
+use weir_test_support::{Upstream, Weir};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_share_an_arm_by_their_weights() {
+    let heavy = Upstream::local("v1").await.unwrap();
+    let light = Upstream::local("v1").await.unwrap();
+    let cfg = format!(
+        r#"
+[server]
+proxy = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+grace_period_seconds = 0
+[[pools]]
+name = "p"
+backends = [{{ address = "{}", weight = 3 }}, {{ address = "{}", weight = 1 }}]
+[[routes]]
+name = "chat"
+arms = [{{ name = "v1", pool = "p", weight = 1 }}]
+"#,
+        heavy.addr, light.addr
+    );
+    let weir = Weir::start(weir_bin(), &cfg).await.unwrap();
+    split(&weir, 4_000, 16, &[]).await;
+    let share = heavy.hits() as f64 / 4_000.0;
+    assert!((share - 0.75).abs() < 0.02, "heavy backend got {share}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_pools_speak_http2_upstream() {
+    let v1 = Upstream::local("v1").await.unwrap();
+    let v2 = Upstream::local("v2").await.unwrap();
+    let cfg = format!(
+        r#"
+[server]
+proxy = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+grace_period_seconds = 0
+[[pools]]
+name = "h1"
+protocol = "http1"
+backends = [{{ address = "{}" }}]
+[[pools]]
+name = "h2"
+protocol = "h2c"
+backends = [{{ address = "{}" }}]
+[[routes]]
+name = "chat"
+arms = [{{ name = "v1", pool = "h1", weight = 1 }}, {{ name = "v2", pool = "h2", weight = 1 }}]
+"#,
+        v1.addr, v2.addr
+    );
+    let weir = Weir::start(weir_bin(), &cfg).await.unwrap();
+    let client = weir_test_support::client();
+    for (arm, version) in [("v1", "HTTP/1.1"), ("v2", "HTTP/2.0")] {
+        for _ in 0..20 {
+            let resp = client
+                .post(weir.url("/v1/completions"))
+                .header("x-ab-group", arm)
+                .body(r#"{"prompt":"hello"}"#)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let body: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(body["upstream"], arm);
+            assert_eq!(body["version"], version, "{body}");
+            assert_eq!(body["body_bytes"], 18);
+        }
+    }
+}
