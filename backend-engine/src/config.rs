@@ -1,0 +1,189 @@
+//! Command-line flags, parsed completely and checked before anything starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::error::{Error, Result};
+use crate::runtime::DeviceRequest;
+
+/// weir-engine: serves ONNX models from a signed model repository over the
+/// OpenAI API and the Open Inference Protocol (HTTP and gRPC).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "weir-engine", version, about)]
+pub struct Args {
+    /// Model repository: <DIR>/<model>/<version>/{model.onnx,model.toml,manifest.json}.
+    #[arg(long, env = "WEIR_ENGINE_MODELS", value_name = "DIR")]
+    pub models: PathBuf,
+
+    /// Serve this model (repeatable): NAME serves its highest version,
+    /// NAME:VERSION that version. Default: every model, highest version.
+    #[arg(long = "model", value_name = "NAME[:VERSION]")]
+    pub model: Vec<String>,
+
+    /// HTTP listen address (OpenAI API, Open Inference Protocol, /metrics).
+    #[arg(long, default_value = "127.0.0.1:8000", value_name = "ADDR")]
+    pub http: SocketAddr,
+
+    /// gRPC listen address (inference.GRPCInferenceService, grpc.health.v1).
+    #[arg(long, default_value = "127.0.0.1:8001", value_name = "ADDR")]
+    pub grpc: SocketAddr,
+
+    /// Execution device: cpu, cuda, cuda:N, or auto (CUDA if it works, else CPU).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: DeviceRequest,
+
+    /// ONNX Runtime intra-op threads per session.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub intra_threads: usize,
+
+    /// ONNX Runtime shared library (libonnxruntime.so.1.31.1).
+    #[arg(long, env = "ORT_DYLIB_PATH", value_name = "PATH")]
+    pub ort_lib: Option<PathBuf>,
+
+    /// Outstanding requests admitted per model version before 429 / RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub queue_capacity: usize,
+
+    /// How long finished async tasks (/v1/tasks) are kept, in seconds.
+    #[arg(long, default_value_t = 600, value_name = "N")]
+    pub task_ttl_secs: u64,
+
+    /// Ed25519 public key (64 hex digits) that manifests must be signed with.
+    /// Default: <DIR>/../keys/models.pub (the shipped repository's layout).
+    #[arg(long, env = "WEIR_ENGINE_PUBLIC_KEY", value_name = "PATH")]
+    pub public_key: Option<PathBuf>,
+
+    /// Watch the repository and reload a model when its files change.
+    #[arg(long)]
+    pub watch: bool,
+
+    /// Largest max_tokens a generation request may ask for.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_tokens_limit: usize,
+
+    /// Run every tensor request on its own instead of batching (for comparisons).
+    #[arg(long)]
+    pub no_batching: bool,
+}
+
+/// One `--model` selection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSelection {
+    /// Model name.
+    pub name: String,
+    /// A specific version, or None for the highest.
+    pub version: Option<u64>,
+}
+
+impl std::str::FromStr for ModelSelection {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let (name, version) = match s.split_once(':') {
+            Some((n, v)) => (
+                n,
+                Some(v.parse::<u64>().map_err(|_| {
+                    Error::Config(format!(
+                        "--model {s}: version '{v}' is not a non-negative integer"
+                    ))
+                })?),
+            ),
+            None => (s, None),
+        };
+        if name.is_empty() {
+            return Err(Error::Config(format!("--model {s}: empty model name")));
+        }
+        Ok(ModelSelection {
+            name: name.to_string(),
+            version,
+        })
+    }
+}
+
+impl Args {
+    /// Checks every flag; reports all problems at once.
+    pub fn validate(&self) -> Result<Vec<ModelSelection>> {
+        let mut problems = Vec::new();
+        let mut selections = Vec::new();
+        for m in &self.model {
+            match m.parse::<ModelSelection>() {
+                Ok(s) => selections.push(s),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if !self.models.is_dir() {
+            problems.push(format!("--models {}: not a folder", self.models.display()));
+        }
+        if self.queue_capacity == 0 {
+            problems.push("--queue-capacity: must be at least 1".to_string());
+        }
+        if self.intra_threads == 0 {
+            problems.push("--intra-threads: must be at least 1".to_string());
+        }
+        if self.max_tokens_limit == 0 {
+            problems.push("--max-tokens-limit: must be at least 1".to_string());
+        }
+        if problems.is_empty() {
+            Ok(selections)
+        } else {
+            Err(Error::Config(problems.join("; ")))
+        }
+    }
+
+    /// The public key file: the flag, else `<models>/../keys/models.pub`.
+    pub fn public_key_path(&self) -> PathBuf {
+        self.public_key.clone().unwrap_or_else(|| {
+            self.models
+                .parent()
+                .map_or_else(|| PathBuf::from("keys"), |p| p.join("keys"))
+                .join("models.pub")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn model_selection_parses() {
+        assert_eq!(
+            "tiny-lm:2".parse::<ModelSelection>().unwrap(),
+            ModelSelection {
+                name: "tiny-lm".into(),
+                version: Some(2)
+            }
+        );
+        assert_eq!("mlp".parse::<ModelSelection>().unwrap().version, None);
+        assert!("mlp:x".parse::<ModelSelection>().is_err());
+    }
+
+    #[test]
+    fn all_problems_reported() {
+        let args = Args::parse_from([
+            "weir-engine",
+            "--models",
+            "/nonexistent",
+            "--model",
+            "a:b",
+            "--queue-capacity",
+            "0",
+        ]);
+        let err = args.validate().unwrap_err().to_string();
+        for part in ["--model a:b", "--models /nonexistent", "--queue-capacity"] {
+            assert!(err.contains(part), "{err} lacks {part}");
+        }
+    }
+
+    #[test]
+    fn default_key_sits_beside_the_repository() {
+        let args = Args::parse_from(["weir-engine", "--models", "/srv/models/repo"]);
+        assert_eq!(
+            args.public_key_path(),
+            PathBuf::from("/srv/models/keys/models.pub")
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! The HTTP API (axum): OpenAI-compatible `/v1`, the Open Inference
+//! Protocol's `/v2`, async tasks, repository control and `/metrics`.
+//! Every response carries `x-weir-queue-depth`.
+
+mod openai;
+mod tasks;
+mod v2;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+
+pub use openai::{CompletionRequest, Endpoint, complete};
+pub use v2::{EXTENSIONS, SERVER_NAME};
+
+/// Response header with the engine's outstanding request count.
+pub const QUEUE_DEPTH_HEADER: HeaderName = HeaderName::from_static("x-weir-queue-depth");
+/// Response header naming the model version that answered.
+pub const MODEL_VERSION_HEADER: HeaderName = HeaderName::from_static("x-weir-model-version");
+
+/// Largest request body accepted (bytes).
+const BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Builds the router over the engine.
+pub fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/v1/models", get(openai::list_models))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/tasks", post(tasks::create))
+        .route("/v1/tasks/{id}", get(tasks::get))
+        .route("/v2", get(v2::server_metadata))
+        .route("/v2/health/live", get(v2::live))
+        .route("/v2/health/ready", get(v2::ready))
+        .route("/v2/models/{model}", get(v2::model_metadata))
+        .route("/v2/models/{model}/ready", get(v2::model_ready))
+        .route("/v2/models/{model}/infer", post(v2::infer))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(v2::model_metadata_v),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(v2::model_ready_v),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(v2::infer_v),
+        )
+        .route("/v2/repository/index", post(v2::repository_index))
+        .route("/v2/repository/models/{model}/load", post(v2::load))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::map_response_with_state(
+            engine.clone(),
+            add_queue_depth,
+        ))
+        .with_state(engine)
+}
+
+async fn add_queue_depth(State(engine): State<Arc<Engine>>, mut response: Response) -> Response {
+    response.headers_mut().insert(
+        QUEUE_DEPTH_HEADER,
+        HeaderValue::from(engine.metrics().total_depth()),
+    );
+    response
+}
+
+async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
+    match engine.metrics().render() {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn not_found(request: Request) -> Response {
+    Error::RouteNotFound(format!("{} {}", request.method(), request.uri().path())).into_response()
+}
+
+/// Parses a JSON body with a clear message (line and column) on failure.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    if body.is_empty() {
+        return Err(Error::InvalidRequest(
+            "request body is empty; expected JSON".to_string(),
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| Error::InvalidRequest(format!("malformed JSON body: {e}")))
+}

@@ -1,0 +1,533 @@
+//! OpenAI-compatible text generation: `/v1/models`, `/v1/completions` and
+//! `/v1/chat/completions`, streaming as server-sent events.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::{MODEL_VERSION_HEADER, parse_json};
+use crate::engine::Engine;
+use crate::error::{Error, Protocol, Result};
+use crate::lm::scheduler::GenEvent;
+use crate::lm::{ChatMessage, render_chat, sampling::SamplingParams};
+use crate::model::ModelVersion;
+use crate::tasks::unix_now;
+
+/// Default `max_tokens` for `/v1/completions` (as OpenAI's).
+const DEFAULT_COMPLETION_TOKENS: usize = 16;
+/// Default `max_tokens` for `/v1/chat/completions`.
+const DEFAULT_CHAT_TOKENS: usize = 256;
+/// Most stop sequences per request (as OpenAI's).
+const MAX_STOPS: usize = 4;
+
+/// A completions or chat-completions request (unknown fields are ignored).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    /// `name` or `name:version`.
+    pub model: String,
+    /// Completions: the prompt (a string, or an array of one string).
+    #[serde(default)]
+    pub prompt: Option<Prompt>,
+    /// Chat: the conversation.
+    #[serde(default)]
+    pub messages: Option<Vec<MessageJson>>,
+    /// Most tokens to generate.
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    /// Chat's newer name for `max_tokens`.
+    #[serde(default)]
+    pub max_completion_tokens: Option<u64>,
+    /// 0..=2; 0 is greedy. Default 1.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// (0, 1]. Default 1.
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// Sampling seed: same seed, same text.
+    #[serde(default)]
+    pub seed: Option<i64>,
+    /// Up to 4 stop sequences.
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    /// Stream as server-sent events.
+    #[serde(default)]
+    pub stream: Option<bool>,
+    /// `include_usage` adds a final usage chunk to a stream.
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    /// Only 1 is supported.
+    #[serde(default)]
+    pub n: Option<u64>,
+}
+
+/// A prompt: one string, or an array holding one string.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    /// One string.
+    Text(String),
+    /// An array of strings (exactly one is supported).
+    Many(Vec<String>),
+}
+
+/// `stop`: a string or an array of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    /// One stop sequence.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
+    /// Send a final chunk with token usage.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// One chat message.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MessageJson {
+    /// Role.
+    pub role: String,
+    /// A string, an array of `{type: "text", text}` parts, or null.
+    #[serde(default)]
+    pub content: Option<Value>,
+}
+
+/// Which endpoint a request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v1/completions`.
+    Completions,
+    /// `/v1/chat/completions`.
+    Chat,
+}
+
+struct Prepared {
+    model: Arc<ModelVersion>,
+    label: String,
+    prompt: String,
+    params: SamplingParams,
+    stream: bool,
+    include_usage: bool,
+    endpoint: Endpoint,
+    id: String,
+    created: u64,
+}
+
+fn message_text(m: &MessageJson, i: usize) -> Result<String> {
+    match &m.content {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut out = String::new();
+            for p in parts {
+                match (
+                    p.get("type").and_then(Value::as_str),
+                    p.get("text").and_then(Value::as_str),
+                ) {
+                    (Some("text"), Some(t)) => out.push_str(t),
+                    _ => {
+                        return Err(Error::InvalidRequest(format!(
+                            "messages[{i}].content: only text parts are supported"
+                        )));
+                    }
+                }
+            }
+            Ok(out)
+        }
+        Some(_) => Err(Error::InvalidRequest(format!(
+            "messages[{i}].content must be a string or an array of text parts"
+        ))),
+    }
+}
+
+fn prepare(engine: &Engine, req: CompletionRequest, endpoint: Endpoint) -> Result<Prepared> {
+    let model = engine.resolve_openai(&req.model)?;
+    if !model.is_lm() {
+        return Err(Error::NotLanguageModel(model.name().to_string()));
+    }
+    let params = sampling(
+        engine,
+        req.max_completion_tokens.or(req.max_tokens),
+        &req,
+        endpoint,
+    )?;
+    let stream = req.stream.unwrap_or(false);
+    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let prompt = match (endpoint, req.prompt, req.messages) {
+        (Endpoint::Completions, Some(Prompt::Text(p)), None) => p,
+        (Endpoint::Completions, Some(Prompt::Many(mut v)), None) if v.len() == 1 => v.remove(0),
+        (Endpoint::Completions, Some(Prompt::Many(_)), None) => {
+            return Err(Error::InvalidRequest(
+                "prompt: exactly one prompt per request is supported".to_string(),
+            ));
+        }
+        (Endpoint::Completions, None, _) => {
+            return Err(Error::InvalidRequest("prompt: required".to_string()));
+        }
+        (Endpoint::Chat, None, Some(messages)) => {
+            if messages.is_empty() {
+                return Err(Error::InvalidRequest(
+                    "messages: must not be empty".to_string(),
+                ));
+            }
+            let rendered = messages
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    Ok(ChatMessage {
+                        role: m.role.clone(),
+                        content: message_text(m, i)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            render_chat(&rendered)
+        }
+        (Endpoint::Chat, _, None) => {
+            return Err(Error::InvalidRequest("messages: required".to_string()));
+        }
+        (_, Some(_), Some(_)) => {
+            return Err(Error::InvalidRequest(
+                "give either prompt (completions) or messages (chat), not both".to_string(),
+            ));
+        }
+    };
+    let id_prefix = match endpoint {
+        Endpoint::Completions => "cmpl",
+        Endpoint::Chat => "chatcmpl",
+    };
+    Ok(Prepared {
+        label: format!("{}:{}", model.name(), model.version()),
+        model,
+        prompt,
+        params,
+        stream,
+        include_usage,
+        endpoint,
+        id: format!("{id_prefix}-{}", uuid::Uuid::new_v4().simple()),
+        created: unix_now(),
+    })
+}
+
+fn sampling(
+    engine: &Engine,
+    max_tokens: Option<u64>,
+    req: &CompletionRequest,
+    endpoint: Endpoint,
+) -> Result<SamplingParams> {
+    if let Some(n) = req.n
+        && n != 1
+    {
+        return Err(Error::InvalidRequest(format!(
+            "n: only 1 is supported, not {n}"
+        )));
+    }
+    let default = match endpoint {
+        Endpoint::Completions => DEFAULT_COMPLETION_TOKENS,
+        Endpoint::Chat => DEFAULT_CHAT_TOKENS.min(engine.max_tokens_limit),
+    };
+    let max_tokens = match max_tokens {
+        None => default,
+        Some(n) => {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            if n == 0 || n > engine.max_tokens_limit {
+                return Err(Error::InvalidRequest(format!(
+                    "max_tokens: must be between 1 and {}, not {n}",
+                    engine.max_tokens_limit
+                )));
+            }
+            n
+        }
+    };
+    let temperature = req.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(Error::InvalidRequest(format!(
+            "temperature: must be between 0 and 2, not {temperature}"
+        )));
+    }
+    let top_p = req.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(Error::InvalidRequest(format!(
+            "top_p: must be in (0, 1], not {top_p}"
+        )));
+    }
+    let stop = match &req.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(v)) => v.clone(),
+    };
+    if stop.len() > MAX_STOPS {
+        return Err(Error::InvalidRequest(format!(
+            "stop: at most {MAX_STOPS} sequences, not {}",
+            stop.len()
+        )));
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "sampling runs in f32; the range was checked"
+    )]
+    Ok(SamplingParams {
+        max_tokens,
+        temperature: temperature as f32,
+        top_p: top_p as f32,
+        // A negative seed is as good a seed as its bit pattern.
+        seed: req.seed.map(i64::cast_unsigned),
+        stop,
+    })
+}
+
+fn usage_json(prompt_tokens: usize, completion_tokens: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    })
+}
+
+/// Runs a request to the end and returns the OpenAI response body. Used by
+/// the non-streaming endpoints and by async tasks.
+pub async fn complete(
+    engine: &Engine,
+    req: CompletionRequest,
+    endpoint: Endpoint,
+) -> Result<Value> {
+    let p = prepare(engine, req, endpoint)?;
+    let rx = p
+        .model
+        .generate(p.prompt.clone().into_bytes(), p.params.clone())?;
+    collect(p, rx).await
+}
+
+async fn collect(p: Prepared, mut rx: mpsc::Receiver<GenEvent>) -> Result<Value> {
+    let mut text = String::new();
+    loop {
+        match rx.recv().await {
+            Some(GenEvent::Text(t)) => text.push_str(&t),
+            Some(GenEvent::Failed(m)) => return Err(Error::Runtime(m)),
+            None => return Err(Error::Unavailable(p.model.name().to_string())),
+            Some(GenEvent::Finished {
+                reason,
+                prompt_tokens,
+                completion_tokens,
+            }) => {
+                let choice = match p.endpoint {
+                    Endpoint::Completions => json!({
+                        "index": 0, "text": text, "logprobs": null, "finish_reason": reason.as_str(),
+                    }),
+                    Endpoint::Chat => json!({
+                        "index": 0,
+                        "message": { "role": "assistant", "content": text },
+                        "logprobs": null,
+                        "finish_reason": reason.as_str(),
+                    }),
+                };
+                return Ok(json!({
+                    "id": p.id,
+                    "object": match p.endpoint {
+                        Endpoint::Completions => "text_completion",
+                        Endpoint::Chat => "chat.completion",
+                    },
+                    "created": p.created,
+                    "model": p.label,
+                    "choices": [choice],
+                    "usage": usage_json(prompt_tokens, completion_tokens),
+                }));
+            }
+        }
+    }
+}
+
+pub(super) async fn completions(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+    handle(&engine, &body, Endpoint::Completions).await
+}
+
+pub(super) async fn chat_completions(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+    handle(&engine, &body, Endpoint::Chat).await
+}
+
+async fn handle(engine: &Engine, body: &[u8], endpoint: Endpoint) -> Response {
+    let result = async {
+        let req: CompletionRequest = parse_json(body)?;
+        let p = prepare(engine, req, endpoint)?;
+        let rx = p
+            .model
+            .generate(p.prompt.clone().into_bytes(), p.params.clone())?;
+        let version = HeaderValue::from_str(p.model.version()).ok();
+        let mut response = if p.stream {
+            Sse::new(sse_stream(p, rx)).into_response()
+        } else {
+            Json(collect(p, rx).await?).into_response()
+        };
+        if let Some(v) = version {
+            response.headers_mut().insert(MODEL_VERSION_HEADER, v);
+        }
+        Ok::<_, Error>(response)
+    }
+    .await;
+    result.unwrap_or_else(|e| e.into_http(Protocol::OpenAi))
+}
+
+enum Phase {
+    Start,
+    Streaming,
+    Usage(Value),
+    Done,
+    End,
+}
+
+struct StreamState {
+    p: Prepared,
+    rx: mpsc::Receiver<GenEvent>,
+    phase: Phase,
+}
+
+impl StreamState {
+    fn chunk(&self, choices: Value) -> Event {
+        let mut v = json!({
+            "id": self.p.id,
+            "object": match self.p.endpoint {
+                Endpoint::Completions => "text_completion",
+                Endpoint::Chat => "chat.completion.chunk",
+            },
+            "created": self.p.created,
+            "model": self.p.label,
+            "choices": choices,
+        });
+        if self.p.include_usage {
+            v["usage"] = Value::Null;
+        }
+        Event::default().data(v.to_string())
+    }
+
+    fn choice(&self, text: Option<&str>, finish: Option<&str>) -> Value {
+        match self.p.endpoint {
+            Endpoint::Completions => json!([{
+                "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish,
+            }]),
+            Endpoint::Chat => {
+                let delta = text.map_or_else(|| json!({}), |t| json!({ "content": t }));
+                json!([{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }])
+            }
+        }
+    }
+
+    async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            match std::mem::replace(&mut self.phase, Phase::Streaming) {
+                Phase::Start => {
+                    if self.p.endpoint == Endpoint::Chat {
+                        return Some(self.chunk(json!([{
+                            "index": 0,
+                            "delta": { "role": "assistant", "content": "" },
+                            "logprobs": null,
+                            "finish_reason": null,
+                        }])));
+                    }
+                }
+                Phase::Streaming => match self.rx.recv().await {
+                    Some(GenEvent::Text(t)) => {
+                        return Some(self.chunk(self.choice(Some(&t), None)));
+                    }
+                    Some(GenEvent::Finished {
+                        reason,
+                        prompt_tokens,
+                        completion_tokens,
+                    }) => {
+                        self.phase = Phase::Usage(usage_json(prompt_tokens, completion_tokens));
+                        return Some(self.chunk(self.choice(None, Some(reason.as_str()))));
+                    }
+                    Some(GenEvent::Failed(m)) => {
+                        self.phase = Phase::Done;
+                        return Some(error_event(Error::Runtime(m)));
+                    }
+                    None => {
+                        self.phase = Phase::Done;
+                        return Some(error_event(Error::Unavailable(
+                            self.p.model.name().to_string(),
+                        )));
+                    }
+                },
+                Phase::Usage(usage) => {
+                    self.phase = Phase::Done;
+                    if self.p.include_usage {
+                        let mut v = json!({
+                            "id": self.p.id,
+                            "object": match self.p.endpoint {
+                                Endpoint::Completions => "text_completion",
+                                Endpoint::Chat => "chat.completion.chunk",
+                            },
+                            "created": self.p.created,
+                            "model": self.p.label,
+                            "choices": [],
+                        });
+                        v["usage"] = usage;
+                        return Some(Event::default().data(v.to_string()));
+                    }
+                }
+                Phase::Done => {
+                    self.phase = Phase::End;
+                    return Some(Event::default().data("[DONE]"));
+                }
+                Phase::End => {
+                    self.phase = Phase::End;
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+fn error_event(e: Error) -> Event {
+    Event::default().data(e.body(Protocol::OpenAi).to_string())
+}
+
+fn sse_stream(
+    p: Prepared,
+    rx: mpsc::Receiver<GenEvent>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let state = StreamState {
+        p,
+        rx,
+        phase: Phase::Start,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        st.next_event().await.map(|e| (Ok(e), st))
+    })
+}
+
+pub(super) async fn list_models(State(engine): State<Arc<Engine>>) -> Json<Value> {
+    let models = engine.models();
+    let mut data = Vec::new();
+    for (name, set) in models.iter() {
+        let created = unix_now().saturating_sub(engine.started.elapsed().as_secs());
+        if let Some(default) = set.default_version() {
+            data.push(json!({
+                "id": name, "object": "model", "created": created, "owned_by": "weir",
+                "version": default.version(), "kind": if default.is_lm() { "lm" } else { "tensor" },
+            }));
+        }
+        for v in set.versions.values() {
+            data.push(json!({
+                "id": format!("{name}:{}", v.version()), "object": "model", "created": created,
+                "owned_by": "weir", "version": v.version(),
+                "kind": if v.is_lm() { "lm" } else { "tensor" },
+            }));
+        }
+    }
+    Json(json!({ "object": "list", "data": data }))
+}

@@ -1,0 +1,224 @@
+//! Startup checks (library, device, refused models), async tasks and
+//! metrics.
+
+use serde_json::{Value, json};
+
+use crate::common::{Engine, TempRepo, client, ort_lib, run_to_exit};
+
+#[test]
+fn missing_onnx_runtime_names_both_ways_to_give_it() {
+    let repo = TempRepo::with(&[("mlp", "1")]);
+    let models = repo.repo();
+    let (ok, stderr) = run_to_exit(&["--models", models.to_str().unwrap()], &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--ort-lib") && stderr.contains("ORT_DYLIB_PATH"),
+        "{stderr}"
+    );
+    let (ok, stderr) = run_to_exit(
+        &[
+            "--models",
+            models.to_str().unwrap(),
+            "--ort-lib",
+            "/nonexistent/libonnxruntime.so",
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("/nonexistent/libonnxruntime.so does not exist"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn cuda_on_a_cpu_library_is_a_clear_error_unless_auto() {
+    let repo = TempRepo::with(&[("mlp", "1")]);
+    let models = repo.repo();
+    let lib = ort_lib();
+    let (ok, stderr) = run_to_exit(
+        &[
+            "--models",
+            models.to_str().unwrap(),
+            "--device",
+            "cuda",
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+        ],
+        &[("ORT_DYLIB_PATH", lib.to_str().unwrap())],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("CUDA is unavailable") && stderr.contains("--device auto"),
+        "{stderr}"
+    );
+
+    let engine = Engine::start(&repo, &["--device", "auto"]);
+    assert!(
+        engine.stderr().contains("using the CPU"),
+        "{}",
+        engine.stderr()
+    );
+}
+
+#[test]
+fn a_tampered_model_is_refused_at_startup_naming_the_file() {
+    let repo = TempRepo::with(&[("mlp", "1")]);
+    let toml = repo.version_dir("mlp", "1").join("model.toml");
+    let mut text = std::fs::read_to_string(&toml).unwrap();
+    text.push('\n');
+    std::fs::write(&toml, text).unwrap();
+    let err = match Engine::try_start(&repo, &[]) {
+        Ok(_) => panic!("a tampered model was served"),
+        Err(stderr) => stderr,
+    };
+    assert!(
+        err.contains("mlp/1 refused") && err.contains("model.toml: sha256"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn async_tasks_run_and_expire() {
+    let repo = TempRepo::with(&[("tiny-lm", "1")]);
+    let engine = Engine::start(&repo, &[]);
+    let c = client();
+    let body = json!({"model": "tiny-lm", "prompt": "Shall I compare thee", "max_tokens": 20, "temperature": 0});
+    let r = c
+        .post(engine.url("/v1/tasks"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let created: Value = r.json().await.unwrap();
+    assert_eq!(created["status"], "queued");
+    let id = created["task_id"].as_str().unwrap().to_string();
+    let mut task = Value::Null;
+    for _ in 0..500 {
+        task = c
+            .get(engine.url(&format!("/v1/tasks/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if task["status"] == "succeeded" || task["status"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(task["status"], "succeeded", "{task}");
+    let direct: Value = c
+        .post(engine.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        task["result"]["choices"][0]["text"],
+        direct["choices"][0]["text"]
+    );
+
+    let chat = json!({"model": "tiny-lm", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4});
+    let r = c
+        .post(engine.url("/v1/tasks"))
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    let r = c
+        .get(engine.url("/v1/tasks/task-nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "task_not_found");
+    let r = c
+        .post(engine.url("/v1/tasks"))
+        .json(&json!({"model": "nosuch", "prompt": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn finished_tasks_expire_after_the_ttl() {
+    let repo = TempRepo::with(&[("tiny-lm", "1")]);
+    let engine = Engine::start(&repo, &["--task-ttl-secs", "0"]);
+    let c = client();
+    let r = c
+        .post(engine.url("/v1/tasks"))
+        .json(&json!({"model": "tiny-lm", "prompt": "x", "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut gone = false;
+    for _ in 0..500 {
+        let r = c
+            .get(engine.url(&format!("/v1/tasks/{id}")))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 404 {
+            gone = true;
+            break;
+        }
+        let v: Value = r.json().await.unwrap();
+        assert!(v["status"] == "queued" || v["status"] == "running", "{v}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(gone, "a finished task outlived a zero ttl");
+}
+
+#[tokio::test]
+async fn metrics_cover_queue_batches_latency_and_tokens() {
+    let repo = TempRepo::with(&[("tiny-lm", "1"), ("mlp", "1")]);
+    let engine = Engine::start(&repo, &[]);
+    let c = client();
+    let r = c
+        .post(engine.url("/v1/completions"))
+        .json(&json!({"model": "tiny-lm", "prompt": "The Fox", "max_tokens": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = json!({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [2, 16], "data": vec![0.5; 32]}]});
+    assert_eq!(
+        c.post(engine.url("/v2/models/mlp/infer"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = c.get(engine.url("/metrics")).send().await.unwrap();
+    assert!(r.headers().contains_key("x-weir-queue-depth"));
+    let text = r.text().await.unwrap();
+    for want in [
+        r#"weir_engine_queue_depth{model="tiny-lm",version="1"} 0"#,
+        r#"weir_engine_batch_size_bucket{model="mlp",version="1",le="2"} 1"#,
+        r#"weir_engine_inference_duration_seconds_count{model="mlp",version="1"} 1"#,
+        r#"weir_engine_time_to_first_token_seconds_count{model="tiny-lm",version="1"} 1"#,
+        r#"weir_engine_output_tokens_total{model="tiny-lm",version="1"} 10"#,
+        r#"weir_engine_output_tokens_per_second_count{model="tiny-lm",version="1"} 1"#,
+        r#"weir_engine_model_loads_total{model="mlp",result="ok"} 1"#,
+    ] {
+        assert!(text.contains(want), "missing {want}\n{text}");
+    }
+}
