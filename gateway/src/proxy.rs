@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora_core::protocols::l4::socket::SocketAddr;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
@@ -38,7 +39,7 @@ const MAX_REQUEST_ID: usize = 128;
 pub struct GatewayCtx {
     start: Instant,
     runtime: Option<Arc<Runtime>>,
-    request_id: String,
+    request_id: Option<HeaderValue>,
     route: Option<usize>,
     arm: Option<usize>,
     reason: Option<Reason>,
@@ -109,14 +110,15 @@ impl Gateway {
 
     /// Adds the `x-weir-*` and `x-request-id` headers.
     fn decorate(&self, resp: &mut ResponseHeader, ctx: &GatewayCtx) -> Result<()> {
-        if !ctx.request_id.is_empty() {
-            resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(id) = &ctx.request_id {
+            resp.insert_header("x-request-id", id.clone())?;
         }
-        if ctx.route.is_some() {
-            resp.insert_header("x-weir-route", ctx.route_name().to_owned())?;
-        }
-        if ctx.arm.is_some() {
-            resp.insert_header("x-weir-arm", ctx.arm_name().to_owned())?;
+        if let (Some(rt), Some(r)) = (&ctx.runtime, ctx.route) {
+            let route = &rt.routes[r];
+            resp.insert_header("x-weir-route", route.name_header.clone())?;
+            if let Some(a) = ctx.arm {
+                resp.insert_header("x-weir-arm", route.arms[a].name_header.clone())?;
+            }
         }
         if ctx.fallback {
             resp.insert_header("x-weir-fallback", "1")?;
@@ -146,15 +148,23 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
     Some(host)
 }
 
-fn request_id(req: &RequestHeader) -> String {
-    match req
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(id) if !id.is_empty() && id.len() <= MAX_REQUEST_ID => id.to_owned(),
-        _ => uuid::Uuid::new_v4().to_string(),
+/// The client's `x-request-id` when it is usable, else a new UUID.
+fn request_id(req: &RequestHeader) -> Option<HeaderValue> {
+    match req.headers.get("x-request-id") {
+        Some(id) if !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.to_str().is_ok() => {
+            Some(id.clone())
+        }
+        _ => {
+            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+            HeaderValue::from_str(text).ok()
+        }
     }
+}
+
+/// The request id for logs.
+fn id_str(id: &Option<HeaderValue>) -> &str {
+    id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
 #[async_trait]
@@ -165,7 +175,7 @@ impl ProxyHttp for Gateway {
         GatewayCtx {
             start: Instant::now(),
             runtime: None,
-            request_id: String::new(),
+            request_id: None,
             route: None,
             arm: None,
             reason: None,
@@ -305,7 +315,7 @@ impl ProxyHttp for Gateway {
                 .inc();
             ctx.tried.push(backend.addr.clone());
         }
-        tracing::warn!(request_id = %ctx.request_id, peer = %peer, error = %e, "upstream connect failed");
+        tracing::warn!(request_id = id_str(&ctx.request_id), peer = %peer, error = %e, "upstream connect failed");
         ctx.connect_error = Some(GatewayError::from_proxy_error(&e));
         if ctx.connect_retries < MAX_CONNECT_RETRIES {
             ctx.connect_retries += 1;
@@ -320,7 +330,9 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut GatewayCtx,
     ) -> Result<()> {
-        upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(id) = &ctx.request_id {
+            upstream_request.insert_header("x-request-id", id.clone())?;
+        }
         Ok(())
     }
 
@@ -390,7 +402,7 @@ impl ProxyHttp for Gateway {
                 .unwrap_or_default();
             tracing::info!(
                 target: "weir::access",
-                request_id = %ctx.request_id,
+                request_id = id_str(&ctx.request_id),
                 client = %client,
                 method = %req.method,
                 path = %req.uri.path(),

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use http::HeaderValue;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_load_balancing::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora_load_balancing::selection::RoundRobin;
@@ -127,6 +128,8 @@ pub struct ArmRt {
     pub pool: Arc<PoolRt>,
     /// Configured weight.
     pub weight: u32,
+    /// The name as a ready-made `x-weir-arm` header value.
+    pub name_header: HeaderValue,
     /// `weir_request_duration_seconds{route,arm}`, resolved once.
     pub duration: Histogram,
 }
@@ -137,6 +140,8 @@ pub struct RouteRt {
     pub config: Route,
     /// Arm selection table.
     pub table: ArmTable,
+    /// The name as a ready-made `x-weir-route` header value.
+    pub name_header: HeaderValue,
     /// Arms, in config order (indices match `table`).
     pub arms: Vec<ArmRt>,
 }
@@ -197,6 +202,7 @@ impl Runtime {
             .map(|r| RouteRt {
                 config: r.clone(),
                 table: ArmTable::new(r.arms.iter().map(|a| (a.name.as_str(), a.weight))),
+                name_header: header_value(&r.name),
                 arms: r
                     .arms
                     .iter()
@@ -204,6 +210,7 @@ impl Runtime {
                         name: a.name.clone(),
                         pool: Arc::clone(&pools[a.pool]),
                         weight: a.weight,
+                        name_header: header_value(&a.name),
                         duration: metrics
                             .duration
                             .with_label_values(&[r.name.as_str(), a.name.as_str()]),
@@ -223,6 +230,11 @@ impl Runtime {
     pub fn route_for(&self, host: Option<&str>, path: &str) -> Option<&RouteRt> {
         self.routes.iter().find(|r| r.config.matches(host, path))
     }
+}
+
+/// Route and arm names are validated to plain ASCII, so this never falls back.
+fn header_value(name: &str) -> HeaderValue {
+    HeaderValue::from_str(name).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// State shared by the proxy, the admin server and the config source.
