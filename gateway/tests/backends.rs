@@ -12,18 +12,16 @@ async fn backends_share_an_arm_by_their_weights() {
     let light = Upstream::local("v1").await.unwrap();
     let cfg = format!(
         r#"
-[server]
-proxy = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-grace_period_seconds = 0
-[[pools]]
+{}[[pools]]
 name = "p"
 backends = [{{ address = "{}", weight = 3 }}, {{ address = "{}", weight = 1 }}]
 [[routes]]
 name = "chat"
 arms = [{{ name = "v1", pool = "p", weight = 1 }}]
 "#,
-        heavy.addr, light.addr
+        common::SERVER,
+        heavy.addr,
+        light.addr
     );
     let weir = Weir::start(weir_bin(), &cfg).await.unwrap();
     split(&weir, 4_000, 16, &[]).await;
@@ -37,11 +35,7 @@ async fn h2c_pools_speak_http2_upstream() {
     let v2 = Upstream::local("v2").await.unwrap();
     let cfg = format!(
         r#"
-[server]
-proxy = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-grace_period_seconds = 0
-[[pools]]
+{}[[pools]]
 name = "h1"
 protocol = "http1"
 backends = [{{ address = "{}" }}]
@@ -53,7 +47,9 @@ backends = [{{ address = "{}" }}]
 name = "chat"
 arms = [{{ name = "v1", pool = "h1", weight = 1 }}, {{ name = "v2", pool = "h2", weight = 1 }}]
 "#,
-        v1.addr, v2.addr
+        common::SERVER,
+        v1.addr,
+        v2.addr
     );
     let weir = Weir::start(weir_bin(), &cfg).await.unwrap();
     let client = weir_test_support::client();

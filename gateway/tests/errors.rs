@@ -24,11 +24,7 @@ async fn no_route_no_backend_connect_failure_and_timeout_are_json_errors() {
         .unwrap();
     let cfg = format!(
         r#"
-[server]
-proxy = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-grace_period_seconds = 0
-
+{}
 [[pools]]
 name = "slow"
 backends = [{{ address = "{slow}" }}]
@@ -59,6 +55,7 @@ name = "down"
 prefix = "/down"
 arms = [{{ name = "a", pool = "dead-checked", weight = 1 }}]
 "#,
+        common::SERVER,
         slow = slow.addr
     );
     let weir = Weir::start(weir_bin(), &cfg).await.unwrap();

@@ -14,11 +14,7 @@ async fn killed_upstream_is_marked_unhealthy_and_traffic_continues() {
     let b = Upstream::local("v1").await.unwrap();
     let cfg = format!(
         r#"
-[server]
-proxy = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-grace_period_seconds = 0
-[[pools]]
+{}[[pools]]
 name = "p"
 backends = [{{ address = "{}" }}, {{ address = "{}" }}]
 health_check = {{ kind = "tcp", interval_ms = 100 }}
@@ -26,7 +22,9 @@ health_check = {{ kind = "tcp", interval_ms = 100 }}
 name = "chat"
 arms = [{{ name = "v1", pool = "p", weight = 1 }}]
 "#,
-        a.addr, b.addr
+        common::SERVER,
+        a.addr,
+        b.addr
     );
     let weir = Weir::start(weir_bin(), &cfg).await.unwrap();
     let before = split(&weir, 400, 16, &[]).await;

@@ -17,13 +17,7 @@ const IN_FLIGHT: usize = 1_200;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrite_under_load_fails_no_request_and_applies_the_new_split() {
-    let (v1, v2) = (
-        Upstream::local("v1").await.unwrap(),
-        Upstream::local("v2").await.unwrap(),
-    );
-    let weir = Weir::start(weir_bin(), &config(&[("v1", &v1, 90), ("v2", &v2, 10)], ""))
-        .await
-        .unwrap();
+    let (v1, v2, weir) = common::two_arms(90, 10).await;
     assert_eq!(generation(&weir).await, 1.0);
 
     let stop = Arc::new(AtomicBool::new(false));

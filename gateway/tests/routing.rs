@@ -9,13 +9,7 @@ use weir_test_support::{Upstream, Weir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_split_holds_within_two_points_over_10k_requests() {
-    let (v1, v2) = (
-        Upstream::local("v1").await.unwrap(),
-        Upstream::local("v2").await.unwrap(),
-    );
-    let weir = Weir::start(weir_bin(), &config(&[("v1", &v1, 90), ("v2", &v2, 10)], ""))
-        .await
-        .unwrap();
+    let (v1, v2, weir) = common::two_arms(90, 10).await;
     let counts = split(&weir, 10_000, 64, &[]).await;
     let v2_share = counts.get("v2").copied().unwrap_or(0) as f64 / 100.0;
     println!("split over 10k: {counts:?} (v2 {v2_share:.2}%)");
@@ -77,13 +71,7 @@ async fn ab_header_forces_an_arm_and_weight_zero_is_header_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_users_never_switch_arms() {
-    let (v1, v2) = (
-        Upstream::local("v1").await.unwrap(),
-        Upstream::local("v2").await.unwrap(),
-    );
-    let weir = Weir::start(weir_bin(), &config(&[("v1", &v1, 50), ("v2", &v2, 50)], ""))
-        .await
-        .unwrap();
+    let (_v1, _v2, weir) = common::two_arms(50, 50).await;
     let client = weir_test_support::client();
     let pairs = futures::stream::iter((0..500).flat_map(|u| (0..8).map(move |_| u)))
         .map(|u| {

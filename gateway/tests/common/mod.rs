@@ -7,6 +7,19 @@ use std::path::Path;
 use futures::StreamExt;
 use weir_test_support::{Upstream, Weir};
 
+/// The `[server]` table every test config starts with: OS-chosen ports, no grace period.
+pub const SERVER: &str = "[server]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nthreads = 2\ngrace_period_seconds = 0\n\n";
+
+/// Two upstreams `v1` and `v2` behind a `weir` splitting `chat` by `w1`/`w2`.
+pub async fn two_arms(w1: u32, w2: u32) -> (Upstream, Upstream, Weir) {
+    let v1 = Upstream::local("v1").await.unwrap();
+    let v2 = Upstream::local("v2").await.unwrap();
+    let weir = Weir::start(weir_bin(), &config(&[("v1", &v1, w1), ("v2", &v2, w2)], ""))
+        .await
+        .unwrap();
+    (v1, v2, weir)
+}
+
 pub fn weir_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_weir"))
 }
@@ -14,9 +27,7 @@ pub fn weir_bin() -> &'static Path {
 /// A config with one route `chat` on `/` and one single-backend pool per arm.
 /// `arms` = (arm name, upstream, weight).
 pub fn config(arms: &[(&str, &Upstream, u32)], extra_route: &str) -> String {
-    let mut s = String::from(
-        "[server]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nthreads = 2\ngrace_period_seconds = 0\n\n",
-    );
+    let mut s = String::from(SERVER);
     for (name, up, _) in arms {
         s.push_str(&format!(
             "[[pools]]\nname = \"pool-{name}\"\nbackends = [{{ address = \"{}\" }}]\nhealth_check = {{ kind = \"tcp\", interval_ms = 100 }}\n\n",
