@@ -19,6 +19,41 @@ async fn weighted_split_holds_within_two_points_over_10k_requests() {
     );
     assert_eq!(counts.values().sum::<usize>(), 10_000);
     assert_eq!(v1.hits() + v2.hits(), 10_000);
+
+    // The admin listener reports the same traffic.
+    let mut served = 0.0;
+    for arm in ["v1", "v2"] {
+        let n = weir
+            .metric(&format!(
+                "weir_requests_total{{arm=\"{arm}\",route=\"chat\",status=\"200\"}}"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(n as usize, counts[arm], "{arm}");
+        let timed = weir
+            .metric(&format!(
+                "weir_request_duration_seconds_count{{arm=\"{arm}\",route=\"chat\"}}"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(timed, n);
+        served += n;
+    }
+    assert_eq!(served, 10_000.0);
+    let client = weir_test_support::client();
+    let health = client.get(weir.admin_url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let routes: serde_json::Value = client
+        .get(weir.admin_url("/admin/routes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(routes["generation"], 1);
+    assert_eq!(routes["routes"][0]["arms"][1]["weight"], 10);
+    assert_eq!(routes["routes"][0]["fallback"], "v1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
