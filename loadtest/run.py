@@ -66,7 +66,8 @@ def ensure_tools(want_oha: bool) -> str | None:
 
 def build() -> Path:
     log("building release binaries")
-    subprocess.run(["cargo", "build", "--release", "-p", "weir-gateway"], cwd=ROOT, check=True)
+    # The workspace's feature set, so the binaries the test command built are reused.
+    subprocess.run(["cargo", "build", "--release", "--workspace", "--bins"], cwd=ROOT, check=True)
     return ROOT / "target" / "release" / "weir"
 
 
