@@ -5,6 +5,7 @@
 #   cmake              Pingora's libz-ng-sys build
 #   protobuf-compiler  protoc, for tonic/prost code generation
 #   etcd-server/client a real etcd for the config-source tests
+#   wasm32-unknown-unknown  the Rust target the Wasm filter guest is built for
 set -euo pipefail
 
 need=()
@@ -21,4 +22,9 @@ if ((${#need[@]})); then
     echo "deps: installing ${need[*]}" >&2
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+fi
+
+if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+    echo "deps: adding the wasm32-unknown-unknown Rust target" >&2
+    rustup target add wasm32-unknown-unknown >&2
 fi
