@@ -1,0 +1,74 @@
+//! The process-wide wasmtime [`Engine`].
+//!
+//! One engine serves every filter: modules compiled by it share its code
+//! memory and its pooling allocator. The pool bounds how many filter
+//! instances can be alive at once (one per running call or open stream).
+
+use std::sync::OnceLock;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::FilterError;
+
+/// Largest memory limit a filter may ask for (the pool's slot size).
+pub const MAX_MEMORY_LIMIT: usize = 256 << 20;
+
+/// Wasm stack available to one filter call.
+pub const MAX_WASM_STACK: usize = 512 << 10;
+
+/// Settings of the process-wide engine; see [`configure_engine`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// How many filter instances may be alive at once (calls in flight plus
+    /// open streams). Each reserves address space (not memory) for one
+    /// linear memory.
+    pub max_instances: u32,
+    /// Linear-memory bytes per pool slot kept mapped between instances
+    /// (written pages are copied back from the image instead of unmapped),
+    /// which saves the next instance in that slot its page faults. 1 MiB
+    /// measured best for the bundled filter (a fresh instance scanning
+    /// 1 KiB: ~60 µs against ~110 µs with 0 or ~95 µs with 2 MiB).
+    pub keep_resident: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            max_instances: 1000,
+            keep_resident: 1 << 20,
+        }
+    }
+}
+
+static OPTIONS: OnceLock<EngineOptions> = OnceLock::new();
+static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
+
+/// Sets the engine's options. Only the first call before the engine is
+/// first used has an effect; returns whether these options are in force.
+pub fn configure_engine(options: EngineOptions) -> bool {
+    *OPTIONS.get_or_init(|| options) == options
+}
+
+/// The process-wide engine, created on first use.
+pub(crate) fn engine() -> Result<&'static Engine, FilterError> {
+    ENGINE
+        .get_or_init(|| build(*OPTIONS.get_or_init(EngineOptions::default)))
+        .as_ref()
+        .map_err(|e| FilterError::Instantiate(format!("wasm engine unavailable: {e}")))
+}
+
+fn build(options: EngineOptions) -> Result<Engine, String> {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_core_instances(options.max_instances)
+        .total_memories(options.max_instances)
+        .total_tables(options.max_instances)
+        .max_memory_size(MAX_MEMORY_LIMIT)
+        .linear_memory_keep_resident(options.keep_resident)
+        .table_keep_resident(64 << 10);
+    let mut config = Config::new();
+    config
+        .consume_fuel(true)
+        .max_wasm_stack(MAX_WASM_STACK)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config).map_err(|e| e.to_string())
+}
