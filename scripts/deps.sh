@@ -4,6 +4,8 @@
 #
 #   cmake              Pingora's libz-ng-sys build
 #   protobuf-compiler  protoc, for tonic/prost code generation
+#   libprotobuf-dev    the well-known .proto files (google/protobuf/*.proto)
+#                      that etcd-client's protos import
 #   etcd-server/client a real etcd for the config-source tests
 #   wasm32-unknown-unknown  the Rust target the Wasm filter guest is built for
 set -euo pipefail
@@ -11,6 +13,7 @@ set -euo pipefail
 need=()
 command -v cmake >/dev/null || need+=(cmake)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+[[ -f /usr/include/google/protobuf/descriptor.proto ]] || need+=(libprotobuf-dev)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v python3 >/dev/null || need+=(python3 python3-venv python3-pip)

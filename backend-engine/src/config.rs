@@ -66,6 +66,12 @@ pub struct Args {
     /// Run every tensor request on its own instead of batching (for comparisons).
     #[arg(long)]
     pub no_batching: bool,
+
+    /// Self-registration in a gateway pool through etcd (`--register-etcd`,
+    /// `--pool`, `--advertise`, ...). The HTTP address is registered unless
+    /// `--advertise` names another (for an h2c/gRPC pool, the gRPC address).
+    #[command(flatten)]
+    pub register: weir_conf::etcd::RegisterFlags,
 }
 
 /// One `--model` selection.

@@ -107,12 +107,34 @@ pub async fn serve(
     let http = axum::serve(http_listener, crate::http::router(engine.clone()))
         .with_graceful_shutdown(stopped(stop_rx));
 
+    // Join the gateway pool (if asked) before announcing the listeners, so a
+    // launcher that waits for the line knows the member is in etcd.
+    let registration = match args.register.resolve(bound.http) {
+        Ok(None) => None,
+        Ok(Some((settings, options))) => Some(
+            weir_conf::etcd::Registration::start(settings, options)
+                .await
+                .map_err(|e| Error::Config(format!("--register-etcd: {e}")))?,
+        ),
+        Err(e) => return Err(Error::Config(e.to_string())),
+    };
+    // On shutdown, leave the pool first so gateways stop sending new
+    // requests while the open ones drain.
+    let leave = registration.map(|registration| {
+        let rx = stop_rx_drain.clone();
+        tokio::spawn(async move {
+            stopped(rx).await;
+            if let Err(e) = registration.deregister().await {
+                tracing::warn!(error = %e, "cannot deregister; the lease will expire");
+            }
+        })
+    });
     on_bound(bound);
     tracing::info!(http = %bound.http, grpc = %bound.grpc, device = %engine.device(), "serving");
     let servers = async { tokio::join!(http, grpc) };
     tokio::pin!(servers);
     let drain_limit = async {
-        stopped(stop_rx_drain).await;
+        stopped(stop_rx_drain.clone()).await;
         tokio::time::sleep(DRAIN_LIMIT).await;
     };
     let result = tokio::select! {
@@ -126,6 +148,13 @@ pub async fn serve(
         }
     };
     janitor.abort();
+    if let Some(leave) = leave {
+        if *stop_rx_drain.borrow() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), leave).await;
+        } else {
+            leave.abort();
+        }
+    }
     tracing::info!("stopped");
     result
 }

@@ -5,11 +5,14 @@
 //!   problem with its path (`routes[chat].arms[v2].pool: no pool named "x"`).
 //! - [`parse_toml`] / [`load_file`]: the file source. [`DEMO_CONFIG`] is the
 //!   embedded default used when no file is given.
+//! - [`etcd`]: the etcd source (key layout, watch and resync, last-good
+//!   cache), operator writes for `weirctl`, and backend registration.
 //!
 //! Nothing here knows about Pingora: the gateway turns a `Snapshot` into its
 //! own routing state.
 
 pub mod error;
+pub mod etcd;
 pub mod model;
 pub mod snapshot;
 

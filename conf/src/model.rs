@@ -22,6 +22,95 @@ pub struct Config {
     /// Routes, matched by host and longest path prefix.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Where pools, routes and timeouts come from when not from this file
+    /// (read at start; changes need a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceConfig>,
+}
+
+/// The `[source]` table: an external config source.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Take pools, routes and timeouts from etcd and watch them; this file
+    /// then only provides `[server]` and `[source]`.
+    #[serde(default)]
+    pub etcd: Option<EtcdConfig>,
+}
+
+/// `[source.etcd]`: where the live config is kept in etcd.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Client URLs of the etcd cluster, e.g. `["http://10.0.0.1:2379"]`.
+    pub endpoints: Vec<String>,
+    /// Key prefix holding the config (default `/weir/`).
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+    /// File where the last applied config is kept, so a gateway started
+    /// while etcd is unreachable still routes (no cache when absent).
+    #[serde(default)]
+    pub cache: Option<String>,
+    /// User name for etcd authentication.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for etcd authentication (needs `username`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// TLS to the etcd endpoints (`https://` URLs).
+    #[serde(default)]
+    pub tls: Option<EtcdTlsConfig>,
+    /// Longest wait for a connection to etcd, milliseconds (default 2000).
+    #[serde(default = "default_etcd_connect_ms")]
+    pub connect_timeout_ms: i64,
+    /// Longest wait for one etcd request, milliseconds (default 5000).
+    #[serde(default = "default_etcd_request_ms")]
+    pub request_timeout_ms: i64,
+}
+
+impl EtcdConfig {
+    /// `endpoints` with every other setting at its default.
+    pub fn new(endpoints: Vec<String>) -> Self {
+        Self {
+            endpoints,
+            prefix: default_etcd_prefix(),
+            cache: None,
+            username: None,
+            password: None,
+            tls: None,
+            connect_timeout_ms: default_etcd_connect_ms(),
+            request_timeout_ms: default_etcd_request_ms(),
+        }
+    }
+}
+
+/// `[source.etcd.tls]`: PEM files for TLS to etcd.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTlsConfig {
+    /// CA certificate(s) that signed the etcd server certificates.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Client certificate, for clusters that require client auth (needs `key`).
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// Private key of the client certificate.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Server name to verify, when it differs from the endpoint host.
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+/// The default etcd key prefix.
+pub fn default_etcd_prefix() -> String {
+    "/weir/".to_owned()
+}
+fn default_etcd_connect_ms() -> i64 {
+    2_000
+}
+fn default_etcd_request_ms() -> i64 {
+    5_000
 }
 
 /// Listener addresses and process settings.
@@ -107,6 +196,12 @@ pub struct PoolConfig {
     /// The backends; traffic is spread by their weights.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
+    /// Backends register themselves in etcd (`weir-engine --register-etcd
+    /// URL --pool NAME`) and join `backends`; the list may then be empty
+    /// (the pool has no backend until one registers). Registered members
+    /// join any pool; this only allows the empty list.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub registered: bool,
     /// Active health checking of the backends.
     #[serde(default)]
     pub health_check: HealthCheckConfig,

@@ -176,6 +176,9 @@ impl Snapshot {
             .map(|(i, p)| (p.name.as_str(), i))
             .collect();
         let mut routes = check_routes(&config.routes, &pool_index, defaults, &mut problems);
+        if let Some(etcd) = config.source.as_ref().and_then(|s| s.etcd.as_ref()) {
+            crate::etcd::EtcdSettings::from_config(etcd, "source.etcd", &mut problems);
+        }
         match (server, problems.is_empty()) {
             (Some(server), true) => {
                 sort_routes(&mut routes);
@@ -321,8 +324,11 @@ fn check_pools(pools: &[PoolConfig], problems: &mut Problems) -> Vec<Pool> {
         if !seen.insert(p.name.as_str()) {
             problems.push(format!("{at}.name"), "duplicate pool name");
         }
-        if p.backends.is_empty() {
-            problems.push(format!("{at}.backends"), "needs at least one backend");
+        if p.backends.is_empty() && !p.registered {
+            problems.push(
+                format!("{at}.backends"),
+                "needs at least one backend (or registered = true for a pool of registered members)",
+            );
         }
         let mut addrs = HashSet::new();
         let mut backends = Vec::with_capacity(p.backends.len());

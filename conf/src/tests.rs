@@ -84,7 +84,10 @@ prefix = "/x"
 arms = []
 "#,
     );
-    assert!(got.contains(&"pools[p].backends: needs at least one backend".to_owned()));
+    assert!(
+        got.iter()
+            .any(|g| g.starts_with("pools[p].backends: needs at least one backend"))
+    );
     assert!(
         got.iter()
             .any(|g| g.starts_with("routes[r].arms: at least one arm needs a weight > 0"))
@@ -143,4 +146,20 @@ arms = [{ name = "a", pool = "p", weight = 1 }]
     assert_eq!(t.connect.as_millis(), 250);
     assert_eq!(t.read.as_millis(), 5);
     assert_eq!(t.write, snapshot::DEFAULT_WRITE);
+}
+
+#[test]
+fn a_pool_of_registered_members_may_start_empty() {
+    let s = build(
+        r#"
+[[pools]]
+name = "p"
+registered = true
+[[routes]]
+name = "r"
+arms = [{ name = "a", pool = "p", weight = 1 }]
+"#,
+    )
+    .unwrap();
+    assert!(s.pools[0].backends.is_empty());
 }

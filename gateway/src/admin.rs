@@ -23,14 +23,22 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    let generation = shared.current().map(|rt| rt.generation);
+    let current = shared.current();
+    let generation = current.as_ref().map(|rt| rt.generation);
     let ready = shared.is_ready();
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({ "ready": ready, "generation": generation });
+    let mut body = json!({ "ready": ready, "generation": generation });
+    if let Some(rt) = &current {
+        body["source"] = json!(rt.origin.kind());
+        body["revision"] = json!(rt.origin.revision());
+    }
+    if let Some(note) = shared.note() {
+        body["detail"] = json!(note);
+    }
     (status, axum::Json(body)).into_response()
 }
 
@@ -113,5 +121,15 @@ pub fn describe(rt: &Runtime) -> Value {
             })
         })
         .collect();
-    json!({ "generation": rt.generation, "routes": routes, "pools": pools })
+    json!({
+        "generation": rt.generation,
+        "revision": rt.origin.revision(),
+        "source": {
+            "kind": rt.origin.kind(),
+            "location": rt.origin.location(),
+            "revision": rt.origin.revision(),
+        },
+        "routes": routes,
+        "pools": pools,
+    })
 }

@@ -9,11 +9,15 @@
 //! Modules: [`routing`] (arm selection), [`state`] (the live runtime and its
 //! swap), [`proxy`] (the `ProxyHttp` hooks), [`errors`] (gateway errors as
 //! OpenAI-shaped JSON), [`admin`] (health, readiness, metrics, routes),
-//! [`source`] (file watching), [`server`] (process wiring).
+//! [`source`] (file watching), [`etcd`] (the etcd source), [`server`]
+//! (process wiring), [`ctl`] (the `weirctl` operator CLI).
 
 pub mod admin;
+pub mod ctl;
 pub mod errors;
+pub mod etcd;
 pub mod metrics;
+pub mod pool;
 pub mod proxy;
 pub mod routing;
 pub mod server;

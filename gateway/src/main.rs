@@ -1,11 +1,12 @@
-//! `weir`: serve (`weir [--config FILE]`) or validate (`weir check --config FILE`).
+//! `weir`: serve (`weir [--config FILE] [--etcd URL[,URL]]`) or validate
+//! (`weir check --config FILE`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
-use weir_gateway::server::{ConfigSource, serve};
+use weir_gateway::server::{ConfigSource, EtcdFlags, serve};
 
 /// Pingora allocates and frees several buffers per request; mimalloc's
 /// thread-local free lists make that markedly cheaper than glibc malloc.
@@ -19,6 +20,22 @@ struct Cli {
     /// Config file (TOML). Without it the embedded demo config is served.
     #[arg(long, short, global = true, env = "WEIR_CONFIG")]
     config: Option<PathBuf>,
+    /// Take pools, routes and timeouts from etcd at these client URLs and
+    /// watch them (overrides `[source.etcd] endpoints`).
+    #[arg(
+        long,
+        global = true,
+        env = "WEIR_ETCD",
+        value_delimiter = ',',
+        value_name = "URL[,URL]"
+    )]
+    etcd: Vec<String>,
+    /// Key prefix of the config in etcd (default `/weir/`).
+    #[arg(long, global = true, value_name = "PREFIX")]
+    etcd_prefix: Option<String>,
+    /// Last-good cache file for the etcd config.
+    #[arg(long, global = true, value_name = "FILE")]
+    etcd_cache: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -39,9 +56,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let source = match cli.config {
-        Some(path) => ConfigSource::File(path),
-        None => ConfigSource::Embedded,
+    let flags = EtcdFlags {
+        endpoints: cli.etcd,
+        prefix: cli.etcd_prefix,
+        cache: cli.etcd_cache,
+    };
+    let source = match ConfigSource::resolve(cli.config, flags) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
     };
     match cli.command {
         Some(Command::Check) => match source.load() {

@@ -1,7 +1,8 @@
 //! Prometheus metrics of the gateway, in one registry served at `/metrics`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the gateway exports.
@@ -22,7 +23,21 @@ pub struct Metrics {
     pub backend_healthy: prometheus::IntGaugeVec,
     /// `weir_fallbacks_total{route,from,to}`.
     pub fallbacks: IntCounterVec,
+    /// `weir_config_rejected_total`: configs rejected (any source).
+    pub rejected: IntCounter,
+    /// `weir_config_revision`: etcd revision of the live config (0 = not from etcd).
+    pub revision: IntGauge,
+    /// `weir_config_apply_seconds`: etcd event received → snapshot live.
+    pub apply_seconds: Histogram,
+    /// `weir_etcd_connected`: 1 while the etcd watch is established.
+    pub etcd_connected: IntGauge,
+    /// `weir_etcd_resyncs_total`: full re-reads after a compaction or cancelled watch.
+    pub etcd_resyncs: IntCounter,
 }
+
+const APPLY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+];
 
 const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -80,6 +95,34 @@ impl Metrics {
             ),
             &["route", "from", "to"],
         )?;
+        let rejected = IntCounter::new(
+            "weir_config_rejected_total",
+            "Config changes rejected as invalid; the last good config kept serving.",
+        )?;
+        let revision = IntGauge::new(
+            "weir_config_revision",
+            "etcd revision of the live config (0 when it does not come from etcd).",
+        )?;
+        let apply_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "weir_config_apply_seconds",
+                "Time from an etcd event's arrival to its snapshot being live.",
+            )
+            .buckets(APPLY_BUCKETS.to_vec()),
+        )?;
+        let etcd_connected = IntGauge::new(
+            "weir_etcd_connected",
+            "1 while the watch on etcd is established, else 0.",
+        )?;
+        let etcd_resyncs = IntCounter::new(
+            "weir_etcd_resyncs_total",
+            "Full re-reads of the etcd prefix after a compacted revision or a cancelled watch.",
+        )?;
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(revision.clone()))?;
+        registry.register(Box::new(apply_seconds.clone()))?;
+        registry.register(Box::new(etcd_connected.clone()))?;
+        registry.register(Box::new(etcd_resyncs.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(connect_failures.clone()))?;
@@ -99,6 +142,11 @@ impl Metrics {
             generation,
             backend_healthy,
             fallbacks,
+            rejected,
+            revision,
+            apply_seconds,
+            etcd_connected,
+            etcd_resyncs,
         })
     }
 

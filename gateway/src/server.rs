@@ -11,11 +11,13 @@ use async_trait::async_trait;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{BackgroundService, background_service};
-use weir_conf::Snapshot;
+use weir_conf::etcd::EtcdSettings;
+use weir_conf::model::EtcdConfig;
+use weir_conf::{Config, ConfigError, Snapshot};
 
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
-use crate::state::Shared;
+use crate::state::{Origin, Shared};
 
 /// Where the config comes from.
 #[derive(Debug, Clone)]
@@ -24,14 +26,94 @@ pub enum ConfigSource {
     Embedded,
     /// A TOML file, watched for changes.
     File(PathBuf),
+    /// Pools, routes and timeouts from etcd, watched; `[server]` from `base`
+    /// (the file, or the embedded demo config).
+    Etcd {
+        /// The file or demo config, with the command-line etcd flags applied.
+        base: Box<Config>,
+        /// How to reach etcd.
+        settings: Box<EtcdSettings>,
+    },
+}
+
+/// Command-line settings of the etcd source; they override `[source.etcd]`.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdFlags {
+    /// `--etcd URL[,URL]`.
+    pub endpoints: Vec<String>,
+    /// `--etcd-prefix`.
+    pub prefix: Option<String>,
+    /// `--etcd-cache`.
+    pub cache: Option<PathBuf>,
 }
 
 impl ConfigSource {
-    /// Loads and validates the config once.
-    pub fn load(&self) -> Result<Snapshot, weir_conf::ConfigError> {
+    /// Chooses the source: etcd when `flags` name endpoints or the config has
+    /// a `[source.etcd]` table, else the file, else the embedded demo config.
+    pub fn resolve(file: Option<PathBuf>, flags: EtcdFlags) -> Result<Self, ConfigError> {
+        let plain = match &file {
+            Some(p) => ConfigSource::File(p.clone()),
+            None => ConfigSource::Embedded,
+        };
+        let mut base = match &file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                weir_conf::parse_toml(&text, &p.display().to_string())?
+            }
+            None => weir_conf::parse_toml(weir_conf::DEMO_CONFIG, "embedded demo config")?,
+        };
+        let from_file = base.source.as_ref().and_then(|s| s.etcd.clone());
+        let mut etcd = match (from_file, flags.endpoints.is_empty()) {
+            (Some(e), _) => e,
+            (None, false) => EtcdConfig::new(Vec::new()),
+            (None, true) => {
+                if flags.prefix.is_some() || flags.cache.is_some() {
+                    let mut problems = weir_conf::Problems::default();
+                    problems.push("--etcd", "--etcd-prefix and --etcd-cache need --etcd URL");
+                    return Err(ConfigError::Invalid { problems });
+                }
+                return Ok(plain);
+            }
+        };
+        if !flags.endpoints.is_empty() {
+            etcd.endpoints = flags.endpoints;
+        }
+        if let Some(prefix) = flags.prefix {
+            etcd.prefix = prefix;
+        }
+        if let Some(cache) = flags.cache {
+            etcd.cache = Some(cache.display().to_string());
+        }
+        base.source.get_or_insert_default().etcd = Some(etcd.clone());
+        // Validates [server] and [source] (pools and routes come from etcd).
+        Snapshot::build(base.clone())?;
+        // Snapshot::build checked [source.etcd] with these same rules.
+        let mut problems = weir_conf::Problems::default();
+        let settings = EtcdSettings::from_config(&etcd, "source.etcd", &mut problems);
+        Ok(ConfigSource::Etcd {
+            base: Box::new(base),
+            settings: Box::new(settings),
+        })
+    }
+
+    /// Loads and validates the config once (for etcd: the base config, whose
+    /// `[server]` table is used).
+    pub fn load(&self) -> Result<Snapshot, ConfigError> {
         match self {
             ConfigSource::Embedded => weir_conf::demo(),
             ConfigSource::File(p) => weir_conf::load_file(p),
+            ConfigSource::Etcd { base, .. } => Snapshot::build(base.as_ref().clone()),
+        }
+    }
+
+    /// Where a snapshot loaded by [`ConfigSource::load`] comes from.
+    fn origin(&self) -> Origin {
+        match self {
+            ConfigSource::File(p) => Origin::File(p.display().to_string()),
+            ConfigSource::Embedded | ConfigSource::Etcd { .. } => Origin::Embedded,
         }
     }
 }
@@ -78,10 +160,12 @@ pub fn serve(source: ConfigSource) -> anyhow::Result<()> {
         pingora_proxy::http_proxy_service(&server.configuration, Gateway::new(Arc::clone(&shared)));
     proxy.add_tcp(&proxy_addr.to_string());
 
+    // From etcd, the first snapshot is the first one read there.
+    let first = (!matches!(source, ConfigSource::Etcd { .. })).then_some(snapshot);
     let control = Control {
         shared,
         source,
-        first: Mutex::new(Some(snapshot)),
+        first: Mutex::new(first),
         admin: Mutex::new(Some(admin)),
         proxy_addr,
     };
@@ -133,25 +217,40 @@ impl BackgroundService for Control {
             }
         }
         if let Some(snapshot) = Self::take(&self.first) {
-            match self.shared.publish(snapshot).await {
+            match self.shared.publish(snapshot, self.source.origin()).await {
                 Ok(generation) => tracing::info!(generation, "config applied"),
                 Err(e) => self.shared.reject("startup", &e),
             }
         }
-        if let ConfigSource::File(path) = &self.source {
-            let shared = Arc::clone(&self.shared);
-            let path = path.clone();
-            tasks.spawn(async move {
-                if let Err(e) = crate::source::watch_file(shared, path).await {
-                    tracing::error!(error = %e, "config watch stopped");
-                }
-            });
+        match &self.source {
+            ConfigSource::File(path) => {
+                let shared = Arc::clone(&self.shared);
+                let path = path.clone();
+                tasks.spawn(async move {
+                    if let Err(e) = crate::source::watch_file(shared, path).await {
+                        tracing::error!(error = %e, "config watch stopped");
+                    }
+                });
+            }
+            ConfigSource::Etcd { base, settings } => {
+                tasks.spawn(crate::etcd::run(
+                    Arc::clone(&self.shared),
+                    base.as_ref().clone(),
+                    settings.as_ref().clone(),
+                ));
+            }
+            ConfigSource::Embedded => {}
         }
         let proxy_addr = self.proxy_addr;
         let proxy_up = tokio::task::spawn_blocking(move || wait_for_listener(proxy_addr));
-        if matches!(proxy_up.await, Ok(true)) && self.shared.current().is_some() {
+        if matches!(proxy_up.await, Ok(true)) {
+            // Ready once a snapshot is live too (from etcd that may come later).
             self.shared.set_ready(true);
-            tracing::info!(%proxy_addr, "weir ready");
+            if self.shared.current().is_some() {
+                tracing::info!(%proxy_addr, "weir ready");
+            } else {
+                tracing::warn!(%proxy_addr, "proxy listening; not ready until a config is live");
+            }
         } else {
             tracing::error!(%proxy_addr, "the proxy listener did not come up; not ready");
         }

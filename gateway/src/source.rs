@@ -12,7 +12,7 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::state::Shared;
+use crate::state::{Origin, Shared};
 
 /// Quiet time after the last file event before the file is read.
 const COALESCE: Duration = Duration::from_millis(30);
@@ -39,7 +39,7 @@ pub async fn reload_file(shared: &Shared, path: &Path) {
             );
         }
     }
-    match shared.publish(snapshot).await {
+    match shared.publish(snapshot, Origin::File(origin.clone())).await {
         Ok(generation) => tracing::info!(origin, generation, "config applied"),
         Err(e) => shared.reject(&origin, &e),
     }

@@ -2,12 +2,14 @@
 //!
 //! A [`Runtime`] is everything the request path needs, built from one
 //! validated [`Snapshot`]: route matchers, arm tables, and one Pingora
-//! [`LoadBalancer`] per pool. It is built fully off the request path and
+//! load balancer per pool. It is built fully off the request path and
 //! published with a single `ArcSwap::store` in [`Shared::publish`]; a request
 //! loads the `Arc` once and uses that one snapshot to the end.
 //!
 //! Pools whose definition did not change are carried over from the previous
-//! runtime, so their health state and health-check task survive a reload.
+//! runtime, so their health state and health-check task survive a reload; a
+//! pool whose members changed keeps the health of its surviving members
+//! (see [`crate::pool`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,108 +19,15 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_load_balancing::health_check::{HttpHealthCheck, TcpHealthCheck};
-use pingora_load_balancing::selection::RoundRobin;
-use pingora_load_balancing::{Backend, Backends, LoadBalancer, discovery};
+use pingora_load_balancing::Backend;
 use prometheus::Histogram;
-use weir_conf::model::{HealthCheckKind, Protocol};
+use weir_conf::model::Protocol;
 use weir_conf::{Pool, Route, Snapshot};
 
 use crate::metrics::Metrics;
 use crate::routing::ArmTable;
 
-/// Weighted round robin over a pool's healthy backends.
-pub type Balancer = LoadBalancer<RoundRobin>;
-
-/// A pool with its balancer and health-check task.
-pub struct PoolRt {
-    /// The validated pool definition.
-    pub config: Pool,
-    /// The balancer (weights and health).
-    pub lb: Arc<Balancer>,
-    health_task: Option<tokio::task::AbortHandle>,
-}
-
-impl Drop for PoolRt {
-    fn drop(&mut self) {
-        if let Some(task) = &self.health_task {
-            task.abort();
-        }
-    }
-}
-
-impl PoolRt {
-    /// Builds the balancer and starts its health checks on the current tokio runtime.
-    pub async fn start(config: Pool, metrics: &Metrics) -> Result<Self, String> {
-        let mut set = std::collections::BTreeSet::new();
-        for b in &config.backends {
-            let backend = Backend::new_with_weight(&b.addr.to_string(), b.weight as usize)
-                .map_err(|e| format!("pool {}: backend {}: {e}", config.name, b.addr))?;
-            set.insert(backend);
-        }
-        let mut lb = Balancer::from_backends(Backends::new(discovery::Static::new(set)));
-        let hc = &config.health;
-        let probe_timeout = hc.timeout;
-        match hc.kind {
-            HealthCheckKind::Tcp => {
-                let mut check = TcpHealthCheck::new();
-                check.consecutive_failure = hc.unhealthy_threshold;
-                check.consecutive_success = hc.healthy_threshold;
-                check.peer_template.options.connection_timeout = Some(probe_timeout);
-                lb.set_health_check(check);
-            }
-            HealthCheckKind::Http => {
-                let mut check = HttpHealthCheck::new("localhost", false);
-                check.consecutive_failure = hc.unhealthy_threshold;
-                check.consecutive_success = hc.healthy_threshold;
-                check.peer_template.options.connection_timeout = Some(probe_timeout);
-                check.peer_template.options.read_timeout = Some(probe_timeout);
-                check
-                    .req
-                    .set_uri(hc.path.parse().map_err(|e| format!("health path: {e}"))?);
-                lb.set_health_check(Box::new(check));
-            }
-            HealthCheckKind::None => {}
-        }
-        lb.update()
-            .await
-            .map_err(|e| format!("pool {}: {e}", config.name))?;
-        let lb = Arc::new(lb);
-        let health_task = (hc.kind != HealthCheckKind::None).then(|| {
-            tokio::spawn(health_loop(
-                Arc::clone(&lb),
-                config.name.clone(),
-                hc.interval,
-                metrics.clone(),
-            ))
-            .abort_handle()
-        });
-        Ok(Self {
-            config,
-            lb,
-            health_task,
-        })
-    }
-
-    /// Whether `backend` currently passes health checks.
-    pub fn healthy(&self, backend: &Backend) -> bool {
-        self.lb.backends().ready(backend)
-    }
-}
-
-async fn health_loop(lb: Arc<Balancer>, pool: String, interval: Duration, metrics: Metrics) {
-    loop {
-        lb.backends().run_health_check(true).await;
-        for b in lb.backends().get_backend().iter() {
-            let up = lb.backends().ready(b);
-            metrics
-                .backend_healthy
-                .with_label_values(&[pool.as_str(), &b.addr.to_string()])
-                .set(i64::from(up));
-        }
-        tokio::time::sleep(interval).await;
-    }
-}
+pub use crate::pool::{Balancer, PoolRt};
 
 /// One arm at run time.
 pub struct ArmRt {
@@ -163,10 +72,64 @@ impl RouteRt {
     }
 }
 
+/// Where a published snapshot came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The demo config compiled into the binary.
+    Embedded,
+    /// A config file (its path).
+    File(String),
+    /// etcd (endpoints and prefix) at a revision.
+    Etcd {
+        /// `etcd ENDPOINTS PREFIX`.
+        location: String,
+        /// The etcd revision.
+        revision: i64,
+    },
+    /// The last-good cache of an etcd config, used while etcd is unreachable.
+    EtcdCache {
+        /// The cache file.
+        path: String,
+        /// The etcd revision the cache was written at.
+        revision: i64,
+    },
+}
+
+impl Origin {
+    /// `embedded`, `file`, `etcd` or `etcd-cache`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Origin::Embedded => "embedded",
+            Origin::File(_) => "file",
+            Origin::Etcd { .. } => "etcd",
+            Origin::EtcdCache { .. } => "etcd-cache",
+        }
+    }
+
+    /// The etcd revision, for etcd configs.
+    pub fn revision(&self) -> Option<i64> {
+        match self {
+            Origin::Etcd { revision, .. } | Origin::EtcdCache { revision, .. } => Some(*revision),
+            Origin::Embedded | Origin::File(_) => None,
+        }
+    }
+
+    /// The file, cache file or etcd location.
+    pub fn location(&self) -> &str {
+        match self {
+            Origin::Embedded => "embedded demo config",
+            Origin::File(path) | Origin::EtcdCache { path, .. } => path,
+            Origin::Etcd { location, .. } => location,
+        }
+    }
+}
+
 /// Everything the request path needs from one config snapshot.
 pub struct Runtime {
     /// Generation number (1 = first published).
     pub generation: u64,
+    /// Where the snapshot came from.
+    pub origin: Origin,
     /// The snapshot it was built from.
     pub snapshot: Arc<Snapshot>,
     /// Routes in match order.
@@ -179,21 +142,27 @@ impl Runtime {
     /// Builds the runtime, reusing unchanged pools of `previous`.
     pub async fn build(
         snapshot: Snapshot,
+        origin: Origin,
         generation: u64,
         previous: Option<&Runtime>,
         metrics: &Metrics,
     ) -> Result<Self, String> {
         let mut reusable: HashMap<&Pool, &Arc<PoolRt>> = HashMap::new();
+        let mut by_name: HashMap<&str, &Arc<PoolRt>> = HashMap::new();
         if let Some(prev) = previous {
             for p in &prev.pools {
                 reusable.insert(&p.config, p);
+                by_name.insert(p.config.name.as_str(), p);
             }
         }
         let mut pools = Vec::with_capacity(snapshot.pools.len());
         for p in &snapshot.pools {
             match reusable.get(p) {
                 Some(existing) => pools.push(Arc::clone(existing)),
-                None => pools.push(Arc::new(PoolRt::start(p.clone(), metrics).await?)),
+                None => {
+                    let before = by_name.get(p.name.as_str()).map(|rt| rt.as_ref());
+                    pools.push(Arc::new(PoolRt::start(p.clone(), before, metrics).await?));
+                }
             }
         }
         let routes = snapshot
@@ -220,6 +189,7 @@ impl Runtime {
             .collect();
         Ok(Self {
             generation,
+            origin,
             snapshot: Arc::new(snapshot),
             routes,
             pools,
@@ -241,7 +211,8 @@ fn header_value(name: &str) -> HeaderValue {
 pub struct Shared {
     current: ArcSwapOption<Runtime>,
     generation: AtomicU64,
-    ready: AtomicBool,
+    listening: AtomicBool,
+    note: std::sync::Mutex<Option<String>>,
     /// The metrics registry.
     pub metrics: Metrics,
     reload_lock: tokio::sync::Mutex<()>,
@@ -253,7 +224,8 @@ impl Shared {
         Self {
             current: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
-            ready: AtomicBool::new(false),
+            listening: AtomicBool::new(false),
+            note: std::sync::Mutex::new(None),
             metrics,
             reload_lock: tokio::sync::Mutex::new(()),
         }
@@ -266,23 +238,44 @@ impl Shared {
 
     /// Whether the gateway serves traffic (a snapshot is live and the proxy listens).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.listening.load(Ordering::Acquire) && self.current.load().is_some()
     }
 
-    /// Marks the gateway ready or not.
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
+    /// Records whether the proxy listener accepts connections (ready once a
+    /// snapshot is live too).
+    pub fn set_ready(&self, listening: bool) {
+        self.listening.store(listening, Ordering::Release);
+    }
+
+    /// A note on the config source for `/readyz` (e.g. serving from the cache).
+    pub fn note(&self) -> Option<String> {
+        self.note.lock().ok().and_then(|n| n.clone())
+    }
+
+    /// Sets or clears the config source note.
+    pub fn set_note(&self, note: Option<String>) {
+        if let Ok(mut n) = self.note.lock() {
+            *n = note;
+        }
     }
 
     /// Builds a runtime from `snapshot` off the request path and swaps it in.
     /// Returns the new generation, or leaves the live one untouched on error.
-    pub async fn publish(&self, snapshot: Snapshot) -> Result<u64, String> {
+    pub async fn publish(&self, snapshot: Snapshot, origin: Origin) -> Result<u64, String> {
         let _guard = self.reload_lock.lock().await;
         let previous = self.current();
         let generation = self.generation.load(Ordering::Acquire) + 1;
-        let runtime =
-            Runtime::build(snapshot, generation, previous.as_deref(), &self.metrics).await?;
+        let revision = origin.revision().unwrap_or(0);
+        let runtime = Runtime::build(
+            snapshot,
+            origin,
+            generation,
+            previous.as_deref(),
+            &self.metrics,
+        )
+        .await?;
         self.current.store(Some(Arc::new(runtime)));
+        self.metrics.revision.set(revision);
         self.generation.store(generation, Ordering::Release);
         self.metrics
             .generation
@@ -294,6 +287,7 @@ impl Shared {
     /// Counts and logs a rejected config.
     pub fn reject(&self, origin: &str, error: &dyn std::fmt::Display) {
         self.metrics.reloads.with_label_values(&["rejected"]).inc();
+        self.metrics.rejected.inc();
         tracing::error!(
             origin,
             "config rejected, keeping the last good one:\n{error}"

@@ -6,13 +6,21 @@
 //! - [`Weir`]: starts the real `weir` binary with a config in a temp dir on
 //!   OS-chosen ports, waits for its launch line and for `/readyz`, and kills it
 //!   when dropped.
+//! - [`Etcd`]: a real single-member etcd in a temp dir on OS-chosen ports,
+//!   which can be stopped and resumed to simulate an outage.
+//! - [`Relay`]: a TCP relay that can be cut and restored, to take one
+//!   client's network path away.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub mod etcd;
+pub mod relay;
 pub mod upstream;
 pub mod weir;
 
+pub use etcd::Etcd;
+pub use relay::Relay;
 pub use upstream::Upstream;
 pub use weir::Weir;
 

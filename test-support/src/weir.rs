@@ -26,6 +26,19 @@ impl Weir {
     /// Writes `config` to a temp dir and starts `binary --config FILE`, then
     /// waits for the launch line and for `/readyz` to answer 200.
     pub async fn start(binary: &Path, config: &str) -> anyhow::Result<Self> {
+        Self::start_with(binary, config, &[]).await
+    }
+
+    /// Like [`Weir::start`], with extra command-line arguments.
+    pub async fn start_with(binary: &Path, config: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let weir = Self::spawn(binary, config, args).await?;
+        weir.wait_ready().await?;
+        Ok(weir)
+    }
+
+    /// Starts `binary --config FILE ARGS...` and waits for its launch line
+    /// only (the gateway may not be ready: see [`Weir::wait_ready`]).
+    pub async fn spawn(binary: &Path, config: &str, args: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join("weir.toml");
         std::fs::write(&config_path, config)?;
@@ -34,6 +47,7 @@ impl Weir {
         let mut child = Command::new(binary)
             .arg("--config")
             .arg(&config_path)
+            .args(args)
             .env("WEIR_LOG", "info,weir::access=warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -68,7 +82,6 @@ impl Weir {
             child,
             _dir: dir,
         };
-        weir.wait_ready().await?;
         Ok(weir)
     }
 
@@ -113,22 +126,49 @@ impl Weir {
     }
 
     /// Reads one sample of a metric from `/metrics` (exact series match, e.g.
-    /// `weir_config_reloads_total{result="rejected"}`).
+    /// `weir_config_reloads_total{result="rejected"}`); 0 when absent.
     pub async fn metric(&self, series: &str) -> anyhow::Result<f64> {
+        Ok(self.metric_sample(series).await.unwrap_or(0.0))
+    }
+
+    /// One sample of a metric; `None` when the series is absent or the
+    /// scrape fails.
+    pub async fn metric_sample(&self, series: &str) -> Option<f64> {
         let text = crate::client()
             .get(self.admin_url("/metrics"))
             .send()
-            .await?
+            .await
+            .ok()?
             .text()
+            .await
+            .ok()?;
+        text.lines().find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// GETs an admin path and parses its JSON body (e.g. `/admin/routes`).
+    pub async fn admin_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        Ok(crate::client()
+            .get(self.admin_url(path))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// `/readyz`: its status code and JSON body.
+    pub async fn readyz(&self) -> anyhow::Result<(u16, serde_json::Value)> {
+        let resp = crate::client()
+            .get(self.admin_url("/readyz"))
+            .send()
             .await?;
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix(series)
-                && let Some(v) = rest.strip_prefix(' ')
-            {
-                return Ok(v.trim().parse()?);
-            }
-        }
-        Ok(0.0)
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await?))
     }
 
     /// Whether the process is still running.

@@ -183,6 +183,23 @@ impl Engine {
         format!("http://{}", self.grpc)
     }
 
+    /// Sends SIGTERM (a clean shutdown) and waits for the exit; true when
+    /// the engine exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        sent && self.child.wait().is_ok_and(|s| s.success())
+    }
+
+    /// SIGKILL: the engine vanishes without any cleanup.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// What the engine logged so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()

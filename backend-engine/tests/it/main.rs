@@ -15,4 +15,5 @@ mod lifecycle;
 mod openai;
 mod python_clients;
 mod queue;
+mod registration;
 mod v2_http;

@@ -1,0 +1,314 @@
+//! The etcd key layout and its conversion to and from a [`Config`].
+//!
+//! Keys are relative to the prefix (default `/weir/`):
+//!
+//! | key | value |
+//! |---|---|
+//! | `timeouts` | the `[timeouts]` table |
+//! | `pools/<pool>` | one pool, the same fields as a `[[pools]]` entry |
+//! | `pools/<pool>/members/<IP:PORT>` | a registered backend `{"address":…,"weight":…}`, kept alive by a lease |
+//! | `routes/<route>` | one route, the same fields as a `[[routes]]` entry |
+//! | `routes/<route>/weights` | `{"v1":90,"v2":10}`: arm weights overriding the route's |
+//!
+//! Values are JSON objects; a value that does not start with `{` is read as
+//! TOML. `name` may be left out of a pool or route document (the key names
+//! it); when present it must equal the key's name. Any other key under the
+//! prefix is an error, so a typo cannot be silently ignored.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{ConfigError, Problems};
+use crate::model::{BackendConfig, Config, PoolConfig, RouteConfig, TimeoutsConfig};
+
+/// Documents under the prefix: relative key → raw value.
+pub type Docs = BTreeMap<String, Vec<u8>>;
+
+/// The `timeouts` key.
+pub const TIMEOUTS: &str = "timeouts";
+
+/// What a key (relative to the prefix) holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind<'a> {
+    /// `timeouts`.
+    Timeouts,
+    /// `pools/<name>`.
+    Pool(&'a str),
+    /// `pools/<pool>/members/<addr>`.
+    Member {
+        /// The pool.
+        pool: &'a str,
+        /// The member's `IP:PORT`.
+        addr: &'a str,
+    },
+    /// `routes/<name>`.
+    Route(&'a str),
+    /// `routes/<name>/weights`.
+    Weights(&'a str),
+}
+
+impl<'a> KeyKind<'a> {
+    /// Classifies a relative key; `None` for keys outside the layout.
+    pub fn parse(key: &'a str) -> Option<Self> {
+        let parts: Vec<&str> = key.split('/').collect();
+        let named = |s: &str| !s.is_empty();
+        match parts.as_slice() {
+            ["timeouts"] => Some(Self::Timeouts),
+            ["pools", p] if named(p) => Some(Self::Pool(p)),
+            ["pools", p, "members", a] if named(p) && named(a) => {
+                Some(Self::Member { pool: p, addr: a })
+            }
+            ["routes", r] if named(r) => Some(Self::Route(r)),
+            ["routes", r, "weights"] if named(r) => Some(Self::Weights(r)),
+            _ => None,
+        }
+    }
+
+    /// Whether the key is operator config (everything but registered members).
+    pub fn is_config(&self) -> bool {
+        !matches!(self, Self::Member { .. })
+    }
+}
+
+/// `pools/<pool>`.
+pub fn pool_key(pool: &str) -> String {
+    format!("pools/{pool}")
+}
+/// `pools/<pool>/members/<addr>`.
+pub fn member_key(pool: &str, addr: &str) -> String {
+    format!("pools/{pool}/members/{addr}")
+}
+/// `routes/<route>`.
+pub fn route_key(route: &str) -> String {
+    format!("routes/{route}")
+}
+/// `routes/<route>/weights`.
+pub fn weights_key(route: &str) -> String {
+    format!("routes/{route}/weights")
+}
+
+/// Reads a document: JSON when it starts with `{`, else TOML.
+pub fn parse_doc(raw: &[u8]) -> Result<Value, String> {
+    let text = std::str::from_utf8(raw).map_err(|e| format!("not UTF-8 text: {e}"))?;
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') {
+        serde_json::from_str(trimmed).map_err(|e| format!("invalid JSON: {e}"))
+    } else {
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| format!("invalid TOML: {}", e.message()))?;
+        serde_json::to_value(table).map_err(|e| format!("invalid TOML: {e}"))
+    }
+}
+
+fn typed<T: DeserializeOwned>(value: Value) -> Result<T, String> {
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
+/// Fills in `name` from the key, or checks that it matches.
+fn named(value: Value, name: &str) -> Result<Value, String> {
+    let Value::Object(mut map) = value else {
+        return Err("must be an object".to_owned());
+    };
+    match map.get("name") {
+        None => {
+            map.insert("name".to_owned(), Value::String(name.to_owned()));
+        }
+        Some(Value::String(n)) if n == name => {}
+        Some(other) => return Err(format!("name {other} differs from the key's {name:?}")),
+    }
+    Ok(Value::Object(map))
+}
+
+/// Arm weights from a weights document.
+pub fn parse_weights(raw: &[u8]) -> Result<BTreeMap<String, i64>, String> {
+    let Value::Object(map) = parse_doc(raw)? else {
+        return Err("must be an object of arm weights, e.g. {\"v1\":90,\"v2\":10}".to_owned());
+    };
+    if map.is_empty() {
+        return Err("names no arm; delete the key to use the route's weights".to_owned());
+    }
+    let mut out = BTreeMap::new();
+    let mut bad = Vec::new();
+    for (arm, w) in map {
+        match w.as_i64() {
+            Some(w) => {
+                out.insert(arm, w);
+            }
+            None => bad.push(format!("{arm:?}: {w} is not an integer")),
+        }
+    }
+    if bad.is_empty() {
+        Ok(out)
+    } else {
+        Err(format!("weights must be integers ({})", bad.join(", ")))
+    }
+}
+
+/// What [`assemble`] includes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Members {
+    /// Registered members become backends of their pools (the gateway's view).
+    Merge,
+    /// Only the operator's documents (export, import checks).
+    Ignore,
+}
+
+/// Builds a whole [`Config`] from the documents under the prefix: `server`
+/// and `source` from `base`, `timeouts` from the `timeouts` key (else from
+/// `base`), pools and routes from their keys, with weights overrides applied
+/// to the arms and registered members added to their pools. Every problem is
+/// reported, named by its full key (`prefix` + relative key).
+pub fn assemble(
+    base: &Config,
+    docs: &Docs,
+    prefix: &str,
+    members: Members,
+) -> Result<Config, ConfigError> {
+    let mut problems = Problems::default();
+    let mut config = Config {
+        server: base.server.clone(),
+        timeouts: base.timeouts.clone(),
+        pools: Vec::new(),
+        routes: Vec::new(),
+        source: base.source.clone(),
+    };
+    let mut weights: Vec<(&str, &str, BTreeMap<String, i64>)> = Vec::new();
+    let mut registered: Vec<(&str, &str, BackendConfig)> = Vec::new();
+    for (key, raw) in docs {
+        let at = format!("{prefix}{key}");
+        let Some(kind) = KeyKind::parse(key) else {
+            problems.push(
+                at,
+                "unknown key: expected timeouts, pools/<pool>, pools/<pool>/members/<addr>, \
+                 routes/<route> or routes/<route>/weights",
+            );
+            continue;
+        };
+        let parsed = match kind {
+            KeyKind::Timeouts => parse_doc(raw)
+                .and_then(typed::<TimeoutsConfig>)
+                .map(|t| config.timeouts = t),
+            KeyKind::Pool(name) => parse_doc(raw)
+                .and_then(|v| named(v, name))
+                .and_then(typed::<PoolConfig>)
+                .map(|p| config.pools.push(p)),
+            KeyKind::Route(name) => parse_doc(raw)
+                .and_then(|v| named(v, name))
+                .and_then(typed::<RouteConfig>)
+                .map(|r| config.routes.push(r)),
+            KeyKind::Weights(route) => {
+                parse_weights(raw).map(|w| weights.push((key.as_str(), route, w)))
+            }
+            KeyKind::Member { pool, addr } => match members {
+                Members::Ignore => Ok(()),
+                Members::Merge => parse_doc(raw)
+                    .and_then(typed::<BackendConfig>)
+                    .and_then(|b| {
+                        if b.address == addr {
+                            registered.push((pool, key.as_str(), b));
+                            Ok(())
+                        } else {
+                            Err(format!("address {:?} differs from the key", b.address))
+                        }
+                    }),
+            },
+        };
+        if let Err(message) = parsed {
+            problems.push(at, message);
+        }
+    }
+    for (key, route, w) in weights {
+        apply_weights(&mut config, prefix, key, route, w, &mut problems);
+    }
+    for (pool, key, member) in registered {
+        add_member(&mut config, pool, key, member);
+    }
+    if config.routes.is_empty() && problems.is_empty() {
+        problems.push(
+            prefix,
+            "holds no routes; write a config with `weirctl config import FILE`",
+        );
+    }
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid { problems })
+    }
+}
+
+fn apply_weights(
+    config: &mut Config,
+    prefix: &str,
+    key: &str,
+    route: &str,
+    weights: BTreeMap<String, i64>,
+    problems: &mut Problems,
+) {
+    let at = format!("{prefix}{key}");
+    let Some(r) = config.routes.iter_mut().find(|r| r.name == route) else {
+        problems.push(at, format!("no route named {route:?}"));
+        return;
+    };
+    for (arm, w) in weights {
+        match r.arms.iter_mut().find(|a| a.name == arm) {
+            Some(a) => a.weight = w,
+            None => problems.push(
+                at.clone(),
+                format!("route {route:?} has no arm named {arm:?}"),
+            ),
+        }
+    }
+}
+
+/// Registered members join their pool unless a static backend already has
+/// the address. A member of an unknown pool is left out (it may belong to a
+/// pool that is being removed), and never makes the config invalid.
+fn add_member(config: &mut Config, pool: &str, key: &str, member: BackendConfig) {
+    match config.pools.iter_mut().find(|p| p.name == pool) {
+        Some(p) => {
+            if !p.backends.iter().any(|b| b.address == member.address) {
+                p.backends.push(member);
+            }
+        }
+        None => tracing::debug!(key, "registered member of an unknown pool, left out"),
+    }
+}
+
+/// Splits a config into documents: `timeouts`, one per pool and one per
+/// route (the inverse of [`assemble`] without weights keys or members).
+pub fn explode(config: &Config) -> Result<Vec<(String, String)>, serde_json::Error> {
+    let mut out = Vec::with_capacity(1 + config.pools.len() + config.routes.len());
+    if config.timeouts != TimeoutsConfig::default() {
+        out.push((
+            TIMEOUTS.to_owned(),
+            serde_json::to_string(&config.timeouts)?,
+        ));
+    }
+    for p in &config.pools {
+        out.push((pool_key(&p.name), serde_json::to_string(p)?));
+    }
+    for r in &config.routes {
+        out.push((route_key(&r.name), serde_json::to_string(r)?));
+    }
+    Ok(out)
+}
+
+/// Relative keys named twice by a config (duplicate pool or route names):
+/// they cannot be stored one per key.
+pub fn duplicate_keys(config: &Config) -> Vec<String> {
+    let mut seen = HashSet::new();
+    let mut dup = Vec::new();
+    for key in config
+        .pools
+        .iter()
+        .map(|p| pool_key(&p.name))
+        .chain(config.routes.iter().map(|r| route_key(&r.name)))
+    {
+        if !seen.insert(key.clone()) {
+            dup.push(key);
+        }
+    }
+    dup
+}

@@ -1,0 +1,349 @@
+//! Backends registering themselves as members of a pool.
+//!
+//! A backend (an engine replica) puts `{"address":"IP:PORT","weight":N}` at
+//! `<prefix>pools/<pool>/members/<IP:PORT>`, attached to a lease with a TTL,
+//! and keeps the lease alive. Gateways add the members of a pool to its
+//! static backends. When the backend exits cleanly it calls
+//! [`Registration::deregister`] (the key goes at once); when it dies, the lease
+//! expires after the TTL and etcd deletes the key.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), weir_conf::etcd::EtcdError> {
+//! use std::time::Duration;
+//! use weir_conf::etcd::{EtcdSettings, Registration, RegistrationOptions};
+//!
+//! let settings = EtcdSettings::new(vec!["http://127.0.0.1:2379".into()], "/weir/");
+//! let options = RegistrationOptions::new("engine-v1", "10.0.0.7:9001")
+//!     .with_ttl(Duration::from_secs(10));
+//! let registration = Registration::start(settings, options).await?;
+//! // ... serve ...
+//! registration.deregister().await?;
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use etcd_client::{Client, PutOptions};
+
+use super::EtcdError;
+use super::layout::member_key;
+use super::settings::EtcdSettings;
+use super::watch::{BACKOFF_MAX, BACKOFF_MIN};
+use crate::model::BackendConfig;
+
+/// Default lease TTL.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+
+/// What to register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationOptions {
+    /// The pool to join.
+    pub pool: String,
+    /// The address gateways connect to (`IP:PORT`).
+    pub address: String,
+    /// The member's weight within the pool (1..=65535).
+    pub weight: u32,
+    /// Lease TTL: how long after the last keep-alive the member disappears.
+    pub ttl: Duration,
+}
+
+impl RegistrationOptions {
+    /// Joins `pool` as `address` with weight 1 and the default TTL.
+    pub fn new(pool: &str, address: &str) -> Self {
+        Self {
+            pool: pool.to_owned(),
+            address: address.to_owned(),
+            weight: 1,
+            ttl: DEFAULT_TTL,
+        }
+    }
+
+    /// Sets the lease TTL (whole seconds, at least one).
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Sets the weight.
+    pub fn with_weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    fn check(&self) -> Result<(), EtcdError> {
+        let bad = |m: String| Err(EtcdError::Lease(m));
+        if self.address.parse::<SocketAddr>().is_err() {
+            return bad(format!("{:?} is not an IP:PORT address", self.address));
+        }
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        };
+        if !plain(&self.pool) {
+            return bad(format!("{:?} is not a pool name", self.pool));
+        }
+        if !(1..=65_535).contains(&self.weight) {
+            return bad(format!(
+                "weight {} must be between 1 and 65535",
+                self.weight
+            ));
+        }
+        if self.ttl.as_secs() < 1 {
+            return bad("the TTL must be at least one second".to_owned());
+        }
+        Ok(())
+    }
+
+    fn value(&self) -> Result<String, EtcdError> {
+        serde_json::to_string(&BackendConfig {
+            address: self.address.clone(),
+            weight: i64::from(self.weight),
+        })
+        .map_err(|e| EtcdError::Lease(e.to_string()))
+    }
+}
+
+/// The command-line flags of a self-registering server (`weir-engine`, the
+/// demo upstream): `--register-etcd URL[,URL] --pool NAME [--advertise ADDR]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct RegisterFlags {
+    /// Register this server as a backend of `--pool` in the gateways' etcd
+    /// at these client URLs; the key is kept alive with a lease and removed
+    /// on a clean exit.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "URL[,URL]",
+        requires = "pool"
+    )]
+    pub register_etcd: Vec<String>,
+    /// The gateway pool to join.
+    #[arg(long, value_name = "NAME", requires = "register_etcd")]
+    pub pool: Option<String>,
+    /// The address gateways connect to (default: the bound listen address,
+    /// which must then not be a wildcard such as 0.0.0.0).
+    #[arg(long, value_name = "IP:PORT", requires = "register_etcd")]
+    pub advertise: Option<SocketAddr>,
+    /// Weight within the pool.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub register_weight: u32,
+    /// Lease TTL in seconds: how long after this server dies it disappears
+    /// from the pool.
+    #[arg(long, default_value_t = DEFAULT_TTL.as_secs(), value_name = "SECONDS")]
+    pub register_ttl: u64,
+    /// Key prefix of the gateways' config.
+    #[arg(long, default_value = "/weir/", value_name = "PREFIX")]
+    pub register_prefix: String,
+}
+
+impl RegisterFlags {
+    /// The registration to make for a server listening on `bound`, or `None`
+    /// when `--register-etcd` is not given; `Err` names a bad flag.
+    pub fn resolve(
+        &self,
+        bound: SocketAddr,
+    ) -> Result<Option<(EtcdSettings, RegistrationOptions)>, EtcdError> {
+        if self.register_etcd.is_empty() {
+            return Ok(None);
+        }
+        let Some(pool) = &self.pool else {
+            return Err(EtcdError::Lease("--register-etcd needs --pool".to_owned()));
+        };
+        let address = match self.advertise {
+            Some(a) => a,
+            None if bound.ip().is_unspecified() => {
+                return Err(EtcdError::Lease(format!(
+                    "listening on {bound}: give --advertise IP:PORT, the address gateways reach"
+                )));
+            }
+            None => bound,
+        };
+        let settings = EtcdSettings::new(self.register_etcd.clone(), &self.register_prefix);
+        let mut problems = crate::error::Problems::default();
+        settings.validate("--register-etcd", &mut problems);
+        if !problems.is_empty() {
+            return Err(EtcdError::Lease(problems.to_string()));
+        }
+        let options = RegistrationOptions::new(pool, &address.to_string())
+            .with_weight(self.register_weight)
+            .with_ttl(Duration::from_secs(self.register_ttl));
+        options.check()?;
+        Ok(Some((settings, options)))
+    }
+}
+
+/// A live registration; its lease is kept alive by a background task.
+/// Dropping it stops the keep-alives (the member disappears after the TTL);
+/// [`Registration::deregister`] removes it at once.
+pub struct Registration {
+    settings: EtcdSettings,
+    key: String,
+    lease: Arc<AtomicI64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Registration {
+    /// Registers (failing if etcd cannot be reached), then keeps the lease
+    /// alive on the current tokio runtime, registering again with a new lease
+    /// whenever the old one is lost (for example after a long etcd outage).
+    pub async fn start(
+        settings: EtcdSettings,
+        options: RegistrationOptions,
+    ) -> Result<Self, EtcdError> {
+        options.check()?;
+        let key = settings.key(&member_key(&options.pool, &options.address));
+        let mut client = settings.connect().await?;
+        let id = register(&settings, &mut client, &key, &options).await?;
+        let lease = Arc::new(AtomicI64::new(id));
+        let task = tokio::spawn(keep(
+            settings.clone(),
+            client,
+            key.clone(),
+            options,
+            Arc::clone(&lease),
+        ));
+        tracing::info!(key, lease = id, "registered");
+        Ok(Self {
+            settings,
+            key,
+            lease,
+            task,
+        })
+    }
+
+    /// The member's full key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The current lease id.
+    pub fn lease(&self) -> i64 {
+        self.lease.load(Ordering::Acquire)
+    }
+
+    /// Stops the keep-alives and removes the member now.
+    pub async fn deregister(self) -> Result<(), EtcdError> {
+        self.task.abort();
+        let mut client = self.settings.connect().await?;
+        let id = self.lease();
+        // Revoking deletes the key; a lease that already expired is fine.
+        let _ = self
+            .settings
+            .timed("lease revoke", client.lease_revoke(id))
+            .await;
+        self.settings
+            .timed("delete", client.delete(self.key.clone(), None))
+            .await?;
+        tracing::info!(key = self.key, "deregistered");
+        Ok(())
+    }
+}
+
+/// Grants a lease and puts the member under it.
+async fn register(
+    settings: &EtcdSettings,
+    client: &mut Client,
+    key: &str,
+    options: &RegistrationOptions,
+) -> Result<i64, EtcdError> {
+    let ttl = i64::try_from(options.ttl.as_secs()).unwrap_or(i64::MAX);
+    let lease = settings
+        .timed("lease grant", client.lease_grant(ttl, None))
+        .await?;
+    let put = PutOptions::new().with_lease(lease.id());
+    settings
+        .timed("put", client.put(key, options.value()?, Some(put)))
+        .await?;
+    Ok(lease.id())
+}
+
+/// Why keeping one lease alive stopped.
+enum Stop {
+    /// The lease is gone: register again.
+    Lost,
+    /// etcd failed: reconnect, then keep the same lease if it still lives.
+    Failed(EtcdError),
+}
+
+async fn keep(
+    settings: EtcdSettings,
+    mut client: Client,
+    key: String,
+    options: RegistrationOptions,
+    lease: Arc<AtomicI64>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let stop = keep_one(
+            &settings,
+            &mut client,
+            lease.load(Ordering::Acquire),
+            &options,
+        )
+        .await;
+        match stop {
+            Stop::Lost => {
+                tracing::warn!(key, "registration lease lost; registering again");
+                match register(&settings, &mut client, &key, &options).await {
+                    Ok(id) => {
+                        lease.store(id, Ordering::Release);
+                        backoff = BACKOFF_MIN;
+                        continue;
+                    }
+                    Err(e) => tracing::warn!(key, error = %e, "cannot register again"),
+                }
+            }
+            Stop::Failed(e) => tracing::warn!(key, error = %e, "lease keep-alive failed"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        match settings.connect().await {
+            Ok(c) => client = c,
+            Err(e) => tracing::warn!(key, error = %e, "cannot reconnect to etcd"),
+        }
+    }
+}
+
+/// Keeps lease `id` alive (a keep-alive every third of the TTL) until it is
+/// lost or etcd fails.
+async fn keep_one(
+    settings: &EtcdSettings,
+    client: &mut Client,
+    id: i64,
+    options: &RegistrationOptions,
+) -> Stop {
+    let every = (options.ttl / 3).max(Duration::from_millis(200));
+    let (mut keeper, mut stream) = match settings
+        .timed("lease keep-alive", client.lease_keep_alive(id))
+        .await
+    {
+        Ok(pair) => pair,
+        Err(e) => return Stop::Failed(e),
+    };
+    loop {
+        if let Err(e) = settings
+            .timed("lease keep-alive", keeper.keep_alive())
+            .await
+        {
+            return Stop::Failed(e);
+        }
+        match settings.timed("lease keep-alive", stream.message()).await {
+            Ok(Some(resp)) if resp.ttl() > 0 => {}
+            Ok(Some(_)) => return Stop::Lost,
+            Ok(None) => return Stop::Failed(EtcdError::Closed),
+            Err(e) => return Stop::Failed(e),
+        }
+        tokio::time::sleep(every).await;
+    }
+}

@@ -1,0 +1,244 @@
+//! Validated connection settings for etcd, and the connection itself.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+
+use super::EtcdError;
+use crate::error::Problems;
+use crate::model::{EtcdConfig, EtcdTlsConfig};
+
+/// Default connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(2_000);
+/// Default per-request timeout.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(5_000);
+
+/// PEM files for TLS to etcd.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA bundle.
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// Server name to verify.
+    pub domain: Option<String>,
+}
+
+/// How to reach the etcd cluster that holds the config.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdSettings {
+    /// Client URLs (`http://HOST:PORT` or `https://HOST:PORT`).
+    pub endpoints: Vec<String>,
+    /// Key prefix, starting and ending with `/` (e.g. `/weir/`).
+    pub prefix: String,
+    /// Last-good cache file, if any.
+    pub cache: Option<PathBuf>,
+    /// User name and password.
+    pub user: Option<(String, String)>,
+    /// TLS files.
+    pub tls: Option<TlsFiles>,
+    /// Longest wait for a connection.
+    pub connect_timeout: Duration,
+    /// Longest wait for one request.
+    pub request_timeout: Duration,
+}
+
+impl fmt::Debug for EtcdSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdSettings")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("cache", &self.cache)
+            .field("user", &self.user.as_ref().map(|(u, _)| u.as_str()))
+            .field("tls", &self.tls)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+impl fmt::Display for EtcdSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "etcd {} {}", self.endpoints.join(","), self.prefix)
+    }
+}
+
+impl EtcdSettings {
+    /// Settings for `endpoints` under `prefix` with every default. The
+    /// values are checked with [`EtcdSettings::validate`].
+    pub fn new(endpoints: Vec<String>, prefix: &str) -> Self {
+        Self {
+            endpoints,
+            prefix: normalize_prefix(prefix),
+            cache: None,
+            user: None,
+            tls: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+
+    /// Converts the `[source.etcd]` table, recording problems under `at`.
+    pub fn from_config(c: &EtcdConfig, at: &str, problems: &mut Problems) -> Self {
+        let mut s = Self::new(c.endpoints.clone(), &c.prefix);
+        s.cache = c.cache.as_ref().map(PathBuf::from);
+        match (&c.username, &c.password) {
+            (Some(u), Some(p)) => s.user = Some((u.clone(), p.clone())),
+            (Some(u), None) => s.user = Some((u.clone(), String::new())),
+            (None, Some(_)) => problems.push(format!("{at}.password"), "needs username"),
+            (None, None) => {}
+        }
+        if let Some(t) = &c.tls {
+            s.tls = Some(tls_files(t, &format!("{at}.tls"), problems));
+        }
+        for (name, ms, field) in [
+            (
+                "connect_timeout_ms",
+                c.connect_timeout_ms,
+                &mut s.connect_timeout,
+            ),
+            (
+                "request_timeout_ms",
+                c.request_timeout_ms,
+                &mut s.request_timeout,
+            ),
+        ] {
+            if (1..=600_000).contains(&ms) {
+                *field = Duration::from_millis(ms.unsigned_abs());
+            } else {
+                problems.push(
+                    format!("{at}.{name}"),
+                    format!("{ms} must be between 1 and 600000"),
+                );
+            }
+        }
+        s.validate(at, problems);
+        s
+    }
+
+    /// Checks endpoints and prefix.
+    pub fn validate(&self, at: &str, problems: &mut Problems) {
+        if self.endpoints.is_empty() {
+            problems.push(format!("{at}.endpoints"), "needs at least one endpoint");
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let rest = e
+                .strip_prefix("http://")
+                .or_else(|| e.strip_prefix("https://"));
+            match rest {
+                Some(hostport) if !hostport.is_empty() && !hostport.contains('/') => {}
+                _ => problems.push(
+                    format!("{at}.endpoints[{i}]"),
+                    format!("{e:?} must look like http://HOST:PORT or https://HOST:PORT"),
+                ),
+            }
+            if e.starts_with("http://") && self.tls.is_some() {
+                problems.push(
+                    format!("{at}.endpoints[{i}]"),
+                    "TLS options need https:// endpoints",
+                );
+            }
+        }
+        if !self.prefix.starts_with('/') || self.prefix.len() < 2 || self.prefix.contains("//") {
+            problems.push(
+                format!("{at}.prefix"),
+                format!(
+                    "{:?} must start with '/' and name a key prefix such as \"/weir/\"",
+                    self.prefix
+                ),
+            );
+        }
+    }
+
+    /// Opens a client (lazily connected: the first request shows whether
+    /// etcd is reachable).
+    pub async fn connect(&self) -> Result<Client, EtcdError> {
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(self.connect_timeout)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true);
+        if let Some((user, password)) = &self.user {
+            opts = opts.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &self.tls {
+            opts = opts.with_tls(tls_options(tls)?);
+        }
+        let connect = Client::connect(self.endpoints.clone(), Some(opts));
+        match tokio::time::timeout(self.request_timeout, connect).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => Err(EtcdError::request("connect", e)),
+            Err(_) => Err(EtcdError::Timeout("connect")),
+        }
+    }
+
+    /// Runs one etcd request with the request timeout.
+    pub async fn timed<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, EtcdError> {
+        match tokio::time::timeout(self.request_timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(EtcdError::request(op, e)),
+            Err(_) => Err(EtcdError::Timeout(op)),
+        }
+    }
+
+    /// The full key for a key relative to the prefix.
+    pub fn key(&self, relative: &str) -> String {
+        format!("{}{relative}", self.prefix)
+    }
+}
+
+/// `weir` → `/weir/`, `/weir` → `/weir/`.
+pub fn normalize_prefix(prefix: &str) -> String {
+    let mut p = String::with_capacity(prefix.len() + 2);
+    if !prefix.starts_with('/') {
+        p.push('/');
+    }
+    p.push_str(prefix);
+    if !p.ends_with('/') {
+        p.push('/');
+    }
+    p
+}
+
+fn tls_files(t: &EtcdTlsConfig, at: &str, problems: &mut Problems) -> TlsFiles {
+    let identity = match (&t.cert, &t.key) {
+        (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+        (None, None) => None,
+        (Some(_), None) => {
+            problems.push(format!("{at}.key"), "cert needs key");
+            None
+        }
+        (None, Some(_)) => {
+            problems.push(format!("{at}.cert"), "key needs cert");
+            None
+        }
+    };
+    TlsFiles {
+        ca: t.ca.as_ref().map(PathBuf::from),
+        identity,
+        domain: t.domain.clone(),
+    }
+}
+
+fn read_pem(path: &PathBuf) -> Result<Vec<u8>, EtcdError> {
+    std::fs::read(path).map_err(|e| EtcdError::Tls(format!("cannot read {}: {e}", path.display())))
+}
+
+fn tls_options(t: &TlsFiles) -> Result<TlsOptions, EtcdError> {
+    let mut opts = TlsOptions::new();
+    if let Some(ca) = &t.ca {
+        opts = opts.ca_certificate(Certificate::from_pem(read_pem(ca)?));
+    }
+    if let Some((cert, key)) = &t.identity {
+        opts = opts.identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?));
+    }
+    if let Some(domain) = &t.domain {
+        opts = opts.domain_name(domain.clone());
+    }
+    Ok(opts)
+}

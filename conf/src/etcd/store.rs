@@ -1,0 +1,424 @@
+//! Validated reads and writes of the config in etcd, for operators
+//! (`weirctl`): arm weights with a compare-and-swap, whole-config import and
+//! export, and a check of what the gateways would build.
+//!
+//! Every write is validated the way the gateway validates: the documents
+//! after the write are assembled and built into a snapshot first, and a write
+//! that would be rejected is refused with the problem list instead.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+use serde::Serialize;
+
+use super::layout::{self, Docs, KeyKind, Members};
+use super::settings::EtcdSettings;
+use super::{EtcdError, build};
+use crate::error::ConfigError;
+use crate::model::{Config, PoolConfig, RouteConfig, TimeoutsConfig};
+use crate::snapshot::Snapshot;
+
+/// etcd's default limit of operations in one transaction (`--max-txn-ops`).
+pub const MAX_TXN_OPS: usize = 128;
+
+/// Why an operator request was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// etcd could not be reached or failed.
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    /// The request was refused before anything was written.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The write would make the config invalid, or the config in etcd already is.
+    #[error("refused, the config would be invalid: {0}")]
+    Invalid(ConfigError),
+    /// Someone else changed a key between our read and our write.
+    #[error("{}", conflict_message(key, *expected, *actual))]
+    Conflict {
+        /// The full key (or the prefix, for an import).
+        key: String,
+        /// The modification revision the write expected.
+        expected: i64,
+        /// Its modification revision now (0 = deleted), when known.
+        actual: Option<i64>,
+    },
+}
+
+fn conflict_message(key: &str, expected: i64, actual: Option<i64>) -> String {
+    let now = match actual {
+        Some(0) => " (now deleted)".to_owned(),
+        Some(a) => format!(" (now at revision {a})"),
+        None => String::new(),
+    };
+    format!("conflict: {key} changed since revision {expected}{now}; read it again and retry")
+}
+
+/// One key's value and modification revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The raw value.
+    pub value: Vec<u8>,
+    /// The revision of its last modification.
+    pub mod_revision: i64,
+}
+
+/// Everything under the prefix at one revision.
+#[derive(Debug, Clone, Default)]
+pub struct Read {
+    /// The store revision of the read.
+    pub revision: i64,
+    /// Relative key → entry.
+    pub entries: BTreeMap<String, Entry>,
+}
+
+impl Read {
+    /// The documents without revisions.
+    pub fn docs(&self) -> Docs {
+        self.entries
+            .iter()
+            .map(|(k, e)| (k.clone(), e.value.clone()))
+            .collect()
+    }
+
+    /// Modification revision of `key` (0 when absent).
+    pub fn mod_revision(&self, key: &str) -> i64 {
+        self.entries.get(key).map(|e| e.mod_revision).unwrap_or(0)
+    }
+}
+
+/// A route's effective arm weights.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Weights {
+    /// The route.
+    pub route: String,
+    /// Arm name → effective weight, in the route's arm order.
+    pub arms: Vec<(String, i64)>,
+    /// Whether a `routes/<route>/weights` key overrides the route document.
+    pub overridden: bool,
+    /// Modification revision of the weights key (0 = no such key): pass it
+    /// as the expected revision of the next write.
+    pub mod_revision: i64,
+    /// The store revision these weights were read at.
+    pub revision: i64,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImportReport {
+    /// Keys written (new or changed).
+    pub written: Vec<String>,
+    /// Keys left as they were.
+    pub unchanged: usize,
+    /// Keys deleted (no longer in the config).
+    pub deleted: Vec<String>,
+    /// The store revision after the import (unchanged when nothing was written).
+    pub revision: i64,
+}
+
+/// The operator's part of a config, as export writes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Portable<'a> {
+    /// Default timeouts.
+    pub timeouts: &'a TimeoutsConfig,
+    /// Pools (static backends only).
+    pub pools: &'a [PoolConfig],
+    /// Routes, weights overrides applied.
+    pub routes: &'a [RouteConfig],
+}
+
+impl<'a> Portable<'a> {
+    /// The exportable part of `config`.
+    pub fn of(config: &'a Config) -> Self {
+        Self {
+            timeouts: &config.timeouts,
+            pools: &config.pools,
+            routes: &config.routes,
+        }
+    }
+}
+
+/// A connection to the config in etcd.
+pub struct Store {
+    settings: EtcdSettings,
+    client: Client,
+}
+
+impl Store {
+    /// Connects (lazily: the first request shows whether etcd is reachable).
+    pub async fn connect(settings: EtcdSettings) -> Result<Self, StoreError> {
+        let client = settings.connect().await?;
+        Ok(Self { settings, client })
+    }
+
+    /// The settings in use.
+    pub fn settings(&self) -> &EtcdSettings {
+        &self.settings
+    }
+
+    /// The full key of a relative key.
+    pub fn key(&self, relative: &str) -> String {
+        self.settings.key(relative)
+    }
+
+    /// Reads everything under the prefix.
+    pub async fn read(&mut self) -> Result<Read, StoreError> {
+        let prefix = self.settings.prefix.clone();
+        let resp = self
+            .settings
+            .timed(
+                "get",
+                self.client
+                    .get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
+        let entries = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let rel = kv.key().strip_prefix(prefix.as_bytes())?;
+                Some((
+                    String::from_utf8_lossy(rel).into_owned(),
+                    Entry {
+                        value: kv.value().to_vec(),
+                        mod_revision: kv.mod_revision(),
+                    },
+                ))
+            })
+            .collect();
+        Ok(Read {
+            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+            entries,
+        })
+    }
+
+    /// Builds what a gateway would build from etcd now.
+    pub async fn check(&mut self) -> Result<(Snapshot, i64), StoreError> {
+        let read = self.read().await?;
+        let snapshot = build(&Config::default(), &read.docs(), &self.settings.prefix)
+            .map_err(StoreError::Invalid)?;
+        Ok((snapshot, read.revision))
+    }
+
+    /// The operator's config in etcd (weights applied, members left out).
+    pub async fn export(&mut self) -> Result<(Config, i64), StoreError> {
+        let read = self.read().await?;
+        let config = layout::assemble(
+            &Config::default(),
+            &read.docs(),
+            &self.settings.prefix,
+            Members::Ignore,
+        )
+        .map_err(StoreError::Invalid)?;
+        Ok((config, read.revision))
+    }
+
+    /// The effective weights of `route`.
+    pub async fn weights(&mut self, route: &str) -> Result<Weights, StoreError> {
+        let read = self.read().await?;
+        self.weights_in(&read, route)
+    }
+
+    fn weights_in(&self, read: &Read, route: &str) -> Result<Weights, StoreError> {
+        let config = layout::assemble(
+            &Config::default(),
+            &read.docs(),
+            &self.settings.prefix,
+            Members::Merge,
+        )
+        .map_err(StoreError::Invalid)?;
+        let r = find_route(&config, route)?;
+        let key = layout::weights_key(route);
+        Ok(Weights {
+            route: route.to_owned(),
+            arms: r.arms.iter().map(|a| (a.name.clone(), a.weight)).collect(),
+            overridden: read.entries.contains_key(&key),
+            mod_revision: read.mod_revision(&key),
+            revision: read.revision,
+        })
+    }
+
+    /// Sets arm weights of `route` (arms not named keep their weight).
+    ///
+    /// Refused, with nothing written, when the route or an arm is unknown, a
+    /// weight is negative, or the resulting config would be invalid. The
+    /// write is a compare-and-swap on the weights key's modification
+    /// revision (`expect`, or the one just read) and on the route document's:
+    /// if either changed meanwhile the result is [`StoreError::Conflict`].
+    pub async fn set_weights(
+        &mut self,
+        route: &str,
+        changes: &[(String, i64)],
+        expect: Option<i64>,
+    ) -> Result<Weights, StoreError> {
+        let read = self.read().await?;
+        let docs = read.docs();
+        let base = Config::default();
+        let current = layout::assemble(&base, &docs, &self.settings.prefix, Members::Merge)
+            .map_err(StoreError::Invalid)?;
+        let r = find_route(&current, route)?;
+        let arms: BTreeSet<&str> = r.arms.iter().map(|a| a.name.as_str()).collect();
+        let mut refusals = Vec::new();
+        if changes.is_empty() {
+            refusals.push("name at least one ARM=WEIGHT".to_owned());
+        }
+        for (arm, w) in changes {
+            if !arms.contains(arm.as_str()) {
+                refusals.push(format!(
+                    "route {route:?} has no arm {arm:?} (arms: {})",
+                    arms.iter().copied().collect::<Vec<_>>().join(", ")
+                ));
+            }
+            if *w < 0 {
+                refusals.push(format!("weight of {arm:?} must be >= 0, got {w}"));
+            }
+        }
+        if !refusals.is_empty() {
+            return Err(StoreError::Refused(refusals.join("; ")));
+        }
+        let key = layout::weights_key(route);
+        let mut weights: BTreeMap<String, i64> = match docs.get(&key) {
+            Some(raw) => layout::parse_weights(raw)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(a, _)| arms.contains(a.as_str()))
+                .collect(),
+            None => BTreeMap::new(),
+        };
+        for (arm, w) in changes {
+            weights.insert(arm.clone(), *w);
+        }
+        let value = serde_json::to_string(&weights)
+            .map_err(|e| StoreError::Refused(format!("cannot encode weights: {e}")))?;
+        let mut next = docs;
+        next.insert(key.clone(), value.clone().into_bytes());
+        build(&base, &next, &self.settings.prefix).map_err(StoreError::Invalid)?;
+
+        let expected = expect.unwrap_or_else(|| read.mod_revision(&key));
+        let route_key = layout::route_key(route);
+        let full = self.key(&key);
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(full.clone(), CompareOp::Equal, expected),
+                Compare::mod_revision(
+                    self.key(&route_key),
+                    CompareOp::Equal,
+                    read.mod_revision(&route_key),
+                ),
+            ])
+            .and_then([TxnOp::put(full.clone(), value, None)])
+            .or_else([TxnOp::get(full.clone(), None)]);
+        let resp = self.settings.timed("txn", self.client.txn(txn)).await?;
+        if !resp.succeeded() {
+            let actual = resp
+                .op_responses()
+                .into_iter()
+                .find_map(|op| match op {
+                    TxnOpResponse::Get(g) => {
+                        Some(g.kvs().first().map_or(0, |kv| kv.mod_revision()))
+                    }
+                    _ => None,
+                })
+                .unwrap_or(0);
+            let (key, expected, actual) = if actual == expected {
+                // The weights key is as expected: the route document moved.
+                (self.key(&route_key), read.mod_revision(&route_key), None)
+            } else {
+                (full, expected, Some(actual))
+            };
+            return Err(StoreError::Conflict {
+                key,
+                expected,
+                actual,
+            });
+        }
+        self.weights(route).await
+    }
+
+    /// Replaces the operator config under the prefix with `config` in one
+    /// transaction: one document per pool and route (and `timeouts`), every
+    /// other config key deleted (stale weights overrides included).
+    /// Registered members are kept. `[server]` and `[source]` are not stored.
+    pub async fn import(&mut self, config: &Config) -> Result<ImportReport, StoreError> {
+        Snapshot::build(config.clone()).map_err(StoreError::Invalid)?;
+        let docs = layout::explode(config)
+            .map_err(|e| StoreError::Refused(format!("cannot encode the config: {e}")))?;
+        let read = self.read().await?;
+        let new_keys: BTreeSet<&str> = docs.iter().map(|(k, _)| k.as_str()).collect();
+        let mut next: Docs = read
+            .entries
+            .iter()
+            .filter(|(k, _)| matches!(KeyKind::parse(k), Some(KeyKind::Member { .. })))
+            .map(|(k, e)| (k.clone(), e.value.clone()))
+            .collect();
+        let mut report = ImportReport {
+            revision: read.revision,
+            ..ImportReport::default()
+        };
+        let mut ops = Vec::new();
+        for (k, v) in &docs {
+            next.insert(k.clone(), v.clone().into_bytes());
+            if read.entries.get(k).map(|e| e.value.as_slice()) == Some(v.as_bytes()) {
+                report.unchanged += 1;
+            } else {
+                ops.push(TxnOp::put(self.key(k), v.clone(), None));
+                report.written.push(k.clone());
+            }
+        }
+        for k in read.entries.keys() {
+            let member = matches!(KeyKind::parse(k), Some(KeyKind::Member { .. }));
+            if !member && !new_keys.contains(k.as_str()) {
+                ops.push(TxnOp::delete(self.key(k), None));
+                report.deleted.push(k.clone());
+            }
+        }
+        build(config, &next, &self.settings.prefix).map_err(StoreError::Invalid)?;
+        if ops.is_empty() {
+            return Ok(report);
+        }
+        if ops.len() > MAX_TXN_OPS {
+            return Err(StoreError::Refused(format!(
+                "the import needs {} writes; etcd allows {MAX_TXN_OPS} in one transaction",
+                ops.len()
+            )));
+        }
+        // Nothing may have changed since the read: compare the prefix's newest
+        // modification against the read revision.
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                self.settings.prefix.clone(),
+                CompareOp::Less,
+                read.revision + 1,
+            )
+            .with_prefix()])
+            .and_then(ops);
+        let resp = self.settings.timed("txn", self.client.txn(txn)).await?;
+        if !resp.succeeded() {
+            return Err(StoreError::Conflict {
+                key: self.settings.prefix.clone(),
+                expected: read.revision,
+                actual: None,
+            });
+        }
+        report.revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        Ok(report)
+    }
+}
+
+fn find_route<'a>(config: &'a Config, route: &str) -> Result<&'a RouteConfig, StoreError> {
+    config
+        .routes
+        .iter()
+        .find(|r| r.name == route)
+        .ok_or_else(|| {
+            StoreError::Refused(format!(
+                "no route named {route:?} (routes: {})",
+                config
+                    .routes
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+}

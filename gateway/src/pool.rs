@@ -1,0 +1,175 @@
+//! A pool at run time: its Pingora load balancer and its health checks.
+//!
+//! A pool whose definition did not change is carried over from one runtime
+//! to the next as it is. A pool whose *members* changed (an operator edit, an
+//! engine registering or its lease expiring) gets a new balancer, but keeps
+//! its [`PoolHealth`] as long as its health-check settings are the same: the
+//! health state lives in a Pingora `HealthRegistry` shared by the old and the
+//! new balancer, so surviving backends keep the state they had (a backend
+//! found down stays down) and only new members start out healthy.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use pingora_load_balancing::health_check::{HealthCheck as Probe, HttpHealthCheck, TcpHealthCheck};
+use pingora_load_balancing::selection::RoundRobin;
+use pingora_load_balancing::{Backend, Backends, HealthRegistry, LoadBalancer, discovery};
+use weir_conf::model::HealthCheckKind;
+use weir_conf::{HealthCheck, Pool};
+
+use crate::metrics::Metrics;
+
+/// Weighted round robin over a pool's healthy backends.
+pub type Balancer = LoadBalancer<RoundRobin>;
+
+/// The active health checks of one pool, shared by the balancers of
+/// consecutive runtimes while the settings stay the same.
+pub struct PoolHealth {
+    settings: HealthCheck,
+    registry: Arc<HealthRegistry>,
+    /// The newest balancer, whose members the health gauges report.
+    latest: Arc<Mutex<Weak<Balancer>>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for PoolHealth {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl PoolHealth {
+    fn start(pool: &Pool, metrics: &Metrics) -> Result<Self, String> {
+        let hc = &pool.health;
+        let probe: Box<dyn Probe + Send + Sync> = match hc.kind {
+            HealthCheckKind::Tcp => {
+                let mut check = TcpHealthCheck::new();
+                check.consecutive_failure = hc.unhealthy_threshold;
+                check.consecutive_success = hc.healthy_threshold;
+                check.peer_template.options.connection_timeout = Some(hc.timeout);
+                check
+            }
+            HealthCheckKind::Http => {
+                let mut check = HttpHealthCheck::new("localhost", false);
+                check.consecutive_failure = hc.unhealthy_threshold;
+                check.consecutive_success = hc.healthy_threshold;
+                check.peer_template.options.connection_timeout = Some(hc.timeout);
+                check.peer_template.options.read_timeout = Some(hc.timeout);
+                check
+                    .req
+                    .set_uri(hc.path.parse().map_err(|e| format!("health path: {e}"))?);
+                Box::new(check)
+            }
+            HealthCheckKind::None => return Err("no health check".to_owned()),
+        };
+        let registry = Arc::new(HealthRegistry::new());
+        registry.set_health_check(probe);
+        let latest = Arc::new(Mutex::new(Weak::new()));
+        let task = tokio::spawn(health_loop(
+            Arc::clone(&registry),
+            Arc::clone(&latest),
+            pool.name.clone(),
+            hc.interval,
+            metrics.clone(),
+        ))
+        .abort_handle();
+        Ok(Self {
+            settings: hc.clone(),
+            registry,
+            latest,
+            task,
+        })
+    }
+}
+
+/// A pool with its balancer and health checks.
+pub struct PoolRt {
+    /// The validated pool definition.
+    pub config: Pool,
+    /// The balancer (weights and health).
+    pub lb: Arc<Balancer>,
+    health: Option<Arc<PoolHealth>>,
+}
+
+impl PoolRt {
+    /// Builds the balancer. Its health state is `previous`'s when that is a
+    /// pool of the same name with the same health-check settings; otherwise
+    /// a new health-check task starts on the current tokio runtime.
+    pub async fn start(
+        config: Pool,
+        previous: Option<&PoolRt>,
+        metrics: &Metrics,
+    ) -> Result<Self, String> {
+        let mut set = BTreeSet::new();
+        for b in &config.backends {
+            let backend = Backend::new_with_weight(&b.addr.to_string(), b.weight as usize)
+                .map_err(|e| format!("pool {}: backend {}: {e}", config.name, b.addr))?;
+            set.insert(backend);
+        }
+        let inherited = previous
+            .filter(|p| p.config.name == config.name)
+            .and_then(|p| p.health.as_ref())
+            .filter(|h| h.settings == config.health)
+            .map(Arc::clone);
+        let health = match (inherited, config.health.kind) {
+            (_, HealthCheckKind::None) => None,
+            (Some(h), _) => Some(h),
+            (None, _) => Some(Arc::new(PoolHealth::start(&config, metrics)?)),
+        };
+        let discovery = discovery::Static::new(set);
+        let backends = match &health {
+            Some(h) => Backends::new_with_health_registry(discovery, Arc::clone(&h.registry)),
+            None => Backends::new(discovery),
+        };
+        let lb = Balancer::from_backends(backends);
+        lb.update()
+            .await
+            .map_err(|e| format!("pool {}: {e}", config.name))?;
+        let lb = Arc::new(lb);
+        if let Some(h) = &health
+            && let Ok(mut latest) = h.latest.lock()
+        {
+            *latest = Arc::downgrade(&lb);
+        }
+        Ok(Self { config, lb, health })
+    }
+
+    /// Whether `backend` currently passes health checks.
+    pub fn healthy(&self, backend: &Backend) -> bool {
+        self.lb.backends().ready(backend)
+    }
+}
+
+async fn health_loop(
+    registry: Arc<HealthRegistry>,
+    latest: Arc<Mutex<Weak<Balancer>>>,
+    pool: String,
+    interval: Duration,
+    metrics: Metrics,
+) {
+    let mut reported: BTreeSet<String> = BTreeSet::new();
+    loop {
+        registry.run_health_check(true).await;
+        let lb = latest.lock().ok().and_then(|l| l.upgrade());
+        if let Some(lb) = lb {
+            let mut now = BTreeSet::new();
+            for b in lb.backends().get_backend().iter() {
+                let addr = b.addr.to_string();
+                metrics
+                    .backend_healthy
+                    .with_label_values(&[pool.as_str(), addr.as_str()])
+                    .set(i64::from(lb.backends().ready(b)));
+                now.insert(addr);
+            }
+            // Members that left the pool leave the gauge too.
+            for gone in reported.difference(&now) {
+                let _ = metrics
+                    .backend_healthy
+                    .remove_label_values(&[pool.as_str(), gone.as_str()]);
+            }
+            reported = now;
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

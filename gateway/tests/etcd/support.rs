@@ -1,0 +1,172 @@
+//! Helpers of the etcd tests: a two-arm config imported into a real etcd,
+//! a `weir` following it, raw puts, and a load that records every failure.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use weir_conf::etcd::etcd_client::{Client, PutOptions};
+use weir_conf::etcd::{EtcdSettings, Store};
+use weir_test_support::{Etcd, Upstream, Weir, eventually};
+
+use crate::common::{SERVER, config, weir_bin};
+
+/// The config prefix the tests use.
+pub const PREFIX: &str = "/weir/";
+
+/// Two upstreams and their 2-arm config (route `chat`, pools `pool-v1`, `pool-v2`).
+pub struct Arms {
+    pub v1: Upstream,
+    pub v2: Upstream,
+}
+
+impl Arms {
+    pub async fn start() -> Self {
+        Self {
+            v1: Upstream::local("v1").await.unwrap(),
+            v2: Upstream::local("v2").await.unwrap(),
+        }
+    }
+
+    /// The config text with weights `w1`/`w2`.
+    pub fn config(&self, w1: u32, w2: u32) -> String {
+        config(&[("v1", &self.v1, w1), ("v2", &self.v2, w2)], "")
+    }
+}
+
+/// Settings for `etcd` (or another endpoint) under [`PREFIX`].
+pub fn settings(endpoint: &str) -> EtcdSettings {
+    EtcdSettings::new(vec![endpoint.to_owned()], PREFIX)
+}
+
+/// Replaces the config in etcd with `text` (validated, like `weirctl config import`).
+pub async fn import(etcd: &Etcd, text: &str) -> i64 {
+    let config = weir_conf::parse_toml(text, "test config").unwrap();
+    let mut store = Store::connect(settings(&etcd.endpoint())).await.unwrap();
+    store.import(&config).await.unwrap().revision
+}
+
+/// A raw etcd client.
+pub async fn client(etcd: &Etcd) -> Client {
+    Client::connect([etcd.endpoint()], None).await.unwrap()
+}
+
+/// Puts `PREFIX + key`; returns the new store revision.
+pub async fn put(client: &mut Client, key: &str, value: &str) -> i64 {
+    let resp = client
+        .put(format!("{PREFIX}{key}"), value, None::<PutOptions>)
+        .await
+        .unwrap();
+    resp.header().unwrap().revision()
+}
+
+/// Deletes `PREFIX + key`; returns the new store revision.
+pub async fn delete(client: &mut Client, key: &str) -> i64 {
+    let resp = client.delete(format!("{PREFIX}{key}"), None).await.unwrap();
+    resp.header().unwrap().revision()
+}
+
+/// `weir` with only a `[server]` table in its file, following `endpoint`,
+/// with its last-good cache at `cache`; waits until it is ready.
+pub async fn weir(endpoint: &str, cache: &Path) -> Weir {
+    Weir::start_with(weir_bin(), SERVER, &weir_args(endpoint, cache))
+        .await
+        .unwrap()
+}
+
+pub fn weir_args<'a>(endpoint: &'a str, cache: &'a Path) -> [&'a str; 4] {
+    ["--etcd", endpoint, "--etcd-cache", cache.to_str().unwrap()]
+}
+
+/// Waits until the live config is at etcd revision `rev` or newer.
+pub async fn wait_revision(weir: &Weir, rev: i64) {
+    eventually(Duration::from_secs(15), || async {
+        let live = weir.metric("weir_config_revision").await.unwrap_or(0.0) as i64;
+        (live >= rev).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("revision {rev} not applied: {e}\n{}", weir.log()));
+}
+
+/// Waits until `series` reaches at least `n`.
+pub async fn wait_metric(weir: &Weir, series: &str, n: f64) {
+    eventually(Duration::from_secs(15), || async {
+        let v = weir.metric(series).await.unwrap_or(0.0);
+        (v >= n).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{series} did not reach {n}: {e}\n{}", weir.log()));
+}
+
+/// v2's share in percent over `n` requests.
+pub async fn v2_share(weir: &Weir, n: usize) -> f64 {
+    let counts = crate::common::split(weir, n, 32, &[]).await;
+    counts.get("v2").copied().unwrap_or(0) as f64 * 100.0 / n as f64
+}
+
+/// A closed-loop load of `clients` concurrent clients that records every
+/// failed request; stopped with [`Load::finish`].
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    workers: tokio::task::JoinSet<Vec<String>>,
+}
+
+impl Load {
+    pub fn start(weir: &Weir, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let client = weir_test_support::client();
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..clients {
+            let (client, url) = (client.clone(), weir.url("/v1/chat/completions"));
+            let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
+            workers.spawn(async move {
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let resp = client.get(&url).send().await;
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    match resp {
+                        Ok(r) if r.status() == 200 => {}
+                        Ok(r) => failures.push(format!("status {}", r.status())),
+                        Err(e) => failures.push(format!("error {e}")),
+                    }
+                }
+                failures
+            });
+        }
+        Self {
+            stop,
+            sent,
+            workers,
+        }
+    }
+
+    /// Requests answered (or failed) so far.
+    pub fn sent(&self) -> usize {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more requests have completed.
+    pub async fn advance(&self, n: usize) {
+        let target = self.sent() + n;
+        let sent = Arc::clone(&self.sent);
+        eventually(Duration::from_secs(30), || {
+            let now = sent.load(Ordering::Relaxed);
+            async move { (now >= target).then_some(()) }
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Stops the clients; returns (requests sent, failures).
+    pub async fn finish(mut self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failures = Vec::new();
+        while let Some(r) = self.workers.join_next().await {
+            failures.extend(r.unwrap());
+        }
+        (self.sent(), failures)
+    }
+}

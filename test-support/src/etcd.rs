@@ -1,0 +1,161 @@
+//! Launching a real etcd (Debian's `etcd-server`) for tests.
+//!
+//! Each [`Etcd`] runs its own single-member cluster in a temp data dir on
+//! ports the OS chose, waits until `/health` says it serves, and is killed
+//! when dropped. It can be stopped and started again on the same ports and
+//! data dir, which is how tests simulate an etcd outage.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// A running (or stopped) single-member etcd; killed on drop.
+pub struct Etcd {
+    /// Client address (`http://` + this).
+    pub client: SocketAddr,
+    peer: SocketAddr,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// Two ports the OS considers free now.
+fn free_ports() -> anyhow::Result<(SocketAddr, SocketAddr)> {
+    // Both listeners are held until both ports are known, so they differ.
+    let a = TcpListener::bind("127.0.0.1:0")?;
+    let b = TcpListener::bind("127.0.0.1:0")?;
+    Ok((a.local_addr()?, b.local_addr()?))
+}
+
+/// The etcd binary: `$WEIR_ETCD_BIN`, else `etcd` on the PATH.
+fn binary() -> PathBuf {
+    std::env::var_os("WEIR_ETCD_BIN").map_or_else(|| PathBuf::from("etcd"), PathBuf::from)
+}
+
+impl Etcd {
+    /// Starts etcd on free ports in a new temp data dir and waits until it
+    /// serves. Retries on other ports if the chosen ones were taken meanwhile.
+    pub async fn start() -> anyhow::Result<Self> {
+        let mut last = None;
+        for _ in 0..5 {
+            let (client, peer) = free_ports()?;
+            let mut etcd = Self {
+                client,
+                peer,
+                dir: tempfile::tempdir()?,
+                child: None,
+            };
+            match etcd.resume().await {
+                Ok(()) => return Ok(etcd),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("etcd did not start")))
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.client)
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Kills etcd (SIGKILL): clients see it vanish at once.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether it runs.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Starts it again on the same ports and data dir and waits until it serves.
+    pub async fn resume(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let client = format!("http://{}", self.client);
+        let peer = format!("http://{}", self.peer);
+        let child = Command::new(binary())
+            .arg("--name")
+            .arg("weir-test")
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(format!("weir-test={peer}"))
+            .arg("--log-level")
+            .arg("warn")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary().display()))?;
+        self.child = Some(child);
+        if let Err(e) = self.wait_healthy().await {
+            self.stop();
+            bail!("{e}; etcd log:\n{}", self.log());
+        }
+        Ok(())
+    }
+
+    async fn wait_healthy(&mut self) -> anyhow::Result<()> {
+        let http = crate::client();
+        let url = format!("http://{}/health", self.client);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut delay = Duration::from_millis(10);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                bail!("etcd exited with {status}");
+            }
+            if let Ok(resp) = http.get(&url).send().await
+                && let Ok(text) = resp.text().await
+                && text.contains("\"health\":\"true\"")
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("etcd not healthy within 20 s");
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
