@@ -18,6 +18,7 @@ command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v python3 >/dev/null || need+=(python3 python3-venv python3-pip)
 command -v unzip >/dev/null || need+=(unzip)
+command -v openssl >/dev/null || need+=(openssl)   # test certificates for etcd over TLS
 
 if ((${#need[@]})); then
     SUDO=""

@@ -14,12 +14,16 @@ use anyhow::{Context, bail};
 
 /// A running (or stopped) single-member etcd; killed on drop.
 pub struct Etcd {
-    /// Client address (`http://` + this).
+    /// Client address (`http://` + this, or `https://` with TLS).
     pub client: SocketAddr,
     peer: SocketAddr,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    secure: bool,
 }
+
+/// The user [`Etcd::start_secure`] creates (with the root role).
+pub const SECURE_USER: (&str, &str) = ("root", "weir-test-password");
 
 /// Two ports the OS considers free now.
 fn free_ports() -> anyhow::Result<(SocketAddr, SocketAddr)> {
@@ -38,6 +42,23 @@ impl Etcd {
     /// Starts etcd on free ports in a new temp data dir and waits until it
     /// serves. Retries on other ports if the chosen ones were taken meanwhile.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::launch(false).await
+    }
+
+    /// Like [`Etcd::start`], but clients must use TLS (a certificate for
+    /// 127.0.0.1 signed by a test CA, [`Etcd::ca`]; made with the `openssl`
+    /// command) and authenticate as [`SECURE_USER`].
+    pub async fn start_secure() -> anyhow::Result<Self> {
+        let etcd = Self::launch(true).await?;
+        let (user, password) = SECURE_USER;
+        etcd.etcdctl(&["role", "add", "root"], false)?;
+        etcd.etcdctl(&["user", "add", &format!("{user}:{password}")], false)?;
+        etcd.etcdctl(&["user", "grant-role", user, "root"], false)?;
+        etcd.etcdctl(&["auth", "enable"], false)?;
+        Ok(etcd)
+    }
+
+    async fn launch(secure: bool) -> anyhow::Result<Self> {
         let mut last = None;
         for _ in 0..5 {
             let (client, peer) = free_ports()?;
@@ -46,7 +67,11 @@ impl Etcd {
                 peer,
                 dir: tempfile::tempdir()?,
                 child: None,
+                secure,
             };
+            if secure {
+                etcd.make_certificates()?;
+            }
             match etcd.resume().await {
                 Ok(()) => return Ok(etcd),
                 Err(e) => last = Some(e),
@@ -55,9 +80,104 @@ impl Etcd {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("etcd did not start")))
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.client)
+        let scheme = if self.secure { "https" } else { "http" };
+        format!("{scheme}://{}", self.client)
+    }
+
+    /// The CA certificate clients of a secure etcd verify it with.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn make_certificates(&self) -> anyhow::Result<()> {
+        let d = self.dir.path();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n")?;
+        let steps: [Vec<&str>; 3] = [
+            [
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=weir-test-ca",
+                ],
+            ]
+            .concat(),
+            [
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+            vec![
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+            ],
+        ];
+        for args in steps {
+            let out = Command::new("openssl")
+                .args(&args)
+                .current_dir(d)
+                .output()?;
+            if !out.status.success() {
+                bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `etcdctl` against this etcd (as [`SECURE_USER`] when `auth`).
+    pub fn etcdctl(&self, args: &[&str], auth: bool) -> anyhow::Result<String> {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.endpoint());
+        if self.secure {
+            cmd.arg("--cacert").arg(self.ca());
+        }
+        if auth {
+            let (user, password) = SECURE_USER;
+            cmd.arg("--user").arg(format!("{user}:{password}"));
+        }
+        let out = cmd.args(args).output()?;
+        if !out.status.success() {
+            bail!("etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// The data dir.
@@ -96,9 +216,16 @@ impl Etcd {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let client = format!("http://{}", self.client);
+        let client = self.endpoint();
         let peer = format!("http://{}", self.peer);
-        let child = Command::new(binary())
+        let mut cmd = Command::new(binary());
+        if self.secure {
+            cmd.arg("--cert-file")
+                .arg(self.dir.path().join("server.pem"))
+                .arg("--key-file")
+                .arg(self.dir.path().join("server.key"));
+        }
+        let child = cmd
             .arg("--name")
             .arg("weir-test")
             .arg("--data-dir")
@@ -130,6 +257,7 @@ impl Etcd {
     async fn wait_healthy(&mut self) -> anyhow::Result<()> {
         let http = crate::client();
         let url = format!("http://{}/health", self.client);
+        let secure = self.secure;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let mut delay = Duration::from_millis(10);
         loop {
@@ -139,7 +267,13 @@ impl Etcd {
                 self.child = None;
                 bail!("etcd exited with {status}");
             }
-            if let Ok(resp) = http.get(&url).send().await
+            if secure {
+                // The test client speaks no TLS: ask etcdctl.
+                let health = ["endpoint", "health"];
+                if self.etcdctl(&health, false).is_ok() || self.etcdctl(&health, true).is_ok() {
+                    return Ok(());
+                }
+            } else if let Ok(resp) = http.get(&url).send().await
                 && let Ok(text) = resp.text().await
                 && text.contains("\"health\":\"true\"")
             {

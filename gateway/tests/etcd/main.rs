@@ -11,5 +11,6 @@ mod support;
 mod invalid;
 mod outage;
 mod registration;
+mod secure;
 mod watch;
 mod weirctl;
