@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import shutil
 import socket
 import subprocess
@@ -172,8 +173,23 @@ def start_nginx_proxy(stack: Stack, ports: dict) -> str:
     return url
 
 
+def dictionary(path: Path, n: int = 1000) -> None:
+    """A fixed mixed dictionary of `n` English and Chinese words."""
+    rng = random.Random(7)
+    han = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)]
+    lines = []
+    for i in range(n):
+        if i % 2:
+            lines.append("".join(rng.choice(han) for _ in range(rng.randint(2, 4))))
+        else:
+            lines.append("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(5, 10))))
+    path.write_text("\n".join(lines) + "\n")
+
+
 def start_weir(stack: Stack, weir: Path, ports: dict) -> str:
     cfg = stack.tmp / "weir.toml"
+    words = stack.tmp / "words.txt"
+    dictionary(words)
     cfg.write_text(f"""
 [server]
 proxy = "127.0.0.1:0"
@@ -199,6 +215,16 @@ arms = [
   {{ name = "v1", pool = "engine-v1", weight = 90 }},
   {{ name = "v2", pool = "engine-v2", weight = 10 }},
 ]
+
+[[filters]]
+name = "words"
+words_file = "{words}"
+
+[[routes]]
+name = "filtered"
+prefix = "/filtered"
+arms = [{{ name = "v1", pool = "engine-v1", weight = 1 }}]
+filters = {{ request = ["words"] }}
 """)
     env = {**os.environ, "WEIR_LOG": "warn"}
     proc = stack.spawn("weir", pin(1) + [str(weir), "--config", str(cfg)], env=env, stdout=subprocess.PIPE)
@@ -210,10 +236,11 @@ arms = [
     return f"http://{fields['proxy']}"
 
 
-def wrk(url: str, script: str, seconds: int, connections: int) -> dict:
+def wrk(url: str, script: str, seconds: int, connections: int, path: str = "") -> dict:
     argv = pin(0) + ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
                      "-s", str(WRK_DIR / script), url + "/v1/models"]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    env = {**os.environ, "WEIR_PATH": path} if path else None
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, env=env).stdout
     row = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
     row["rps"] = row["requests"] / (row["duration_us"] / 1e6)
     return row
@@ -259,6 +286,10 @@ def evaluate(results: dict, targets: dict, quick: bool) -> list[str]:
     added = r["weir_one_in_flight"]["p99"] - r["direct_one_in_flight"]["p99"]
     results["ratios"]["added_p99_one_in_flight_us"] = added
     checks.append(("added P99 at 1 in flight (us)", added, "<=", t["added_p99_one_in_flight_us_max"]))
+    if "weir_filter_1k" in r:
+        results["ratios"]["filter_1k_rps_over_unfiltered"] = r["weir_filter_1k"]["rps"] / max(r["weir_post_1k"]["rps"], 1)
+        results["ratios"]["filter_1k_added_p50_one_in_flight_us"] = (
+            r["weir_filter_1k_one_in_flight"]["p50"] - r["weir_post_1k_one_in_flight"]["p50"])
     if "weir_half_rate" in r:
         p99r = r["weir_half_rate"]["p99"] / max(r["nginx_half_rate"]["p99"], 1)
         results["ratios"]["p99_weir_over_nginx_half_rate"] = p99r
@@ -322,10 +353,16 @@ def main() -> int:
             ("direct_one_in_flight", direct, "plain.lua", 1),
             ("weir_one_in_flight", weir_url, "plain.lua", 1),
             ("nginx_one_in_flight", nginx_url, "plain.lua", 1),
+            # Scenario 5: 1 KiB chat bodies, without and with the Wasm filter
+            # (1k-word mixed dictionary).
+            ("weir_post_1k", weir_url, "post_1k.lua", args.connections, "/v1/chat/completions"),
+            ("weir_filter_1k", weir_url, "post_1k.lua", args.connections, "/filtered/v1/chat/completions"),
+            ("weir_post_1k_one_in_flight", weir_url, "post_1k.lua", 1, "/v1/chat/completions"),
+            ("weir_filter_1k_one_in_flight", weir_url, "post_1k.lua", 1, "/filtered/v1/chat/completions"),
         ]
-        for name, url, script, conns in plan:
+        for name, url, script, conns, *path in plan:
             log(f"{name}: {seconds}s, {conns} connection(s)")
-            sc[name] = wrk(url, script, seconds, conns)
+            sc[name] = wrk(url, script, seconds, conns, *path)
         if oha:
             rate = max(int(sc["nginx_weighted"]["rps"] * 0.5), 100)
             for name, url in (("nginx_half_rate", nginx_url), ("weir_half_rate", weir_url)):

@@ -13,6 +13,7 @@
 
 pub mod error;
 pub mod etcd;
+pub mod filters;
 pub mod model;
 pub mod snapshot;
 

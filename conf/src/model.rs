@@ -22,6 +22,9 @@ pub struct Config {
     /// Routes, matched by host and longest path prefix.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Sandboxed Wasm content filters that routes refer to by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<crate::filters::FilterConfig>,
     /// Where pools, routes and timeouts come from when not from this file
     /// (read at start; changes need a restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -316,6 +319,12 @@ pub struct RouteConfig {
     /// The versions traffic is split over.
     #[serde(default)]
     pub arms: Vec<ArmConfig>,
+    /// Content filters over request and response bodies.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::filters::RouteFiltersConfig::is_empty"
+    )]
+    pub filters: crate::filters::RouteFiltersConfig,
 }
 
 fn default_prefix() -> String {

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::error::{ConfigError, Problems};
+use crate::filters::{FilterDef, RouteFilters, check_filters, check_route_filters};
 use crate::model::{Config, HealthCheckKind, PoolConfig, Protocol, RouteConfig, TimeoutsConfig};
 
 /// Built-in connect timeout.
@@ -35,6 +36,8 @@ pub struct Snapshot {
     pub pools: Vec<Pool>,
     /// Routes in match order: host-specific before any-host, then longest prefix first.
     pub routes: Vec<Route>,
+    /// Content filter definitions; routes refer to them by index.
+    pub filters: Vec<FilterDef>,
 }
 
 /// Validated listener settings.
@@ -121,6 +124,8 @@ pub struct Route {
     pub timeouts: Timeouts,
     /// The arms.
     pub arms: Vec<Arm>,
+    /// Content filters.
+    pub filters: RouteFilters,
 }
 
 /// A validated arm.
@@ -175,7 +180,20 @@ impl Snapshot {
             .enumerate()
             .map(|(i, p)| (p.name.as_str(), i))
             .collect();
-        let mut routes = check_routes(&config.routes, &pool_index, defaults, &mut problems);
+        let filters = check_filters(&config.filters, &mut problems);
+        let filter_index: HashMap<&str, usize> = config
+            .filters
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name.as_str(), i))
+            .collect();
+        let mut routes = check_routes(
+            &config.routes,
+            &pool_index,
+            &filter_index,
+            defaults,
+            &mut problems,
+        );
         if let Some(etcd) = config.source.as_ref().and_then(|s| s.etcd.as_ref()) {
             crate::etcd::EtcdSettings::from_config(etcd, "source.etcd", &mut problems);
         }
@@ -187,6 +205,7 @@ impl Snapshot {
                     server,
                     pools,
                     routes,
+                    filters,
                 })
             }
             _ => Err(ConfigError::Invalid { problems }),
@@ -249,7 +268,7 @@ fn check_server(config: &Config, problems: &mut Problems) -> Option<Server> {
 }
 
 /// Names go into headers, metric labels and etcd keys: keep them plain.
-fn check_name(name: &str, path: &str, problems: &mut Problems) {
+pub(crate) fn check_name(name: &str, path: &str, problems: &mut Problems) {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -410,6 +429,7 @@ fn check_pools(pools: &[PoolConfig], problems: &mut Problems) -> Vec<Pool> {
 fn check_routes(
     routes: &[RouteConfig],
     pool_index: &HashMap<&str, usize>,
+    filter_index: &HashMap<&str, usize>,
     defaults: Timeouts,
     problems: &mut Problems,
 ) -> Vec<Route> {
@@ -461,7 +481,9 @@ fn check_routes(
                 idx
             }
         };
+        let filters = check_route_filters(&r.filters, &at, filter_index, problems);
         out.push(Route {
+            filters,
             name: r.name.clone(),
             prefix: r.prefix.clone(),
             host,

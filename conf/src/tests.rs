@@ -163,3 +163,79 @@ arms = [{ name = "a", pool = "p", weight = 1 }]
     .unwrap();
     assert!(s.pools[0].backends.is_empty());
 }
+
+#[test]
+fn filters_are_validated_with_every_problem_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let words = dir.path().join("words.txt");
+    std::fs::write(&words, "# comment\n坏词\tabuse\n\nsecret\n").unwrap();
+    let good = format!(
+        r#"
+[[pools]]
+name = "p"
+backends = [{{ address = "127.0.0.1:1" }}]
+[[filters]]
+name = "w"
+words = [{{ word = "bomb", category = "violence" }}]
+words_file = "{}"
+action = "block"
+[[routes]]
+name = "r"
+arms = [{{ name = "a", pool = "p", weight = 1 }}]
+filters = {{ request = ["w"], response = ["w"], non_json = "skip" }}
+"#,
+        words.display()
+    );
+    let s = build(&good).unwrap();
+    let f = &s.filters[0];
+    assert_eq!(
+        f.words,
+        vec![
+            ("bomb".to_owned(), "violence".to_owned()),
+            ("坏词".to_owned(), "abuse".to_owned()),
+            ("secret".to_owned(), "sensitive".to_owned()),
+        ]
+    );
+    assert_eq!(f.action, crate::filters::FilterAction::Block);
+    assert_eq!(s.routes[0].filters.request, vec![0]);
+    assert_eq!(s.routes[0].filters.max_body, 1 << 20);
+
+    let got = problems(
+        r#"
+[[pools]]
+name = "p"
+backends = [{ address = "127.0.0.1:1" }]
+[[filters]]
+name = "w"
+module = "/nonexistent/x.wasm"
+words_file = "/nonexistent/words.txt"
+mask_char = "**"
+memory_limit_mb = 0
+[[filters]]
+name = "w"
+words = [{ word = " " }]
+[[routes]]
+name = "r"
+arms = [{ name = "a", pool = "p", weight = 1 }]
+filters = { request = ["nope"], max_body_bytes = 0 }
+"#,
+    );
+    for want in [
+        "filters[w].module: cannot read",
+        "filters[w].words_file: cannot read",
+        "filters[w].words: needs at least one word",
+        "filters[w].mask_char:",
+        "filters[w].memory_limit_mb: 0 must be between",
+        "filters[w].name: duplicate filter name",
+        "filters[w].words[0]: a word must not be blank",
+        "routes[r].filters.request[0]: no filter named \"nope\"",
+        "routes[r].filters.max_body_bytes: 0 must be between",
+    ] {
+        assert!(
+            got.iter().any(|g| g.starts_with(want)),
+            "no {want:?} in {got:#?}"
+        );
+    }
+    let err = build("[[filters]]\nname = \"w\"\nwords = []\nactoin = \"mask\"\n").unwrap_err();
+    assert!(err.to_string().contains("unknown field `actoin`"), "{err}");
+}

@@ -117,10 +117,15 @@ name = "dead"
 backends = [{{ address = "{dead_addr}" }}]
 health_check = {{ kind = "none" }}
 
+[[filters]]
+name = "words"
+words = [{{ word = "x" }}]
+
 [[routes]]
 name = "chat"
 prefix = "/"
 fallback = "v1"
+filters = {{ request = ["words"] }}
 arms = [
   {{ name = "v1", pool = "up", weight = 9 }},
   {{ name = "v2", pool = "up", weight = 1 }},
@@ -130,7 +135,7 @@ arms = [
     proc, proxy, admin = s.start_weir(cfg)
     wanted = {"weir_requests_total", "weir_request_duration_seconds_bucket", "weir_fallbacks_total",
               "weir_upstream_connect_failures_total", "weir_backend_healthy", "weir_config_generation",
-              "weir_config_reloads_total"}
+              "weir_config_reloads_total", "weir_filter_matches_total", "weir_filter_duration_seconds_bucket"}
     try:
         def ready():
             s.http("POST", f"http://{proxy}/v1/completions", b'{"prompt":"x"}', {"content-type": "application/json"})

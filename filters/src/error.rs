@@ -51,6 +51,22 @@ impl FilterError {
     /// `init_rejected`, `out_of_fuel`, `memory_limit`, `trap`, `guest_error`,
     /// `garbage`, `instantiate`, `sse`, `input_too_large`.
     pub fn kind(&self) -> &'static str {
+        self.kind_impl()
+    }
+
+    /// The kinds a filter call (not a load) can fail with.
+    pub const CALL_KINDS: &'static [&'static str] = &[
+        "out_of_fuel",
+        "memory_limit",
+        "trap",
+        "guest_error",
+        "garbage",
+        "instantiate",
+        "sse",
+        "input_too_large",
+    ];
+
+    fn kind_impl(&self) -> &'static str {
         match self {
             Self::Spec(_) => "spec",
             Self::InvalidModule(_) => "invalid_module",

@@ -188,6 +188,11 @@ impl StreamFilter {
         Bytes::from(out)
     }
 
+    /// The name of the filter this stream runs.
+    pub fn filter_name(&self) -> &str {
+        self.filter.name()
+    }
+
     /// Bytes of text held back right now (all choices).
     pub fn held_bytes(&self) -> usize {
         self.held.values().map(String::len).sum()

@@ -41,6 +41,27 @@ pub enum GatewayError {
     /// The client sent something the gateway cannot proxy.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A content filter blocked the request (the word is never echoed).
+    #[error("blocked by the content filter (category: {category})")]
+    ContentBlocked {
+        /// The matched word's category.
+        category: String,
+    },
+    /// A content filter failed and its policy is `fail_closed`.
+    #[error("the content filter {filter} is unavailable")]
+    FilterUnavailable {
+        /// The filter.
+        filter: String,
+    },
+    /// The body is larger than the route's filter buffer.
+    #[error("the request body exceeds {limit} bytes, the most this route filters")]
+    BodyTooLarge {
+        /// `max_body_bytes`.
+        limit: usize,
+    },
+    /// The body is not the JSON the route's filters need.
+    #[error("invalid request body: {0}")]
+    InvalidBody(String),
     /// Anything else.
     #[error("internal gateway error: {0}")]
     Internal(String),
@@ -51,7 +72,11 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
             GatewayError::NoRoute { .. } => 404,
-            GatewayError::BadRequest(_) => 400,
+            GatewayError::BadRequest(_)
+            | GatewayError::ContentBlocked { .. }
+            | GatewayError::InvalidBody(_) => 400,
+            GatewayError::BodyTooLarge { .. } => 413,
+            GatewayError::FilterUnavailable { .. } => 503,
             GatewayError::UpstreamConnect(_) | GatewayError::Upstream(_) => 502,
             GatewayError::UpstreamTimeout(_) => 504,
             GatewayError::NotReady
@@ -64,8 +89,12 @@ impl GatewayError {
     /// OpenAI error `type`.
     pub fn kind(&self) -> &'static str {
         match self {
-            GatewayError::NoRoute { .. } | GatewayError::BadRequest(_) => "invalid_request_error",
-            GatewayError::Internal(_) => "server_error",
+            GatewayError::NoRoute { .. }
+            | GatewayError::BadRequest(_)
+            | GatewayError::ContentBlocked { .. }
+            | GatewayError::BodyTooLarge { .. }
+            | GatewayError::InvalidBody(_) => "invalid_request_error",
+            GatewayError::Internal(_) | GatewayError::FilterUnavailable { .. } => "server_error",
             _ => "upstream_error",
         }
     }
@@ -81,6 +110,10 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::Upstream(_) => "upstream_failed",
             GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::ContentBlocked { .. } => "content_blocked",
+            GatewayError::FilterUnavailable { .. } => "filter_unavailable",
+            GatewayError::BodyTooLarge { .. } => "body_too_large",
+            GatewayError::InvalidBody(_) => "invalid_body",
             GatewayError::Internal(_) => "internal_error",
         }
     }

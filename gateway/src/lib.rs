@@ -16,6 +16,7 @@ pub mod admin;
 pub mod ctl;
 pub mod errors;
 pub mod etcd;
+pub mod filtering;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

@@ -33,7 +33,21 @@ pub struct Metrics {
     pub etcd_connected: IntGauge,
     /// `weir_etcd_resyncs_total`: full re-reads after a compaction or cancelled watch.
     pub etcd_resyncs: IntCounter,
+    /// `weir_filter_matches_total{filter,category,direction}`.
+    pub filter_matches: IntCounterVec,
+    /// `weir_filter_errors_total{filter,kind}`.
+    pub filter_errors: IntCounterVec,
+    /// `weir_filter_duration_seconds{filter,direction}`: time in the filter per body or stream chunk.
+    pub filter_duration: HistogramVec,
+    /// `weir_filter_holdback_bytes`: text held back per streamed chunk.
+    pub filter_holdback: Histogram,
 }
+
+const FILTER_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25,
+];
+
+const HOLDBACK_BUCKETS: &[f64] = &[0.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0];
 
 const APPLY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
@@ -118,6 +132,39 @@ impl Metrics {
             "weir_etcd_resyncs_total",
             "Full re-reads of the etcd prefix after a compacted revision or a cancelled watch.",
         )?;
+        let filter_matches = IntCounterVec::new(
+            Opts::new(
+                "weir_filter_matches_total",
+                "Dictionary words matched by content filters, by filter, category and direction (request, response).",
+            ),
+            &["filter", "category", "direction"],
+        )?;
+        let filter_errors = IntCounterVec::new(
+            Opts::new(
+                "weir_filter_errors_total",
+                "Content filter failures (trap, out_of_fuel, memory_limit, garbage, ...), under either policy.",
+            ),
+            &["filter", "kind"],
+        )?;
+        let filter_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "weir_filter_duration_seconds",
+                "Time spent in a content filter per body or streamed chunk.",
+            )
+            .buckets(FILTER_BUCKETS.to_vec()),
+            &["filter", "direction"],
+        )?;
+        let filter_holdback = Histogram::with_opts(
+            HistogramOpts::new(
+                "weir_filter_holdback_bytes",
+                "Text held back by streaming filters after each upstream chunk (a tail that may start a word).",
+            )
+            .buckets(HOLDBACK_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(filter_matches.clone()))?;
+        registry.register(Box::new(filter_errors.clone()))?;
+        registry.register(Box::new(filter_duration.clone()))?;
+        registry.register(Box::new(filter_holdback.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(revision.clone()))?;
         registry.register(Box::new(apply_seconds.clone()))?;
@@ -147,6 +194,10 @@ impl Metrics {
             apply_seconds,
             etcd_connected,
             etcd_resyncs,
+            filter_matches,
+            filter_errors,
+            filter_duration,
+            filter_holdback,
         })
     }
 

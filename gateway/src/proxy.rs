@@ -8,16 +8,22 @@
 //!   arm when the arm has none.
 //! - `fail_to_connect`: count the failure and retry once on another backend.
 //! - `upstream_request_filter` / `response_filter`: request id and `x-weir-*`
-//!   headers.
+//!   headers; for filtered bodies, `Content-Length` gives way to chunked
+//!   transfer (the headers leave before the filtered body is known).
+//! - `request_body_filter`: buffer the body of a route with request filters
+//!   (up to its `max_body_bytes`) and send the filtered body, or refuse it
+//!   (400 blocked, 503 filter unavailable, 413 too large).
+//! - `response_body_filter`: JSON answers buffered and filtered, SSE streams
+//!   filtered chunk by chunk with a bounded hold-back.
 //! - `fail_to_proxy`: gateway-made errors as OpenAI-shaped JSON.
 //! - `logging`: metrics and the access-log line.
 
 use std::net::SocketAddr as StdSocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 use pingora_core::protocols::l4::socket::SocketAddr;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -27,6 +33,7 @@ use pingora_load_balancing::Backend;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::errors::GatewayError;
+use crate::filtering::ResponseFilter;
 use crate::routing::Reason;
 use crate::state::{Runtime, Shared};
 
@@ -50,6 +57,10 @@ pub struct GatewayCtx {
     /// The last connect failure, reported if no other backend is left.
     connect_error: Option<GatewayError>,
     error: Option<GatewayError>,
+    /// The request body being buffered for the route's request filters.
+    req_body: Option<BytesMut>,
+    /// The route's response filters at work on this answer.
+    resp_filter: Option<ResponseFilter>,
 }
 
 impl GatewayCtx {
@@ -108,6 +119,15 @@ impl Gateway {
         }
     }
 
+    /// Records `err` as the answer and returns the error that stops proxying
+    /// (`fail_to_proxy` then writes the JSON).
+    fn refuse(&self, ctx: &mut GatewayCtx, err: GatewayError) -> Box<Error> {
+        let status = err.status();
+        let message = err.to_string();
+        ctx.error = Some(err);
+        Error::explain(ErrorType::HTTPStatus(status), message)
+    }
+
     /// Adds the `x-weir-*` and `x-request-id` headers.
     fn decorate(&self, resp: &mut ResponseHeader, ctx: &GatewayCtx) -> Result<()> {
         if let Some(id) = &ctx.request_id {
@@ -132,6 +152,27 @@ fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
         .get(name)
         .map(|v| v.as_bytes())
         .filter(|v| !v.is_empty())
+}
+
+/// `Content-Length`, when present and valid.
+fn content_length(req: &RequestHeader) -> Option<usize> {
+    req.headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether a request may carry a body to filter: POST, PUT or PATCH with
+/// a non-zero length, chunked, or over HTTP/2 (where the length is optional).
+fn has_body(req: &RequestHeader) -> bool {
+    use http::Method;
+    matches!(req.method, Method::POST | Method::PUT | Method::PATCH)
+        && (content_length(req).is_some_and(|n| n > 0)
+            || req.headers.contains_key(http::header::TRANSFER_ENCODING)
+            || (req.version == http::Version::HTTP_2 && content_length(req).is_none()))
 }
 
 /// Host without port, from the `Host` header or the URI authority.
@@ -185,6 +226,8 @@ impl ProxyHttp for Gateway {
             connect_retries: 0,
             connect_error: None,
             error: None,
+            req_body: None,
+            resp_filter: None,
         }
     }
 
@@ -222,6 +265,16 @@ impl ProxyHttp for Gateway {
             Some((arm, reason)) => {
                 ctx.arm = Some(arm);
                 ctx.reason = Some(reason);
+                if !route.request_filters.is_empty() && has_body(req) {
+                    let limit = route.config.filters.max_body;
+                    if content_length(req).is_some_and(|n| n > limit) {
+                        ctx.runtime = Some(rt);
+                        self.answer_error(session, ctx, GatewayError::BodyTooLarge { limit })
+                            .await;
+                        return Ok(true);
+                    }
+                    ctx.req_body = Some(BytesMut::new());
+                }
                 ctx.runtime = Some(rt);
                 Ok(false)
             }
@@ -333,16 +386,119 @@ impl ProxyHttp for Gateway {
         if let Some(id) = &ctx.request_id {
             upstream_request.insert_header("x-request-id", id.clone())?;
         }
+        if ctx.req_body.is_some() {
+            // The filtered body's length is known only after the headers
+            // have gone: send it chunked (HTTP/2 needs no length at all).
+            upstream_request.remove_header(&http::header::CONTENT_LENGTH);
+            let h2 = match (&ctx.runtime, ctx.route, ctx.arm) {
+                (Some(rt), Some(r), Some(a)) => {
+                    rt.routes[r].arms[a].pool.config.protocol == weir_conf::model::Protocol::H2c
+                }
+                _ => false,
+            };
+            if h2 {
+                upstream_request.remove_header(&http::header::TRANSFER_ENCODING);
+            } else {
+                upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            }
+        }
         Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut GatewayCtx,
+    ) -> Result<()> {
+        let Some(buf) = ctx.req_body.as_mut() else {
+            return Ok(());
+        };
+        let (Some(rt), Some(r)) = (ctx.runtime.clone(), ctx.route) else {
+            return Ok(());
+        };
+        let route = &rt.routes[r];
+        let limit = route.config.filters.max_body;
+        if let Some(chunk) = body.take() {
+            if buf.len() + chunk.len() > limit {
+                return Err(self.refuse(ctx, GatewayError::BodyTooLarge { limit }));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        if !end_of_stream {
+            // Empty, not None: Pingora reads None as the end of the body.
+            *body = Some(Bytes::new());
+            return Ok(());
+        }
+        let whole = std::mem::take(buf).freeze();
+        ctx.req_body = None;
+        if whole.is_empty() {
+            // No body after all: nothing to filter.
+            return Ok(());
+        }
+        let filtered = crate::filtering::filter_request(
+            &route.request_filters,
+            whole,
+            route.config.filters.non_json,
+            &self.shared.metrics,
+        );
+        match filtered {
+            Ok(b) => {
+                *body = Some(b);
+                Ok(())
+            }
+            Err(e) => Err(self.refuse(ctx, e)),
+        }
     }
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut GatewayCtx,
     ) -> Result<()> {
+        if let (Some(rt), Some(r)) = (&ctx.runtime, ctx.route) {
+            let route = &rt.routes[r];
+            if !route.response_filters.is_empty() && upstream_response.status.is_success() {
+                let content_type = upstream_response
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                ctx.resp_filter = ResponseFilter::for_content_type(
+                    content_type,
+                    &route.response_filters,
+                    route.config.filters.max_body,
+                );
+            }
+        }
+        if ctx.resp_filter.is_some() {
+            upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+            let h1 = session.req_header().version == http::Version::HTTP_11;
+            if h1
+                && upstream_response
+                    .headers
+                    .get(http::header::TRANSFER_ENCODING)
+                    .is_none()
+            {
+                upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            }
+        }
         self.decorate(upstream_response, ctx)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut GatewayCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(filter) = ctx.resp_filter.as_mut() {
+            *body = filter.push(body.as_deref(), end_of_stream, &self.shared.metrics);
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(

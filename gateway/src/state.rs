@@ -24,6 +24,7 @@ use prometheus::Histogram;
 use weir_conf::model::Protocol;
 use weir_conf::{Pool, Route, Snapshot};
 
+use crate::filtering::LoadedFilter;
 use crate::metrics::Metrics;
 use crate::routing::ArmTable;
 
@@ -45,6 +46,10 @@ pub struct ArmRt {
 
 /// One route at run time.
 pub struct RouteRt {
+    /// Filters over request bodies, in order (empty: bodies stream through).
+    pub request_filters: Vec<Arc<LoadedFilter>>,
+    /// Filters over responses, in order.
+    pub response_filters: Vec<Arc<LoadedFilter>>,
     /// The validated route.
     pub config: Route,
     /// Arm selection table.
@@ -136,6 +141,8 @@ pub struct Runtime {
     pub routes: Vec<RouteRt>,
     /// Pools in config order.
     pub pools: Vec<Arc<PoolRt>>,
+    /// Loaded content filters, in config order.
+    pub filters: Vec<Arc<LoadedFilter>>,
 }
 
 impl Runtime {
@@ -165,10 +172,23 @@ impl Runtime {
                 }
             }
         }
+        let filters = crate::filtering::load(
+            &snapshot.filters,
+            previous.map(|p| p.filters.as_slice()).unwrap_or(&[]),
+        )
+        .await?;
+        for f in &filters {
+            crate::filtering::register_series(metrics, &f.filter);
+        }
+        let chain = |idx: &[usize]| -> Vec<Arc<LoadedFilter>> {
+            idx.iter().map(|&i| Arc::clone(&filters[i])).collect()
+        };
         let routes = snapshot
             .routes
             .iter()
             .map(|r| RouteRt {
+                request_filters: chain(&r.filters.request),
+                response_filters: chain(&r.filters.response),
                 config: r.clone(),
                 table: ArmTable::new(r.arms.iter().map(|a| (a.name.as_str(), a.weight))),
                 name_header: header_value(&r.name),
@@ -193,6 +213,7 @@ impl Runtime {
             snapshot: Arc::new(snapshot),
             routes,
             pools,
+            filters,
         })
     }
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -16,6 +17,18 @@ use tokio::task::JoinSet;
 
 /// Header a test sets to make the upstream wait before answering.
 pub const DELAY_HEADER: &str = "x-test-delay-ms";
+/// Header that makes the upstream echo the request body (`"body"` field).
+pub const ECHO_HEADER: &str = "x-test-echo";
+/// Header whose value the upstream answers as a non-streamed chat completion.
+pub const REPLY_HEADER: &str = "x-test-reply";
+/// Header whose value the upstream streams as chat-completion SSE deltas of
+/// [`SSE_CHUNK_HEADER`] characters (default 1), one write each, then `[DONE]`.
+pub const SSE_HEADER: &str = "x-test-sse";
+/// Characters per streamed delta.
+pub const SSE_CHUNK_HEADER: &str = "x-test-sse-chunk";
+
+/// The body type of every answer.
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// A running upstream; stopping or dropping it closes every connection.
 pub struct Upstream {
@@ -113,42 +126,96 @@ async fn answer(
     req: Request<Incoming>,
     name: String,
     hits: Arc<AtomicU64>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let delay = req
-        .headers()
-        .get(DELAY_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+) -> Result<Response<Body>, Infallible> {
+    let text_header = |h: &str| {
+        req.headers()
+            .get(h)
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .map(str::to_owned)
+    };
+    let delay = text_header(DELAY_HEADER).and_then(|v| v.parse::<u64>().ok());
+    let echo = req.headers().contains_key(ECHO_HEADER);
+    let reply = text_header(REPLY_HEADER);
+    let sse = text_header(SSE_HEADER);
+    let sse_chunk = text_header(SSE_CHUNK_HEADER)
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
     let method = req.method().to_string();
     let version = format!("{:?}", req.version());
     let path = req.uri().path().to_owned();
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let body_len = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes().len(),
-        Err(_) => 0,
+    let request_id = text_header("x-request-id").unwrap_or_default();
+    let content_length = text_header("content-length");
+    let transfer_encoding = text_header("transfer-encoding");
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        // An aborted request (the client or a proxy gave up mid-body) is
+        // not answered and not counted.
+        Err(_) => return Ok(Response::new(full(String::new()))),
     };
     if let Some(ms) = delay {
         tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
     }
     hits.fetch_add(1, Ordering::Relaxed);
-    let body = serde_json::json!({
-        "upstream": name,
-        "method": method,
-        "version": version,
-        "path": path,
-        "request_id": request_id,
-        "body_bytes": body_len,
-    })
-    .to_string();
-    let resp = Response::builder()
-        .header("content-type", "application/json")
-        .header("x-upstream", name.as_str())
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
-    Ok(resp)
+    let builder = Response::builder().header("x-upstream", name.as_str());
+    let resp = if let Some(text) = sse {
+        builder
+            .header("content-type", "text/event-stream")
+            .body(sse_body(&text, sse_chunk))
+    } else if let Some(text) = reply {
+        let answer = serde_json::json!({
+            "id": "chatcmpl-test", "object": "chat.completion", "created": 1, "model": name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        })
+        .to_string();
+        builder
+            .header("content-type", "application/json")
+            .body(full(answer))
+    } else {
+        let mut answer = serde_json::json!({
+            "upstream": name,
+            "method": method,
+            "version": version,
+            "path": path,
+            "request_id": request_id,
+            "body_bytes": body.len(),
+        });
+        if echo {
+            answer["body"] = String::from_utf8_lossy(&body).into_owned().into();
+            answer["content_length"] = content_length.into();
+            answer["transfer_encoding"] = transfer_encoding.into();
+        }
+        builder
+            .header("content-type", "application/json")
+            .body(full(answer.to_string()))
+    };
+    Ok(resp.unwrap_or_else(|_| Response::new(full(String::new()))))
+}
+
+fn full(text: String) -> Body {
+    Full::new(Bytes::from(text)).boxed()
+}
+
+/// `text` as chat-completion chunk events of `chunk` characters, each its
+/// own write, then `data: [DONE]`.
+fn sse_body(text: &str, chunk: usize) -> Body {
+    let chars: Vec<char> = text.chars().collect();
+    let mut events: Vec<Bytes> = chars
+        .chunks(chunk)
+        .map(|piece| {
+            let content: String = piece.iter().collect();
+            let data = serde_json::json!({
+                "id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}],
+            });
+            Bytes::from(format!("data: {data}\n\n"))
+        })
+        .collect();
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    let frames = futures::stream::iter(events).then(|event| async move {
+        // A pause between writes so each arrives as its own chunk.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        Ok::<_, Infallible>(hyper::body::Frame::data(event))
+    });
+    BodyExt::boxed(http_body_util::StreamBody::new(frames))
 }

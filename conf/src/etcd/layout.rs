@@ -9,6 +9,7 @@
 //! | `pools/<pool>/members/<IP:PORT>` | a registered backend `{"address":…,"weight":…}`, kept alive by a lease |
 //! | `routes/<route>` | one route, the same fields as a `[[routes]]` entry |
 //! | `routes/<route>/weights` | `{"v1":90,"v2":10}`: arm weights overriding the route's |
+//! | `filters/<filter>` | one content filter, the same fields as a `[[filters]]` entry |
 //!
 //! Values are JSON objects; a value that does not start with `{` is read as
 //! TOML. `name` may be left out of a pool or route document (the key names
@@ -21,6 +22,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::{ConfigError, Problems};
+use crate::filters::FilterConfig;
 use crate::model::{BackendConfig, Config, PoolConfig, RouteConfig, TimeoutsConfig};
 
 /// Documents under the prefix: relative key → raw value.
@@ -47,6 +49,8 @@ pub enum KeyKind<'a> {
     Route(&'a str),
     /// `routes/<name>/weights`.
     Weights(&'a str),
+    /// `filters/<name>`.
+    Filter(&'a str),
 }
 
 impl<'a> KeyKind<'a> {
@@ -62,6 +66,7 @@ impl<'a> KeyKind<'a> {
             }
             ["routes", r] if named(r) => Some(Self::Route(r)),
             ["routes", r, "weights"] if named(r) => Some(Self::Weights(r)),
+            ["filters", f] if named(f) => Some(Self::Filter(f)),
             _ => None,
         }
     }
@@ -83,6 +88,10 @@ pub fn member_key(pool: &str, addr: &str) -> String {
 /// `routes/<route>`.
 pub fn route_key(route: &str) -> String {
     format!("routes/{route}")
+}
+/// `filters/<filter>`.
+pub fn filter_key(filter: &str) -> String {
+    format!("filters/{filter}")
 }
 /// `routes/<route>/weights`.
 pub fn weights_key(route: &str) -> String {
@@ -172,6 +181,7 @@ pub fn assemble(
         timeouts: base.timeouts.clone(),
         pools: Vec::new(),
         routes: Vec::new(),
+        filters: Vec::new(),
         source: base.source.clone(),
     };
     let mut weights: Vec<(&str, &str, BTreeMap<String, i64>)> = Vec::new();
@@ -182,7 +192,7 @@ pub fn assemble(
             problems.push(
                 at,
                 "unknown key: expected timeouts, pools/<pool>, pools/<pool>/members/<addr>, \
-                 routes/<route> or routes/<route>/weights",
+                 routes/<route>, routes/<route>/weights or filters/<filter>",
             );
             continue;
         };
@@ -198,6 +208,10 @@ pub fn assemble(
                 .and_then(|v| named(v, name))
                 .and_then(typed::<RouteConfig>)
                 .map(|r| config.routes.push(r)),
+            KeyKind::Filter(name) => parse_doc(raw)
+                .and_then(|v| named(v, name))
+                .and_then(typed::<FilterConfig>)
+                .map(|f| config.filters.push(f)),
             KeyKind::Weights(route) => {
                 parse_weights(raw).map(|w| weights.push((key.as_str(), route, w)))
             }
@@ -279,7 +293,8 @@ fn add_member(config: &mut Config, pool: &str, key: &str, member: BackendConfig)
 /// Splits a config into documents: `timeouts`, one per pool and one per
 /// route (the inverse of [`assemble`] without weights keys or members).
 pub fn explode(config: &Config) -> Result<Vec<(String, String)>, serde_json::Error> {
-    let mut out = Vec::with_capacity(1 + config.pools.len() + config.routes.len());
+    let mut out =
+        Vec::with_capacity(1 + config.pools.len() + config.routes.len() + config.filters.len());
     if config.timeouts != TimeoutsConfig::default() {
         out.push((
             TIMEOUTS.to_owned(),
@@ -291,6 +306,9 @@ pub fn explode(config: &Config) -> Result<Vec<(String, String)>, serde_json::Err
     }
     for r in &config.routes {
         out.push((route_key(&r.name), serde_json::to_string(r)?));
+    }
+    for f in &config.filters {
+        out.push((filter_key(&f.name), serde_json::to_string(f)?));
     }
     Ok(out)
 }
@@ -305,6 +323,7 @@ pub fn duplicate_keys(config: &Config) -> Vec<String> {
         .iter()
         .map(|p| pool_key(&p.name))
         .chain(config.routes.iter().map(|r| route_key(&r.name)))
+        .chain(config.filters.iter().map(|f| filter_key(&f.name)))
     {
         if !seen.insert(key.clone()) {
             dup.push(key);

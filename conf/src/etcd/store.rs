@@ -125,6 +125,9 @@ pub struct Portable<'a> {
     pub pools: &'a [PoolConfig],
     /// Routes, weights overrides applied.
     pub routes: &'a [RouteConfig],
+    /// Content filters.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub filters: &'a [crate::filters::FilterConfig],
 }
 
 impl<'a> Portable<'a> {
@@ -134,6 +137,7 @@ impl<'a> Portable<'a> {
             timeouts: &config.timeouts,
             pools: &config.pools,
             routes: &config.routes,
+            filters: &config.filters,
         }
     }
 }

@@ -43,6 +43,21 @@ fn explode_then_assemble_gives_the_config_back() {
 }
 
 #[test]
+fn filters_travel_as_their_own_keys() {
+    let mut config = demo_config();
+    config.filters = crate::parse_toml(
+        "[[filters]]\nname = \"words\"\nwords = [{ word = \"坏词\" }]\n",
+        "t",
+    )
+    .unwrap()
+    .filters;
+    let d = docs(&config);
+    assert!(d.contains_key("filters/words"));
+    let got = assemble(&Config::default(), &d, PREFIX, Members::Merge).unwrap();
+    assert_eq!(got.filters, config.filters);
+}
+
+#[test]
 fn keys_are_classified() {
     assert_eq!(KeyKind::parse("timeouts"), Some(KeyKind::Timeouts));
     assert_eq!(KeyKind::parse("pools/a"), Some(KeyKind::Pool("a")));
