@@ -13,9 +13,11 @@ use serde_json::{Value, json};
 use weir_test_support::upstream::{ECHO_HEADER, REPLY_HEADER, SSE_CHUNK_HEADER, SSE_HEADER};
 use weir_test_support::{Upstream, Weir, eventually};
 
-/// A LOOPing module: follows the ABI, then spins in `weir_scan` on text
-/// starting with `!`.
-const LOOPING: &str = r#"(module
+/// A module that follows the ABI and finds nothing, except that on text
+/// starting with `!` it runs `misbehave` inside `weir_scan`.
+fn misbehaving(misbehave: &str) -> String {
+    format!(
+        r#"(module
   (memory (export "memory") 1)
   (func (export "weir_abi_version") (result i32) (i32.const 1))
   (func (export "weir_alloc") (param i32) (result i32) (i32.const 1024))
@@ -23,15 +25,51 @@ const LOOPING: &str = r#"(module
   (func (export "weir_scan") (param $ptr i32) (param $len i32) (result i64)
     (if (i32.and (i32.gt_u (local.get $len) (i32.const 0))
                  (i32.eq (i32.load8_u (local.get $ptr)) (i32.const 33)))
-      (then (loop $l (br $l))))
+      (then {misbehave}))
     (i32.store (i32.const 0) (i32.const 0))
     (i32.store (i32.const 4) (local.get $len))
-    (i64.const 8)))"#;
+    (i64.const 8)))"#
+    )
+}
+
+/// (name, misbehaviour, the error kind it is counted as).
+const MISBEHAVIOURS: &[(&str, &str, &str)] = &[
+    ("loop", "(loop $l (br $l))", "out_of_fuel"),
+    (
+        "grow",
+        "(loop $l (if (i32.eq (memory.grow (i32.const 1)) (i32.const -1)) (then unreachable)) (br $l))",
+        "memory_limit",
+    ),
+    ("trap", "unreachable", "trap"),
+    ("oob", "(return (i64.const 0x7FFF000000000008))", "garbage"),
+];
+
+/// `[[filters]]` and `[[routes]]` for every misbehaving module: route
+/// `/closed-<name>` fails closed, `/open-loop` fails open.
+fn misbehaving_config(module_dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    for (name, code, _) in MISBEHAVIOURS {
+        let path = module_dir.join(format!("{name}.wat"));
+        std::fs::write(&path, misbehaving(code)).unwrap();
+        out.push_str(&format!(
+            "[[filters]]\nname = \"stuck-{name}\"\nmodule = \"{}\"\nwords = [{{ word = \"x\" }}]\nmemory_limit_mb = 4\n\n\
+             [[routes]]\nname = \"closed-{name}\"\nprefix = \"/closed-{name}\"\n\
+             arms = [{{ name = \"a\", pool = \"p\", weight = 1 }}]\nfilters = {{ request = [\"stuck-{name}\"] }}\n\n",
+            path.display()
+        ));
+    }
+    let looping = module_dir.join("loop.wat");
+    out.push_str(&format!(
+        "[[filters]]\nname = \"stuck-open\"\nmodule = \"{}\"\nwords = [{{ word = \"x\" }}]\npolicy = \"fail_open\"\n\n\
+         [[routes]]\nname = \"open\"\nprefix = \"/open\"\n\
+         arms = [{{ name = \"a\", pool = \"p\", weight = 1 }}]\nfilters = {{ request = [\"stuck-open\"] }}\n\n",
+        looping.display()
+    ));
+    out
+}
 
 /// One upstream behind routes with different filter set-ups.
 fn config(up: &Upstream, words: &str, module_dir: &std::path::Path) -> String {
-    let looping = module_dir.join("looping.wat");
-    std::fs::write(&looping, LOOPING).unwrap();
     format!(
         r#"{SERVER}
 [[pools]]
@@ -39,6 +77,7 @@ name = "p"
 backends = [{{ address = "{addr}" }}]
 health_check = {{ kind = "none" }}
 
+{misbehaving}
 [[filters]]
 name = "words"
 words = [{words}]
@@ -48,17 +87,6 @@ mask_char = "*"
 name = "blocker"
 words = [{{ word = "炸弹", category = "violence" }}, {{ word = "bomb", category = "violence" }}]
 action = "block"
-
-[[filters]]
-name = "stuck-closed"
-module = "{looping}"
-words = [{{ word = "x" }}]
-
-[[filters]]
-name = "stuck-open"
-module = "{looping}"
-words = [{{ word = "x" }}]
-policy = "fail_open"
 
 [[routes]]
 name = "mask"
@@ -79,24 +107,12 @@ arms = [{{ name = "a", pool = "p", weight = 1 }}]
 filters = {{ request = ["words"], non_json = "raw" }}
 
 [[routes]]
-name = "closed"
-prefix = "/closed"
-arms = [{{ name = "a", pool = "p", weight = 1 }}]
-filters = {{ request = ["stuck-closed"] }}
-
-[[routes]]
-name = "open"
-prefix = "/open"
-arms = [{{ name = "a", pool = "p", weight = 1 }}]
-filters = {{ request = ["stuck-open"] }}
-
-[[routes]]
 name = "plain"
 prefix = "/"
 arms = [{{ name = "a", pool = "p", weight = 1 }}]
 "#,
         addr = up.addr,
-        looping = looping.display(),
+        misbehaving = misbehaving_config(module_dir),
     )
 }
 
@@ -281,7 +297,6 @@ async fn answers_are_masked_whole_and_streamed() {
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
     let answer: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
-    println!("answer: {text}");
     assert_eq!(
         answer["choices"][0]["message"]["content"],
         "the ****** is **"
@@ -336,16 +351,41 @@ async fn answers_are_masked_whole_and_streamed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_misbehaving_module_yields_its_policy_and_the_gateway_keeps_serving() {
     let s = setup().await;
-    for _ in 0..20 {
-        let (status, err) = post(&s.weir, "/closed/v1/chat/completions", &chat("!loop")).await;
-        assert_eq!(status, 503, "{err}");
-        assert_eq!(err["error"]["code"], "filter_unavailable");
+    for (name, _, kind) in MISBEHAVIOURS {
+        for _ in 0..5 {
+            let (status, err) = post(
+                &s.weir,
+                &format!("/closed-{name}/v1/chat/completions"),
+                &chat("!x"),
+            )
+            .await;
+            assert_eq!(status, 503, "{name}: {err}");
+            assert_eq!(err["error"]["code"], "filter_unavailable");
+        }
+        let series = format!("weir_filter_errors_total{{filter=\"stuck-{name}\",kind=\"{kind}\"}}");
+        assert_eq!(s.weir.metric(&series).await.unwrap(), 5.0, "{series}");
+    }
+    for _ in 0..5 {
         let (status, echoed) = post(&s.weir, "/open/v1/chat/completions", &chat("!loop")).await;
         assert_eq!(status, 200, "{echoed}");
         assert!(echoed["body"].as_str().unwrap().contains("!loop"));
     }
-    let kind = "weir_filter_errors_total{filter=\"stuck-closed\",kind=\"out_of_fuel\"}";
-    assert_eq!(s.weir.metric(kind).await.unwrap(), 20.0);
+    // Memory stays flat over many failing calls (after a warm-up).
+    let failing = |i: usize| format!("/closed-{}/v1/chat/completions", MISBEHAVIOURS[i % 4].0);
+    for i in 0..100 {
+        post(&s.weir, &failing(i), &chat("!x")).await;
+    }
+    let before = s.weir.rss_bytes().unwrap();
+    for i in 0..1_000 {
+        let (status, _) = post(&s.weir, &failing(i), &chat("!x")).await;
+        assert_eq!(status, 503);
+    }
+    let after = s.weir.rss_bytes().unwrap();
+    println!("RSS over 1000 failing filter calls: {before} -> {after} bytes");
+    assert!(
+        after < before + (32 << 20),
+        "RSS grew from {before} to {after}"
+    );
     let (status, _) = post(&s.weir, "/mask/v1/chat/completions", &chat("fine")).await;
     assert_eq!(status, 200);
 
@@ -354,7 +394,7 @@ async fn a_misbehaving_module_yields_its_policy_and_the_gateway_keeps_serving() 
     let broken = dir.path().join("broken.wasm");
     std::fs::write(&broken, b"\0asm garbage").unwrap();
     let bad = config(&s.up, WORDS, dir.path()).replace(
-        &format!("{}", dir.path().join("looping.wat").display()),
+        &format!("{}", dir.path().join("loop.wat").display()),
         &broken.display().to_string(),
     );
     s.weir.write_config(&bad).unwrap();
@@ -364,7 +404,7 @@ async fn a_misbehaving_module_yields_its_policy_and_the_gateway_keeps_serving() 
     })
     .await
     .unwrap();
-    let (status, _) = post(&s.weir, "/closed/v1/chat/completions", &chat("!loop")).await;
+    let (status, _) = post(&s.weir, "/closed-loop/v1/chat/completions", &chat("!loop")).await;
     assert_eq!(status, 503, "the old chain keeps serving");
 }
 
