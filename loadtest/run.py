@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 import urllib.request
@@ -50,7 +51,8 @@ def free_port() -> int:
 
 
 def ensure_tools(want_oha: bool) -> str | None:
-    missing = [p for p, cmd in (("wrk", "wrk"), ("nginx-light", "nginx")) if not shutil.which(cmd)]
+    missing = [p for p, cmd in (("wrk", "wrk"), ("nginx-light", "nginx"), ("etcd-server", "etcd"),
+                                ("etcd-client", "etcdctl")) if not shutil.which(cmd)]
     if missing:
         log(f"installing {missing}")
         sudo = [] if os.geteuid() == 0 else ["sudo"]
@@ -186,7 +188,7 @@ def dictionary(path: Path, n: int = 1000) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def start_weir(stack: Stack, weir: Path, ports: dict) -> str:
+def start_weir(stack: Stack, weir: Path, ports: dict, extra: tuple[str, ...] = (), name: str = "weir") -> str:
     cfg = stack.tmp / "weir.toml"
     words = stack.tmp / "words.txt"
     dictionary(words)
@@ -227,13 +229,48 @@ arms = [{{ name = "v1", pool = "engine-v1", weight = 1 }}]
 filters = {{ request = ["words"] }}
 """)
     env = {**os.environ, "WEIR_LOG": "warn"}
-    proc = stack.spawn("weir", pin(1) + [str(weir), "--config", str(cfg)], env=env, stdout=subprocess.PIPE)
+    proc = stack.spawn(name, pin(1) + [str(weir), "--config", str(cfg), *extra], env=env, stdout=subprocess.PIPE)
     line = proc.stdout.readline().decode() if proc.stdout else ""
     fields = dict(w.split("=", 1) for w in line.split() if "=" in w)
     if "proxy" not in fields:
-        raise RuntimeError(f"weir did not start: {line!r}; see {stack.tmp / 'weir.log'}")
+        raise RuntimeError(f"weir did not start: {line!r}; see {stack.tmp / f'{name}.log'}")
     wait_http(f"http://{fields['admin']}/readyz")
     return f"http://{fields['proxy']}"
+
+
+def start_etcd_weir(stack: Stack, weir: Path, ports: dict) -> tuple[str, str]:
+    """A real etcd holding the weir config (imported with weirctl) and a
+    second weir following it; returns (weir URL, etcd endpoint)."""
+    client, peer = free_port(), free_port()
+    ep, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+    stack.spawn("etcd", ["etcd", "--name", "lt", "--data-dir", str(stack.tmp / "etcd"),
+                         "--listen-client-urls", ep, "--advertise-client-urls", ep,
+                         "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                         "--initial-cluster", f"lt={peer_url}", "--log-level", "warn"])
+    wait_http(ep + "/health")
+    start_weir_cfg = stack.tmp / "weir.toml"  # written by start_weir, which runs first
+    weirctl = weir.parent / "weirctl"
+    subprocess.run([str(weirctl), "--etcd", ep, "config", "import", str(start_weir_cfg)],
+                   check=True, capture_output=True)
+    return start_weir(stack, weir, ports, ("--etcd", ep), name="weir-etcd"), ep
+
+
+class Flipper(threading.Thread):
+    """Flips route chat's weights in etcd every `every` seconds."""
+
+    def __init__(self, endpoint: str, every: float = 0.1):
+        super().__init__(daemon=True)
+        self.endpoint, self.every, self.flips, self.failed = endpoint, every, 0, 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        env = {**os.environ, "ETCDCTL_API": "3"}
+        while not self.stop.wait(self.every):
+            w = '{"v1":90,"v2":10}' if self.flips % 2 else '{"v1":10,"v2":90}'
+            r = subprocess.run(["etcdctl", "--endpoints", self.endpoint, "put", "/weir/routes/chat/weights", w],
+                               capture_output=True, env=env)
+            self.flips += 1
+            self.failed += r.returncode != 0
 
 
 def wrk(url: str, script: str, seconds: int, connections: int, path: str = "") -> dict:
@@ -317,7 +354,8 @@ def write_results(results: dict, out: Path) -> None:
         "", "| scenario | rps | P50 µs | P99 µs | P99.9 µs | errors |", "|---|---:|---:|---:|---:|---:|",
     ]
     for name, s in results["scenarios"].items():
-        lines.append(f"| {name} | {s['rps']:.0f} | {s['p50']:.0f} | {s['p99']:.0f} | {s['p999']:.0f} | {s['errors']} |")
+        label = f"{name} ({s['flips']} flips)" if "flips" in s else name
+        lines.append(f"| {label} | {s['rps']:.0f} | {s['p50']:.0f} | {s['p99']:.0f} | {s['p999']:.0f} | {s['errors']} |")
     lines += ["", "| target | value | goal | met |", "|---|---:|---|---|"]
     for t in results.get("targets", []):
         lines.append(f"| {t['target']} | {t['value']:.3f} | {t['goal']} | {'yes' if t['met'] else 'NO'} |")
@@ -363,6 +401,16 @@ def main() -> int:
         for name, url, script, conns, *path in plan:
             log(f"{name}: {seconds}s, {conns} connection(s)")
             sc[name] = wrk(url, script, seconds, conns, *path)
+        # Scenario 7: the config from etcd, weights flipped every 100 ms under load.
+        etcd_weir, etcd_ep = start_etcd_weir(stack, weir, ports)
+        flipper = Flipper(etcd_ep)
+        flipper.start()
+        log(f"weir_etcd_flips: {seconds}s, {args.connections} connection(s), weights flipped every 100 ms")
+        sc["weir_etcd_flips"] = wrk(etcd_weir, "plain.lua", seconds, args.connections)
+        flipper.stop.set()
+        flipper.join()
+        sc["weir_etcd_flips"]["flips"] = flipper.flips
+        sc["weir_etcd_flips"]["errors"] += flipper.failed
         if oha:
             rate = max(int(sc["nginx_weighted"]["rps"] * 0.5), 100)
             for name, url in (("nginx_half_rate", nginx_url), ("weir_half_rate", weir_url)):
