@@ -11,26 +11,8 @@ use std::time::Duration;
 use common::{SERVER, weir_bin};
 use serde_json::{Value, json};
 use weir_test_support::upstream::{ECHO_HEADER, REPLY_HEADER, SSE_CHUNK_HEADER, SSE_HEADER};
+use weir_test_support::wasm::module_misbehaving_on_bang;
 use weir_test_support::{Upstream, Weir, eventually};
-
-/// A module that follows the ABI and finds nothing, except that on text
-/// starting with `!` it runs `misbehave` inside `weir_scan`.
-fn misbehaving(misbehave: &str) -> String {
-    format!(
-        r#"(module
-  (memory (export "memory") 1)
-  (func (export "weir_abi_version") (result i32) (i32.const 1))
-  (func (export "weir_alloc") (param i32) (result i32) (i32.const 1024))
-  (func (export "weir_init") (param i32 i32) (result i32) (i32.const 0))
-  (func (export "weir_scan") (param $ptr i32) (param $len i32) (result i64)
-    (if (i32.and (i32.gt_u (local.get $len) (i32.const 0))
-                 (i32.eq (i32.load8_u (local.get $ptr)) (i32.const 33)))
-      (then {misbehave}))
-    (i32.store (i32.const 0) (i32.const 0))
-    (i32.store (i32.const 4) (local.get $len))
-    (i64.const 8)))"#
-    )
-}
 
 /// (name, misbehaviour, the error kind it is counted as).
 const MISBEHAVIOURS: &[(&str, &str, &str)] = &[
@@ -50,7 +32,7 @@ fn misbehaving_config(module_dir: &std::path::Path) -> String {
     let mut out = String::new();
     for (name, code, _) in MISBEHAVIOURS {
         let path = module_dir.join(format!("{name}.wat"));
-        std::fs::write(&path, misbehaving(code)).unwrap();
+        std::fs::write(&path, module_misbehaving_on_bang(code)).unwrap();
         out.push_str(&format!(
             "[[filters]]\nname = \"stuck-{name}\"\nmodule = \"{}\"\nwords = [{{ word = \"x\" }}]\nmemory_limit_mb = 4\n\n\
              [[routes]]\nname = \"closed-{name}\"\nprefix = \"/closed-{name}\"\n\

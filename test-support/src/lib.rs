@@ -8,6 +8,7 @@
 //!   when dropped.
 //! - [`Etcd`]: a real single-member etcd in a temp dir on OS-chosen ports,
 //!   which can be stopped and resumed to simulate an outage.
+//! - [`wasm`]: hand-written filter modules that misbehave on demand.
 //! - [`Relay`]: a TCP relay that can be cut and restored, to take one
 //!   client's network path away.
 
@@ -17,6 +18,7 @@ use std::time::Duration;
 pub mod etcd;
 pub mod relay;
 pub mod upstream;
+pub mod wasm;
 pub mod weir;
 
 pub use etcd::Etcd;
