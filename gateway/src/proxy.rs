@@ -533,12 +533,23 @@ impl ProxyHttp for Gateway {
         let elapsed = ctx.start.elapsed();
         let (route, arm) = (ctx.route_name(), ctx.arm_name());
         let metrics = &self.shared.metrics;
-        metrics
-            .requests
-            .with_label_values(&[route, arm, status_label(status)])
-            .inc();
+        let code = status_index(status);
         if let (Some(rt), Some(r), Some(a)) = (&ctx.runtime, ctx.route, ctx.arm) {
-            rt.routes[r].arms[a].duration.observe(elapsed.as_secs_f64());
+            // Resolved once per arm and status, then a plain atomic add.
+            let arm_rt = &rt.routes[r].arms[a];
+            arm_rt.requests[code]
+                .get_or_init(|| {
+                    metrics
+                        .requests
+                        .with_label_values(&[route, arm, STATUS_LABELS[code]])
+                })
+                .inc();
+            arm_rt.duration.observe(elapsed.as_secs_f64());
+        } else {
+            metrics
+                .requests
+                .with_label_values(&[route, arm, STATUS_LABELS[code]])
+                .inc();
         }
         let access_log = ctx
             .runtime
@@ -575,27 +586,33 @@ impl ProxyHttp for Gateway {
     }
 }
 
-/// Static label strings for common statuses; avoids formatting on the hot path.
-fn status_label(status: u16) -> &'static str {
+/// The `status` label values: the common codes, then classes for the rest.
+pub const STATUS_LABELS: [&str; 19] = [
+    "0", "200", "201", "204", "400", "401", "403", "404", "429", "499", "500", "502", "503", "504",
+    "1xx", "2xx", "3xx", "4xx", "5xx",
+];
+
+/// Index into [`STATUS_LABELS`] of a status; avoids formatting on the hot path.
+pub fn status_index(status: u16) -> usize {
     match status {
-        0 => "0",
-        200 => "200",
-        201 => "201",
-        204 => "204",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        429 => "429",
-        499 => "499",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        s if s < 200 => "1xx",
-        s if s < 300 => "2xx",
-        s if s < 400 => "3xx",
-        s if s < 500 => "4xx",
-        _ => "5xx",
+        0 => 0,
+        200 => 1,
+        201 => 2,
+        204 => 3,
+        400 => 4,
+        401 => 5,
+        403 => 6,
+        404 => 7,
+        429 => 8,
+        499 => 9,
+        500 => 10,
+        502 => 11,
+        503 => 12,
+        504 => 13,
+        s if s < 200 => 14,
+        s if s < 300 => 15,
+        s if s < 400 => 16,
+        s if s < 500 => 17,
+        _ => 18,
     }
 }

@@ -42,6 +42,10 @@ pub struct ArmRt {
     pub name_header: HeaderValue,
     /// `weir_request_duration_seconds{route,arm}`, resolved once.
     pub duration: Histogram,
+    /// `weir_requests_total{route,arm,status}`, resolved on first use per
+    /// status (indexed like [`crate::proxy::STATUS_LABELS`]), so a request
+    /// costs an atomic add rather than a labelled lookup.
+    pub requests: [std::sync::OnceLock<prometheus::IntCounter>; crate::proxy::STATUS_LABELS.len()],
 }
 
 /// One route at run time.
@@ -203,6 +207,7 @@ impl Runtime {
                         duration: metrics
                             .duration
                             .with_label_values(&[r.name.as_str(), a.name.as_str()]),
+                        requests: Default::default(),
                     })
                     .collect(),
             })
