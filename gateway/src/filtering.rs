@@ -163,22 +163,27 @@ pub fn filter_request(
                 }
             },
         };
-        match verdict {
-            Verdict::Pass => {}
-            Verdict::Masked(masked) => body = masked,
-            Verdict::Blocked { category } => {
-                return Err(GatewayError::ContentBlocked {
-                    category: category.to_string(),
-                });
-            }
-            Verdict::Unavailable => {
-                return Err(GatewayError::FilterUnavailable {
-                    filter: filter.name().to_owned(),
-                });
-            }
+        if let Some(err) = refusal(&verdict, filter) {
+            return Err(err);
+        }
+        if let Verdict::Masked(masked) = verdict {
+            body = masked;
         }
     }
     Ok(body)
+}
+
+/// The error a refusing verdict answers with (`None` for pass and mask).
+fn refusal<T>(verdict: &Verdict<T>, filter: &Filter) -> Option<GatewayError> {
+    match verdict {
+        Verdict::Blocked { category } => Some(GatewayError::ContentBlocked {
+            category: category.to_string(),
+        }),
+        Verdict::Unavailable => Some(GatewayError::FilterUnavailable {
+            filter: filter.name().to_owned(),
+        }),
+        Verdict::Pass | Verdict::Masked(_) => None,
+    }
 }
 
 /// Maps the replacement content of a verdict.
@@ -244,7 +249,7 @@ impl ResponseFilter {
 
     /// Takes one upstream chunk (`None` at the end without data) and returns
     /// what to send downstream now.
-    pub fn push(&mut self, chunk: Option<&[u8]>, end: bool, metrics: &Metrics) -> Option<Bytes> {
+    pub fn push(&mut self, chunk: Option<Bytes>, end: bool, metrics: &Metrics) -> Option<Bytes> {
         match self {
             Self::Json {
                 chain,
@@ -264,7 +269,7 @@ impl ResponseFilter {
                         ));
                         return Some(Bytes::from(err.body()));
                     }
-                    buf.extend_from_slice(c);
+                    buf.extend_from_slice(&c);
                 }
                 if !end {
                     return None;
@@ -273,10 +278,7 @@ impl ResponseFilter {
                 Some(filter_response_json(chain, body, metrics))
             }
             Self::Stream(filters) => {
-                let mut out = match chunk {
-                    Some(c) => Bytes::copy_from_slice(c),
-                    None => Bytes::new(),
-                };
+                let mut out = chunk.unwrap_or_default();
                 for f in filters.iter_mut() {
                     let started = Instant::now();
                     if !out.is_empty() {
@@ -333,21 +335,12 @@ fn filter_response_json(chain: &[Arc<LoadedFilter>], mut body: Bytes, metrics: &
         let Ok(outcome) = openai::filter_response(filter, &body) else {
             return body;
         };
-        match record(metrics, filter, Direction::Response, started, outcome) {
-            Verdict::Pass => {}
-            Verdict::Masked(masked) => body = Bytes::from(masked),
-            Verdict::Blocked { category } => {
-                let err = GatewayError::ContentBlocked {
-                    category: category.to_string(),
-                };
-                return Bytes::from(err.body());
-            }
-            Verdict::Unavailable => {
-                let err = GatewayError::FilterUnavailable {
-                    filter: filter.name().to_owned(),
-                };
-                return Bytes::from(err.body());
-            }
+        let verdict = record(metrics, filter, Direction::Response, started, outcome);
+        if let Some(err) = refusal(&verdict, filter) {
+            return Bytes::from(err.body());
+        }
+        if let Verdict::Masked(masked) = verdict {
+            body = Bytes::from(masked);
         }
     }
     body

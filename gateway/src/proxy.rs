@@ -496,7 +496,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut GatewayCtx,
     ) -> Result<Option<Duration>> {
         if let Some(filter) = ctx.resp_filter.as_mut() {
-            *body = filter.push(body.as_deref(), end_of_stream, &self.shared.metrics);
+            *body = filter.push(body.take(), end_of_stream, &self.shared.metrics);
         }
         Ok(None)
     }

@@ -126,29 +126,25 @@ impl Weir {
     }
 
     /// Reads one sample of a metric from `/metrics` (exact series match, e.g.
-    /// `weir_config_reloads_total{result="rejected"}`); 0 when absent.
+    /// `weir_config_reloads_total{result="rejected"}`); 0 when absent, an
+    /// error when the scrape fails.
     pub async fn metric(&self, series: &str) -> anyhow::Result<f64> {
-        Ok(self.metric_sample(series).await.unwrap_or(0.0))
+        Ok(sample(&self.scrape().await?, series)?.unwrap_or(0.0))
     }
 
     /// One sample of a metric; `None` when the series is absent or the
     /// scrape fails.
     pub async fn metric_sample(&self, series: &str) -> Option<f64> {
-        let text = crate::client()
+        sample(&self.scrape().await.ok()?, series).ok()?
+    }
+
+    async fn scrape(&self) -> anyhow::Result<String> {
+        Ok(crate::client()
             .get(self.admin_url("/metrics"))
             .send()
-            .await
-            .ok()?
+            .await?
             .text()
-            .await
-            .ok()?;
-        text.lines().find_map(|line| {
-            line.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
+            .await?)
     }
 
     /// GETs an admin path and parses its JSON body (e.g. `/admin/routes`).
@@ -196,4 +192,16 @@ impl Drop for Weir {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of `series` in a Prometheus text exposition.
+fn sample(text: &str, series: &str) -> anyhow::Result<Option<f64>> {
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix(series)
+            && let Some(v) = rest.strip_prefix(' ')
+        {
+            return Ok(Some(v.trim().parse()?));
+        }
+    }
+    Ok(None)
 }

@@ -186,6 +186,22 @@ impl EtcdSettings {
         }
     }
 
+    /// Reads every key under the prefix, with the request timeout.
+    pub async fn get_prefix(
+        &self,
+        client: &mut Client,
+    ) -> Result<etcd_client::GetResponse, EtcdError> {
+        let options = etcd_client::GetOptions::new().with_prefix();
+        self.timed("get", client.get(self.prefix.clone(), Some(options)))
+            .await
+    }
+
+    /// A full key relative to the prefix (`None` for keys outside it).
+    pub fn relative(&self, key: &[u8]) -> Option<String> {
+        let rel = key.strip_prefix(self.prefix.as_bytes())?;
+        Some(String::from_utf8_lossy(rel).into_owned())
+    }
+
     /// The full key for a key relative to the prefix.
     pub fn key(&self, relative: &str) -> String {
         format!("{}{relative}", self.prefix)

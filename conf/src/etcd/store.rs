@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use serde::Serialize;
 
 use super::layout::{self, Docs, KeyKind, Members};
@@ -167,27 +167,16 @@ impl Store {
 
     /// Reads everything under the prefix.
     pub async fn read(&mut self) -> Result<Read, StoreError> {
-        let prefix = self.settings.prefix.clone();
-        let resp = self
-            .settings
-            .timed(
-                "get",
-                self.client
-                    .get(prefix.clone(), Some(GetOptions::new().with_prefix())),
-            )
-            .await?;
+        let resp = self.settings.get_prefix(&mut self.client).await?;
         let entries = resp
             .kvs()
             .iter()
             .filter_map(|kv| {
-                let rel = kv.key().strip_prefix(prefix.as_bytes())?;
-                Some((
-                    String::from_utf8_lossy(rel).into_owned(),
-                    Entry {
-                        value: kv.value().to_vec(),
-                        mod_revision: kv.mod_revision(),
-                    },
-                ))
+                let entry = Entry {
+                    value: kv.value().to_vec(),
+                    mod_revision: kv.mod_revision(),
+                };
+                Some((self.settings.relative(kv.key())?, entry))
             })
             .collect();
         Ok(Read {

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use etcd_client::{Client, EventType, WatchOptions};
 use tokio::sync::watch;
 
 use super::EtcdError;
@@ -220,10 +220,9 @@ async fn session(settings: &EtcdSettings, t: &mut Tracker, ch: &Channels) -> Etc
             let mut revision = t.revision.unwrap_or(0);
             for ev in msg.events() {
                 let Some(kv) = ev.kv() else { continue };
-                let Some(rel) = kv.key().strip_prefix(settings.prefix.as_bytes()) else {
+                let Some(rel) = settings.relative(kv.key()) else {
                     continue;
                 };
-                let rel = String::from_utf8_lossy(rel).into_owned();
                 match ev.event_type() {
                     EventType::Put => {
                         t.docs.insert(rel, kv.value().to_vec());
@@ -247,27 +246,13 @@ async fn read_all(
     t: &mut Tracker,
     ch: &Channels,
 ) -> Result<(), EtcdError> {
-    let resp = settings
-        .timed(
-            "get",
-            client.get(
-                settings.prefix.clone(),
-                Some(GetOptions::new().with_prefix()),
-            ),
-        )
-        .await?;
+    let resp = settings.get_prefix(client).await?;
     let received = Instant::now();
     let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
     t.docs = resp
         .kvs()
         .iter()
-        .filter_map(|kv| {
-            let rel = kv.key().strip_prefix(settings.prefix.as_bytes())?;
-            Some((
-                String::from_utf8_lossy(rel).into_owned(),
-                kv.value().to_vec(),
-            ))
-        })
+        .filter_map(|kv| Some((settings.relative(kv.key())?, kv.value().to_vec())))
         .collect();
     t.revision = Some(revision);
     t.reads += 1;
