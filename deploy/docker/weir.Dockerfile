@@ -3,8 +3,9 @@
 #
 # Build on Debian 12 (glibc 2.36) and run on Debian 12 slim: the binary links
 # glibc dynamically, so the runtime's glibc must not be older than the builder's.
-# The runtime keeps a shell: the Kubernetes init container runs
-# weir-render-config (getent + sed) to turn Service names into IP:PORT.
+# The runtime keeps a shell for weir-render-config (getent + sed), which turns
+# Service names into IP:PORT for a gateway run from a file (the Kubernetes
+# manifests run it from etcd instead, where engines register their own IPs).
 
 FROM rust:1.95.0-bookworm AS build
 # cmake: Pingora's libz-ng-sys; protoc: tonic/prost code generation in the workspace.

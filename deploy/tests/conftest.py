@@ -1,4 +1,5 @@
-"""Shared fixtures: rendered overlays, the binaries' --help, running engines."""
+"""Shared fixtures: rendered overlays, the binaries' --help, a local etcd,
+running engines."""
 
 from __future__ import annotations
 
@@ -22,6 +23,30 @@ def rendered() -> dict[str, list[dict]]:
 @pytest.fixture(scope="session")
 def weir_help() -> s.Help:
     return s.parse_help(s.weir_bin())
+
+
+@pytest.fixture(scope="session")
+def weirctl_help() -> s.Help:
+    return s.parse_help(s.weirctl_bin())
+
+
+@pytest.fixture(scope="session")
+def etcd_server():
+    """A local etcd for the whole session, or None when etcd is not installed
+    (then the engines run without registering)."""
+    if shutil.which("etcd") is None:
+        yield None
+        return
+    e = s.Etcd()
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="session")
+def etcd(etcd_server) -> s.Etcd:
+    if etcd_server is None:
+        pytest.skip("etcd not installed (scripts/deps.sh installs etcd-server): etcd checks need it")
+    return etcd_server
 
 
 @pytest.fixture(scope="session")
@@ -78,14 +103,21 @@ def remap(text: str, paths: dict[str, Path]) -> str:
     return rx.sub(lambda m: str(paths[m.group(1)]), text)
 
 
+REGISTER_FLAGS = ("--register-etcd", "--pool", "--advertise")
+
+
 class Engines:
     """The engine Deployments of the cpu overlay, each run as a real weir-engine
     with the manifest's own arguments: volumes become temp folders, the init
-    container's command fills the model volume, listeners move to 127.0.0.1:0."""
+    container's command fills the model volume, listeners move to 127.0.0.1:0.
+    With a local etcd the engine registers there in the manifest's `--pool`
+    as the address it is bound to (the manifest's `--advertise` names the
+    pod IP); without one it does not register."""
 
-    def __init__(self, docs: list[dict]):
+    def __init__(self, docs: list[dict], etcd: s.Etcd | None):
         self.procs: dict[str, tuple[s.Proc, str]] = {}
         self.docs = docs
+        self.etcd = etcd
         self.tmp = Path(tempfile.mkdtemp(prefix="deploy-engines-"))
 
     def start(self, name: str) -> str:
@@ -104,6 +136,11 @@ class Engines:
         args = [remap(a, paths) for a in c["args"]]
         args = s.replace_arg(args, "--http", "127.0.0.1:0")
         args = s.replace_arg(args, "--grpc", "127.0.0.1:0")
+        if self.etcd is not None and s.arg_value(args, "--register-etcd"):
+            args = s.replace_arg(args, "--register-etcd", self.etcd.endpoint)
+            args = s.drop_args(args, "--advertise")
+        else:
+            args = s.drop_args(args, *REGISTER_FLAGS)
         env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
         lib = s.ort_lib()
         if lib:
@@ -112,6 +149,12 @@ class Engines:
         self.procs[name] = (proc, addr)
         return addr
 
+    def stop_one(self, name: str):
+        """Stops one engine (SIGINT, as a clean shutdown); `start` runs it again."""
+        if name in self.procs:
+            self.procs.pop(name)[0].stop()
+            shutil.rmtree(self.tmp / name, ignore_errors=True)
+
     def stop(self):
         for proc, _ in self.procs.values():
             proc.stop()
@@ -119,11 +162,11 @@ class Engines:
 
 
 @pytest.fixture(scope="session")
-def engines(rendered):
+def engines(rendered, etcd_server):
     if s.engine_bin() is None:
         pytest.skip("target/release/weir-engine not built: engine launch checks need it")
     if s.ort_lib() is None:
         pytest.skip("no ONNX Runtime library (scripts/setup-ort.sh; scripts/test-deploy runs it)")
-    e = Engines(rendered["cpu"])
+    e = Engines(rendered["cpu"], etcd_server)
     yield e
     e.stop()

@@ -7,10 +7,13 @@ started by the tests and stopped by their own handles.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -108,6 +111,13 @@ def weir_bin() -> Path:
     return path
 
 
+def weirctl_bin() -> Path:
+    """weirctl: built with weir (both are binaries of the weir-gateway package)."""
+    path = Path(os.environ.get("WEIRCTL_BIN", ROOT / "target" / "release" / "weirctl"))
+    assert path.is_file(), f"{path} missing: build it first (cargo build --release -p weir-gateway)"
+    return path
+
+
 def engine_bin() -> Path | None:
     path = Path(os.environ.get("WEIR_ENGINE_BIN", ROOT / "target" / "release" / "weir-engine"))
     return path if path.is_file() else None
@@ -139,6 +149,15 @@ def parse_help(binary: Path, *args: str) -> Help:
     h.envs = set(re.findall(r"\[env: ([A-Z0-9_]+)=", out.stdout))
     assert h.flags, f"no flags parsed from {binary} --help"
     return h
+
+
+def subcommands(binary: Path, *path: str) -> set[str]:
+    """The subcommands `binary PATH... --help` lists under "Commands:"."""
+    out = subprocess.run([str(binary), *path, "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, f"{binary} {' '.join(path)} --help failed: {out.stderr}"
+    m = re.search(r"^Commands:\n((?:[ \t]+\S.*\n?)+)", out.stdout, re.M)
+    assert m, f"{binary} {' '.join(path)} --help lists no commands:\n{out.stdout}"
+    return {line.split()[0] for line in m.group(1).splitlines()} - {"help"}
 
 
 def check_args(args: list[str], h: Help) -> list[str]:
@@ -184,6 +203,29 @@ def replace_arg(args: list[str], flag: str, value: str) -> list[str]:
             out[i] = f"{flag}={value}"
             return out
     raise AssertionError(f"{flag} not in {args}")
+
+
+def drop_args(args: list[str], *flags: str) -> list[str]:
+    """`args` without `flags` (as `--flag=value` or `--flag value`)."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a in flags:
+            skip = True
+            continue
+        if a.partition("=")[0] in flags and "=" in a:
+            continue
+        out.append(a)
+    return out
+
+
+def kube_expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes' `$(VAR)` expansion in command and args: a variable the
+    container defines is replaced, `$$` escapes, anything else stays as written."""
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                  lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), value)
 
 
 def env_known(name: str, binary: Path, h: Help) -> bool:
@@ -276,17 +318,127 @@ def get_200(url: str) -> bool:
     return http("GET", url, timeout=2)[0] == 200
 
 
-def start_weir(config: Path) -> tuple[Proc, str, str]:
-    """Runs weir on `config`; returns the process, proxy and admin host:port."""
-    proc = Proc([str(weir_bin()), "--config", str(config)],
+def start_weir(config: Path, *extra: str, ready: bool = True) -> tuple[Proc, str, str]:
+    """Runs weir on `config` (plus `extra` arguments, e.g. `--etcd URL`);
+    returns the process, proxy and admin host:port, once /readyz answers 200
+    unless `ready` is false."""
+    return start_weir_args(["--config", str(config), *extra], ready=ready)
+
+
+def start_weir_args(args: list[str], ready: bool = True) -> tuple[Proc, str, str]:
+    proc = Proc([str(weir_bin()), *args],
                 r"weir listening proxy=(\S+) admin=(\S+)", env={"WEIR_LOG": "warn"})
     proxy, admin = proc.match.group(1), proc.match.group(2)
     try:
-        poll(lambda: get_200(f"http://{admin}/readyz"), "weir /readyz")
+        if ready:
+            poll(lambda: get_200(f"http://{admin}/readyz"), "weir /readyz")
+        else:
+            poll(lambda: get_200(f"http://{admin}/healthz"), "weir /healthz")
     except AssertionError:
+        err = proc.stderr()
         proc.stop()
-        raise
+        raise AssertionError(f"weir {args}:\n{err}") from None
     return proc, proxy, admin
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Etcd:
+    """A single-member etcd on 127.0.0.1 with its own data folder; `stop()`
+    and `start()` again keep the data (an outage, not a wipe)."""
+
+    def __init__(self):
+        self.binary = shutil.which(os.environ.get("WEIR_ETCD_BIN", "etcd"))
+        assert self.binary, "etcd not installed"
+        self.dir = Path(tempfile.mkdtemp(prefix="deploy-etcd-"))
+        self.p: subprocess.Popen | None = None
+        self.client = self.peer = 0
+        for attempt in range(5):
+            self.client, self.peer = free_port(), free_port()
+            try:
+                self.start()
+                return
+            except AssertionError:
+                if attempt == 4:
+                    raise
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.client}"
+
+    def start(self):
+        if self.p is not None and self.p.poll() is None:
+            return
+        client, peer = self.endpoint, f"http://127.0.0.1:{self.peer}"
+        log = open(self.dir / "etcd.log", "ab")
+        self.p = subprocess.Popen(
+            [self.binary, "--name", "deploy-test", "--data-dir", str(self.dir / "data"),
+             "--listen-client-urls", client, "--advertise-client-urls", client,
+             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"deploy-test={peer}", "--log-level", "warn"],
+            stdout=log, stderr=log)
+        log.close()
+
+        def healthy():
+            if self.p.poll() is not None:
+                raise AssertionError(f"etcd exited: {self.log()}")
+            status, body = http("GET", f"{self.endpoint}/health", timeout=2)
+            return status == 200 and b'"health":"true"' in body
+
+        try:
+            poll(healthy, "etcd /health", deadline_s=30, every_s=0.1)
+        except AssertionError:
+            self.stop()
+            raise
+
+    def log(self) -> str:
+        try:
+            return (self.dir / "etcd.log").read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.p is not None and self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(20)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(5)
+        self.p = None
+
+    def close(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # Through etcd's JSON gateway, so that nothing else is needed: raw writes
+    # that weirctl would refuse (an invalid document, a member key).
+    def put(self, key: str, value: str):
+        body = json.dumps({"key": b64(key), "value": b64(value)}).encode()
+        status, out = http("POST", f"{self.endpoint}/v3/kv/put", body, {"content-type": "application/json"})
+        assert status == 200, f"etcd put {key}: {status} {out[:200]!r}"
+
+    def get(self, key: str) -> str | None:
+        body = json.dumps({"key": b64(key)}).encode()
+        status, out = http("POST", f"{self.endpoint}/v3/kv/range", body, {"content-type": "application/json"})
+        assert status == 200, f"etcd range {key}: {status} {out[:200]!r}"
+        kvs = json.loads(out).get("kvs", [])
+        return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
+
+    def keys(self, prefix: str) -> list[str]:
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        body = json.dumps({"key": b64(prefix), "range_end": b64(end), "keys_only": True}).encode()
+        status, out = http("POST", f"{self.endpoint}/v3/kv/range", body, {"content-type": "application/json"})
+        assert status == 200, f"etcd range {prefix}: {status} {out[:200]!r}"
+        return sorted(base64.b64decode(kv["key"]).decode() for kv in json.loads(out).get("kvs", []))
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
 
 
 def start_engine(args: list[str], env: dict | None = None) -> tuple[Proc, str]:
@@ -413,3 +565,150 @@ class DockerIgnore:
             if any(rx.match(p) for p in prefixes):
                 result = not negate
         return result
+
+
+# ---------------------------------------------------------------- the etcd-backed deployment
+
+DEFAULT_PREFIX = "/weir/"
+# Flags that name etcd client URLs: the gateway and weirctl, the engines.
+ETCD_URL_FLAGS = ("--etcd", "--register-etcd")
+PREFIX_FLAGS = ("--etcd-prefix", "--register-prefix", "--prefix")
+
+
+def pod_templates(docs: list[dict]) -> list[dict]:
+    return [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job")]
+
+
+def etcd_references(docs: list[dict]) -> list[tuple[str, str, list[str], str]]:
+    """Every place a pod names etcd: (where, flag, URLs, effective prefix)."""
+    out = []
+    for w in pod_templates(docs):
+        for c in pod_spec(w)["containers"]:
+            args = c.get("args", [])
+            for flag in ETCD_URL_FLAGS:
+                value = arg_value(args, flag)
+                if value is None:
+                    continue
+                prefix = next((arg_value(args, p) for p in PREFIX_FLAGS if arg_value(args, p)), DEFAULT_PREFIX)
+                out.append((f"{w['kind']}/{w['metadata']['name']} {c['name']}", flag, value.split(","), prefix))
+    return out
+
+
+def etcd_client_hosts(docs: list[dict]) -> tuple[dict[str, str], int, str]:
+    """The names the etcd StatefulSet's members answer to: host -> what it is
+    ("service" or the member), the Service's client port, the scheme etcd
+    listens with."""
+    sts = one(docs, "StatefulSet", "weir-etcd")
+    svc_name = sts["spec"]["serviceName"]
+    svc = one(docs, "Service", svc_name)
+    ns = svc["metadata"]["namespace"]
+    (port,) = [p for p in svc["spec"]["ports"] if p["name"] == "client"]
+    etcd = container(sts, "etcd")
+    assert named_port(etcd, port["targetPort"]) == port["port"], "etcd Service client port != container port"
+    listen = arg_value(etcd["args"], "--listen-client-urls")
+    assert listen and listen.endswith(f":{port['port']}"), listen
+    scheme = listen.split("://", 1)[0]
+    hosts = {}
+    suffixes = ["", f".{ns}", f".{ns}.svc", f".{ns}.svc.cluster.local"]
+    for sfx in suffixes:
+        hosts[svc_name + sfx] = "service"
+        for i in range(sts["spec"]["replicas"]):
+            hosts[f"{sts['metadata']['name']}-{i}.{svc_name}{sfx}"] = f"member {i}"
+    return hosts, port["port"], scheme
+
+
+def etcd_url_problems(docs: list[dict], urls: list[str]) -> list[str]:
+    """What is wrong with a client URL list for the etcd in `docs` (empty = ok):
+    each URL names the etcd Service or one of its members on the client port,
+    with etcd's scheme; a list of members names every member."""
+    hosts, port, scheme = etcd_client_hosts(docs)
+    problems, members = [], set()
+    for url in urls:
+        m = re.fullmatch(r"(\w+)://([A-Za-z0-9.-]+):(\d+)", url)
+        if not m:
+            problems.append(f"{url!r} is not SCHEME://HOST:PORT")
+            continue
+        if m.group(1) != scheme:
+            problems.append(f"{url}: etcd listens with {scheme}://")
+        if m.group(2) not in hosts:
+            problems.append(f"{url}: {m.group(2)} is neither the etcd Service nor one of its members")
+        elif hosts[m.group(2)] != "service":
+            members.add(hosts[m.group(2)])
+        if int(m.group(3)) != port:
+            problems.append(f"{url}: the etcd client port is {port}")
+    every = {v for v in hosts.values() if v != "service"}
+    if members and members != every:
+        problems.append(f"{urls} names {len(members)} of the {len(every)} etcd members")
+    return problems
+
+
+def configmap_file(docs: list[dict], workload: dict, c: dict, path: str) -> str:
+    """The content of `path` in container `c` when it lies in a ConfigMap volume."""
+    folder, name = path.rsplit("/", 1)
+    mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+    assert folder in mounts, f"{path}: no volume mounted at {folder}"
+    vol = {v["name"]: v for v in pod_spec(workload)["volumes"]}[mounts[folder]]
+    assert "configMap" in vol, f"{path}: {folder} is not a ConfigMap volume"
+    data = one(docs, "ConfigMap", vol["configMap"]["name"])["data"]
+    assert name in data, f"{path}: ConfigMap {vol['configMap']['name']} has no key {name}"
+    return data[name]
+
+
+def final_copies(dockerfile: Path) -> dict[str, str]:
+    """Build-context COPYs of a Dockerfile's final stage: image path -> repository path."""
+    out = {}
+    for i in stages(parse_dockerfile(dockerfile))[-1]:
+        if i.op == "COPY":
+            srcs, dest, frm = copy_sources(i)
+            if frm is None and len(srcs) == 1:
+                out[dest] = srcs[0]
+    return out
+
+
+def local_gateway_args(docs: list[dict], tmp: Path, etcd_endpoint: str) -> tuple[list[str], Path]:
+    """The gateway container's arguments for a local run: its ConfigMap file
+    (listeners on 127.0.0.1:0, a short grace period), `--etcd` at
+    `etcd_endpoint`, the cache in `tmp`. Returns the arguments and the cache file."""
+    dep = one(docs, "Deployment", "weir-gateway")
+    c = container(dep, "weir")
+    args = list(c["args"])
+    text = configmap_file(docs, dep, c, arg_value(args, "--config"))
+    text = re.sub(r'(?m)^(proxy|admin)\s*=\s*"[^"]*"', r'\1 = "127.0.0.1:0"', text)
+    text = re.sub(r"(?m)^grace_period_seconds\s*=.*$", "grace_period_seconds = 1", text)
+    tmp.mkdir(parents=True, exist_ok=True)
+    config = tmp / "weir.toml"
+    config.write_text(text)
+    cache_dir = tmp / "etcd-cache"
+    cache_dir.mkdir(exist_ok=True)
+    cache = cache_dir / arg_value(args, "--etcd-cache").rsplit("/", 1)[1]
+    args = replace_arg(args, "--config", str(config))
+    args = replace_arg(args, "--etcd", etcd_endpoint)
+    args = replace_arg(args, "--etcd-cache", str(cache))
+    return args, cache
+
+
+def run_import_job(docs: list[dict], tmp: Path, etcd_endpoint: str, *extra: str,
+                   env: dict | None = None, file_text: str | None = None) -> subprocess.CompletedProcess:
+    """The Job weir-config-import's command, as the weirctl image runs it: the
+    script the image installs at the command's path, the ConfigMap's file,
+    the Job's weirctl flags with `--etcd` at `etcd_endpoint` (plus `extra`)."""
+    job = one(docs, "Job", "weir-config-import")
+    (c,) = pod_spec(job)["containers"]
+    copies = final_copies(DOCKER / "weirctl.Dockerfile")
+    script = c["command"][0]
+    assert script in copies, f"{script} is not installed by weirctl.Dockerfile"
+    path, *flags = c["args"]
+    tmp.mkdir(parents=True, exist_ok=True)
+    local = tmp / path.rsplit("/", 1)[1]
+    local.write_text(configmap_file(docs, job, c, path) if file_text is None else file_text)
+    flags = replace_arg(flags, "--etcd", etcd_endpoint)
+    return subprocess.run(
+        [str(ROOT / copies[script]), str(local), *flags, *extra], capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "WEIRCTL": str(weirctl_bin()), "WEIR_IMPORT_DELAY": "0.2", **(env or {})})
+
+
+def weirctl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run([str(weirctl_bin()), *args], capture_output=True, text=True, timeout=60)
+    if check:
+        assert out.returncode == 0, f"weirctl {' '.join(args)}: {out.returncode}\n{out.stdout}{out.stderr}"
+    return out

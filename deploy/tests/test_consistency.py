@@ -1,13 +1,14 @@
 """The manifests and images agree with what the binaries accept: flags, env
-names, config, ports and probe paths, checked against the real `weir` and
-`weir-engine` (run on OS-chosen ports with the manifests' own arguments)."""
+names, config, ports and probe paths, checked against the real `weir`,
+`weir-engine` and `weirctl` (run on OS-chosen ports with the manifests' own
+arguments). The etcd wiring (URLs, pools, the import Job) is checked here
+statically and in test_etcd_deployment.py against a running etcd."""
 
 from __future__ import annotations
 
 import json
 import re
 import shutil
-import stat
 import subprocess
 import tomllib
 from pathlib import Path
@@ -32,8 +33,14 @@ def test_engine_args_and_env_are_accepted(rendered, engine_help):
             c = s.container(s.one(docs, "Deployment", name), "engine")
             problems = s.check_args(c["args"], engine_help)
             assert not problems, f"{overlay} {name}: {problems}"
+            # $(VAR) in args is the kubelet's to expand, from the container's
+            # env; a name not defined there would stay as written.
+            expanded = set(re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", " ".join(c["args"])))
+            env_names = {e["name"] for e in c.get("env", [])}
+            assert expanded <= env_names, f"{overlay} {name}: args use undefined {expanded - env_names}"
             for e in c.get("env", []):
-                assert s.env_known(e["name"], binary, engine_help), f"weir-engine does not read {e['name']}"
+                assert e["name"] in expanded or s.env_known(e["name"], binary, engine_help), \
+                    f"weir-engine does not read {e['name']} (nor do its args use it)"
 
 
 def test_engine_accepts_every_device_the_overlays_use(rendered, engine_help):
@@ -51,66 +58,6 @@ def test_engine_accepts_every_device_the_overlays_use(rendered, engine_help):
             assert "invalid value" in out.stderr, out.stderr
         else:
             assert "invalid value" not in out.stderr and "--models" in out.stderr, out.stderr
-
-
-def render_gateway_config(docs, tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """Runs the init container's weir-render-config (the real script, the real
-    `weir check`) on the ConfigMap, with Service names resolved to loopback
-    addresses by a stand-in for getent. Returns the rendered file and the
-    name -> address map."""
-    dep = s.one(docs, "Deployment", "weir-gateway")
-    spec = s.pod_spec(dep)
-    (init,) = spec["initContainers"]
-    volumes = {v["name"]: v for v in spec["volumes"]}
-    mounts = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}
-
-    # The init container's command is the script the weir image installs.
-    script = s.DOCKER / "weir-render-config"
-    copies = dockerfile_copies(s.DOCKER / "weir.Dockerfile")
-    assert copies.get(init["command"][0]) == "deploy/docker/weir-render-config", init["command"][0]
-    template_in_pod, output_in_pod = init["command"][1], init["command"][2]
-
-    cm_volume = volumes[mounts[template_in_pod.rsplit("/", 1)[0]]]
-    cm = s.one(docs, "ConfigMap", cm_volume["configMap"]["name"])
-    template = tmp_path / "template.toml"
-    template.write_text(cm["data"][template_in_pod.rsplit("/", 1)[1]])
-    assert "emptyDir" in volumes[mounts[output_in_pod.rsplit("/", 1)[0]]]
-
-    # Every Service gets a distinct loopback address; anything else is unknown.
-    services = [svc["metadata"]["name"] for svc in s.find(docs, "Service")]
-    addrs = {name: f"127.0.0.{10 + i}" for i, name in enumerate(services)}
-    resolver = tmp_path / "resolve"
-    resolver.write_text("#!/bin/sh\ncase \"$1\" in\n" + "".join(
-        f"  {n}) echo '{a} STREAM {n}' ;;\n" for n, a in addrs.items()) + "esac\n")
-    resolver.chmod(resolver.stat().st_mode | stat.S_IXUSR)
-    out_file = tmp_path / "weir.toml"
-    run = subprocess.run([str(script), str(template), str(out_file)], capture_output=True, text=True,
-                         env={"PATH": "/usr/bin:/bin", "WEIR_RESOLVE": str(resolver), "WEIR_BIN": str(s.weir_bin())},
-                         timeout=60)
-    assert run.returncode == 0, f"weir-render-config failed:\n{run.stderr}"
-    assert "ok:" in run.stderr, run.stderr
-    return out_file, addrs
-
-
-def dockerfile_copies(path: Path) -> dict[str, str]:
-    final = s.stages(s.parse_dockerfile(path))[-1]
-    out = {}
-    for i in final:
-        if i.op == "COPY":
-            srcs, dest, frm = s.copy_sources(i)
-            if frm is None and len(srcs) == 1:
-                out[dest] = srcs[0]
-    return out
-
-
-def test_configmap_renders_and_passes_weir_check(rendered, tmp_path):
-    for overlay, docs in rendered.items():
-        d = tmp_path / overlay
-        d.mkdir()
-        out, addrs = render_gateway_config(docs, d)
-        cfg = tomllib.loads(out.read_text())
-        used = {b["address"].rsplit(":", 1)[0] for p in cfg["pools"] for b in p["backends"]}
-        assert used and used <= set(addrs.values()), used
 
 
 def test_render_script_refuses_unknown_names_and_bad_configs(tmp_path):
@@ -133,28 +80,6 @@ def test_render_script_refuses_unknown_names_and_bad_configs(tmp_path):
             assert '"127.0.0.9:8000"' in out.read_text()
 
 
-def test_gateway_pools_point_at_engine_services(rendered):
-    """Each backend NAME:PORT is a Service port that leads to the engine's
-    HTTP listener (its --http port), for the pool's protocol."""
-    for overlay, docs in rendered.items():
-        cfg = tomllib.loads(s.by_prefix(docs, "ConfigMap", "weir-gateway-config")["data"]["weir.toml"])
-        for pool in cfg["pools"]:
-            for b in pool["backends"]:
-                host, port = b["address"].rsplit(":", 1)
-                svc = s.one(docs, "Service", host)
-                (sp,) = [p for p in svc["spec"]["ports"] if p["port"] == int(port)]
-                dep = [d for d in s.find(docs, "Deployment")
-                       if s.labels_match(svc["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])]
-                assert len(dep) == 1
-                c = s.container(dep[0], "engine")
-                target = s.named_port(c, sp["targetPort"])
-                flag = "--http" if pool.get("protocol", "http1") == "http1" else "--grpc"
-                assert int(s.arg_value(c["args"], flag).rsplit(":", 1)[1]) == target, f"{overlay} {pool['name']}"
-            # The pool's http health check asks a path the engine serves
-            # (checked against a running engine below).
-            assert pool["health_check"]["kind"] in ("http", "tcp")
-
-
 def test_gateway_ports_match_its_config(rendered):
     for overlay, docs in rendered.items():
         dep = s.one(docs, "Deployment", "weir-gateway")
@@ -166,32 +91,14 @@ def test_gateway_ports_match_its_config(rendered):
         assert cfg["server"]["proxy"].startswith("0.0.0.0:") and cfg["server"]["admin"].startswith("0.0.0.0:")
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert s.named_port(c, c[probe]["httpGet"]["port"]) == ports["admin"], probe
-        # --config is the rendered file in the volume the init container writes.
+        # --config is the ConfigMap's file.
         mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
         cfg_path = s.arg_value(c["args"], "--config")
-        assert mounts.get(cfg_path.rsplit("/", 1)[0]) == "config"
-        assert s.pod_spec(dep)["initContainers"][0]["command"][2] == cfg_path
+        vol = {v["name"]: v for v in s.pod_spec(dep)["volumes"]}[mounts[cfg_path.rsplit("/", 1)[0]]]
+        assert vol["configMap"]["name"].startswith("weir-gateway-config-")
+        assert cfg_path.rsplit("/", 1)[1] in s.one(docs, "ConfigMap", vol["configMap"]["name"])["data"]
 
 
-def test_gateway_probes_answer_on_the_rendered_config(rendered, tmp_path):
-    """weir runs the ConfigMap's config (listeners moved to 127.0.0.1:0) and
-    every probe path of the Deployment answers 200 on the admin listener."""
-    docs = rendered["cpu"]
-    config, _ = render_gateway_config(docs, tmp_path)
-    text = config.read_text()
-    text = re.sub(r'(?m)^(proxy|admin)\s*=\s*"[^"]*"', r'\1 = "127.0.0.1:0"', text)
-    text = re.sub(r"(?m)^grace_period_seconds\s*=.*$", "grace_period_seconds = 1", text)
-    local = tmp_path / "local.toml"
-    local.write_text(text)
-    c = s.container(s.one(docs, "Deployment", "weir-gateway"), "weir")
-    proc, _proxy, admin = s.start_weir(local)
-    try:
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            path = c[probe]["httpGet"]["path"]
-            status, body = s.http("GET", f"http://{admin}{path}")
-            assert status == 200, f"{probe} {path}: {status} {body[:200]!r}"
-    finally:
-        proc.stop()
 
 
 def healthcheck_command(dockerfile: Path) -> list[str]:
@@ -212,7 +119,7 @@ def test_weir_image_default_config_and_healthcheck(tmp_path):
     """The image's /etc/weir/weir.toml passes `weir check`; its HEALTHCHECK
     command asks that config's admin port and succeeds against a running weir."""
     df = s.DOCKER / "weir.Dockerfile"
-    copies = dockerfile_copies(df)
+    copies = s.final_copies(df)
     src = s.ROOT / copies["/etc/weir/weir.toml"]
     env = dict(kv for i in s.parse_dockerfile(df) if i.op == "ENV"
                for kv in re.findall(r"([A-Z_][A-Z0-9_]*)=(\S+)", i.args))
@@ -246,7 +153,7 @@ def test_engine_runs_with_the_manifest_and_its_probes_answer(rendered, engines, 
         path = c[probe]["httpGet"]["path"]
         status, body = s.http("GET", f"http://{addr}{path}")
         assert status == 200, f"{probe} {path}: {status} {body[:200]!r}"
-    cfg = tomllib.loads(s.by_prefix(docs, "ConfigMap", "weir-gateway-config")["data"]["weir.toml"])
+    cfg = tomllib.loads(s.by_prefix(docs, "ConfigMap", "weir-routes")["data"]["routes.toml"])
     for pool in cfg["pools"]:
         hc = pool["health_check"]
         if hc["kind"] == "http":
@@ -297,3 +204,177 @@ def test_etcd_flags_exist(rendered):
     args = s.container(s.one(rendered["cpu"], "StatefulSet", "weir-etcd"), "etcd")["args"]
     unknown = [a.split("=")[0] for a in args if a.split("=")[0] not in known]
     assert not unknown, f"flags the local etcd does not know: {unknown}"
+
+
+# ---------------------------------------------------------------- the etcd wiring
+
+
+def routes_config(docs) -> dict:
+    return tomllib.loads(s.by_prefix(docs, "ConfigMap", "weir-routes")["data"]["routes.toml"])
+
+
+def test_etcd_urls_name_the_etcd_service_and_client_port(rendered):
+    """Every etcd URL in every manifest (gateway --etcd, engines
+    --register-etcd, the import Job's --etcd) is the etcd Service or its
+    members on the client port, with etcd's scheme; all use one prefix."""
+    for overlay, docs in rendered.items():
+        refs = s.etcd_references(docs)
+        where = {r[0].split()[0] for r in refs}
+        assert {"Deployment/weir-gateway", "Deployment/weir-engine-v1", "Deployment/weir-engine-v2",
+                "Job/weir-config-import"} <= where, where
+        for place, flag, urls, _prefix in refs:
+            problems = s.etcd_url_problems(docs, urls)
+            assert not problems, f"{overlay} {place} {flag}: {problems}"
+        prefixes = {r[3] for r in refs}
+        assert len(prefixes) == 1, f"{overlay}: etcd prefixes differ: {refs}"
+
+
+def test_etcd_url_check_catches_mistakes(rendered):
+    """Control: a wrong name, port or scheme, or a partial member list, is reported."""
+    docs = rendered["cpu"]
+    assert not s.etcd_url_problems(docs, ["http://weir-etcd:2379"])
+    for bad in (["http://etcd:2379"], ["http://weir-etcd:2380"], ["https://weir-etcd:2379"],
+                ["http://weir-etcd-3.weir-etcd:2379"], ["http://weir-etcd-0.weir-etcd:2379"]):
+        assert s.etcd_url_problems(docs, bad), bad
+
+
+def test_the_binaries_default_to_the_same_prefix(weir_help, engine_help, weirctl_help):
+    """The manifests leave the prefix at its default: it is the same in all three."""
+    assert s.DEFAULT_PREFIX in weir_help.text
+    for h in (engine_help, weirctl_help):
+        assert f"[default: {s.DEFAULT_PREFIX}]" in h.text, h.text
+
+
+def registration_problems(docs, cfg: dict) -> list[str]:
+    """Engine Deployments vs the imported config: each `--pool` is a
+    `registered = true` pool without static backends; each registered pool
+    has a Deployment joining it; the advertised address is the pod IP (from
+    the downward API) and the listener the pool's protocol speaks."""
+    problems = []
+    pools = {p["name"]: p for p in cfg.get("pools", [])}
+    joined = set()
+    for dep in s.find(docs, "Deployment"):
+        if dep["metadata"]["labels"].get("app.kubernetes.io/name") != "weir-engine":
+            continue
+        name = dep["metadata"]["name"]
+        c = s.container(dep, "engine")
+        pool_name = s.arg_value(c["args"], "--pool")
+        if pool_name is None:
+            problems.append(f"{name}: no --pool")
+            continue
+        joined.add(pool_name)
+        pool = pools.get(pool_name)
+        if pool is None:
+            problems.append(f"{name}: --pool {pool_name} is not a pool of the imported config")
+            continue
+        if not pool.get("registered"):
+            problems.append(f"{name}: pool {pool_name} is not `registered = true`")
+        if pool.get("backends"):
+            problems.append(f"pool {pool_name}: static backends {pool['backends']}")
+        advertise = s.arg_value(c["args"], "--advertise") or ""
+        env = {e["name"]: e for e in c.get("env", [])}
+        pod_ip = env.get("POD_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        if pod_ip != "status.podIP":
+            problems.append(f"{name}: POD_IP is not the downward API's status.podIP")
+        host, _, port = advertise.rpartition(":")
+        if host != "$(POD_IP)":
+            problems.append(f"{name}: --advertise {advertise!r} is not $(POD_IP):PORT")
+        listener = "--http" if pool.get("protocol", "http1") == "http1" else "--grpc"
+        if port != s.arg_value(c["args"], listener).rsplit(":", 1)[1]:
+            problems.append(f"{name}: advertises port {port}, but pool {pool_name} ({pool.get('protocol', 'http1')}) "
+                            f"speaks to the {listener} listener")
+        elif int(port) not in {p["containerPort"] for p in c["ports"]}:
+            problems.append(f"{name}: port {port} is not a container port")
+    for pool_name, pool in pools.items():
+        if pool.get("registered") and pool_name not in joined:
+            problems.append(f"registered pool {pool_name}: no engine Deployment joins it")
+    return problems
+
+
+def test_engines_join_registered_pools_of_the_imported_config(rendered):
+    for overlay, docs in rendered.items():
+        problems = registration_problems(docs, routes_config(docs))
+        assert not problems, f"{overlay}: {problems}"
+
+
+def test_registration_check_catches_mistakes(rendered):
+    """Control: a renamed pool, a pool that is not registered, an h2c pool
+    the engines advertise their HTTP port for, are all reported."""
+    docs = rendered["cpu"]
+    for change, expect in [
+        (lambda p: p.update(name="engine-v9"), "not a pool"),
+        (lambda p: p.update(registered=False), "not `registered = true`"),
+        (lambda p: p.update(protocol="h2c"), "--grpc listener"),
+    ]:
+        cfg = routes_config(docs)
+        change(cfg["pools"][0])
+        problems = registration_problems(docs, cfg)
+        assert any(expect in p for p in problems), (expect, problems)
+
+
+def test_engine_accepts_the_registration_flags(rendered, engine_help):
+    """clap parses `--advertise` as IP:PORT before anything starts: with
+    POD_IP expanded as the kubelet does, the value is accepted (the engine
+    gets as far as checking --models); unexpanded, it is refused."""
+    binary = s.engine_bin()
+    c = s.container(s.one(rendered["cpu"], "Deployment", "weir-engine-v1"), "engine")
+    register = [a for a in c["args"] if a.partition("=")[0] in ("--register-etcd", "--pool", "--advertise")]
+    assert len(register) == 3, register
+    for pod_ip, ok in [("10.1.2.3", True), (None, False)]:
+        args = [s.kube_expand(a, {"POD_IP": pod_ip}) if pod_ip else a for a in register]
+        out = subprocess.run([str(binary), *args, "--models=/nonexistent-weir-models"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode != 0
+        if ok:
+            assert "invalid value" not in out.stderr and "--models" in out.stderr, out.stderr
+        else:
+            assert "invalid value" in out.stderr, out.stderr
+
+
+def test_import_job_runs_weirctl_with_accepted_flags(rendered, weirctl_help):
+    """The Job runs the script the weirctl image installs; its flags are
+    weirctl's global flags, and the weirctl commands the script runs exist."""
+    binary = s.weirctl_bin()
+    copies = s.final_copies(s.DOCKER / "weirctl.Dockerfile")
+    for overlay, docs in rendered.items():
+        (c,) = s.pod_spec(s.one(docs, "Job", "weir-config-import"))["containers"]
+        script = c["command"][0]
+        assert copies.get(script) == "deploy/docker/weir-import-config", (script, copies)
+        problems = s.check_args(c["args"][1:], weirctl_help)
+        assert not problems, f"{overlay}: {problems}"
+    text = (s.DOCKER / "weir-import-config").read_text()
+    used = set(re.findall(r'"\$weirctl" "\$@" (?:--json )?config (\w+)', text))
+    assert used == {"check", "export", "import"}, used
+    assert used <= s.subcommands(binary, "config")
+    assert "--json" in weirctl_help.flags
+
+
+def test_imported_config_passes_weirctl_check(rendered, tmp_path):
+    """The routes ConfigMap is a config weirctl imports and weir accepts;
+    control: a broken copy is refused."""
+    for overlay, docs in rendered.items():
+        f = tmp_path / f"{overlay}.toml"
+        f.write_text(s.by_prefix(docs, "ConfigMap", "weir-routes")["data"]["routes.toml"])
+        out = s.weirctl("config", "check", str(f))
+        assert out.stdout.startswith("ok:"), out.stdout
+        out = subprocess.run([str(s.weir_bin()), "check", "--config", str(f)], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f.read_text().replace('pool = "engine-v2"', 'pool = "engine-v9"'))
+    assert bad.read_text() != f.read_text()
+    out = s.weirctl("config", "check", str(bad), check=False)
+    assert out.returncode == 1 and "engine-v9" in out.stderr, out.stderr
+
+
+def test_gateway_bootstrap_passes_weir_check_with_its_args(rendered, tmp_path):
+    """`weir check` with the container's own arguments (--etcd, --etcd-cache;
+    etcd is not asked): the bootstrap [server] and the etcd settings are
+    valid. Control: a bad listener in the bootstrap fails."""
+    for overlay, docs in rendered.items():
+        args, _cache = s.local_gateway_args(docs, tmp_path / overlay, "http://127.0.0.1:9")
+        out = subprocess.run([str(s.weir_bin()), "check", *args], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+    config = Path(s.arg_value(args, "--config"))
+    config.write_text(config.read_text().replace('proxy = "127.0.0.1:0"', 'proxy = "nowhere"'))
+    out = subprocess.run([str(s.weir_bin()), "check", *args], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0

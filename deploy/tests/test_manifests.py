@@ -60,9 +60,11 @@ def test_expected_objects_exist(rendered):
             ("StatefulSet", "weir-etcd"), ("Service", "weir-etcd"),
             ("NetworkPolicy", "weir-engine"), ("NetworkPolicy", "weir-etcd"),
             ("ServiceMonitor", "weir-gateway"), ("ServiceMonitor", "weir-engine"),
+            ("Job", "weir-config-import"),
         ]:
             assert want in kinds, f"{overlay}: {want} missing"
         s.by_prefix(docs, "ConfigMap", "weir-gateway-config")
+        s.by_prefix(docs, "ConfigMap", "weir-routes")
         s.by_prefix(docs, "ConfigMap", "weir-model-keys")
         assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"weir"}
 
@@ -94,10 +96,56 @@ def test_gateway_deployment(rendered):
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
+def test_gateway_runs_from_etcd_with_a_writable_cache(rendered):
+    """--etcd, and --etcd-cache in a writable pod volume (the root file
+    system is read-only); the bootstrap file holds nothing but [server]; the
+    startup probe does not wait for a config (etcd may be empty or away)."""
+    for overlay, docs in rendered.items():
+        dep = s.one(docs, "Deployment", "weir-gateway")
+        c = s.container(dep, "weir")
+        assert s.arg_value(c["args"], "--etcd"), f"{overlay}: the gateway does not run from etcd"
+        cache = s.arg_value(c["args"], "--etcd-cache")
+        assert cache, f"{overlay}: no --etcd-cache"
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        cache_dir = cache.rsplit("/", 1)[0]
+        assert cache_dir in mounts, f"{cache} is not in a volume"
+        assert not mounts[cache_dir].get("readOnly"), f"{cache_dir} is mounted read-only"
+        vol = {v["name"]: v for v in s.pod_spec(dep)["volumes"]}[mounts[cache_dir]["name"]]
+        assert "emptyDir" in vol or "persistentVolumeClaim" in vol or "ephemeral" in vol, vol
+        cfg = gateway_config(docs)
+        assert set(cfg) == {"server"}, f"bootstrap config has {sorted(set(cfg) - {'server'})}: they would be ignored"
+        assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def routes_config(docs) -> dict:
+    return tomllib.loads(s.by_prefix(docs, "ConfigMap", "weir-routes")["data"]["routes.toml"])
+
+
+def test_config_import_job(rendered):
+    for overlay, docs in rendered.items():
+        job = s.one(docs, "Job", "weir-config-import")
+        spec = s.pod_spec(job)
+        assert spec["restartPolicy"] in ("Never", "OnFailure")
+        assert job["spec"]["backoffLimit"] >= 1
+        assert job["spec"]["ttlSecondsAfterFinished"] > 0
+        assert job["spec"]["activeDeadlineSeconds"] > 0
+        (c,) = spec["containers"]
+        assert c["image"].split(":")[0] == "weirctl"
+        # weir-import-config FILE [WEIRCTL-FLAG...]: FILE is the routes ConfigMap's.
+        path = c["args"][0]
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        vol = {v["name"]: v for v in spec["volumes"]}[mounts[path.rsplit("/", 1)[0]]]
+        cm = s.one(docs, "ConfigMap", vol["configMap"]["name"])
+        assert path.rsplit("/", 1)[1] in cm["data"]
+        assert routes_config(docs)["routes"], f"{overlay}: nothing to import"
+        # The etcd NetworkPolicy admits it by this label.
+        assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "weirctl"
+
+
 def test_every_container_is_bounded_and_locked_down(rendered):
     """Resources on every container; the restricted Pod Security profile."""
     for overlay, docs in rendered.items():
-        for w in find_workloads(docs):
+        for w in find_pod_templates(docs):
             where = f"{overlay} {w['kind']}/{w['metadata']['name']}"
             spec = s.pod_spec(w)
             psc = spec["securityContext"]
@@ -121,6 +169,10 @@ def test_every_container_is_bounded_and_locked_down(rendered):
 
 def find_workloads(docs):
     return [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+
+
+def find_pod_templates(docs):
+    return [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job")]
 
 
 def test_selectors_hpas_and_budgets_point_at_real_pods(rendered):
@@ -163,7 +215,7 @@ def test_engine_deployments_differ_only_by_version(rendered):
     v2 = s.one(docs, "Deployment", "weir-engine-v2")
     norm = yaml_text(v2).replace("weir-engine-v2", "weir-engine-v1").replace("tiny-lm:2", "tiny-lm:1") \
         .replace("tiny-lm/versions/2/", "tiny-lm/versions/1/").replace("repo/tiny-lm/2 ", "repo/tiny-lm/1 ") \
-        .replace("tiny-lm version 2", "tiny-lm version 1")
+        .replace("tiny-lm version 2", "tiny-lm version 1").replace("--pool=engine-v2", "--pool=engine-v1")
     a, b = yaml_obj(yaml_text(v1)), yaml_obj(norm)
     a["spec"].pop("replicas")
     b["spec"].pop("replicas")
@@ -216,8 +268,8 @@ def test_gpu_overlay(rendered):
         assert all(i["image"].split(":")[0] == "weir-engine-gpu" for i in spec["initContainers"])
         hpa = s.one(rendered["gpu"], "HorizontalPodAutoscaler", f"weir-engine-v{v}")
         assert [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]] == ["weir_engine_queue_depth"]
-    # The gateway and etcd are the same in both overlays.
-    for kind, name in [("Deployment", "weir-gateway"), ("StatefulSet", "weir-etcd")]:
+    # The gateway, etcd and the import Job are the same in both overlays.
+    for kind, name in [("Deployment", "weir-gateway"), ("StatefulSet", "weir-etcd"), ("Job", "weir-config-import")]:
         assert s.one(rendered["gpu"], kind, name) == s.one(rendered["cpu"], kind, name)
 
 
@@ -237,13 +289,14 @@ def test_etcd_statefulset(rendered):
 
 
 def test_network_policies_admit_only_the_gateway(rendered):
-    """Engines and etcd: ingress only from the gateway (plus etcd's peers,
-    weirctl for etcd, and Prometheus on metrics ports)."""
+    """Engines: ingress only from the gateway (and Prometheus on the metrics
+    port). etcd: from its clients (the gateway, the engines, weirctl), its
+    peers and Prometheus on its metrics port."""
     docs = rendered["cpu"]
     gateway_labels = s.one(docs, "Deployment", "weir-gateway")["spec"]["template"]["metadata"]["labels"]
     for policy_name, workloads, allowed_names in [
         ("weir-engine", ["weir-engine-v1", "weir-engine-v2"], {"weir-gateway"}),
-        ("weir-etcd", ["weir-etcd"], {"weir-gateway", "weirctl", "weir-etcd"}),
+        ("weir-etcd", ["weir-etcd"], {"weir-gateway", "weir-engine", "weirctl", "weir-etcd"}),
     ]:
         pol = s.one(docs, "NetworkPolicy", policy_name)
         assert pol["spec"]["policyTypes"] == ["Ingress"]
@@ -287,3 +340,47 @@ def test_service_monitors(rendered):
                 for svc in services:
                     assert ep["port"] in {p["name"] for p in svc["spec"]["ports"]}, \
                         f"{where}: Service {svc['metadata']['name']} has no port {ep['port']}"
+
+
+def admitted_ports(policy: dict, labels: dict) -> set:
+    """Ports (names or numbers) `policy` lets pods with `labels` from this
+    namespace reach."""
+    ports = set()
+    for rule in policy["spec"].get("ingress", []):
+        for peer in rule.get("from", []):
+            if "namespaceSelector" in peer or "ipBlock" in peer:
+                continue
+            if s.labels_match(peer["podSelector"].get("matchLabels", {}), labels):
+                ports |= {p["port"] for p in rule.get("ports", [])}
+    return ports
+
+
+def test_every_etcd_client_may_reach_etcd(rendered):
+    """Every pod that names an etcd URL (the gateway, the engines that
+    register, the import Job) is admitted to etcd's client port; of them,
+    only the gateway reaches the engines."""
+    for overlay, docs in rendered.items():
+        etcd_policy = s.one(docs, "NetworkPolicy", "weir-etcd")
+        engine_policy = s.one(docs, "NetworkPolicy", "weir-engine")
+        clients = [w for w in find_pod_templates(docs) if w["metadata"]["name"] != "weir-etcd"
+                   and any(":2379" in a for c in s.pod_spec(w)["containers"] for a in c.get("args", []))]
+        names = {w["metadata"]["name"] for w in clients}
+        assert {"weir-gateway", "weir-engine-v1", "weir-engine-v2", "weir-config-import"} <= names, names
+        for w in clients:
+            labels = w["spec"]["template"]["metadata"]["labels"]
+            assert "client" in admitted_ports(etcd_policy, labels), \
+                f"{overlay}: NetworkPolicy weir-etcd keeps {w['kind']}/{w['metadata']['name']} out"
+            reaches_engines = bool(admitted_ports(engine_policy, labels))
+            assert reaches_engines == (w["metadata"]["name"] == "weir-gateway"), \
+                f"{overlay}: {w['metadata']['name']} reaches the engines: {reaches_engines}"
+
+
+def test_network_policy_check_catches_a_missing_client(rendered):
+    """Control: without the engines' peer the etcd policy keeps them out."""
+    pol = copy.deepcopy(s.one(rendered["cpu"], "NetworkPolicy", "weir-etcd"))
+    labels = s.one(rendered["cpu"], "Deployment", "weir-engine-v1")["spec"]["template"]["metadata"]["labels"]
+    assert "client" in admitted_ports(pol, labels)
+    for rule in pol["spec"]["ingress"]:
+        rule["from"] = [p for p in rule["from"]
+                        if p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") != "weir-engine"]
+    assert "client" not in admitted_ports(pol, labels)
