@@ -15,6 +15,7 @@ pub mod error;
 pub mod etcd;
 pub mod filters;
 pub mod model;
+pub mod resilience;
 pub mod snapshot;
 
 pub use error::{ConfigError, Problem, Problems};

@@ -174,6 +174,10 @@ pub struct TimeoutsConfig {
     pub read_ms: Option<i64>,
     /// Longest time to write the request to the upstream (default 60000 ms).
     pub write_ms: Option<i64>,
+    /// Longest time for the whole exchange with the upstream, from choosing
+    /// a backend to the last byte of the answer (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<i64>,
 }
 
 /// The wire protocol a pool's backends speak.
@@ -208,6 +212,12 @@ pub struct PoolConfig {
     /// Active health checking of the backends.
     #[serde(default)]
     pub health_check: HealthCheckConfig,
+    /// Circuit breaker of each backend (on by default).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::resilience::BreakerConfig::is_default"
+    )]
+    pub breaker: crate::resilience::BreakerConfig,
 }
 
 /// One upstream server.
@@ -316,6 +326,12 @@ pub struct RouteConfig {
     /// Per-route timeout overrides.
     #[serde(default)]
     pub timeouts: TimeoutsConfig,
+    /// Retries on another backend, and their budget.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::resilience::RetryConfig::is_default"
+    )]
+    pub retry: crate::resilience::RetryConfig,
     /// The versions traffic is split over.
     #[serde(default)]
     pub arms: Vec<ArmConfig>,

@@ -66,6 +66,8 @@ pub struct Pool {
     pub backends: Vec<Backend>,
     /// Health checking.
     pub health: HealthCheck,
+    /// Circuit breaker settings of each backend.
+    pub breaker: crate::resilience::Breaker,
 }
 
 /// A validated backend.
@@ -103,6 +105,8 @@ pub struct Timeouts {
     pub read: Duration,
     /// Write timeout.
     pub write: Duration,
+    /// Whole-exchange limit, if any.
+    pub total: Option<Duration>,
 }
 
 /// A validated route.
@@ -122,6 +126,8 @@ pub struct Route {
     pub fallback: Option<usize>,
     /// Effective timeouts.
     pub timeouts: Timeouts,
+    /// Retry policy.
+    pub retry: crate::resilience::Retry,
     /// The arms.
     pub arms: Vec<Arm>,
     /// Content filters.
@@ -171,6 +177,7 @@ impl Snapshot {
                 connect: DEFAULT_CONNECT,
                 read: DEFAULT_READ,
                 write: DEFAULT_WRITE,
+                total: None,
             },
             &mut problems,
         );
@@ -327,6 +334,15 @@ fn check_timeouts(
         ),
         read: check_ms(t.read_ms, format!("{at}.read_ms"), base.read, problems),
         write: check_ms(t.write_ms, format!("{at}.write_ms"), base.write, problems),
+        total: match t.total_ms {
+            None => base.total,
+            Some(ms) => Some(check_ms(
+                Some(ms),
+                format!("{at}.total_ms"),
+                DEFAULT_READ,
+                problems,
+            )),
+        },
     }
 }
 
@@ -404,7 +420,9 @@ fn check_pools(pools: &[PoolConfig], problems: &mut Problems) -> Vec<Pool> {
                 problems.push(format!("{at}.health_check.path"), "must start with '/'");
             }
         }
+        let breaker = crate::resilience::check_breaker(&p.breaker, &at, problems);
         out.push(Pool {
+            breaker,
             name: p.name.clone(),
             protocol: p.protocol,
             backends,
@@ -482,7 +500,9 @@ fn check_routes(
             }
         };
         let filters = check_route_filters(&r.filters, &at, filter_index, problems);
+        let retry = crate::resilience::check_retry(&r.retry, &at, problems);
         out.push(Route {
+            retry,
             filters,
             name: r.name.clone(),
             prefix: r.prefix.clone(),

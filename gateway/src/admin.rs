@@ -107,10 +107,17 @@ pub fn describe(rt: &Runtime) -> Value {
                 .get_backend()
                 .iter()
                 .map(|b| {
+                    let breaker = b
+                        .addr
+                        .as_inet()
+                        .and_then(|a| p.breakers.get(a))
+                        .filter(|_| p.breakers.enabled())
+                        .map(|br| br.state().as_str());
                     json!({
                         "address": b.addr.to_string(),
                         "weight": b.weight,
                         "healthy": p.healthy(b),
+                        "breaker": breaker,
                     })
                 })
                 .collect();

@@ -13,6 +13,7 @@
 //! (process wiring), [`ctl`] (the `weirctl` operator CLI).
 
 pub mod admin;
+pub mod breaker;
 pub mod ctl;
 pub mod errors;
 pub mod etcd;
@@ -20,6 +21,7 @@ pub mod filtering;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod retry;
 pub mod routing;
 pub mod server;
 pub mod source;

@@ -41,6 +41,13 @@ pub struct Metrics {
     pub filter_duration: HistogramVec,
     /// `weir_filter_holdback_bytes`: text held back per streamed chunk.
     pub filter_holdback: Histogram,
+    /// `weir_breaker_state{pool,backend}`: 0 closed, 1 open, 2 half-open.
+    pub breaker_state: prometheus::IntGaugeVec,
+    /// `weir_breaker_transitions_total{pool,backend,to}`.
+    pub breaker_transitions: IntCounterVec,
+    /// `weir_retries_total{route,cause,outcome}`: cause `connect` or `status`,
+    /// outcome `retried` or `budget_exhausted`.
+    pub retries: IntCounterVec,
 }
 
 const FILTER_BUCKETS: &[f64] = &[
@@ -161,6 +168,30 @@ impl Metrics {
             )
             .buckets(HOLDBACK_BUCKETS.to_vec()),
         )?;
+        let breaker_state = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "weir_breaker_state",
+                "Circuit breaker of a backend: 0 closed, 1 open, 2 half-open.",
+            ),
+            &["pool", "backend"],
+        )?;
+        let breaker_transitions = IntCounterVec::new(
+            Opts::new(
+                "weir_breaker_transitions_total",
+                "Circuit breaker state changes, by the state entered (open, half_open, closed).",
+            ),
+            &["pool", "backend", "to"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "weir_retries_total",
+                "Retries on another backend by cause (connect, status) and outcome (retried, budget_exhausted).",
+            ),
+            &["route", "cause", "outcome"],
+        )?;
+        registry.register(Box::new(breaker_state.clone()))?;
+        registry.register(Box::new(breaker_transitions.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(filter_matches.clone()))?;
         registry.register(Box::new(filter_errors.clone()))?;
         registry.register(Box::new(filter_duration.clone()))?;
@@ -198,6 +229,9 @@ impl Metrics {
             filter_errors,
             filter_duration,
             filter_holdback,
+            breaker_state,
+            breaker_transitions,
+            retries,
         })
     }
 

@@ -18,6 +18,7 @@ use pingora_load_balancing::{Backend, Backends, HealthRegistry, LoadBalancer, di
 use weir_conf::model::HealthCheckKind;
 use weir_conf::{HealthCheck, Pool};
 
+use crate::breaker::BreakerSet;
 use crate::metrics::Metrics;
 
 /// Weighted round robin over a pool's healthy backends.
@@ -89,13 +90,16 @@ pub struct PoolRt {
     pub config: Pool,
     /// The balancer (weights and health).
     pub lb: Arc<Balancer>,
+    /// The backends' circuit breakers.
+    pub breakers: BreakerSet,
     health: Option<Arc<PoolHealth>>,
 }
 
 impl PoolRt {
     /// Builds the balancer. Its health state is `previous`'s when that is a
     /// pool of the same name with the same health-check settings; otherwise
-    /// a new health-check task starts on the current tokio runtime.
+    /// a new health-check task starts on the current tokio runtime. Surviving
+    /// backends keep their breakers likewise.
     pub async fn start(
         config: Pool,
         previous: Option<&PoolRt>,
@@ -107,8 +111,9 @@ impl PoolRt {
                 .map_err(|e| format!("pool {}: backend {}: {e}", config.name, b.addr))?;
             set.insert(backend);
         }
+        let previous = previous.filter(|p| p.config.name == config.name);
+        let breakers = BreakerSet::build(&config, previous.map(|p| &p.breakers), metrics);
         let inherited = previous
-            .filter(|p| p.config.name == config.name)
             .and_then(|p| p.health.as_ref())
             .filter(|h| h.settings == config.health)
             .map(Arc::clone);
@@ -132,7 +137,12 @@ impl PoolRt {
         {
             *latest = Arc::downgrade(&lb);
         }
-        Ok(Self { config, lb, health })
+        Ok(Self {
+            config,
+            lb,
+            breakers,
+            health,
+        })
     }
 
     /// Whether `backend` currently passes health checks.

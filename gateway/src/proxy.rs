@@ -3,10 +3,15 @@
 //!
 //! - `request_filter`: load the snapshot once, assign the request id, match the
 //!   route, choose the arm (A/B header, sticky key, weighted random).
-//! - `upstream_peer`: choose a healthy backend of the arm (weighted round
-//!   robin, skipping backends already tried); fall back to the route's fallback
-//!   arm when the arm has none.
-//! - `fail_to_connect`: count the failure and retry once on another backend.
+//! - `upstream_peer`: choose a healthy backend of the arm whose breaker admits
+//!   the request (weighted round robin, skipping backends already tried); fall
+//!   back to the route's fallback arm when the arm has none.
+//! - `fail_to_connect`: count the failure (breaker too) and retry on another
+//!   backend within the route's attempts and retry budget.
+//! - `upstream_response_filter`: feed 5xx answers to the breaker; retry the
+//!   route's `on_statuses` for idempotent requests.
+//! - `error_while_proxy`: timeouts count for the breaker; Pingora's policy
+//!   for stale keep-alive connections otherwise.
 //! - `upstream_request_filter` / `response_filter`: request id and `x-weir-*`
 //!   headers; for filtered bodies, `Content-Length` gives way to chunked
 //!   transfer (the headers leave before the filtered body is known).
@@ -32,13 +37,12 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_load_balancing::Backend;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::breaker::{Admit, Breaker, Outcome, now_ms};
 use crate::errors::GatewayError;
 use crate::filtering::ResponseFilter;
 use crate::routing::Reason;
 use crate::state::{Runtime, Shared};
 
-/// Retries on another backend after a connect failure.
-const MAX_CONNECT_RETRIES: u8 = 1;
 /// Longest accepted client-supplied `x-request-id`.
 const MAX_REQUEST_ID: usize = 128;
 
@@ -53,7 +57,16 @@ pub struct GatewayCtx {
     fallback: bool,
     backend: Option<Backend>,
     tried: Vec<SocketAddr>,
-    connect_retries: u8,
+    /// Retries spent on this request.
+    retries: u8,
+    /// The backend attempt whose outcome the breaker has not heard yet.
+    attempt: Option<Attempt>,
+    /// Set when `upstream_response_filter` turned a status into a retry.
+    retry_status: bool,
+    /// Status of the upstream answer, once its header arrived.
+    upstream_status: Option<u16>,
+    /// End of the route's total timeout, from the first backend choice.
+    deadline: Option<Instant>,
     /// The last connect failure, reported if no other backend is left.
     connect_error: Option<GatewayError>,
     error: Option<GatewayError>,
@@ -63,7 +76,37 @@ pub struct GatewayCtx {
     resp_filter: Option<ResponseFilter>,
 }
 
+/// One attempt on a backend, for its breaker.
+struct Attempt {
+    breaker: Arc<Breaker>,
+    probe: bool,
+}
+
 impl GatewayCtx {
+    /// Tells the pending attempt's breaker how it went.
+    fn settle(&mut self, outcome: Outcome) {
+        if let Some(a) = self.attempt.take() {
+            a.breaker.record(outcome, a.probe, now_ms());
+        }
+    }
+
+    /// Settles the attempt as a failure of `kind` when its breaker counts
+    /// that kind, else as ignored.
+    fn settle_failure(&mut self, kind: FailureKind) {
+        let counts = self.attempt.as_ref().is_some_and(|a| {
+            let s = a.breaker.settings();
+            match kind {
+                FailureKind::Connect => s.on_connect,
+                FailureKind::Timeout => s.on_timeout,
+            }
+        });
+        self.settle(if counts {
+            Outcome::Failure
+        } else {
+            Outcome::Ignored
+        });
+    }
+
     fn route_name(&self) -> &str {
         match (&self.runtime, self.route) {
             (Some(rt), Some(r)) => rt.routes[r].config.name.as_str(),
@@ -77,6 +120,20 @@ impl GatewayCtx {
             _ => "",
         }
     }
+}
+
+/// Failures a breaker may count besides statuses.
+#[derive(Clone, Copy)]
+enum FailureKind {
+    Connect,
+    Timeout,
+}
+
+fn is_timeout(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    )
 }
 
 /// The proxy application.
@@ -126,6 +183,32 @@ impl Gateway {
         let message = err.to_string();
         ctx.error = Some(err);
         Error::explain(ErrorType::HTTPStatus(status), message)
+    }
+
+    /// Takes a retry for `cause` if the route's attempts and budget allow it.
+    fn take_retry(&self, ctx: &mut GatewayCtx, cause: &str) -> bool {
+        let (Some(rt), Some(r)) = (&ctx.runtime, ctx.route) else {
+            return false;
+        };
+        let route = &rt.routes[r];
+        if ctx.retries >= route.config.retry.attempts {
+            return false;
+        }
+        let granted = route.budget.try_retry(&route.config.retry, now_ms());
+        let outcome = if granted {
+            "retried"
+        } else {
+            "budget_exhausted"
+        };
+        self.shared
+            .metrics
+            .retries
+            .with_label_values(&[route.config.name.as_str(), cause, outcome])
+            .inc();
+        if granted {
+            ctx.retries += 1;
+        }
+        granted
     }
 
     /// Adds the `x-weir-*` and `x-request-id` headers.
@@ -223,7 +306,11 @@ impl ProxyHttp for Gateway {
             fallback: false,
             backend: None,
             tried: Vec::new(),
-            connect_retries: 0,
+            retries: 0,
+            attempt: None,
+            retry_status: false,
+            upstream_status: None,
+            deadline: None,
             connect_error: None,
             error: None,
             req_body: None,
@@ -261,6 +348,7 @@ impl ProxyHttp for Gateway {
             .and_then(|h| header(req, h));
         let picked = route.table.select(ab, sticky);
         ctx.route = Some(route_idx);
+        route.budget.request(now_ms());
         match picked {
             Some((arm, reason)) => {
                 ctx.arm = Some(arm);
@@ -302,16 +390,62 @@ impl ProxyHttp for Gateway {
                 "upstream_peer without a route",
             ));
         };
+        // An attempt nobody settled (a stale keep-alive connection retried
+        // by Pingora) says nothing about the backend.
+        ctx.settle(Outcome::Ignored);
         let route = &rt.routes[route_idx];
+        let remaining = match (route.config.timeouts.total, ctx.deadline) {
+            (None, _) => None,
+            (Some(total), None) => {
+                ctx.deadline = Some(ctx.start + total);
+                Some(total.saturating_sub(ctx.start.elapsed()))
+            }
+            (Some(_), Some(deadline)) => Some(deadline.saturating_duration_since(Instant::now())),
+        };
+        if remaining.is_some_and(|r| r.is_zero()) {
+            return Err(self.refuse(
+                ctx,
+                GatewayError::UpstreamTimeout("the route's total timeout passed".into()),
+            ));
+        }
+        let now = now_ms();
         loop {
             let arm = &route.arms[arm_idx];
             let tried = &ctx.tried;
-            let pick = arm
-                .pool
-                .lb
-                .select_with(b"", 256, |b, healthy| healthy && !tried.contains(&b.addr));
+            let breakers = &arm.pool.breakers;
+            let probe = std::cell::Cell::new(false);
+            let pick = arm.pool.lb.select_with(b"", 256, |b, healthy| {
+                if !healthy || tried.contains(&b.addr) {
+                    return false;
+                }
+                if !breakers.enabled() {
+                    return true;
+                }
+                match b.addr.as_inet().and_then(|a| breakers.get(a)) {
+                    None => true,
+                    Some(breaker) => match breaker.admit(now) {
+                        Admit::No => false,
+                        Admit::Yes => true,
+                        Admit::Probe => {
+                            probe.set(true);
+                            true
+                        }
+                    },
+                }
+            });
             if let Some(backend) = pick {
-                let peer = route.peer(&backend, arm.pool.config.protocol);
+                if breakers.enabled() {
+                    ctx.attempt =
+                        backend
+                            .addr
+                            .as_inet()
+                            .and_then(|a| breakers.get(a))
+                            .map(|breaker| Attempt {
+                                breaker: Arc::clone(breaker),
+                                probe: probe.get(),
+                            });
+                }
+                let peer = route.peer(&backend, arm.pool.config.protocol, remaining);
                 ctx.arm = Some(arm_idx);
                 ctx.backend = Some(backend);
                 return Ok(peer);
@@ -369,10 +503,79 @@ impl ProxyHttp for Gateway {
             ctx.tried.push(backend.addr.clone());
         }
         tracing::warn!(request_id = id_str(&ctx.request_id), peer = %peer, error = %e, "upstream connect failed");
+        ctx.settle_failure(if is_timeout(&e) {
+            FailureKind::Timeout
+        } else {
+            FailureKind::Connect
+        });
         ctx.connect_error = Some(GatewayError::from_proxy_error(&e));
-        if ctx.connect_retries < MAX_CONNECT_RETRIES {
-            ctx.connect_retries += 1;
+        // Nothing reached the upstream: safe to retry whatever the method.
+        e.set_retry(self.take_retry(ctx, "connect"));
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut GatewayCtx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        ctx.upstream_status = Some(status);
+        if ctx
+            .attempt
+            .as_ref()
+            .is_some_and(|a| a.breaker.settings().fails_on(status))
+        {
+            ctx.settle(Outcome::Failure);
+        }
+        let retried = match (&ctx.runtime, ctx.route) {
+            (Some(rt), Some(r)) => rt.routes[r].config.retry.retries_status(status),
+            _ => false,
+        };
+        // The upstream saw this request: only idempotent ones (with their
+        // whole body still held) may be sent again.
+        if retried
+            && session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && self.take_retry(ctx, "status")
+        {
+            if let Some(b) = &ctx.backend {
+                ctx.tried.push(b.addr.clone());
+            }
+            ctx.upstream_status = None;
+            ctx.retry_status = true;
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(status),
+                "upstream status retried on another backend",
+            ));
+        }
+        Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut GatewayCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if std::mem::take(&mut ctx.retry_status) {
             e.set_retry(true);
+            return e;
+        }
+        if is_timeout(&e) {
+            ctx.settle_failure(FailureKind::Timeout);
+        }
+        // Pingora's own policy: a request on a reused connection that the
+        // upstream had closed is sent again, if that is safe.
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
         }
         e
     }
@@ -495,6 +698,15 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut GatewayCtx,
     ) -> Result<Option<Duration>> {
+        if let Some(deadline) = ctx.deadline
+            && !end_of_stream
+            && Instant::now() >= deadline
+        {
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "the route's total timeout passed",
+            ));
+        }
         if let Some(filter) = ctx.resp_filter.as_mut() {
             *body = filter.push(body.take(), end_of_stream, &self.shared.metrics);
         }
@@ -525,6 +737,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut GatewayCtx) {
+        match e {
+            Some(e) if is_timeout(e) => ctx.settle_failure(FailureKind::Timeout),
+            _ if ctx.upstream_status.is_some() => ctx.settle(Outcome::Success),
+            _ => ctx.settle(Outcome::Ignored),
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())

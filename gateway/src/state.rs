@@ -62,16 +62,25 @@ pub struct RouteRt {
     pub name_header: HeaderValue,
     /// Arms, in config order (indices match `table`).
     pub arms: Vec<ArmRt>,
+    /// Retries spent against requests (kept across reloads by route name).
+    pub budget: Arc<crate::retry::RetryBudget>,
 }
 
 impl RouteRt {
-    /// Peer options for this route's upstream connections.
-    pub fn peer(&self, backend: &Backend, protocol: Protocol) -> Box<HttpPeer> {
+    /// Peer options for this route's upstream connections; `remaining` (of
+    /// the route's total timeout) caps the connect and read timeouts.
+    pub fn peer(
+        &self,
+        backend: &Backend,
+        protocol: Protocol,
+        remaining: Option<Duration>,
+    ) -> Box<HttpPeer> {
         let mut peer = Box::new(HttpPeer::new(backend.clone(), false, String::new()));
         let t = self.config.timeouts;
-        peer.options.connection_timeout = Some(t.connect);
-        peer.options.read_timeout = Some(t.read);
-        peer.options.write_timeout = Some(t.write);
+        let cap = |d: Duration| remaining.map_or(d, |r| d.min(r));
+        peer.options.connection_timeout = Some(cap(t.connect));
+        peer.options.read_timeout = Some(cap(t.read));
+        peer.options.write_timeout = Some(cap(t.write));
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         if protocol == Protocol::H2c {
             peer.options.set_http_version(2, 2);
@@ -184,6 +193,12 @@ impl Runtime {
         for f in &filters {
             crate::filtering::register_series(metrics, &f.filter);
         }
+        let mut budgets: HashMap<&str, &Arc<crate::retry::RetryBudget>> = HashMap::new();
+        if let Some(prev) = previous {
+            for r in &prev.routes {
+                budgets.insert(r.config.name.as_str(), &r.budget);
+            }
+        }
         let chain = |idx: &[usize]| -> Vec<Arc<LoadedFilter>> {
             idx.iter().map(|&i| Arc::clone(&filters[i])).collect()
         };
@@ -191,6 +206,10 @@ impl Runtime {
             .routes
             .iter()
             .map(|r| RouteRt {
+                budget: budgets
+                    .get(r.name.as_str())
+                    .map(|b| Arc::clone(b))
+                    .unwrap_or_default(),
                 request_filters: chain(&r.filters.request),
                 response_filters: chain(&r.filters.response),
                 config: r.clone(),

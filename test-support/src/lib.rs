@@ -9,6 +9,8 @@
 //! - [`Etcd`]: a real single-member etcd in a temp dir on OS-chosen ports,
 //!   which can be stopped and resumed to simulate an outage.
 //! - [`wasm`]: hand-written filter modules that misbehave on demand.
+//! - [`Load`]: a closed-loop load through a gateway that records failures
+//!   and which upstream answered.
 //! - [`Relay`]: a TCP relay that can be cut and restored, to take one
 //!   client's network path away.
 
@@ -16,12 +18,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub mod etcd;
+pub mod load;
 pub mod relay;
 pub mod upstream;
 pub mod wasm;
 pub mod weir;
 
 pub use etcd::Etcd;
+pub use load::Load;
 pub use relay::Relay;
 pub use upstream::Upstream;
 pub use weir::Weir;

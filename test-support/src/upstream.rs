@@ -37,7 +37,33 @@ pub struct Upstream {
     /// The name it answers with (`x-upstream` header and `"upstream"` field).
     pub name: String,
     hits: Arc<AtomicU64>,
+    failures: Arc<Failures>,
     task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A share of answers the upstream fails on purpose.
+#[derive(Default)]
+struct Failures {
+    /// Percent of answers that fail (0-100).
+    percent: AtomicU64,
+    /// Their status.
+    status: AtomicU64,
+    /// Answers counted for the spread.
+    seen: AtomicU64,
+}
+
+impl Failures {
+    /// Whether the next answer fails, spreading failures evenly: with 20%,
+    /// exactly one answer in every five.
+    fn next(&self) -> Option<u16> {
+        let p = self.percent.load(Ordering::Relaxed);
+        if p == 0 {
+            return None;
+        }
+        let n = self.seen.fetch_add(1, Ordering::Relaxed);
+        let fail = (n + 1) * p / 100 > n * p / 100;
+        fail.then(|| u16::try_from(self.status.load(Ordering::Relaxed)).unwrap_or(500))
+    }
 }
 
 impl Upstream {
@@ -54,11 +80,18 @@ impl Upstream {
         let listener = socket.listen(4096)?;
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(serve(listener, name.to_owned(), Arc::clone(&hits)));
+        let failures = Arc::new(Failures::default());
+        let task = tokio::spawn(serve(
+            listener,
+            name.to_owned(),
+            Arc::clone(&hits),
+            Arc::clone(&failures),
+        ));
         Ok(Self {
             addr,
             name: name.to_owned(),
             hits,
+            failures,
             task: Some(task),
         })
     }
@@ -71,6 +104,18 @@ impl Upstream {
     /// Requests answered so far.
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Makes `percent` of the answers from now on fail with `status`, spread
+    /// evenly (20% = every fifth answer); 0 stops failing.
+    pub fn fail_share(&self, percent: u64, status: u16) {
+        self.failures
+            .status
+            .store(u64::from(status), Ordering::Relaxed);
+        self.failures.seen.store(0, Ordering::Relaxed);
+        self.failures
+            .percent
+            .store(percent.min(100), Ordering::Relaxed);
     }
 
     /// Closes the listener and every open connection.
@@ -97,7 +142,7 @@ impl Drop for Upstream {
     }
 }
 
-async fn serve(listener: TcpListener, name: String, hits: Arc<AtomicU64>) {
+async fn serve(listener: TcpListener, name: String, hits: Arc<AtomicU64>, failures: Arc<Failures>) {
     // Connection tasks live in this set: aborting the accept task drops the set,
     // which aborts (closes) every connection.
     let mut conns = JoinSet::new();
@@ -108,9 +153,10 @@ async fn serve(listener: TcpListener, name: String, hits: Arc<AtomicU64>) {
                 let _ = stream.set_nodelay(true);
                 let name = name.clone();
                 let hits = Arc::clone(&hits);
+                let failures = Arc::clone(&failures);
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
-                        answer(req, name.clone(), Arc::clone(&hits))
+                        answer(req, name.clone(), Arc::clone(&hits), Arc::clone(&failures))
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
@@ -126,6 +172,7 @@ async fn answer(
     req: Request<Incoming>,
     name: String,
     hits: Arc<AtomicU64>,
+    failures: Arc<Failures>,
 ) -> Result<Response<Body>, Infallible> {
     let text_header = |h: &str| {
         req.headers()
@@ -158,7 +205,13 @@ async fn answer(
     }
     hits.fetch_add(1, Ordering::Relaxed);
     let builder = Response::builder().header("x-upstream", name.as_str());
-    let resp = if let Some(text) = sse {
+    let resp = if let Some(status) = failures.next() {
+        let answer = serde_json::json!({ "upstream": name, "error": "failing on purpose" });
+        builder
+            .status(status)
+            .header("content-type", "application/json")
+            .body(full(answer.to_string()))
+    } else if let Some(text) = sse {
         builder
             .header("content-type", "text/event-stream")
             .body(sse_body(&text, sse_chunk))

@@ -21,15 +21,15 @@ async fn etcd_dying_under_load_changes_nothing_and_a_restart_serves_the_cache() 
 
     // Kill etcd under load: no request fails, the split stays.
     let load = Load::start(&weir, 16);
-    load.advance(200).await;
+    load.advance(200).await.unwrap();
     etcd.stop();
     eventually(Duration::from_secs(15), || async {
         (weir.metric("weir_etcd_connected").await.unwrap() == 0.0).then_some(())
     })
     .await
     .unwrap();
-    load.advance(2_000).await;
-    let (sent, failures) = load.finish().await;
+    load.advance(2_000).await.unwrap();
+    let weir_test_support::load::Report { sent, failures, .. } = load.finish().await;
     println!("{sent} requests while etcd died, {} failed", failures.len());
     assert!(
         failures.is_empty(),

@@ -79,8 +79,8 @@ async fn registered_members_get_traffic_and_a_dead_one_leaves_when_its_lease_exp
     .unwrap();
     let before = (a.hits(), b.hits());
     let load = Load::start(&weir, 8);
-    load.advance(400).await;
-    let (_, failures) = load.finish().await;
+    load.advance(400).await.unwrap();
+    let failures = load.finish().await.failures;
     assert!(
         failures.is_empty(),
         "{:?}",
@@ -112,8 +112,8 @@ async fn registered_members_get_traffic_and_a_dead_one_leaves_when_its_lease_exp
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", weir.log()));
     let b_hits = b.hits();
-    load.advance(400).await;
-    let (sent, failures) = load.finish().await;
+    load.advance(400).await.unwrap();
+    let weir_test_support::load::Report { sent, failures, .. } = load.finish().await;
     println!(
         "{sent} requests while a dead member waited for its lease, {} failed",
         failures.len()

@@ -2,12 +2,11 @@
 //! a `weir` following it, raw puts, and a load that records every failure.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use weir_conf::etcd::etcd_client::{Client, PutOptions};
 use weir_conf::etcd::{EtcdSettings, Store};
+pub use weir_test_support::Load;
 use weir_test_support::{Etcd, Upstream, Weir, eventually};
 
 use crate::common::{SERVER, config, weir_bin};
@@ -103,70 +102,4 @@ pub async fn wait_metric(weir: &Weir, series: &str, n: f64) {
 pub async fn v2_share(weir: &Weir, n: usize) -> f64 {
     let counts = crate::common::split(weir, n, 32, &[]).await;
     counts.get("v2").copied().unwrap_or(0) as f64 * 100.0 / n as f64
-}
-
-/// A closed-loop load of `clients` concurrent clients that records every
-/// failed request; stopped with [`Load::finish`].
-pub struct Load {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicUsize>,
-    workers: tokio::task::JoinSet<Vec<String>>,
-}
-
-impl Load {
-    pub fn start(weir: &Weir, clients: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicUsize::new(0));
-        let client = weir_test_support::client();
-        let mut workers = tokio::task::JoinSet::new();
-        for _ in 0..clients {
-            let (client, url) = (client.clone(), weir.url("/v1/chat/completions"));
-            let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
-            workers.spawn(async move {
-                let mut failures = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let resp = client.get(&url).send().await;
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    match resp {
-                        Ok(r) if r.status() == 200 => {}
-                        Ok(r) => failures.push(format!("status {}", r.status())),
-                        Err(e) => failures.push(format!("error {e}")),
-                    }
-                }
-                failures
-            });
-        }
-        Self {
-            stop,
-            sent,
-            workers,
-        }
-    }
-
-    /// Requests answered (or failed) so far.
-    pub fn sent(&self) -> usize {
-        self.sent.load(Ordering::Relaxed)
-    }
-
-    /// Waits until `n` more requests have completed.
-    pub async fn advance(&self, n: usize) {
-        let target = self.sent() + n;
-        let sent = Arc::clone(&self.sent);
-        eventually(Duration::from_secs(30), || {
-            let now = sent.load(Ordering::Relaxed);
-            async move { (now >= target).then_some(()) }
-        })
-        .await
-        .unwrap();
-    }
-
-    /// Stops the clients; returns (requests sent, failures).
-    pub async fn finish(mut self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut failures = Vec::new();
-        while let Some(r) = self.workers.join_next().await {
-            failures.extend(r.unwrap());
-        }
-        (self.sent(), failures)
-    }
 }

@@ -72,7 +72,7 @@ async fn flipping_weights_ten_times_a_second_under_load_fails_no_request() {
     wait_revision(&weir, imported).await;
 
     let load = Load::start(&weir, 32);
-    load.advance(200).await;
+    load.advance(200).await.unwrap();
     let mut client = support::client(&etcd).await;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut last = 0;
@@ -86,8 +86,8 @@ async fn flipping_weights_ten_times_a_second_under_load_fails_no_request() {
         last = put(&mut client, "routes/chat/weights", w).await;
     }
     wait_revision(&weir, last).await;
-    load.advance(200).await;
-    let (sent, failures) = load.finish().await;
+    load.advance(200).await.unwrap();
+    let weir_test_support::load::Report { sent, failures, .. } = load.finish().await;
     let applied = weir
         .metric("weir_config_reloads_total{result=\"applied\"}")
         .await
