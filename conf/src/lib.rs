@@ -11,6 +11,7 @@
 //! Nothing here knows about Pingora: the gateway turns a `Snapshot` into its
 //! own routing state.
 
+pub mod access;
 pub mod error;
 pub mod etcd;
 pub mod filters;

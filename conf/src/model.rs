@@ -25,6 +25,12 @@ pub struct Config {
     /// Sandboxed Wasm content filters that routes refer to by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<crate::filters::FilterConfig>,
+    /// Clients: API keys (as SHA-256 digests) and limits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<crate::access::TenantConfig>,
+    /// JWT issuers.
+    #[serde(default, skip_serializing_if = "crate::access::AuthConfig::is_empty")]
+    pub auth: crate::access::AuthConfig,
     /// Where pools, routes and timeouts come from when not from this file
     /// (read at start; changes need a restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,6 +141,14 @@ pub struct ServerConfig {
     /// Write one access-log line per request (at `info`, target `weir::access`).
     #[serde(default = "default_true")]
     pub access_log: bool,
+    /// SHA-256 (hex, optionally `sha256:`-prefixed) of the token the admin
+    /// API requires as `Authorization: Bearer <token>` (all paths but
+    /// `/healthz` and `/readyz`); absent = the admin API is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_sha256: Option<String>,
+    /// Longest wait for a client's request header, milliseconds (default 10000).
+    #[serde(default = "default_header_read_ms")]
+    pub header_read_timeout_ms: i64,
 }
 
 impl Default for ServerConfig {
@@ -145,6 +159,8 @@ impl Default for ServerConfig {
             threads: 0,
             grace_period_seconds: default_grace(),
             access_log: true,
+            admin_token_sha256: None,
+            header_read_timeout_ms: default_header_read_ms(),
         }
     }
 }
@@ -154,6 +170,9 @@ fn default_proxy() -> String {
 }
 fn default_admin() -> String {
     "127.0.0.1:9090".to_owned()
+}
+fn default_header_read_ms() -> i64 {
+    10_000
 }
 fn default_grace() -> u64 {
     5
@@ -335,6 +354,15 @@ pub struct RouteConfig {
     /// The versions traffic is split over.
     #[serde(default)]
     pub arms: Vec<ArmConfig>,
+    /// Whether callers must authenticate (`"required"`) or not (`"none"`).
+    #[serde(default, skip_serializing_if = "crate::access::AuthMode::is_none")]
+    pub auth: crate::access::AuthMode,
+    /// Tenants allowed on this route (empty = every authenticated tenant).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<String>,
+    /// Largest request body, bytes (default 32 MiB); larger ones get 413.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<i64>,
     /// Content filters over request and response bodies.
     #[serde(
         default,

@@ -24,6 +24,10 @@ pub const MAX_ARM_WEIGHT: i64 = 1_000_000;
 /// Largest weight a backend may have.
 pub const MAX_BACKEND_WEIGHT: i64 = 65_535;
 const MAX_TIMEOUT_MS: i64 = 3_600_000;
+/// Default largest request body of a route.
+pub const DEFAULT_MAX_BODY: usize = 32 << 20;
+/// Largest `max_body_bytes` of a route.
+const MAX_BODY: i64 = 1 << 30;
 
 /// A validated config, ready for the request path.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +42,8 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     /// Content filter definitions; routes refer to them by index.
     pub filters: Vec<FilterDef>,
+    /// Tenants, API keys and JWT issuers.
+    pub access: crate::access::Access,
 }
 
 /// Validated listener settings.
@@ -53,6 +59,10 @@ pub struct Server {
     pub grace_period: Duration,
     /// Whether to write access-log lines.
     pub access_log: bool,
+    /// SHA-256 of the admin token, if the admin API needs one.
+    pub admin_token: Option<[u8; 32]>,
+    /// Longest wait for a request header.
+    pub header_read_timeout: Duration,
 }
 
 /// A validated pool.
@@ -132,6 +142,12 @@ pub struct Route {
     pub arms: Vec<Arm>,
     /// Content filters.
     pub filters: RouteFilters,
+    /// Whether callers must authenticate.
+    pub auth: crate::access::AuthMode,
+    /// Tenants allowed (indices into `Snapshot::access.tenants`; empty = all).
+    pub tenants: Vec<usize>,
+    /// Largest request body.
+    pub max_body: usize,
 }
 
 /// A validated arm.
@@ -194,10 +210,12 @@ impl Snapshot {
             .enumerate()
             .map(|(i, f)| (f.name.as_str(), i))
             .collect();
+        let access = crate::access::check_access(&config.tenants, &config.auth, &mut problems);
         let mut routes = check_routes(
             &config.routes,
             &pool_index,
             &filter_index,
+            &access,
             defaults,
             &mut problems,
         );
@@ -213,6 +231,7 @@ impl Snapshot {
                     pools,
                     routes,
                     filters,
+                    access,
                 })
             }
             _ => Err(ConfigError::Invalid { problems }),
@@ -261,6 +280,25 @@ fn check_server(config: &Config, problems: &mut Problems) -> Option<Server> {
     if s.grace_period_seconds > 3600 {
         problems.push("server.grace_period_seconds", "must be at most 3600");
     }
+    let admin_token = match &s.admin_token_sha256 {
+        None => None,
+        Some(text) => {
+            let digest = crate::access::parse_digest(text);
+            if digest.is_none() {
+                problems.push(
+                    "server.admin_token_sha256",
+                    "must be the token's SHA-256 as 64 hex digits, never the token itself",
+                );
+            }
+            digest
+        }
+    };
+    let header_read_timeout = check_ms(
+        Some(s.header_read_timeout_ms),
+        "server.header_read_timeout_ms".to_owned(),
+        Duration::from_secs(10),
+        problems,
+    );
     let (proxy, admin) = (proxy?, admin?);
     if proxy == admin && proxy.port() != 0 {
         problems.push("server.admin", "must differ from server.proxy");
@@ -271,6 +309,8 @@ fn check_server(config: &Config, problems: &mut Problems) -> Option<Server> {
         threads: s.threads,
         grace_period: Duration::from_secs(s.grace_period_seconds),
         access_log: s.access_log,
+        admin_token,
+        header_read_timeout,
     })
 }
 
@@ -448,6 +488,7 @@ fn check_routes(
     routes: &[RouteConfig],
     pool_index: &HashMap<&str, usize>,
     filter_index: &HashMap<&str, usize>,
+    access: &crate::access::Access,
     defaults: Timeouts,
     problems: &mut Problems,
 ) -> Vec<Route> {
@@ -501,8 +542,25 @@ fn check_routes(
         };
         let filters = check_route_filters(&r.filters, &at, filter_index, problems);
         let retry = crate::resilience::check_retry(&r.retry, &at, problems);
+        let tenants = crate::access::check_route_access(r.auth, &r.tenants, &at, access, problems);
+        let max_body = match r.max_body_bytes {
+            None => DEFAULT_MAX_BODY,
+            Some(n) if (1..=MAX_BODY).contains(&n) => {
+                usize::try_from(n).unwrap_or(DEFAULT_MAX_BODY)
+            }
+            Some(n) => {
+                problems.push(
+                    format!("{at}.max_body_bytes"),
+                    format!("{n} must be between 1 and {MAX_BODY}"),
+                );
+                DEFAULT_MAX_BODY
+            }
+        };
         out.push(Route {
             retry,
+            auth: r.auth,
+            tenants,
+            max_body,
             filters,
             name: r.name.clone(),
             prefix: r.prefix.clone(),

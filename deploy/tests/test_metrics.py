@@ -5,6 +5,7 @@ those sit only in the dashboard's collapsed "planned" row."""
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import re
@@ -121,6 +122,18 @@ health_check = {{ kind = "none" }}
 name = "words"
 words = [{{ word = "x" }}]
 
+[[tenants]]
+name = "acme"
+api_keys = ["sha256:{hashlib.sha256(b"scrape-key").hexdigest()}"]
+requests_per_second = 1
+burst = 1
+
+[[routes]]
+name = "secure"
+prefix = "/secure"
+auth = "required"
+arms = [{{ name = "v1", pool = "up", weight = 1 }}]
+
 [[routes]]
 name = "chat"
 prefix = "/"
@@ -135,12 +148,17 @@ arms = [
     proc, proxy, admin = s.start_weir(cfg)
     wanted = {"weir_requests_total", "weir_request_duration_seconds_bucket", "weir_fallbacks_total",
               "weir_upstream_connect_failures_total", "weir_backend_healthy", "weir_config_generation",
-              "weir_config_reloads_total", "weir_filter_matches_total", "weir_filter_duration_seconds_bucket"}
+              "weir_config_reloads_total", "weir_filter_matches_total", "weir_filter_duration_seconds_bucket",
+              "weir_auth_failures_total", "weir_rate_limited_total", "weir_retries_total"}
     try:
         def ready():
             s.http("POST", f"http://{proxy}/v1/completions", b'{"prompt":"x"}', {"content-type": "application/json"})
             # The dead arm: connect refused -> retried -> fallback to v1.
             s.http("GET", f"http://{proxy}/v1/models", headers={"x-ab-group": "dead"})
+            # No credentials (401), then the tenant over its rate (429).
+            s.http("GET", f"http://{proxy}/secure/x")
+            for _ in range(2):
+                s.http("GET", f"http://{proxy}/secure/x", headers={"authorization": "Bearer scrape-key"})
             got = s.scrape(f"http://{admin}/metrics")
             return got if wanted <= set(got) else None
 

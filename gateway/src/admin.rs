@@ -1,4 +1,7 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/admin/routes`.
+//!
+//! With `[server] admin_token_sha256` set, every path but `/healthz` and
+//! `/readyz` needs `Authorization: Bearer <token>` (401 otherwise).
 
 use std::sync::Arc;
 
@@ -14,12 +17,50 @@ use crate::state::{Runtime, Shared};
 
 /// The admin HTTP router.
 pub fn router(shared: Arc<Shared>) -> Router {
+    let protected = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/admin/routes", get(routes))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            require_token,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/admin/routes", get(routes))
+        .merge(protected)
         .with_state(shared)
+}
+
+/// Lets a request through when no admin token is configured or when it
+/// carries the token (compared by SHA-256 digest).
+async fn require_token(
+    State(shared): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(want) = shared.admin_token else {
+        return next.run(req).await;
+    };
+    let presented = req.headers().get(header::AUTHORIZATION).and_then(|v| {
+        v.as_bytes()
+            .get(..7)
+            .filter(|s| s.eq_ignore_ascii_case(b"bearer "))
+            .map(|_| &v.as_bytes()[7..])
+    });
+    let ok = presented.is_some_and(|token| {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.trim_ascii()).into();
+        digest == want
+    });
+    if ok {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer realm=\"weir-admin\"")],
+        axum::Json(json!({ "error": "the admin API needs Authorization: Bearer <admin token>" })),
+    )
+        .into_response()
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {

@@ -385,9 +385,11 @@ impl BreakerSet {
                     let (pool, addr) = (pool.name.as_str(), addr.to_string());
                     let _ = metrics.breaker_state.remove_label_values(&[pool, &addr]);
                     for to in [State::Open, State::HalfOpen, State::Closed] {
-                        let _ = metrics
-                            .breaker_transitions
-                            .remove_label_values(&[pool, &addr, to.as_str()]);
+                        let _ = metrics.breaker_transitions.remove_label_values(&[
+                            pool,
+                            &addr,
+                            to.as_str(),
+                        ]);
                     }
                 }
             }

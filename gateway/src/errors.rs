@@ -62,9 +62,66 @@ pub enum GatewayError {
     /// The body is not the JSON the route's filters need.
     #[error("invalid request body: {0}")]
     InvalidBody(String),
+    /// The route needs credentials and the request has none.
+    #[error("this route needs an API key (Authorization: Bearer <key>, or x-api-key) or a JWT")]
+    MissingCredentials,
+    /// The credentials are not valid (the key or token is never echoed).
+    #[error("{0}")]
+    InvalidCredentials(String),
+    /// A valid JWT names a tenant the gateway does not know.
+    #[error("tenant {0:?} is not known to this gateway")]
+    UnknownTenant(String),
+    /// The tenant may not use this route.
+    #[error("tenant {tenant:?} may not use route {route}")]
+    TenantNotAllowed {
+        /// The tenant.
+        tenant: String,
+        /// The route.
+        route: String,
+    },
+    /// A tenant limit refused the request.
+    #[error("{}", limit.message())]
+    RateLimited {
+        /// Which limit.
+        limit: LimitKind,
+        /// Seconds until a retry may succeed.
+        retry_after: u64,
+        /// The `x-ratelimit-*` values.
+        headers: crate::access::RateHeaders,
+    },
     /// Anything else.
     #[error("internal gateway error: {0}")]
     Internal(String),
+}
+
+/// The tenant limit behind a 429.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    /// Requests per second or minute.
+    Requests,
+    /// Tokens per minute.
+    Tokens,
+    /// Requests in flight.
+    Concurrency,
+}
+
+impl LimitKind {
+    /// `requests`, `tokens` or `concurrency` (metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::Requests => "requests",
+            LimitKind::Tokens => "tokens",
+            LimitKind::Concurrency => "concurrency",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            LimitKind::Requests => "rate limit reached for requests",
+            LimitKind::Tokens => "rate limit reached for tokens per minute",
+            LimitKind::Concurrency => "too many requests in flight for this tenant",
+        }
+    }
 }
 
 impl GatewayError {
@@ -76,6 +133,9 @@ impl GatewayError {
             | GatewayError::ContentBlocked { .. }
             | GatewayError::InvalidBody(_) => 400,
             GatewayError::BodyTooLarge { .. } => 413,
+            GatewayError::MissingCredentials | GatewayError::InvalidCredentials(_) => 401,
+            GatewayError::UnknownTenant(_) | GatewayError::TenantNotAllowed { .. } => 403,
+            GatewayError::RateLimited { .. } => 429,
             GatewayError::FilterUnavailable { .. } => 503,
             GatewayError::UpstreamConnect(_) | GatewayError::Upstream(_) => 502,
             GatewayError::UpstreamTimeout(_) => 504,
@@ -95,6 +155,13 @@ impl GatewayError {
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::InvalidBody(_) => "invalid_request_error",
             GatewayError::Internal(_) | GatewayError::FilterUnavailable { .. } => "server_error",
+            GatewayError::MissingCredentials | GatewayError::InvalidCredentials(_) => {
+                "authentication_error"
+            }
+            GatewayError::UnknownTenant(_) | GatewayError::TenantNotAllowed { .. } => {
+                "permission_error"
+            }
+            GatewayError::RateLimited { .. } => "rate_limit_error",
             _ => "upstream_error",
         }
     }
@@ -115,6 +182,32 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => "body_too_large",
             GatewayError::InvalidBody(_) => "invalid_body",
             GatewayError::Internal(_) => "internal_error",
+            GatewayError::MissingCredentials => "missing_credentials",
+            GatewayError::InvalidCredentials(_) => "invalid_credentials",
+            GatewayError::UnknownTenant(_) => "unknown_tenant",
+            GatewayError::TenantNotAllowed { .. } => "tenant_not_allowed",
+            GatewayError::RateLimited {
+                limit: LimitKind::Concurrency,
+                ..
+            } => "too_many_concurrent_requests",
+            GatewayError::RateLimited { .. } => "rate_limit_exceeded",
+        }
+    }
+
+    /// Headers the error response carries besides the body's.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            GatewayError::MissingCredentials | GatewayError::InvalidCredentials(_) => {
+                vec![("www-authenticate", "Bearer realm=\"weir\"".to_owned())]
+            }
+            GatewayError::RateLimited {
+                retry_after,
+                headers,
+                ..
+            } => std::iter::once(("retry-after", retry_after.to_string()))
+                .chain(headers.pairs().map(|(k, v)| (k, v.to_string())))
+                .collect(),
+            _ => Vec::new(),
         }
     }
 

@@ -12,6 +12,7 @@
 //! [`source`] (file watching), [`etcd`] (the etcd source), [`server`]
 //! (process wiring), [`ctl`] (the `weirctl` operator CLI).
 
+pub mod access;
 pub mod admin;
 pub mod breaker;
 pub mod ctl;
@@ -26,3 +27,4 @@ pub mod routing;
 pub mod server;
 pub mod source;
 pub mod state;
+pub mod usage;

@@ -48,6 +48,10 @@ pub struct Metrics {
     /// `weir_retries_total{route,cause,outcome}`: cause `connect` or `status`,
     /// outcome `retried` or `budget_exhausted`.
     pub retries: IntCounterVec,
+    /// `weir_auth_failures_total{route,code}`: 401/403 answers by error code.
+    pub auth_failures: IntCounterVec,
+    /// `weir_rate_limited_total{tenant,limit}`: 429 answers by limit.
+    pub rate_limited: IntCounterVec,
 }
 
 const FILTER_BUCKETS: &[f64] = &[
@@ -189,6 +193,22 @@ impl Metrics {
             ),
             &["route", "cause", "outcome"],
         )?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "weir_auth_failures_total",
+                "Requests refused for their credentials (401) or tenant (403), by route and error code.",
+            ),
+            &["route", "code"],
+        )?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "weir_rate_limited_total",
+                "Requests refused with 429 by a tenant limit (requests, tokens, concurrency).",
+            ),
+            &["tenant", "limit"],
+        )?;
+        registry.register(Box::new(auth_failures.clone()))?;
+        registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(breaker_state.clone()))?;
         registry.register(Box::new(breaker_transitions.clone()))?;
         registry.register(Box::new(retries.clone()))?;
@@ -232,6 +252,8 @@ impl Metrics {
             breaker_state,
             breaker_transitions,
             retries,
+            auth_failures,
+            rate_limited,
         })
     }
 

@@ -2,7 +2,9 @@
 //! one job per hook.
 //!
 //! - `request_filter`: load the snapshot once, assign the request id, match the
-//!   route, choose the arm (A/B header, sticky key, weighted random).
+//!   route, authenticate the tenant and apply its limits (401/403/429),
+//!   refuse a declared body over the route's limit (413), choose the arm (A/B
+//!   header, sticky key, weighted random).
 //! - `upstream_peer`: choose a healthy backend of the arm whose breaker admits
 //!   the request (weighted round robin, skipping backends already tried); fall
 //!   back to the route's fallback arm when the arm has none.
@@ -37,6 +39,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_load_balancing::Backend;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::access::{Permit, RateHeaders, TenantRt};
 use crate::breaker::{Admit, Breaker, Outcome, now_ms};
 use crate::errors::GatewayError;
 use crate::filtering::ResponseFilter;
@@ -74,6 +77,21 @@ pub struct GatewayCtx {
     req_body: Option<BytesMut>,
     /// The route's response filters at work on this answer.
     resp_filter: Option<ResponseFilter>,
+    /// The authenticated tenant.
+    tenant: Option<Arc<TenantRt>>,
+    /// The tenant's concurrency slot, held to the end of the request.
+    _permit: Option<Permit>,
+    /// `x-ratelimit-*` values for the response.
+    rate_headers: RateHeaders,
+    /// The route's largest request body, and the bytes seen so far.
+    max_body: usize,
+    body_seen: usize,
+    /// The body is buffered to add `stream_options.include_usage`.
+    inject_usage: bool,
+    /// `include_usage` was added: its usage-only chunk is not the client's.
+    strip_usage: bool,
+    /// Reads the answer's token usage for the tenant's token limit.
+    usage: Option<crate::usage::UsageTap>,
 }
 
 /// One attempt on a backend, for its breaker.
@@ -156,11 +174,15 @@ impl Gateway {
     ) -> u16 {
         let status = err.status();
         let body = Bytes::from(err.body());
+        let extra = err.headers();
         ctx.error = Some(err);
         let written = async {
-            let mut resp = ResponseHeader::build(status, Some(6))?;
+            let mut resp = ResponseHeader::build(status, Some(6 + extra.len()))?;
             resp.insert_header("content-type", "application/json")?;
             resp.insert_header("content-length", body.len().to_string())?;
+            for (name, value) in extra {
+                resp.insert_header(name, value)?;
+            }
             self.decorate(&mut resp, ctx)?;
             session.set_keepalive(None);
             session.write_response_header(Box::new(resp), false).await?;
@@ -226,7 +248,55 @@ impl Gateway {
         if ctx.fallback {
             resp.insert_header("x-weir-fallback", "1")?;
         }
+        for (name, value) in ctx.rate_headers.pairs() {
+            resp.insert_header(name, value.to_string())?;
+        }
         Ok(())
+    }
+
+    /// Authenticates the caller of a route with `auth = "required"`, checks
+    /// the route's allow-list and admits the request under the tenant's limits.
+    fn authorize(
+        &self,
+        req: &RequestHeader,
+        rt: &Runtime,
+        route: &crate::state::RouteRt,
+        ctx: &mut GatewayCtx,
+    ) -> std::result::Result<(), GatewayError> {
+        let counted = |e: GatewayError| {
+            self.shared
+                .metrics
+                .auth_failures
+                .with_label_values(&[route.config.name.as_str(), e.code()])
+                .inc();
+            e
+        };
+        let idx = rt.access.authenticate(req).map_err(counted)?;
+        let tenant = &rt.access.tenants[idx];
+        if !route.config.tenants.is_empty() && !route.config.tenants.contains(&idx) {
+            return Err(counted(GatewayError::TenantNotAllowed {
+                tenant: tenant.name.clone(),
+                route: route.config.name.clone(),
+            }));
+        }
+        ctx.tenant = Some(Arc::clone(tenant));
+        match tenant.admit() {
+            Ok(admission) => {
+                ctx._permit = Some(admission.permit);
+                ctx.rate_headers = admission.headers;
+                Ok(())
+            }
+            Err(e) => {
+                if let GatewayError::RateLimited { limit, .. } = &e {
+                    self.shared
+                        .metrics
+                        .rate_limited
+                        .with_label_values(&[tenant.name.as_str(), limit.as_str()])
+                        .inc();
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -315,6 +385,14 @@ impl ProxyHttp for Gateway {
             error: None,
             req_body: None,
             resp_filter: None,
+            tenant: None,
+            _permit: None,
+            rate_headers: RateHeaders::default(),
+            max_body: usize::MAX,
+            body_seen: 0,
+            inject_usage: false,
+            strip_usage: false,
+            usage: None,
         }
     }
 
@@ -340,6 +418,22 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         };
         let route = &rt.routes[route_idx];
+        ctx.route = Some(route_idx);
+        ctx.max_body = route.config.max_body;
+        if route.config.auth == weir_conf::access::AuthMode::Required
+            && let Err(err) = self.authorize(req, &rt, route, ctx)
+        {
+            ctx.runtime = Some(Arc::clone(&rt));
+            self.answer_error(session, ctx, err).await;
+            return Ok(true);
+        }
+        if content_length(req).is_some_and(|n| n > route.config.max_body) {
+            let limit = route.config.max_body;
+            ctx.runtime = Some(Arc::clone(&rt));
+            self.answer_error(session, ctx, GatewayError::BodyTooLarge { limit })
+                .await;
+            return Ok(true);
+        }
         let ab = header(req, &route.config.ab_header);
         let sticky = route
             .config
@@ -347,7 +441,6 @@ impl ProxyHttp for Gateway {
             .as_deref()
             .and_then(|h| header(req, h));
         let picked = route.table.select(ab, sticky);
-        ctx.route = Some(route_idx);
         route.budget.request(now_ms());
         match picked {
             Some((arm, reason)) => {
@@ -362,6 +455,10 @@ impl ProxyHttp for Gateway {
                         return Ok(true);
                     }
                     ctx.req_body = Some(BytesMut::new());
+                }
+                if ctx.tenant.as_ref().is_some_and(|t| t.counts_tokens()) && has_body(req) {
+                    ctx.inject_usage = true;
+                    ctx.req_body.get_or_insert_with(BytesMut::new);
                 }
                 ctx.runtime = Some(rt);
                 Ok(false)
@@ -589,6 +686,13 @@ impl ProxyHttp for Gateway {
         if let Some(id) = &ctx.request_id {
             upstream_request.insert_header("x-request-id", id.clone())?;
         }
+        if let Some(tenant) = &ctx.tenant {
+            // The gateway consumed the credentials; the upstream learns who
+            // is calling, not how they proved it.
+            upstream_request.remove_header(&http::header::AUTHORIZATION);
+            upstream_request.remove_header("x-api-key");
+            upstream_request.insert_header("x-weir-tenant", tenant.header.clone())?;
+        }
         if ctx.req_body.is_some() {
             // The filtered body's length is known only after the headers
             // have gone: send it chunked (HTTP/2 needs no length at all).
@@ -615,6 +719,13 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut GatewayCtx,
     ) -> Result<()> {
+        if let Some(chunk) = body.as_ref() {
+            ctx.body_seen += chunk.len();
+            if ctx.body_seen > ctx.max_body {
+                let limit = ctx.max_body;
+                return Err(self.refuse(ctx, GatewayError::BodyTooLarge { limit }));
+            }
+        }
         let Some(buf) = ctx.req_body.as_mut() else {
             return Ok(());
         };
@@ -622,7 +733,11 @@ impl ProxyHttp for Gateway {
             return Ok(());
         };
         let route = &rt.routes[r];
-        let limit = route.config.filters.max_body;
+        let limit = if route.request_filters.is_empty() {
+            ctx.max_body
+        } else {
+            route.config.filters.max_body
+        };
         if let Some(chunk) = body.take() {
             if buf.len() + chunk.len() > limit {
                 return Err(self.refuse(ctx, GatewayError::BodyTooLarge { limit }));
@@ -634,11 +749,16 @@ impl ProxyHttp for Gateway {
             *body = Some(Bytes::new());
             return Ok(());
         }
-        let whole = std::mem::take(buf).freeze();
+        let mut whole = std::mem::take(buf).freeze();
         ctx.req_body = None;
         if whole.is_empty() {
             // No body after all: nothing to filter.
             return Ok(());
+        }
+        if ctx.inject_usage {
+            let (with_usage, added) = crate::usage::request_usage(whole);
+            whole = with_usage;
+            ctx.strip_usage = added;
         }
         let filtered = crate::filtering::filter_request(
             &route.request_filters,
@@ -661,22 +781,27 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut GatewayCtx,
     ) -> Result<()> {
-        if let (Some(rt), Some(r)) = (&ctx.runtime, ctx.route) {
+        if let (Some(rt), Some(r)) = (&ctx.runtime, ctx.route)
+            && upstream_response.status.is_success()
+        {
             let route = &rt.routes[r];
-            if !route.response_filters.is_empty() && upstream_response.status.is_success() {
-                let content_type = upstream_response
-                    .headers
-                    .get(http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
+            let content_type = upstream_response
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !route.response_filters.is_empty() {
                 ctx.resp_filter = ResponseFilter::for_content_type(
                     content_type,
                     &route.response_filters,
                     route.config.filters.max_body,
                 );
             }
+            if ctx.tenant.as_ref().is_some_and(|t| t.counts_tokens()) {
+                ctx.usage = crate::usage::UsageTap::for_content_type(content_type, ctx.strip_usage);
+            }
         }
-        if ctx.resp_filter.is_some() {
+        if ctx.resp_filter.is_some() || ctx.usage.as_ref().is_some_and(|u| u.rewrites()) {
             upstream_response.remove_header(&http::header::CONTENT_LENGTH);
             let h1 = session.req_header().version == http::Version::HTTP_11;
             if h1
@@ -706,6 +831,12 @@ impl ProxyHttp for Gateway {
                 ErrorType::ReadTimedout,
                 "the route's total timeout passed",
             ));
+        }
+        if let Some(tap) = ctx.usage.as_mut() {
+            *body = tap.push(body.take(), end_of_stream);
+            if end_of_stream && let (Some(tokens), Some(tenant)) = (tap.tokens(), &ctx.tenant) {
+                tenant.record_tokens(tokens);
+            }
         }
         if let Some(filter) = ctx.resp_filter.as_mut() {
             *body = filter.push(body.take(), end_of_stream, &self.shared.metrics);

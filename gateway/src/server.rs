@@ -139,7 +139,7 @@ pub fn serve(source: ConfigSource) -> anyhow::Result<()> {
     admin.set_nonblocking(true)?;
     let admin_addr = admin.local_addr()?;
 
-    let shared = Arc::new(Shared::new(Metrics::new()?));
+    let shared = Arc::new(Shared::new(Metrics::new()?, snapshot.server.admin_token));
     let threads = match snapshot.server.threads {
         0 => std::thread::available_parallelism()
             .map(|n| n.get())

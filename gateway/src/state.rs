@@ -156,6 +156,8 @@ pub struct Runtime {
     pub pools: Vec<Arc<PoolRt>>,
     /// Loaded content filters, in config order.
     pub filters: Vec<Arc<LoadedFilter>>,
+    /// Tenants, API keys, JWT verifiers and limiter state.
+    pub access: crate::access::AccessRt,
 }
 
 impl Runtime {
@@ -231,6 +233,7 @@ impl Runtime {
                     .collect(),
             })
             .collect();
+        let access = crate::access::AccessRt::build(&snapshot.access, previous.map(|p| &p.access))?;
         Ok(Self {
             generation,
             origin,
@@ -238,6 +241,7 @@ impl Runtime {
             routes,
             pools,
             filters,
+            access,
         })
     }
 
@@ -260,18 +264,22 @@ pub struct Shared {
     note: std::sync::Mutex<Option<String>>,
     /// The metrics registry.
     pub metrics: Metrics,
+    /// SHA-256 of the admin token, when the admin API needs one (from
+    /// `[server]`, read at start).
+    pub admin_token: Option<[u8; 32]>,
     reload_lock: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
     /// Empty state: nothing published, not ready.
-    pub fn new(metrics: Metrics) -> Self {
+    pub fn new(metrics: Metrics, admin_token: Option<[u8; 32]>) -> Self {
         Self {
             current: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
             listening: AtomicBool::new(false),
             note: std::sync::Mutex::new(None),
             metrics,
+            admin_token,
             reload_lock: tokio::sync::Mutex::new(()),
         }
     }

@@ -24,6 +24,9 @@ pub const REPLY_HEADER: &str = "x-test-reply";
 /// Header whose value the upstream streams as chat-completion SSE deltas of
 /// [`SSE_CHUNK_HEADER`] characters (default 1), one write each, then `[DONE]`.
 pub const SSE_HEADER: &str = "x-test-sse";
+/// Header that makes a `x-test-reply` answer carry `usage` (one
+/// completion token per character, one prompt token).
+pub const USAGE_HEADER: &str = "x-test-usage";
 /// Characters per streamed delta.
 pub const SSE_CHUNK_HEADER: &str = "x-test-sse-chunk";
 
@@ -41,9 +44,11 @@ pub struct Upstream {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// A share of answers the upstream fails on purpose.
+/// A share of answers the upstream fails on purpose, and requests seen.
 #[derive(Default)]
 struct Failures {
+    /// Requests received (counted before any delay).
+    received: AtomicU64,
     /// Percent of answers that fail (0-100).
     percent: AtomicU64,
     /// Their status.
@@ -104,6 +109,12 @@ impl Upstream {
     /// Requests answered so far.
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Requests received so far, answered or not (counted on arrival,
+    /// before any `x-test-delay-ms` wait).
+    pub fn received(&self) -> u64 {
+        self.failures.received.load(Ordering::Relaxed)
     }
 
     /// Makes `percent` of the answers from now on fail with `status`, spread
@@ -174,6 +185,7 @@ async fn answer(
     hits: Arc<AtomicU64>,
     failures: Arc<Failures>,
 ) -> Result<Response<Body>, Infallible> {
+    failures.received.fetch_add(1, Ordering::Relaxed);
     let text_header = |h: &str| {
         req.headers()
             .get(h)
@@ -192,6 +204,10 @@ async fn answer(
     let version = format!("{:?}", req.version());
     let path = req.uri().path().to_owned();
     let request_id = text_header("x-request-id").unwrap_or_default();
+    let tenant = text_header("x-weir-tenant");
+    let credentials =
+        req.headers().contains_key("authorization") || req.headers().contains_key("x-api-key");
+    let with_usage = req.headers().contains_key(USAGE_HEADER);
     let content_length = text_header("content-length");
     let transfer_encoding = text_header("transfer-encoding");
     let body = match req.into_body().collect().await {
@@ -212,15 +228,21 @@ async fn answer(
             .header("content-type", "application/json")
             .body(full(answer.to_string()))
     } else if let Some(text) = sse {
+        let include_usage = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .is_some_and(|v| v["stream_options"]["include_usage"] == true);
         builder
             .header("content-type", "text/event-stream")
-            .body(sse_body(&text, sse_chunk))
+            .body(sse_body(&text, sse_chunk, include_usage))
     } else if let Some(text) = reply {
-        let answer = serde_json::json!({
+        let mut answer = serde_json::json!({
             "id": "chatcmpl-test", "object": "chat.completion", "created": 1, "model": name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        })
-        .to_string();
+        });
+        if with_usage {
+            answer["usage"] = usage(text.chars().count());
+        }
+        let answer = answer.to_string();
         builder
             .header("content-type", "application/json")
             .body(full(answer))
@@ -232,6 +254,8 @@ async fn answer(
             "path": path,
             "request_id": request_id,
             "body_bytes": body.len(),
+            "tenant": tenant,
+            "credentials": credentials,
         });
         if echo {
             answer["body"] = String::from_utf8_lossy(&body).into_owned().into();
@@ -249,9 +273,17 @@ fn full(text: String) -> Body {
     Full::new(Bytes::from(text)).boxed()
 }
 
+/// The `usage` of an answer of `completion` tokens (one per character)
+/// to a one-token prompt.
+fn usage(completion: usize) -> serde_json::Value {
+    serde_json::json!({
+        "prompt_tokens": 1, "completion_tokens": completion, "total_tokens": completion + 1,
+    })
+}
+
 /// `text` as chat-completion chunk events of `chunk` characters, each its
-/// own write, then `data: [DONE]`.
-fn sse_body(text: &str, chunk: usize) -> Body {
+/// own write, then (when asked for) a usage-only chunk, then `data: [DONE]`.
+fn sse_body(text: &str, chunk: usize, include_usage: bool) -> Body {
     let chars: Vec<char> = text.chars().collect();
     let mut events: Vec<Bytes> = chars
         .chunks(chunk)
@@ -264,6 +296,13 @@ fn sse_body(text: &str, chunk: usize) -> Body {
             Bytes::from(format!("data: {data}\n\n"))
         })
         .collect();
+    if include_usage {
+        let data = serde_json::json!({
+            "id": "chatcmpl-test", "object": "chat.completion.chunk", "choices": [],
+            "usage": usage(chars.len()),
+        });
+        events.push(Bytes::from(format!("data: {data}\n\n")));
+    }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
     let frames = futures::stream::iter(events).then(|event| async move {
         // A pause between writes so each arrives as its own chunk.

@@ -10,6 +10,8 @@
 //! | `routes/<route>` | one route, the same fields as a `[[routes]]` entry |
 //! | `routes/<route>/weights` | `{"v1":90,"v2":10}`: arm weights overriding the route's |
 //! | `filters/<filter>` | one content filter, the same fields as a `[[filters]]` entry |
+//! | `tenants/<tenant>` | one tenant, the same fields as a `[[tenants]]` entry |
+//! | `auth` | the `[auth]` table (JWT issuers) |
 //!
 //! Values are JSON objects; a value that does not start with `{` is read as
 //! TOML. `name` may be left out of a pool or route document (the key names
@@ -21,6 +23,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::access::{AuthConfig, TenantConfig};
 use crate::error::{ConfigError, Problems};
 use crate::filters::FilterConfig;
 use crate::model::{BackendConfig, Config, PoolConfig, RouteConfig, TimeoutsConfig};
@@ -30,6 +33,8 @@ pub type Docs = BTreeMap<String, Vec<u8>>;
 
 /// The `timeouts` key.
 pub const TIMEOUTS: &str = "timeouts";
+/// The `auth` key.
+pub const AUTH: &str = "auth";
 
 /// What a key (relative to the prefix) holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +56,10 @@ pub enum KeyKind<'a> {
     Weights(&'a str),
     /// `filters/<name>`.
     Filter(&'a str),
+    /// `tenants/<name>`.
+    Tenant(&'a str),
+    /// `auth`.
+    Auth,
 }
 
 impl<'a> KeyKind<'a> {
@@ -67,6 +76,8 @@ impl<'a> KeyKind<'a> {
             ["routes", r] if named(r) => Some(Self::Route(r)),
             ["routes", r, "weights"] if named(r) => Some(Self::Weights(r)),
             ["filters", f] if named(f) => Some(Self::Filter(f)),
+            ["tenants", t] if named(t) => Some(Self::Tenant(t)),
+            ["auth"] => Some(Self::Auth),
             _ => None,
         }
     }
@@ -92,6 +103,10 @@ pub fn route_key(route: &str) -> String {
 /// `filters/<filter>`.
 pub fn filter_key(filter: &str) -> String {
     format!("filters/{filter}")
+}
+/// `tenants/<tenant>`.
+pub fn tenant_key(tenant: &str) -> String {
+    format!("tenants/{tenant}")
 }
 /// `routes/<route>/weights`.
 pub fn weights_key(route: &str) -> String {
@@ -182,6 +197,8 @@ pub fn assemble(
         pools: Vec::new(),
         routes: Vec::new(),
         filters: Vec::new(),
+        tenants: Vec::new(),
+        auth: AuthConfig::default(),
         source: base.source.clone(),
     };
     let mut weights: Vec<(&str, &str, BTreeMap<String, i64>)> = Vec::new();
@@ -191,8 +208,8 @@ pub fn assemble(
         let Some(kind) = KeyKind::parse(key) else {
             problems.push(
                 at,
-                "unknown key: expected timeouts, pools/<pool>, pools/<pool>/members/<addr>, \
-                 routes/<route>, routes/<route>/weights or filters/<filter>",
+                "unknown key: expected timeouts, auth, pools/<pool>, pools/<pool>/members/<addr>, \
+                 routes/<route>, routes/<route>/weights, filters/<filter> or tenants/<tenant>",
             );
             continue;
         };
@@ -212,6 +229,13 @@ pub fn assemble(
                 .and_then(|v| named(v, name))
                 .and_then(typed::<FilterConfig>)
                 .map(|f| config.filters.push(f)),
+            KeyKind::Tenant(name) => parse_doc(raw)
+                .and_then(|v| named(v, name))
+                .and_then(typed::<TenantConfig>)
+                .map(|t| config.tenants.push(t)),
+            KeyKind::Auth => parse_doc(raw)
+                .and_then(typed::<AuthConfig>)
+                .map(|a| config.auth = a),
             KeyKind::Weights(route) => {
                 parse_weights(raw).map(|w| weights.push((key.as_str(), route, w)))
             }
@@ -310,6 +334,12 @@ pub fn explode(config: &Config) -> Result<Vec<(String, String)>, serde_json::Err
     for f in &config.filters {
         out.push((filter_key(&f.name), serde_json::to_string(f)?));
     }
+    for t in &config.tenants {
+        out.push((tenant_key(&t.name), serde_json::to_string(t)?));
+    }
+    if !config.auth.is_empty() {
+        out.push((AUTH.to_owned(), serde_json::to_string(&config.auth)?));
+    }
     Ok(out)
 }
 
@@ -324,6 +354,7 @@ pub fn duplicate_keys(config: &Config) -> Vec<String> {
         .map(|p| pool_key(&p.name))
         .chain(config.routes.iter().map(|r| route_key(&r.name)))
         .chain(config.filters.iter().map(|f| filter_key(&f.name)))
+        .chain(config.tenants.iter().map(|t| tenant_key(&t.name)))
     {
         if !seen.insert(key.clone()) {
             dup.push(key);

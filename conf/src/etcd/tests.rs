@@ -58,6 +58,30 @@ fn filters_travel_as_their_own_keys() {
 }
 
 #[test]
+fn tenants_and_auth_travel_as_their_own_keys() {
+    let mut config = demo_config();
+    let extra = crate::parse_toml(
+        "[[tenants]]\nname = \"acme\"\napi_keys = [\"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"]\nrequests_per_second = 5\n\n\
+         [[auth.jwt]]\nname = \"idp\"\nalgorithm = \"RS256\"\njwks_file = \"jwks.json\"\n",
+        "t",
+    )
+    .unwrap();
+    config.tenants = extra.tenants;
+    config.auth = extra.auth;
+    let d = docs(&config);
+    assert!(d.contains_key("tenants/acme") && d.contains_key("auth"));
+    let got = assemble(&Config::default(), &d, PREFIX, Members::Merge).unwrap();
+    assert_eq!(got.tenants, config.tenants);
+    assert_eq!(got.auth, config.auth);
+    assert_eq!(
+        KeyKind::parse("tenants/acme"),
+        Some(KeyKind::Tenant("acme"))
+    );
+    assert_eq!(KeyKind::parse("auth"), Some(KeyKind::Auth));
+    assert_eq!(KeyKind::parse("tenants/"), None);
+}
+
+#[test]
 fn keys_are_classified() {
     assert_eq!(KeyKind::parse("timeouts"), Some(KeyKind::Timeouts));
     assert_eq!(KeyKind::parse("pools/a"), Some(KeyKind::Pool("a")));

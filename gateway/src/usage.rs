@@ -1,0 +1,236 @@
+//! Token usage of an answer, read from the engine's OpenAI `usage` object:
+//! the JSON body of a plain answer, or the final usage chunk of an SSE
+//! stream. Token limits count it (see [`crate::access`]).
+//!
+//! A streamed request whose client did not ask for usage gets
+//! `stream_options.include_usage = true` added on the way up
+//! ([`request_usage`]), and the usage-only chunk it produces is taken out of
+//! the stream again before the client sees it.
+
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+use weir_filters::sse::SseParser;
+
+/// Largest JSON answer read for its usage; a larger one is not counted.
+const MAX_JSON: usize = 4 << 20;
+
+/// Tokens of one `usage` object: `total_tokens`, else prompt + completion.
+fn tokens_of(usage: &Value) -> Option<u64> {
+    usage
+        .get("total_tokens")
+        .and_then(Value::as_u64)
+        .or_else(|| {
+            let p = usage.get("prompt_tokens").and_then(Value::as_u64)?;
+            let c = usage.get("completion_tokens").and_then(Value::as_u64)?;
+            Some(p + c)
+        })
+}
+
+/// Makes a streamed OpenAI request report its usage. Returns the body to
+/// send and whether `include_usage` was added (so its chunk must be
+/// stripped); a body that is not a JSON object, or not streamed, is left as
+/// it is.
+pub fn request_usage(body: Bytes) -> (Bytes, bool) {
+    let Ok(Value::Object(mut doc)) = serde_json::from_slice::<Value>(&body) else {
+        return (body, false);
+    };
+    if doc.get("stream") != Some(&Value::Bool(true)) {
+        return (body, false);
+    }
+    let options = doc
+        .entry("stream_options")
+        .or_insert_with(|| Value::Object(Default::default()));
+    let Value::Object(options) = options else {
+        return (body, false);
+    };
+    if options.get("include_usage") == Some(&Value::Bool(true)) {
+        return (body, false);
+    }
+    options.insert("include_usage".to_owned(), Value::Bool(true));
+    match serde_json::to_vec(&doc) {
+        Ok(v) => (Bytes::from(v), true),
+        Err(_) => (body, false),
+    }
+}
+
+/// Reads the usage of one answer as it passes through.
+pub enum UsageTap {
+    /// A JSON answer, copied (up to a bound) and parsed at its end.
+    Json {
+        /// The bytes so far; `None` once over the bound.
+        buf: Option<BytesMut>,
+        /// Tokens found.
+        tokens: Option<u64>,
+    },
+    /// An SSE stream, parsed event by event.
+    Sse {
+        /// The parser.
+        parser: Box<SseParser>,
+        /// Take usage-only chunks out of the stream.
+        strip: bool,
+        /// Tokens of the last usage seen.
+        tokens: Option<u64>,
+    },
+}
+
+impl UsageTap {
+    /// A tap for an answer of `content_type`; `None` for other types.
+    pub fn for_content_type(content_type: &str, strip: bool) -> Option<Self> {
+        let ct = content_type.to_ascii_lowercase();
+        if ct.starts_with("text/event-stream") {
+            Some(UsageTap::Sse {
+                parser: Box::default(),
+                strip,
+                tokens: None,
+            })
+        } else if ct.starts_with("application/json") {
+            Some(UsageTap::Json {
+                buf: Some(BytesMut::new()),
+                tokens: None,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Whether the tap may change the bytes (so `Content-Length` must go).
+    pub fn rewrites(&self) -> bool {
+        matches!(self, UsageTap::Sse { strip: true, .. })
+    }
+
+    /// Passes one chunk through; what comes out goes to the client.
+    pub fn push(&mut self, chunk: Option<Bytes>, end: bool) -> Option<Bytes> {
+        match self {
+            UsageTap::Json { buf, tokens } => {
+                if let (Some(b), Some(c)) = (buf.as_mut(), chunk.as_ref()) {
+                    if b.len() + c.len() > MAX_JSON {
+                        *buf = None;
+                    } else {
+                        b.extend_from_slice(c);
+                    }
+                }
+                if end && let Some(b) = buf.take() {
+                    *tokens = serde_json::from_slice::<Value>(&b)
+                        .ok()
+                        .and_then(|v| v.get("usage").and_then(tokens_of));
+                }
+                chunk
+            }
+            UsageTap::Sse {
+                parser,
+                strip,
+                tokens,
+            } => {
+                let mut events = Vec::new();
+                let broken = chunk
+                    .as_ref()
+                    .is_some_and(|c| parser.push(c, &mut events).is_err());
+                if broken {
+                    // An oversized event: stop reading, pass the rest as is.
+                    let mut out = BytesMut::new();
+                    for e in &events {
+                        out.extend_from_slice(&e.raw);
+                    }
+                    out.extend_from_slice(&parser.take_pending());
+                    *strip = false;
+                    return Some(out.freeze());
+                }
+                if end && let Some(last) = parser.finish() {
+                    events.push(last);
+                }
+                let mut out = BytesMut::new();
+                for e in events {
+                    let usage = e
+                        .data
+                        .as_deref()
+                        .filter(|d| d.contains("\"usage\""))
+                        .and_then(|d| serde_json::from_str::<Value>(d).ok());
+                    let mut keep = true;
+                    if let Some(doc) = usage
+                        && let Some(n) = doc.get("usage").and_then(tokens_of)
+                    {
+                        *tokens = Some(n);
+                        let usage_only = doc
+                            .get("choices")
+                            .and_then(Value::as_array)
+                            .is_some_and(Vec::is_empty);
+                        keep = !(*strip && usage_only);
+                    }
+                    if keep {
+                        out.extend_from_slice(&e.raw);
+                    }
+                }
+                (!out.is_empty() || end).then(|| out.freeze())
+            }
+        }
+    }
+
+    /// Tokens the answer reported, once it has ended.
+    pub fn tokens(&self) -> Option<u64> {
+        match self {
+            UsageTap::Json { tokens, .. } | UsageTap::Sse { tokens, .. } => *tokens,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn include_usage_is_added_only_to_streams_that_lack_it() {
+        let (body, added) = request_usage(Bytes::from_static(br#"{"stream":true,"model":"m"}"#));
+        assert!(added);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        for same in [
+            &br#"{"stream":false}"#[..],
+            br#"{"stream":true,"stream_options":{"include_usage":true}}"#,
+            br#"{"stream":true,"stream_options":3}"#,
+            b"not json",
+            b"[1,2]",
+        ] {
+            let (body, added) = request_usage(Bytes::copy_from_slice(same));
+            assert!(!added);
+            assert_eq!(&body[..], same);
+        }
+    }
+
+    #[test]
+    fn json_usage_is_read_at_the_end() {
+        let mut tap = UsageTap::for_content_type("application/json; charset=utf-8", false).unwrap();
+        let body = br#"{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":5,"total_tokens":12}}"#;
+        for (i, part) in body.chunks(9).enumerate() {
+            let end = (i + 1) * 9 >= body.len();
+            let out = tap.push(Some(Bytes::copy_from_slice(part)), end);
+            assert_eq!(out.as_deref(), Some(part));
+        }
+        assert_eq!(tap.tokens(), Some(12));
+    }
+
+    #[test]
+    fn sse_usage_chunk_is_counted_and_stripped_when_asked() {
+        let stream = concat!(
+            "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n",
+            "data: [DONE]\n\n"
+        );
+        for strip in [false, true] {
+            let mut tap = UsageTap::for_content_type("text/event-stream", strip).unwrap();
+            let mut out = Vec::new();
+            let bytes = stream.as_bytes();
+            for (i, part) in bytes.chunks(5).enumerate() {
+                let end = (i + 1) * 5 >= bytes.len();
+                if let Some(b) = tap.push(Some(Bytes::copy_from_slice(part)), end) {
+                    out.extend_from_slice(&b);
+                }
+            }
+            assert_eq!(tap.tokens(), Some(5));
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(text.contains("usage"), !strip, "{text}");
+            assert!(text.contains("\"hi\"") && text.ends_with("data: [DONE]\n\n"));
+        }
+    }
+}
