@@ -146,7 +146,10 @@ pub struct ServerConfig {
     /// `/healthz` and `/readyz`); absent = the admin API is open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_sha256: Option<String>,
-    /// Longest wait for a client's request header, milliseconds (default 10000).
+    /// Longest wait for the next bytes of a client's request header (also
+    /// the idle time of a kept-alive client connection, and between reads of
+    /// a body), milliseconds, rounded up to whole seconds for the header
+    /// (default 10000); the connection is closed after.
     #[serde(default = "default_header_read_ms")]
     pub header_read_timeout_ms: i64,
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{BackgroundService, background_service};
@@ -128,6 +129,44 @@ fn resolve_proxy_addr(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
     Ok(probe.local_addr()?)
 }
 
+/// The proxy's listener app: Pingora's HTTP proxy, with the wait for a
+/// client's request header bounded by `[server] header_read_timeout_ms`
+/// rather than Pingora's fixed 60 s. Pingora applies the bound to each read
+/// of the header (and to the idle time of a kept-alive connection before its
+/// next request), in whole seconds.
+struct Listener {
+    proxy: Arc<pingora_proxy::HttpProxy<Gateway>>,
+    header_timeout: Duration,
+}
+
+#[async_trait]
+impl HttpServerApp for Listener {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: pingora_core::protocols::http::ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        if !*shutdown.borrow() {
+            let secs = self.header_timeout.as_secs_f64().ceil().max(1.0) as u64;
+            session.set_keepalive(Some(secs));
+        }
+        session.set_read_timeout(Some(self.header_timeout));
+        self.proxy.process_new_http(session, shutdown).await
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.proxy.server_options()
+    }
+
+    fn h2_options(&self) -> Option<pingora_core::protocols::http::v2::server::H2Options> {
+        self.proxy.h2_options()
+    }
+
+    async fn http_cleanup(&self) {
+        self.proxy.http_cleanup().await
+    }
+}
+
 /// Runs the gateway until it is told to stop.
 pub fn serve(source: ConfigSource) -> anyhow::Result<()> {
     let snapshot = source
@@ -156,8 +195,14 @@ pub fn serve(source: ConfigSource) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy =
-        pingora_proxy::http_proxy_service(&server.configuration, Gateway::new(Arc::clone(&shared)));
+    let app = Listener {
+        proxy: Arc::new(pingora_proxy::http_proxy(
+            &server.configuration,
+            Gateway::new(Arc::clone(&shared)),
+        )),
+        header_timeout: snapshot.server.header_read_timeout,
+    };
+    let mut proxy = pingora_core::services::listening::Service::new("weir proxy".to_owned(), app);
     proxy.add_tcp(&proxy_addr.to_string());
 
     // From etcd, the first snapshot is the first one read there.

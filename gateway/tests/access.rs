@@ -596,6 +596,34 @@ async fn an_oversized_body_gets_413_without_being_read() {
     assert_eq!(resp.status(), 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trickling_its_header_is_cut_off() {
+    let up = Upstream::local("v1").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    keys(dir.path());
+    let cfg = config(&up, dir.path(), "").replace(
+        "grace_period_seconds = 0\n",
+        "grace_period_seconds = 0\nheader_read_timeout_ms = 300\n",
+    );
+    let weir = Weir::start(weir_bin(), &cfg).await.unwrap();
+    let mut conn = tokio::net::TcpStream::connect(weir.proxy).await.unwrap();
+    conn.write_all(b"GET /open/x HTTP/1.1\r\nhost: t\r\n")
+        .await
+        .unwrap();
+    // The header never ends: the gateway closes the connection (Pingora's
+    // own limit would be 60 s; the test gives up after 10).
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the connection stayed open: {closed:?}"
+    );
+    assert_eq!(up.received(), 0);
+    // A complete request on a new connection is served.
+    let (status, ..) = call(&weir, "/open/x", &[]).await;
+    assert_eq!(status, 200);
+}
+
 #[test]
 fn bad_access_values_are_refused_with_their_paths() {
     let dir = tempfile::tempdir().unwrap();
