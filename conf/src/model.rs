@@ -31,6 +31,10 @@ pub struct Config {
     /// JWT issuers.
     #[serde(default, skip_serializing_if = "crate::access::AuthConfig::is_empty")]
     pub auth: crate::access::AuthConfig,
+    /// Arms rolled back by a gateway's canary check (kept in etcd under
+    /// `rollbacks/<route>/<arm>`; cleared with `weirctl rollback clear`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollbacks: Vec<crate::resilience::RollbackRecord>,
     /// Where pools, routes and timeouts come from when not from this file
     /// (read at start; changes need a restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -348,6 +352,9 @@ pub struct RouteConfig {
     /// Per-route timeout overrides.
     #[serde(default)]
     pub timeouts: TimeoutsConfig,
+    /// Automatic rollback of canary arms to the fallback arm (needs `fallback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<crate::resilience::RollbackConfig>,
     /// Retries on another backend, and their budget.
     #[serde(
         default,

@@ -13,6 +13,14 @@
 //! retry = { attempts = 1, on_statuses = [503], budget_ratio = 0.2, min_per_second = 5 }
 //! ```
 //!
+//! A route may also roll a misbehaving canary back to its `fallback` (stable)
+//! arm automatically:
+//!
+//! ```toml
+//! rollback = { error_ratio = 0.1, latency_factor = 2.0, window_ms = 30000,
+//!              min_requests = 50, header_reaches = true }
+//! ```
+//!
 //! Every value has a default, so a pool without a `breaker` table has a
 //! breaker with the settings above, and a route without `retry` retries a
 //! failed connect once on another backend.
@@ -109,6 +117,111 @@ impl RetryConfig {
     /// Whether this is the default table (left out when serialized).
     pub fn is_default(&self) -> bool {
         *self == Self::default()
+    }
+}
+
+/// `rollback`: when a route's canary arms are taken out of its split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RollbackConfig {
+    /// An arm is rolled back when its error ratio (5xx and failed requests)
+    /// exceeds the fallback arm's by more than this, 0 to 1 (0 = never on errors).
+    pub error_ratio: f64,
+    /// ... or when its P99 latency exceeds the fallback arm's by this factor
+    /// (0 = never on latency; otherwise at least 1).
+    pub latency_factor: f64,
+    /// The sliding window both arms are compared over, milliseconds.
+    pub window_ms: i64,
+    /// Requests each of the two arms needs in the window before they are compared.
+    pub min_requests: i64,
+    /// Whether the A/B header still reaches a rolled-back arm (for debugging).
+    pub header_reaches: bool,
+}
+
+impl Default for RollbackConfig {
+    fn default() -> Self {
+        Self {
+            error_ratio: 0.1,
+            latency_factor: 0.0,
+            window_ms: 30_000,
+            min_requests: 50,
+            header_reaches: true,
+        }
+    }
+}
+
+/// A rolled-back arm, as recorded by a gateway (in etcd under
+/// `rollbacks/<route>/<arm>`, or in `[[rollbacks]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRecord {
+    /// The route.
+    pub route: String,
+    /// The arm taken out of the split.
+    pub arm: String,
+    /// Why, e.g. `error ratio 0.21 vs 0.00 over 10 s`.
+    #[serde(default)]
+    pub reason: String,
+    /// When, seconds since the Unix epoch.
+    #[serde(default)]
+    pub at: u64,
+    /// Which gateway decided (its host name and listener).
+    #[serde(default)]
+    pub by: String,
+}
+
+/// Validated rollback policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollback {
+    /// Error ratio margin, thousandths (0 = off).
+    pub error_permille: u32,
+    /// P99 factor, thousandths (0 = off).
+    pub latency_factor_permille: u32,
+    /// Comparison window.
+    pub window: Duration,
+    /// Requests per arm before comparing.
+    pub min_requests: u32,
+    /// The A/B header still reaches a rolled-back arm.
+    pub header_reaches: bool,
+}
+
+/// Validates a route's `rollback` table (`at` is the route's path).
+pub fn check_rollback(r: &RollbackConfig, at: &str, problems: &mut Problems) -> Rollback {
+    let at = format!("{at}.rollback");
+    let latency_factor_permille = if r.latency_factor == 0.0 {
+        0
+    } else if (1.0..=1000.0).contains(&r.latency_factor) {
+        // In range, so the product fits.
+        (r.latency_factor * 1000.0).round() as u32
+    } else {
+        problems.push(
+            format!("{at}.latency_factor"),
+            format!("{} must be 0 (off) or between 1 and 1000", r.latency_factor),
+        );
+        0
+    };
+    let error_permille = permille(r.error_ratio, format!("{at}.error_ratio"), problems);
+    if error_permille == 0 && latency_factor_permille == 0 {
+        problems.push(
+            at.clone(),
+            "error_ratio and latency_factor are both off: nothing would roll back",
+        );
+    }
+    let min_requests = count(
+        r.min_requests,
+        1_000_000,
+        format!("{at}.min_requests"),
+        problems,
+    );
+    if min_requests == 0 {
+        problems.push(format!("{at}.min_requests"), "must be at least 1");
+    }
+    Rollback {
+        error_permille,
+        latency_factor_permille,
+        window: ms(r.window_ms, 1000, format!("{at}.window_ms"), problems),
+        min_requests: min_requests.max(1),
+        header_reaches: r.header_reaches,
     }
 }
 

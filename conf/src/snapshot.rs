@@ -138,6 +138,8 @@ pub struct Route {
     pub timeouts: Timeouts,
     /// Retry policy.
     pub retry: crate::resilience::Retry,
+    /// Canary rollback policy, if any.
+    pub rollback: Option<crate::resilience::Rollback>,
     /// The arms.
     pub arms: Vec<Arm>,
     /// Content filters.
@@ -159,6 +161,9 @@ pub struct Arm {
     pub pool: usize,
     /// Weight (0 = reachable only through the A/B header).
     pub weight: u32,
+    /// Rolled back (a `[[rollbacks]]` record names it): no weighted or
+    /// sticky traffic, whatever its weight.
+    pub rolled_back: bool,
 }
 
 impl Route {
@@ -222,6 +227,7 @@ impl Snapshot {
         if let Some(etcd) = config.source.as_ref().and_then(|s| s.etcd.as_ref()) {
             crate::etcd::EtcdSettings::from_config(etcd, "source.etcd", &mut problems);
         }
+        apply_rollbacks(&config, &mut routes);
         match (server, problems.is_empty()) {
             (Some(server), true) => {
                 sort_routes(&mut routes);
@@ -246,6 +252,23 @@ impl Snapshot {
     /// Index of the route called `name`.
     pub fn route_index(&self, name: &str) -> Option<usize> {
         self.routes.iter().position(|r| r.name == name)
+    }
+}
+
+/// Marks the arms that `[[rollbacks]]` records name. A record for an arm
+/// that no longer exists, or for a route's fallback arm, is ignored: records
+/// are state written by gateways, and must not make a config invalid.
+fn apply_rollbacks(config: &Config, routes: &mut [Route]) {
+    for rec in &config.rollbacks {
+        let Some(route) = routes.iter_mut().find(|r| r.name == rec.route) else {
+            continue;
+        };
+        let fallback = route.fallback;
+        if let Some(i) = route.arm_index(&rec.arm)
+            && Some(i) != fallback
+        {
+            route.arms[i].rolled_back = true;
+        }
     }
 }
 
@@ -542,6 +565,15 @@ fn check_routes(
         };
         let filters = check_route_filters(&r.filters, &at, filter_index, problems);
         let retry = crate::resilience::check_retry(&r.retry, &at, problems);
+        let rollback = r.rollback.as_ref().map(|rb| {
+            if fallback.is_none() {
+                problems.push(
+                    format!("{at}.rollback"),
+                    "needs a fallback arm to compare with and roll back to",
+                );
+            }
+            crate::resilience::check_rollback(rb, &at, problems)
+        });
         let tenants = crate::access::check_route_access(r.auth, &r.tenants, &at, access, problems);
         let max_body = match r.max_body_bytes {
             None => DEFAULT_MAX_BODY,
@@ -558,6 +590,7 @@ fn check_routes(
         };
         out.push(Route {
             retry,
+            rollback,
             auth: r.auth,
             tenants,
             max_body,
@@ -615,6 +648,7 @@ fn check_arms(
             name: a.name.clone(),
             pool: pool.unwrap_or(0),
             weight: u32::try_from(weight).unwrap_or(0),
+            rolled_back: false,
         });
     }
     if !r.arms.is_empty() && total == 0 {

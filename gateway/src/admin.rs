@@ -20,6 +20,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
     let protected = Router::new()
         .route("/metrics", get(metrics))
         .route("/admin/routes", get(routes))
+        .route(
+            "/admin/rollbacks/{route}/{arm}",
+            axum::routing::delete(clear_rollback),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&shared),
             require_token,
@@ -97,6 +101,24 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
+/// `DELETE /admin/rollbacks/{route}/{arm}`: gives a rolled-back arm its
+/// weight again (and deletes its etcd record, when there is one).
+async fn clear_rollback(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path((route, arm)): axum::extract::Path<(String, String)>,
+) -> Response {
+    match shared.clear_rollback(&route, &arm).await {
+        Ok(cleared) => {
+            axum::Json(json!({ "route": route, "arm": arm, "cleared": cleared })).into_response()
+        }
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "error": format!("could not clear the rollback: {e}") })),
+        )
+            .into_response(),
+    }
+}
+
 async fn routes(State(shared): State<Arc<Shared>>) -> Response {
     match shared.current() {
         Some(rt) => axum::Json(describe(&rt)).into_response(),
@@ -119,11 +141,14 @@ pub fn describe(rt: &Runtime) -> Value {
                 .arms
                 .iter()
                 .map(|a| {
+                    let effective = if a.rolled_back { 0 } else { a.weight };
                     json!({
                         "name": a.name,
                         "pool": a.pool.config.name,
                         "weight": a.weight,
-                        "share": f64::from(a.weight) / total,
+                        "effective_weight": effective,
+                        "share": f64::from(effective) / total,
+                        "rolled_back": a.rolled_back,
                     })
                 })
                 .collect();

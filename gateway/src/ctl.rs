@@ -70,6 +70,22 @@ enum Command {
     /// The whole config.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Canary arms that gateways rolled back.
+    #[command(subcommand)]
+    Rollback(RollbackCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum RollbackCmd {
+    /// List the rolled-back arms, with when, why and by which gateway.
+    List,
+    /// Give a rolled-back arm its weight again, on every gateway.
+    Clear {
+        /// The route.
+        route: String,
+        /// The arm.
+        arm: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -139,6 +155,8 @@ enum Output {
     Imported(PathBuf, ImportReport),
     Exported(String, Value),
     Checked(String, Value),
+    Rollbacks(Vec<weir_conf::resilience::RollbackRecord>),
+    Cleared(String, String, bool),
 }
 
 impl Output {
@@ -195,6 +213,33 @@ impl Output {
                     v.to_string()
                 } else {
                     text.clone()
+                }
+            }
+            Output::Rollbacks(list) => {
+                if json {
+                    return json!({ "rollbacks": list }).to_string();
+                }
+                if list.is_empty() {
+                    return "no arm is rolled back".to_owned();
+                }
+                list.iter()
+                    .map(|r| {
+                        format!(
+                            "{}/{}: rolled back at {} by {}: {}",
+                            r.route, r.arm, r.at, r.by, r.reason
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+            Output::Cleared(route, arm, cleared) => {
+                if json {
+                    return json!({ "route": route, "arm": arm, "cleared": cleared }).to_string();
+                }
+                if *cleared {
+                    format!("{route}/{arm}: rollback cleared; the arm has its weight again")
+                } else {
+                    format!("{route}/{arm}: was not rolled back")
                 }
             }
         }
@@ -355,6 +400,13 @@ async fn execute(cli: Cli) -> Result<Output, StoreError> {
                 header + &toml,
                 json!({ "revision": revision, "config": body }),
             ))
+        }
+        Command::Rollback(RollbackCmd::List) => {
+            Ok(Output::Rollbacks(connect().await?.rollbacks().await?))
+        }
+        Command::Rollback(RollbackCmd::Clear { route, arm }) => {
+            let cleared = connect().await?.clear_rollback(&route, &arm).await?;
+            Ok(Output::Cleared(route, arm, cleared))
         }
         Command::Config(ConfigCmd::Check { file: Some(file) }) => check_file(&file),
         Command::Config(ConfigCmd::Check { file: None }) => {

@@ -15,6 +15,7 @@
 pub mod access;
 pub mod admin;
 pub mod breaker;
+pub mod canary;
 pub mod ctl;
 pub mod errors;
 pub mod etcd;

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// `weir_rate_limited_total{tenant,limit}`: 429 answers by limit.
     pub rate_limited: IntCounterVec,
+    /// `weir_rollbacks_total{route,arm}`: canary arms rolled back by this gateway.
+    pub rollbacks: IntCounterVec,
 }
 
 const FILTER_BUCKETS: &[f64] = &[
@@ -207,6 +209,14 @@ impl Metrics {
             ),
             &["tenant", "limit"],
         )?;
+        let rollbacks = IntCounterVec::new(
+            Opts::new(
+                "weir_rollbacks_total",
+                "Canary arms this gateway rolled back (taken out of the split) for doing worse than the fallback arm.",
+            ),
+            &["route", "arm"],
+        )?;
+        registry.register(Box::new(rollbacks.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(breaker_state.clone()))?;
@@ -254,6 +264,7 @@ impl Metrics {
             retries,
             auth_failures,
             rate_limited,
+            rollbacks,
         })
     }
 

@@ -254,6 +254,53 @@ impl Gateway {
         Ok(())
     }
 
+    /// Feeds one answer of an arm of a route with a rollback policy to the
+    /// arm's window and, at most every [`crate::canary::EVALUATE_EVERY_MS`],
+    /// compares the route's weighted arms with its fallback arm.
+    fn check_canaries(
+        &self,
+        rt: &Runtime,
+        r: usize,
+        stats: &crate::canary::ArmStats,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let now = now_ms();
+        stats.record(now, status == 0 || status >= 500, elapsed);
+        let route = &rt.routes[r];
+        let (Some(policy), Some(fb)) = (&route.config.rollback, route.config.fallback) else {
+            return;
+        };
+        let last = route.last_check.load(std::sync::atomic::Ordering::Acquire);
+        if now < last + crate::canary::EVALUATE_EVERY_MS
+            || route
+                .last_check
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::AcqRel,
+                    std::sync::atomic::Ordering::Acquire,
+                )
+                .is_err()
+        {
+            return;
+        }
+        let Some(stable) = route.arms[fb].stats.as_ref().map(|s| s.summary(now)) else {
+            return;
+        };
+        for (i, arm) in route.arms.iter().enumerate() {
+            if i == fb || arm.rolled_back || arm.weight == 0 {
+                continue;
+            }
+            let Some(summary) = arm.stats.as_ref().map(|s| s.summary(now)) else {
+                continue;
+            };
+            if let Some(reason) = crate::canary::verdict(policy, stable, summary) {
+                self.shared.roll_back(&route.config.name, &arm.name, reason);
+            }
+        }
+    }
+
     /// Authenticates the caller of a route with `auth = "required"`, checks
     /// the route's allow-list and admits the request under the tenant's limits.
     fn authorize(
@@ -893,6 +940,9 @@ impl ProxyHttp for Gateway {
                 })
                 .inc();
             arm_rt.duration.observe(elapsed.as_secs_f64());
+            if let Some(stats) = &arm_rt.stats {
+                self.check_canaries(rt, r, stats, status, elapsed);
+            }
         } else {
             metrics
                 .requests

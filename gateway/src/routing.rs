@@ -16,6 +16,8 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 /// One arm as the selector sees it.
 #[derive(Debug, Clone)]
 struct Entry {
+    /// Whether the A/B header may name this arm.
+    header: bool,
     name: Box<str>,
     weight: u32,
     seed: u64,
@@ -58,6 +60,7 @@ impl ArmTable {
         let entries: Box<[Entry]> = arms
             .into_iter()
             .map(|(name, weight)| Entry {
+                header: true,
                 name: name.into(),
                 weight,
                 seed: xxh3_64(name.as_bytes()),
@@ -93,9 +96,19 @@ impl ArmTable {
         self.total
     }
 
-    /// Index of the arm whose name is exactly `name`.
+    /// Index of the arm whose name is exactly `name` (and that the A/B
+    /// header may name).
     pub fn by_name(&self, name: &[u8]) -> Option<usize> {
-        self.entries.iter().position(|e| e.name.as_bytes() == name)
+        self.entries
+            .iter()
+            .position(|e| e.header && e.name.as_bytes() == name)
+    }
+
+    /// Makes the A/B header unable to name arm `i`.
+    pub fn exclude_from_header(&mut self, i: usize) {
+        if let Some(e) = self.entries.get_mut(i) {
+            e.header = false;
+        }
     }
 
     /// Weighted pick for a uniform `r` in `[0, total_weight)`.

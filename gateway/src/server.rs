@@ -179,6 +179,19 @@ pub fn serve(source: ConfigSource) -> anyhow::Result<()> {
     let admin_addr = admin.local_addr()?;
 
     let shared = Arc::new(Shared::new(Metrics::new()?, snapshot.server.admin_token));
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "weir".to_owned());
+    shared.set_rollback_sink(crate::state::RollbackSink {
+        etcd: match &source {
+            ConfigSource::Etcd { settings, .. } => Some(settings.as_ref().clone()),
+            _ => None,
+        },
+        identity: format!("{host} {proxy_addr}"),
+    });
     let threads = match snapshot.server.threads {
         0 => std::thread::available_parallelism()
             .map(|n| n.get())

@@ -11,7 +11,7 @@
 //! pool whose members changed keeps the health of its surviving members
 //! (see [`crate::pool`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -46,6 +46,10 @@ pub struct ArmRt {
     /// status (indexed like [`crate::proxy::STATUS_LABELS`]), so a request
     /// costs an atomic add rather than a labelled lookup.
     pub requests: [std::sync::OnceLock<prometheus::IntCounter>; crate::proxy::STATUS_LABELS.len()],
+    /// Rolled back: out of the weighted and sticky split.
+    pub rolled_back: bool,
+    /// Recent outcomes, for routes with a rollback policy.
+    pub stats: Option<Arc<crate::canary::ArmStats>>,
 }
 
 /// One route at run time.
@@ -64,6 +68,8 @@ pub struct RouteRt {
     pub arms: Vec<ArmRt>,
     /// Retries spent against requests (kept across reloads by route name).
     pub budget: Arc<crate::retry::RetryBudget>,
+    /// When the arms were last compared ([`crate::breaker::now_ms`]).
+    pub last_check: AtomicU64,
 }
 
 impl RouteRt {
@@ -161,12 +167,14 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Builds the runtime, reusing unchanged pools of `previous`.
+    /// Builds the runtime, reusing unchanged pools of `previous`; arms that
+    /// the snapshot or `local_rollbacks` (route, arm) name are rolled back.
     pub async fn build(
         snapshot: Snapshot,
         origin: Origin,
         generation: u64,
         previous: Option<&Runtime>,
+        local_rollbacks: &BTreeSet<(String, String)>,
         metrics: &Metrics,
     ) -> Result<Self, String> {
         let mut reusable: HashMap<&Pool, &Arc<PoolRt>> = HashMap::new();
@@ -207,30 +215,59 @@ impl Runtime {
         let routes = snapshot
             .routes
             .iter()
-            .map(|r| RouteRt {
-                budget: budgets
-                    .get(r.name.as_str())
-                    .map(|b| Arc::clone(b))
-                    .unwrap_or_default(),
-                request_filters: chain(&r.filters.request),
-                response_filters: chain(&r.filters.response),
-                config: r.clone(),
-                table: ArmTable::new(r.arms.iter().map(|a| (a.name.as_str(), a.weight))),
-                name_header: header_value(&r.name),
-                arms: r
+            .map(|r| {
+                let rolled = |a: &weir_conf::Arm| {
+                    a.rolled_back || local_rollbacks.contains(&(r.name.clone(), a.name.clone()))
+                };
+                let before =
+                    previous.and_then(|p| p.routes.iter().find(|x| x.config.name == r.name));
+                let arms: Vec<ArmRt> = r
                     .arms
                     .iter()
-                    .map(|a| ArmRt {
-                        name: a.name.clone(),
-                        pool: Arc::clone(&pools[a.pool]),
-                        weight: a.weight,
-                        name_header: header_value(&a.name),
-                        duration: metrics
-                            .duration
-                            .with_label_values(&[r.name.as_str(), a.name.as_str()]),
-                        requests: Default::default(),
+                    .map(|a| {
+                        let rolled_back = rolled(a);
+                        let old = before.and_then(|b| b.arms.iter().find(|x| x.name == a.name));
+                        // A cleared rollback starts from an empty window.
+                        let stats = r.rollback.as_ref().map(|policy| {
+                            old.filter(|o| !o.rolled_back || rolled_back)
+                                .filter(|_| before.is_some_and(|b| b.config.rollback == r.rollback))
+                                .and_then(|o| o.stats.clone())
+                                .unwrap_or_else(|| Arc::new(crate::canary::ArmStats::new(policy)))
+                        });
+                        if r.rollback.is_some()
+                            && Some(a.name.as_str()) != r.fallback.map(|f| r.arms[f].name.as_str())
+                        {
+                            metrics
+                                .rollbacks
+                                .with_label_values(&[r.name.as_str(), a.name.as_str()]);
+                        }
+                        ArmRt {
+                            name: a.name.clone(),
+                            pool: Arc::clone(&pools[a.pool]),
+                            weight: a.weight,
+                            name_header: header_value(&a.name),
+                            duration: metrics
+                                .duration
+                                .with_label_values(&[r.name.as_str(), a.name.as_str()]),
+                            requests: Default::default(),
+                            rolled_back,
+                            stats,
+                        }
                     })
-                    .collect(),
+                    .collect();
+                RouteRt {
+                    budget: budgets
+                        .get(r.name.as_str())
+                        .map(|b| Arc::clone(b))
+                        .unwrap_or_default(),
+                    request_filters: chain(&r.filters.request),
+                    response_filters: chain(&r.filters.response),
+                    table: arm_table(r, &arms),
+                    config: r.clone(),
+                    name_header: header_value(&r.name),
+                    arms,
+                    last_check: AtomicU64::new(0),
+                }
             })
             .collect();
         let access = crate::access::AccessRt::build(&snapshot.access, previous.map(|p| &p.access))?;
@@ -251,6 +288,33 @@ impl Runtime {
     }
 }
 
+/// The selection table: rolled-back arms have weight 0 (and leave the A/B
+/// header's reach when the policy says so); when nothing weighted is left,
+/// the fallback arm takes the weighted traffic.
+fn arm_table(r: &Route, arms: &[ArmRt]) -> ArmTable {
+    let mut weights: Vec<u32> = arms
+        .iter()
+        .map(|a| if a.rolled_back { 0 } else { a.weight })
+        .collect();
+    if let Some(fb) = r.fallback
+        && weights.iter().all(|w| *w == 0)
+    {
+        weights[fb] = 1;
+    }
+    let mut table = ArmTable::new(
+        arms.iter()
+            .zip(&weights)
+            .map(|(a, w)| (a.name.as_str(), *w)),
+    );
+    let header_reaches = r.rollback.as_ref().is_none_or(|p| p.header_reaches);
+    for (i, a) in arms.iter().enumerate() {
+        if a.rolled_back && !header_reaches {
+            table.exclude_from_header(i);
+        }
+    }
+    table
+}
+
 /// Route and arm names are validated to plain ASCII, so this never falls back.
 fn header_value(name: &str) -> HeaderValue {
     HeaderValue::from_str(name).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
@@ -268,6 +332,18 @@ pub struct Shared {
     /// `[server]`, read at start).
     pub admin_token: Option<[u8; 32]>,
     reload_lock: tokio::sync::Mutex<()>,
+    /// Arms this gateway rolled back and no snapshot records yet.
+    rollbacks: std::sync::Mutex<BTreeSet<(String, String)>>,
+    /// Where rollbacks are recorded for other replicas (etcd), and who we are.
+    sink: std::sync::OnceLock<RollbackSink>,
+}
+
+/// Where a gateway records its rollbacks.
+pub struct RollbackSink {
+    /// The etcd the config comes from, if it does.
+    pub etcd: Option<weir_conf::etcd::EtcdSettings>,
+    /// This gateway, for the record's `by`.
+    pub identity: String,
 }
 
 impl Shared {
@@ -280,6 +356,8 @@ impl Shared {
             note: std::sync::Mutex::new(None),
             metrics,
             admin_token,
+            rollbacks: std::sync::Mutex::new(BTreeSet::new()),
+            sink: std::sync::OnceLock::new(),
             reload_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -312,11 +390,115 @@ impl Shared {
         }
     }
 
+    /// Sets where rollbacks are recorded (once, at start).
+    pub fn set_rollback_sink(&self, sink: RollbackSink) {
+        let _ = self.sink.set(sink);
+    }
+
     /// Builds a runtime from `snapshot` off the request path and swaps it in.
     /// Returns the new generation, or leaves the live one untouched on error.
     pub async fn publish(&self, snapshot: Snapshot, origin: Origin) -> Result<u64, String> {
         let _guard = self.reload_lock.lock().await;
+        self.publish_locked(snapshot, origin).await
+    }
+
+    /// Rebuilds the live runtime from its own snapshot (after a change of
+    /// the local rollbacks).
+    pub async fn republish(&self) -> Result<u64, String> {
+        let _guard = self.reload_lock.lock().await;
+        let Some(current) = self.current() else {
+            return Err("no configuration loaded".to_owned());
+        };
+        self.publish_locked((*current.snapshot).clone(), current.origin.clone())
+            .await
+    }
+
+    /// Takes `arm` of `route` out of the route's split, records why (in etcd
+    /// when the config comes from there, so every replica follows), and
+    /// counts it. Called from the request path: the work happens in a task.
+    pub fn roll_back(self: &Arc<Self>, route: &str, arm: &str, reason: String) {
+        let key = (route.to_owned(), arm.to_owned());
+        match self.rollbacks.lock() {
+            Ok(mut set) if !set.contains(&key) => {
+                set.insert(key);
+            }
+            _ => return,
+        }
+        self.metrics
+            .rollbacks
+            .with_label_values(&[route, arm])
+            .inc();
+        tracing::warn!(route, arm, reason = %reason, "canary rolled back");
+        let shared = Arc::clone(self);
+        let record = weir_conf::resilience::RollbackRecord {
+            route: route.to_owned(),
+            arm: arm.to_owned(),
+            reason,
+            at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            by: self
+                .sink
+                .get()
+                .map(|s| s.identity.clone())
+                .unwrap_or_default(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = shared.republish().await {
+                tracing::error!(error = %e, "could not apply the rollback");
+            }
+            let Some(etcd) = shared.sink.get().and_then(|s| s.etcd.clone()) else {
+                return;
+            };
+            let written = async {
+                let mut store = weir_conf::etcd::Store::connect(etcd).await?;
+                store.put_rollback(&record).await
+            }
+            .await;
+            if let Err(e) = written {
+                tracing::error!(error = %e, route = %record.route, arm = %record.arm,
+                    "could not record the rollback in etcd; it holds on this gateway only");
+            }
+        });
+    }
+
+    /// Clears a rollback this gateway holds, and its etcd record. Returns
+    /// whether there was one.
+    pub async fn clear_rollback(&self, route: &str, arm: &str) -> Result<bool, String> {
+        let key = (route.to_owned(), arm.to_owned());
+        let local = self
+            .rollbacks
+            .lock()
+            .map(|mut s| s.remove(&key))
+            .unwrap_or(false);
+        let mut recorded = false;
+        if let Some(etcd) = self.sink.get().and_then(|s| s.etcd.clone()) {
+            let mut store = weir_conf::etcd::Store::connect(etcd)
+                .await
+                .map_err(|e| e.to_string())?;
+            recorded = store
+                .clear_rollback(route, arm)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        if local {
+            self.republish().await?;
+        }
+        Ok(local || recorded)
+    }
+
+    /// Rolled-back arms no snapshot records yet.
+    pub fn local_rollbacks(&self) -> Vec<(String, String)> {
+        self.rollbacks
+            .lock()
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    async fn publish_locked(&self, snapshot: Snapshot, origin: Origin) -> Result<u64, String> {
         let previous = self.current();
+        let local = self.rollbacks.lock().map(|s| s.clone()).unwrap_or_default();
         let generation = self.generation.load(Ordering::Acquire) + 1;
         let revision = origin.revision().unwrap_or(0);
         let runtime = Runtime::build(
@@ -324,9 +506,19 @@ impl Shared {
             origin,
             generation,
             previous.as_deref(),
+            &local,
             &self.metrics,
         )
         .await?;
+        // Rollbacks the snapshot now records (read back from etcd) need no
+        // local copy any more: clearing the record clears them.
+        if let Ok(mut set) = self.rollbacks.lock() {
+            for r in &runtime.snapshot.routes {
+                for a in r.arms.iter().filter(|a| a.rolled_back) {
+                    set.remove(&(r.name.clone(), a.name.clone()));
+                }
+            }
+        }
         self.current.store(Some(Arc::new(runtime)));
         self.metrics.revision.set(revision);
         self.generation.store(generation, Ordering::Release);

@@ -12,6 +12,7 @@
 //! | `filters/<filter>` | one content filter, the same fields as a `[[filters]]` entry |
 //! | `tenants/<tenant>` | one tenant, the same fields as a `[[tenants]]` entry |
 //! | `auth` | the `[auth]` table (JWT issuers) |
+//! | `rollbacks/<route>/<arm>` | an arm rolled back by a gateway's canary check (a `[[rollbacks]]` record) |
 //!
 //! Values are JSON objects; a value that does not start with `{` is read as
 //! TOML. `name` may be left out of a pool or route document (the key names
@@ -27,6 +28,7 @@ use crate::access::{AuthConfig, TenantConfig};
 use crate::error::{ConfigError, Problems};
 use crate::filters::FilterConfig;
 use crate::model::{BackendConfig, Config, PoolConfig, RouteConfig, TimeoutsConfig};
+use crate::resilience::RollbackRecord;
 
 /// Documents under the prefix: relative key → raw value.
 pub type Docs = BTreeMap<String, Vec<u8>>;
@@ -60,6 +62,13 @@ pub enum KeyKind<'a> {
     Tenant(&'a str),
     /// `auth`.
     Auth,
+    /// `rollbacks/<route>/<arm>`.
+    Rollback {
+        /// The route.
+        route: &'a str,
+        /// The arm.
+        arm: &'a str,
+    },
 }
 
 impl<'a> KeyKind<'a> {
@@ -78,6 +87,9 @@ impl<'a> KeyKind<'a> {
             ["filters", f] if named(f) => Some(Self::Filter(f)),
             ["tenants", t] if named(t) => Some(Self::Tenant(t)),
             ["auth"] => Some(Self::Auth),
+            ["rollbacks", r, a] if named(r) && named(a) => {
+                Some(Self::Rollback { route: r, arm: a })
+            }
             _ => None,
         }
     }
@@ -107,6 +119,10 @@ pub fn filter_key(filter: &str) -> String {
 /// `tenants/<tenant>`.
 pub fn tenant_key(tenant: &str) -> String {
     format!("tenants/{tenant}")
+}
+/// `rollbacks/<route>/<arm>`.
+pub fn rollback_key(route: &str, arm: &str) -> String {
+    format!("rollbacks/{route}/{arm}")
 }
 /// `routes/<route>/weights`.
 pub fn weights_key(route: &str) -> String {
@@ -199,6 +215,7 @@ pub fn assemble(
         filters: Vec::new(),
         tenants: Vec::new(),
         auth: AuthConfig::default(),
+        rollbacks: Vec::new(),
         source: base.source.clone(),
     };
     let mut weights: Vec<(&str, &str, BTreeMap<String, i64>)> = Vec::new();
@@ -209,7 +226,8 @@ pub fn assemble(
             problems.push(
                 at,
                 "unknown key: expected timeouts, auth, pools/<pool>, pools/<pool>/members/<addr>, \
-                 routes/<route>, routes/<route>/weights, filters/<filter> or tenants/<tenant>",
+                 routes/<route>, routes/<route>/weights, filters/<filter>, tenants/<tenant> \
+                 or rollbacks/<route>/<arm>",
             );
             continue;
         };
@@ -236,6 +254,16 @@ pub fn assemble(
             KeyKind::Auth => parse_doc(raw)
                 .and_then(typed::<AuthConfig>)
                 .map(|a| config.auth = a),
+            KeyKind::Rollback { route, arm } => parse_doc(raw)
+                .and_then(typed::<RollbackRecord>)
+                .and_then(|rec| {
+                    if rec.route == route && rec.arm == arm {
+                        config.rollbacks.push(rec);
+                        Ok(())
+                    } else {
+                        Err("route and arm differ from the key's".to_owned())
+                    }
+                }),
             KeyKind::Weights(route) => {
                 parse_weights(raw).map(|w| weights.push((key.as_str(), route, w)))
             }
@@ -339,6 +367,12 @@ pub fn explode(config: &Config) -> Result<Vec<(String, String)>, serde_json::Err
     }
     if !config.auth.is_empty() {
         out.push((AUTH.to_owned(), serde_json::to_string(&config.auth)?));
+    }
+    for rec in &config.rollbacks {
+        out.push((
+            rollback_key(&rec.route, &rec.arm),
+            serde_json::to_string(rec)?,
+        ));
     }
     Ok(out)
 }

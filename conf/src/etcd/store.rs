@@ -16,6 +16,7 @@ use super::settings::EtcdSettings;
 use super::{EtcdError, build};
 use crate::error::ConfigError;
 use crate::model::{Config, PoolConfig, RouteConfig, TimeoutsConfig};
+use crate::resilience::RollbackRecord;
 use crate::snapshot::Snapshot;
 
 /// etcd's default limit of operations in one transaction (`--max-txn-ops`).
@@ -128,6 +129,12 @@ pub struct Portable<'a> {
     /// Content filters.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pub filters: &'a [crate::filters::FilterConfig],
+    /// Tenants (API key digests and limits).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub tenants: &'a [crate::access::TenantConfig],
+    /// JWT issuers.
+    #[serde(skip_serializing_if = "crate::access::AuthConfig::is_empty")]
+    pub auth: &'a crate::access::AuthConfig,
 }
 
 impl<'a> Portable<'a> {
@@ -138,6 +145,8 @@ impl<'a> Portable<'a> {
             pools: &config.pools,
             routes: &config.routes,
             filters: &config.filters,
+            tenants: &config.tenants,
+            auth: &config.auth,
         }
     }
 }
@@ -328,6 +337,42 @@ impl Store {
         self.weights(route).await
     }
 
+    /// The rollback records under the prefix.
+    pub async fn rollbacks(&mut self) -> Result<Vec<RollbackRecord>, StoreError> {
+        let read = self.read().await?;
+        let mut out = Vec::new();
+        for (key, entry) in &read.entries {
+            if let Some(KeyKind::Rollback { .. }) = KeyKind::parse(key) {
+                let rec = layout::parse_doc(&entry.value)
+                    .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()))
+                    .map_err(|e| StoreError::Refused(format!("{}: {e}", self.key(key))))?;
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a rollback record (a gateway's canary check does this).
+    pub async fn put_rollback(&mut self, rec: &RollbackRecord) -> Result<(), StoreError> {
+        let value = serde_json::to_string(rec)
+            .map_err(|e| StoreError::Refused(format!("cannot encode the record: {e}")))?;
+        let key = self.key(&layout::rollback_key(&rec.route, &rec.arm));
+        self.settings
+            .timed("put", self.client.put(key, value, None))
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the rollback record of `route`'s `arm`; false when there was none.
+    pub async fn clear_rollback(&mut self, route: &str, arm: &str) -> Result<bool, StoreError> {
+        let key = self.key(&layout::rollback_key(route, arm));
+        let resp = self
+            .settings
+            .timed("delete", self.client.delete(key, None))
+            .await?;
+        Ok(resp.deleted() > 0)
+    }
+
     /// Replaces the operator config under the prefix with `config` in one
     /// transaction: one document per pool and route (and `timeouts`), every
     /// other config key deleted (stale weights overrides included).
@@ -341,7 +386,7 @@ impl Store {
         let mut next: Docs = read
             .entries
             .iter()
-            .filter(|(k, _)| matches!(KeyKind::parse(k), Some(KeyKind::Member { .. })))
+            .filter(|(k, _)| kept_on_import(k))
             .map(|(k, e)| (k.clone(), e.value.clone()))
             .collect();
         let mut report = ImportReport {
@@ -359,8 +404,7 @@ impl Store {
             }
         }
         for k in read.entries.keys() {
-            let member = matches!(KeyKind::parse(k), Some(KeyKind::Member { .. }));
-            if !member && !new_keys.contains(k.as_str()) {
+            if !kept_on_import(k) && !new_keys.contains(k.as_str()) {
                 ops.push(TxnOp::delete(self.key(k), None));
                 report.deleted.push(k.clone());
             }
@@ -396,6 +440,16 @@ impl Store {
         report.revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         Ok(report)
     }
+}
+
+/// Registered members and rollback records are gateway and engine state, not
+/// the operator's documents: an import keeps them (a rollback is cleared
+/// with `weirctl rollback clear`, never by re-importing the config).
+fn kept_on_import(key: &str) -> bool {
+    matches!(
+        KeyKind::parse(key),
+        Some(KeyKind::Member { .. } | KeyKind::Rollback { .. })
+    )
 }
 
 fn find_route<'a>(config: &'a Config, route: &str) -> Result<&'a RouteConfig, StoreError> {

@@ -90,3 +90,15 @@ pub async fn split(
 pub async fn generation(weir: &Weir) -> f64 {
     weir.metric("weir_config_generation").await.unwrap()
 }
+
+/// Route `chat` split 80/20 between `stable` (the fallback arm) and
+/// `canary` (no breaker, no health checks), with a `rollback` line for the route.
+pub fn canary_config(stable: &Upstream, canary: &Upstream, rollback: &str) -> String {
+    format!(
+        "{SERVER}[[pools]]\nname = \"stable\"\nbackends = [{{ address = \"{}\" }}]\nhealth_check = {{ kind = \"none\" }}\n\
+         [[pools]]\nname = \"canary\"\nbackends = [{{ address = \"{}\" }}]\nhealth_check = {{ kind = \"none\" }}\nbreaker = {{ enabled = false }}\n\
+         [[routes]]\nname = \"chat\"\nfallback = \"stable\"\n{rollback}\n\
+         arms = [{{ name = \"stable\", pool = \"stable\", weight = 80 }}, {{ name = \"canary\", pool = \"canary\", weight = 20 }}]\n",
+        stable.addr, canary.addr
+    )
+}

@@ -11,6 +11,7 @@ mod support;
 mod invalid;
 mod outage;
 mod registration;
+mod rollback;
 mod secure;
 mod watch;
 mod weirctl;
