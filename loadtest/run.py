@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Weir load-test runner.
 
-Builds the release binaries, starts a fixed-response nginx upstream, `weir`
-and an nginx weighted proxy on free 127.0.0.1 ports, runs the scenarios with
-wrk (closed loop) and oha (constant rate, when installed), stops everything
-and writes a results table (Markdown + JSON) under loadtest/results/.
+Builds the release binaries, starts a fixed-response nginx upstream, an SSE
+upstream (weir-demo-upstream), `weir`, an nginx weighted proxy and
+`weir-engine` on free 127.0.0.1 ports, runs the scenarios with wrk (closed
+loop), oha (constant rate, when installed) and sse_load.py (streams, timed
+per chunk), stops everything and writes a results table (Markdown + JSON)
+under loadtest/results/.
 
     loadtest/run.py            # full run: 15 s per scenario, enforce targets.toml
     loadtest/run.py --quick    # 2 s per scenario, checks the scripts work (CI)
+    loadtest/run.py --only sse,engine --seconds 5   # some scenarios only
 
 The load generator is pinned to CPU 0 and the proxy under test to CPU 1
 (`taskset`), the upstream floats. Exit status 1 when a target is missed (full
@@ -38,6 +41,21 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WRK_DIR = HERE / "wrk"
 TOOLS = HERE / ".tools"
+MODELS = ROOT / "backend-engine" / "models" / "repo"
+
+# SSE (scenario 6): the demo upstream streams SSE_TEXT as one chat chunk per
+# character, each after a fixed 2 ms pause; measured at one stream in flight
+# and at SSE_STREAMS streams.
+SSE_TEXT = "abcdefghijklmnopqrstuvwxyz012345"
+SSE_STREAMS = 16
+SSE_BODY = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+# The engine (scenario 8): OIP tensor requests to `mlp` and streamed chat
+# completions from `tiny-lm` (greedy, LM_TOKENS tokens) at each concurrency.
+ENGINE_CONCURRENCY = (1, 4, 16)
+LM_TOKENS = 32
+LM_BODY = json.dumps({"model": "tiny-lm", "stream": True, "stream_options": {"include_usage": True},
+                      "max_tokens": LM_TOKENS, "temperature": 0,
+                      "messages": [{"role": "user", "content": "The Fox and the "}]})
 
 
 def log(msg: str) -> None:
@@ -218,6 +236,15 @@ arms = [
   {{ name = "v2", pool = "engine-v2", weight = 10 }},
 ]
 
+[[pools]]
+name = "sse"
+backends = [{{ address = "{ports['sse']}" }}]
+
+[[routes]]
+name = "sse"
+prefix = "/sse"
+arms = [{{ name = "v1", pool = "sse", weight = 1 }}]
+
 [[filters]]
 name = "words"
 words_file = "{words}"
@@ -236,6 +263,49 @@ filters = {{ request = ["words"] }}
         raise RuntimeError(f"weir did not start: {line!r}; see {stack.tmp / f'{name}.log'}")
     wait_http(f"http://{fields['admin']}/readyz")
     return f"http://{fields['proxy']}"
+
+
+def read_line(proc: subprocess.Popen, what: str, log_path: Path) -> str:
+    line = proc.stdout.readline().decode() if proc.stdout else ""
+    if not line:
+        raise RuntimeError(f"{what} did not start; see {log_path}")
+    return line
+
+
+def start_sse_upstream(stack: Stack, weir: Path) -> str:
+    """weir-demo-upstream on an OS-chosen port; returns its address."""
+    proc = stack.spawn("sse-upstream", [str(weir.parent / "weir-demo-upstream"), "--listen", "127.0.0.1:0",
+                                        "--name", "sse"], stdout=subprocess.PIPE)
+    # "weir-demo-upstream sse listening on 127.0.0.1:PORT"
+    addr = read_line(proc, "weir-demo-upstream", stack.tmp / "sse-upstream.log").split()[-1]
+    wait_http(f"http://{addr}/")
+    return addr
+
+
+def ort_lib() -> str:
+    """The ONNX Runtime library for weir-engine: $ORT_DYLIB_PATH, or the one
+    scripts/setup-ort.sh fetches into .ort/ (its last line is the path)."""
+    lib = os.environ.get("ORT_DYLIB_PATH")
+    if lib and Path(lib).is_file():
+        return lib
+    out = subprocess.run([str(ROOT / "scripts" / "setup-ort.sh")], capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def start_engine(stack: Stack, weir: Path) -> str:
+    """weir-engine serving the shipped mlp and tiny-lm:1, pinned like the proxy
+    under test; returns its HTTP URL."""
+    env = {**os.environ, "ORT_DYLIB_PATH": ort_lib(), "RUST_LOG": "warn"}
+    proc = stack.spawn("engine", pin(1) + [str(weir.parent / "weir-engine"), "--models", str(MODELS),
+                                           "--model", "mlp", "--model", "tiny-lm:1",
+                                           "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"],
+                       env=env, stdout=subprocess.PIPE)
+    # "weir-engine listening http=127.0.0.1:PORT grpc=127.0.0.1:PORT"
+    line = read_line(proc, "weir-engine", stack.tmp / "engine.log")
+    fields = dict(w.split("=", 1) for w in line.split() if "=" in w)
+    url = f"http://{fields['http']}"
+    wait_http(url + "/v2/health/ready")
+    return url
 
 
 def start_etcd_weir(stack: Stack, weir: Path, ports: dict) -> tuple[str, str]:
@@ -283,6 +353,22 @@ def wrk(url: str, script: str, seconds: int, connections: int, path: str = "") -
     return row
 
 
+def sse_load(url: str, seconds: int, connections: int, body: str, headers: tuple[str, ...] = (),
+             expect_chunks: int | None = None) -> dict:
+    """Closed-loop streams with loadtest/sse_load.py, pinned like wrk."""
+    argv = pin(0) + [sys.executable, str(HERE / "sse_load.py"), "--url", url, "--body", body,
+                     "-c", str(connections), "--seconds", str(seconds)]
+    for h in headers:
+        argv += ["--header", h]
+    if expect_chunks is not None:
+        argv += ["--expect-chunks", str(expect_chunks)]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    row = json.loads(out.strip().splitlines()[-1])
+    if row["errors"]:
+        log(f"  {row['errors']} broken stream(s): {row['error_kinds']}")
+    return row
+
+
 def oha_fixed_rate(oha: str, url: str, seconds: int, rate: int) -> dict:
     argv = pin(0) + [oha, "--no-tui", "--output-format", "json", "-z", f"{seconds}s", "-q", str(rate),
                      "-c", "50", "--latency-correction", url + "/v1/models"]
@@ -317,17 +403,28 @@ def evaluate(results: dict, targets: dict, quick: bool) -> list[str]:
     t = targets["targets"]
     r = results["scenarios"]
     checks = []
-    ratio = r["weir_weighted"]["rps"] / r["nginx_weighted"]["rps"]
-    results["ratios"] = {"rps_weir_over_nginx": ratio}
-    checks.append(("weir rps / nginx rps", ratio, ">=", t["rps_ratio_vs_nginx_min"]))
-    added = r["weir_one_in_flight"]["p99"] - r["direct_one_in_flight"]["p99"]
-    results["ratios"]["added_p99_one_in_flight_us"] = added
-    checks.append(("added P99 at 1 in flight (us)", added, "<=", t["added_p99_one_in_flight_us_max"]))
-    if "weir_filter_1k" in r:
+    results["ratios"] = {}
+    if "weir_weighted" in r and "nginx_weighted" in r:
+        ratio = r["weir_weighted"]["rps"] / r["nginx_weighted"]["rps"]
+        results["ratios"]["rps_weir_over_nginx"] = ratio
+        checks.append(("weir rps / nginx rps", ratio, ">=", t["rps_ratio_vs_nginx_min"]))
+    if "weir_one_in_flight" in r and "direct_one_in_flight" in r:
+        added = r["weir_one_in_flight"]["p99"] - r["direct_one_in_flight"]["p99"]
+        results["ratios"]["added_p99_one_in_flight_us"] = added
+        checks.append(("added P99 at 1 in flight (us)", added, "<=", t["added_p99_one_in_flight_us_max"]))
+    # Scenario 6: what weir adds to an SSE stream (no targets: reported only).
+    for suffix, direct, through in (("", "sse_direct_one_in_flight", "sse_weir_one_in_flight"),
+                                    (f"_c{SSE_STREAMS}", "sse_direct", "sse_weir")):
+        if direct in r and through in r:
+            for figure in ("ttft_p50", "ttft_p99", "gap_p50", "gap_p99"):
+                kind, p = figure.split("_")
+                results["ratios"][f"sse_added_{kind}_{p}_us{suffix}"] = r[through][figure] - r[direct][figure]
+    if "weir_filter_1k" in r and "weir_post_1k" in r:
         results["ratios"]["filter_1k_rps_over_unfiltered"] = r["weir_filter_1k"]["rps"] / max(r["weir_post_1k"]["rps"], 1)
+    if "weir_filter_1k_one_in_flight" in r and "weir_post_1k_one_in_flight" in r:
         results["ratios"]["filter_1k_added_p50_one_in_flight_us"] = (
             r["weir_filter_1k_one_in_flight"]["p50"] - r["weir_post_1k_one_in_flight"]["p50"])
-    if "weir_half_rate" in r:
+    if "weir_half_rate" in r and "nginx_half_rate" in r:
         p99r = r["weir_half_rate"]["p99"] / max(r["nginx_half_rate"]["p99"], 1)
         results["ratios"]["p99_weir_over_nginx_half_rate"] = p99r
         checks.append(("weir P99 / nginx P99 at 50% rate", p99r, "<=", t["p99_ratio_at_half_rate_max"]))
@@ -348,18 +445,85 @@ def write_results(results: dict, out: Path) -> None:
     out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     m = results["machine"]
     lines = [
-        f"# Load test results ({'quick' if results['quick'] else 'full'} run)", "",
+        f"# Load test results ({'quick' if results['quick'] else 'full'} run"
+        + (f", only {results['only']})" if results.get("only") else ")"), "",
         f"Machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}; {m['date']}; {m['pinning']}.",
         f"Closed loop: wrk, 1 thread, {results['connections']} connections, {results['seconds']} s per scenario.",
         "", "| scenario | rps | P50 µs | P99 µs | P99.9 µs | errors |", "|---|---:|---:|---:|---:|---:|",
     ]
+    streams = {n: s for n, s in results["scenarios"].items() if "ttft_p50" in s}
     for name, s in results["scenarios"].items():
+        if name in streams:
+            continue
         label = f"{name} ({s['flips']} flips)" if "flips" in s else name
         lines.append(f"| {label} | {s['rps']:.0f} | {s['p50']:.0f} | {s['p99']:.0f} | {s['p999']:.0f} | {s['errors']} |")
+    if streams:
+        lines += ["", "Streams (sse_load.py, closed loop; TTFT = request sent to first text chunk, gap = between "
+                  "text chunks, stream = request sent to `[DONE]`; µs):", "",
+                  "| scenario | streams | streams/s | TTFT P50 | TTFT P99 | gap P50 | gap P99 | stream P50 "
+                  "| stream P99 | tokens/s | errors |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, s in streams.items():
+            lines.append(f"| {name} ({s['connections']} in flight) | {s['streams']} | {s['rps']:.1f} "
+                         f"| {s['ttft_p50']:.0f} | {s['ttft_p99']:.0f} | {s['gap_p50']:.0f} | {s['gap_p99']:.0f} "
+                         f"| {s['p50']:.0f} | {s['p99']:.0f} | {s['tokens_per_s']:.0f} | {s['errors']} |")
+    if results.get("ratios"):
+        lines += ["", "| ratio | value |", "|---|---:|"]
+        for name, value in results["ratios"].items():
+            lines.append(f"| `{name}` | {value:.3f} |")
     lines += ["", "| target | value | goal | met |", "|---|---:|---|---|"]
     for t in results.get("targets", []):
         lines.append(f"| {t['target']} | {t['value']:.3f} | {t['goal']} | {'yes' if t['met'] else 'NO'} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def wrk_plan(connections: int) -> list[tuple]:
+    """(name, server, wrk script, connections, path) of the wrk scenarios."""
+    return [
+        ("direct", "direct", "plain.lua", connections),
+        ("weir_weighted", "weir", "plain.lua", connections),
+        ("nginx_weighted", "nginx", "plain.lua", connections),
+        ("weir_ab_sticky", "weir", "ab_sticky.lua", connections),
+        ("direct_one_in_flight", "direct", "plain.lua", 1),
+        ("weir_one_in_flight", "weir", "plain.lua", 1),
+        ("nginx_one_in_flight", "nginx", "plain.lua", 1),
+        # Scenario 5: 1 KiB chat bodies, without and with the Wasm filter
+        # (1k-word mixed dictionary).
+        ("weir_post_1k", "weir", "post_1k.lua", connections, "/v1/chat/completions"),
+        ("weir_filter_1k", "weir", "post_1k.lua", connections, "/filtered/v1/chat/completions"),
+        ("weir_post_1k_one_in_flight", "weir", "post_1k.lua", 1, "/v1/chat/completions"),
+        ("weir_filter_1k_one_in_flight", "weir", "post_1k.lua", 1, "/filtered/v1/chat/completions"),
+    ]
+
+
+# Scenario 6: (name, server, streams in flight).
+SSE_PLAN = [("sse_direct", "direct", SSE_STREAMS), ("sse_weir", "weir", SSE_STREAMS),
+            ("sse_direct_one_in_flight", "direct", 1), ("sse_weir_one_in_flight", "weir", 1)]
+# Scenario 8: (name, kind, concurrency).
+ENGINE_PLAN = [(f"engine_infer_c{c}", "infer", c) for c in ENGINE_CONCURRENCY] + [
+    (f"engine_stream_c{c}", "stream", c) for c in ENGINE_CONCURRENCY]
+
+
+def scenario_names() -> list[str]:
+    return ([p[0] for p in wrk_plan(1)] + ["weir_etcd_flips"] + [p[0] for p in SSE_PLAN]
+            + [p[0] for p in ENGINE_PLAN] + ["nginx_half_rate", "weir_half_rate"])
+
+
+def select(only: str | None) -> set[str]:
+    """The scenarios to run: all, or those `--only` names (a NAME selects the
+    scenario of that name and every scenario whose name starts with NAME_)."""
+    names = scenario_names()
+    if not only:
+        return set(names)
+    chosen = set()
+    for word in filter(None, (w.strip() for w in only.split(","))):
+        hit = {n for n in names if n == word or n.startswith(word + "_")}
+        if not hit:
+            raise SystemExit(f"--only: no scenario {word!r}; the scenarios: {', '.join(names)}")
+        chosen |= hit
+    if chosen & {"nginx_half_rate", "weir_half_rate"}:
+        chosen.add("nginx_weighted")  # the constant rate is half of its max rate
+    return chosen
 
 
 def main() -> int:
@@ -367,57 +531,75 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="2 s per scenario; do not enforce speed targets")
     ap.add_argument("--seconds", type=int, help="seconds per scenario")
     ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--only", metavar="NAME[,NAME]",
+                    help="run only these scenarios; NAME also selects every scenario named NAME_* "
+                         "(e.g. sse, engine, engine_stream, weir_post_1k)")
     ap.add_argument("--out", type=Path, help="results path without suffix")
     args = ap.parse_args()
     seconds = args.seconds or (2 if args.quick else 15)
-    oha = ensure_tools(want_oha=not args.quick)
+    chosen = select(args.only)
+    oha = ensure_tools(want_oha=not args.quick and bool(chosen & {"nginx_half_rate", "weir_half_rate"}))
     weir = build()
     targets = tomllib.loads((HERE / "targets.toml").read_text())
-    out = args.out or (HERE / "results" / ("tmp/quick" if args.quick else "latest"))
+    # Only a full run of every scenario is the committed record.
+    default = "tmp/quick" if args.quick else ("tmp/only" if args.only else "latest")
+    out = args.out or (HERE / "results" / default)
     ports = {"v1": free_port(), "v2": free_port(), "nginx": free_port()}
     results = {"quick": args.quick, "seconds": seconds, "connections": args.connections,
                "machine": machine(), "scenarios": {}}
+    if args.only:
+        results["only"] = args.only
     sc = results["scenarios"]
     with tempfile.TemporaryDirectory(prefix="weir-loadtest-") as tmp, Stack(Path(tmp)) as stack:
         start_upstream(stack, ports)
-        direct = f"http://127.0.0.1:{ports['v1']}"
-        weir_url = start_weir(stack, weir, ports)
-        nginx_url = start_nginx_proxy(stack, ports)
-        plan = [
-            ("direct", direct, "plain.lua", args.connections),
-            ("weir_weighted", weir_url, "plain.lua", args.connections),
-            ("nginx_weighted", nginx_url, "plain.lua", args.connections),
-            ("weir_ab_sticky", weir_url, "ab_sticky.lua", args.connections),
-            ("direct_one_in_flight", direct, "plain.lua", 1),
-            ("weir_one_in_flight", weir_url, "plain.lua", 1),
-            ("nginx_one_in_flight", nginx_url, "plain.lua", 1),
-            # Scenario 5: 1 KiB chat bodies, without and with the Wasm filter
-            # (1k-word mixed dictionary).
-            ("weir_post_1k", weir_url, "post_1k.lua", args.connections, "/v1/chat/completions"),
-            ("weir_filter_1k", weir_url, "post_1k.lua", args.connections, "/filtered/v1/chat/completions"),
-            ("weir_post_1k_one_in_flight", weir_url, "post_1k.lua", 1, "/v1/chat/completions"),
-            ("weir_filter_1k_one_in_flight", weir_url, "post_1k.lua", 1, "/filtered/v1/chat/completions"),
-        ]
-        for name, url, script, conns, *path in plan:
-            log(f"{name}: {seconds}s, {conns} connection(s)")
-            sc[name] = wrk(url, script, seconds, conns, *path)
+        ports["sse"] = start_sse_upstream(stack, weir)
+        servers = {"direct": f"http://127.0.0.1:{ports['v1']}"}
+        servers["weir"] = start_weir(stack, weir, ports)
+        servers["nginx"] = start_nginx_proxy(stack, ports)
+        for name, server, script, conns, *path in wrk_plan(args.connections):
+            if name in chosen:
+                log(f"{name}: {seconds}s, {conns} connection(s)")
+                sc[name] = wrk(servers[server], script, seconds, conns, *path)
         # Scenario 7: the config from etcd, weights flipped every 100 ms under load.
-        etcd_weir, etcd_ep = start_etcd_weir(stack, weir, ports)
-        flipper = Flipper(etcd_ep)
-        flipper.start()
-        log(f"weir_etcd_flips: {seconds}s, {args.connections} connection(s), weights flipped every 100 ms")
-        sc["weir_etcd_flips"] = wrk(etcd_weir, "plain.lua", seconds, args.connections)
-        flipper.stop.set()
-        flipper.join()
-        sc["weir_etcd_flips"]["flips"] = flipper.flips
-        sc["weir_etcd_flips"]["errors"] += flipper.failed
-        if oha:
+        if "weir_etcd_flips" in chosen:
+            etcd_weir, etcd_ep = start_etcd_weir(stack, weir, ports)
+            flipper = Flipper(etcd_ep)
+            flipper.start()
+            log(f"weir_etcd_flips: {seconds}s, {args.connections} connection(s), weights flipped every 100 ms")
+            sc["weir_etcd_flips"] = wrk(etcd_weir, "plain.lua", seconds, args.connections)
+            flipper.stop.set()
+            flipper.join()
+            sc["weir_etcd_flips"]["flips"] = flipper.flips
+            sc["weir_etcd_flips"]["errors"] += flipper.failed
+        half_rate = [n for n in ("nginx_half_rate", "weir_half_rate") if n in chosen]
+        if oha and half_rate:
             rate = max(int(sc["nginx_weighted"]["rps"] * 0.5), 100)
-            for name, url in (("nginx_half_rate", nginx_url), ("weir_half_rate", weir_url)):
+            for name in half_rate:
                 log(f"{name}: {rate} req/s for {seconds}s")
-                sc[name] = oha_fixed_rate(oha, url, seconds, rate)
-        else:
+                sc[name] = oha_fixed_rate(oha, servers[name.split("_")[0]], seconds, rate)
+        elif half_rate:
             log("oha not installed: skipping the constant-rate scenarios")
+        # Scenario 6: SSE streams of len(SSE_TEXT) chunks 2 ms apart, straight
+        # from the demo upstream and through weir (route /sse).
+        sse_urls = {"direct": f"http://{ports['sse']}/v1/chat/completions",
+                    "weir": f"{servers['weir']}/sse/v1/chat/completions"}
+        for name, server, streams in SSE_PLAN:
+            if name in chosen:
+                log(f"{name}: {seconds}s, {streams} stream(s) of {len(SSE_TEXT)} chunks")
+                sc[name] = sse_load(sse_urls[server], seconds, streams, SSE_BODY,
+                                    (f"x-test-sse: {SSE_TEXT}",), expect_chunks=len(SSE_TEXT))
+        # Scenario 8: weir-engine itself, OIP tensor infer and streamed chat.
+        if any(name in chosen for name, *_ in ENGINE_PLAN):
+            engine = start_engine(stack, weir)
+            for name, kind, conns in ENGINE_PLAN:
+                if name not in chosen:
+                    continue
+                if kind == "infer":
+                    log(f"{name}: {seconds}s, {conns} connection(s), POST /v2/models/mlp/infer")
+                    sc[name] = wrk(engine, "infer.lua", seconds, conns, "/v2/models/mlp/infer")
+                else:
+                    log(f"{name}: {seconds}s, {conns} stream(s) of {LM_TOKENS} tokens from tiny-lm")
+                    sc[name] = sse_load(engine + "/v1/chat/completions", seconds, conns, LM_BODY)
     missed = evaluate(results, targets, args.quick)
     write_results(results, out)
     print(out.with_suffix(".md").read_text())

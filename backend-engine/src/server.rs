@@ -104,6 +104,13 @@ pub async fn serve(
             TcpListenerStream::new(grpc_listener),
             stopped(stop_rx.clone()),
         );
+    // TCP_NODELAY on every connection: without it a streamed answer's
+    // second event waits for the client's delayed ACK (~40 ms) on a reused
+    // connection.
+    use axum::serve::ListenerExt;
+    let http_listener = http_listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let http = axum::serve(http_listener, crate::http::router(engine.clone()))
         .with_graceful_shutdown(stopped(stop_rx));
 
