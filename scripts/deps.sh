@@ -7,6 +7,7 @@
 #   libprotobuf-dev    the well-known .proto files (google/protobuf/*.proto)
 #                      that etcd-client's protos import
 #   etcd-server/client a real etcd for the config-source tests
+#   redis-server       a real Redis for the cluster-wide rate limit tests
 #   wasm32-unknown-unknown  the Rust target the Wasm filter guest is built for
 set -euo pipefail
 
@@ -16,6 +17,7 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 [[ -f /usr/include/google/protobuf/descriptor.proto ]] || need+=(libprotobuf-dev)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
+command -v redis-server >/dev/null || need+=(redis-server)   # cluster-wide rate limits (tests)
 command -v python3 >/dev/null || need+=(python3 python3-venv python3-pip)
 command -v unzip >/dev/null || need+=(unzip)
 command -v openssl >/dev/null || need+=(openssl)   # test certificates for etcd over TLS

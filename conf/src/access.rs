@@ -94,6 +94,79 @@ fn default_leeway() -> i64 {
     30
 }
 
+/// `[limits]`: where tenant limits are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Redis URL (`redis://HOST:PORT[/DB]`, `rediss://…`, `redis+unix:///PATH`)
+    /// that makes request and token limits cluster-wide, shared by every
+    /// replica; absent = each replica limits on its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
+    /// Longest wait for Redis per decision, milliseconds (default 50); a
+    /// slower or unreachable Redis means local limits meanwhile.
+    pub redis_timeout_ms: i64,
+    /// Prefix of the Redis keys (default `weir`).
+    pub redis_prefix: String,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            redis: None,
+            redis_timeout_ms: 50,
+            redis_prefix: "weir".to_owned(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Whether this is the default table (left out when serialized).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Validated Redis settings of the limits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RedisLimits {
+    /// The URL.
+    pub url: String,
+    /// Per-decision timeout.
+    pub timeout: Duration,
+    /// Key prefix.
+    pub prefix: String,
+}
+
+/// Validates `[limits]`.
+pub fn check_limits(l: &LimitsConfig, problems: &mut Problems) -> Option<RedisLimits> {
+    if !(1..=10_000).contains(&l.redis_timeout_ms) {
+        problems.push(
+            "limits.redis_timeout_ms",
+            format!("{} must be between 1 and 10000", l.redis_timeout_ms),
+        );
+    }
+    if l.redis_prefix.is_empty() || l.redis_prefix.contains(char::is_whitespace) {
+        problems.push("limits.redis_prefix", "must be non-empty, without spaces");
+    }
+    let url = l.redis.as_ref()?;
+    if !["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|s| url.starts_with(s))
+    {
+        problems.push(
+            "limits.redis",
+            format!("{url:?} must be a redis://, rediss:// or redis+unix:// URL"),
+        );
+        return None;
+    }
+    Some(RedisLimits {
+        url: url.clone(),
+        timeout: Duration::from_millis(l.redis_timeout_ms.clamp(1, 10_000).unsigned_abs()),
+        prefix: l.redis_prefix.clone(),
+    })
+}
+
 /// `[[tenants]]`: a client of the gateway.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -199,6 +272,8 @@ pub struct Access {
     pub api_keys: HashMap<[u8; 32], usize>,
     /// JWT issuers.
     pub jwt: Vec<JwtIssuer>,
+    /// Cluster-wide limits in Redis, if configured.
+    pub redis: Option<RedisLimits>,
 }
 
 impl Access {

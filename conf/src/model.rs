@@ -31,6 +31,13 @@ pub struct Config {
     /// JWT issuers.
     #[serde(default, skip_serializing_if = "crate::access::AuthConfig::is_empty")]
     pub auth: crate::access::AuthConfig,
+    /// Where tenant limits are kept (like `[server]`, read from the file
+    /// even when pools and routes come from etcd).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::access::LimitsConfig::is_default"
+    )]
+    pub limits: crate::access::LimitsConfig,
     /// Arms rolled back by a gateway's canary check (kept in etcd under
     /// `rollbacks/<route>/<arm>`; cleared with `weirctl rollback clear`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

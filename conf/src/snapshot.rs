@@ -215,7 +215,8 @@ impl Snapshot {
             .enumerate()
             .map(|(i, f)| (f.name.as_str(), i))
             .collect();
-        let access = crate::access::check_access(&config.tenants, &config.auth, &mut problems);
+        let mut access = crate::access::check_access(&config.tenants, &config.auth, &mut problems);
+        access.redis = crate::access::check_limits(&config.limits, &mut problems);
         let mut routes = check_routes(
             &config.routes,
             &pool_index,

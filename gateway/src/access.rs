@@ -35,6 +35,7 @@ use weir_conf::access::{Access, JwtIssuer, JwtKeys, Limits};
 
 use crate::breaker::{Window, now_ms};
 use crate::errors::{GatewayError, LimitKind};
+use crate::redis_limits::{Decision, RedisLimits};
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
@@ -84,11 +85,19 @@ impl TenantRt {
         self.limits.tokens_per_minute.is_some()
     }
 
-    /// Adds `n` tokens of usage.
-    pub fn record_tokens(&self, n: u64) {
-        if self.counts_tokens() && n > 0 {
-            self.tokens
-                .add(now_ms(), u32::try_from(n).unwrap_or(u32::MAX), 0);
+    /// Adds `n` tokens of usage (here, and in Redis when the limits are
+    /// cluster-wide; that write happens in a task).
+    pub fn record_tokens(&self, n: u64, redis: Option<&Arc<RedisLimits>>) {
+        if !self.counts_tokens() || n == 0 {
+            return;
+        }
+        self.tokens
+            .add(now_ms(), u32::try_from(n).unwrap_or(u32::MAX), 0);
+        if let Some(redis) = redis {
+            let (redis, name) = (Arc::clone(redis), self.name.clone());
+            tokio::spawn(async move {
+                redis.tokens(&name, n).await;
+            });
         }
     }
 
@@ -97,8 +106,13 @@ impl TenantRt {
     }
 
     /// Admits one request of this tenant, or says which limit refused it.
-    /// The permit holds a concurrency slot until it is dropped.
-    pub fn admit(self: &Arc<Self>) -> Result<Admission, GatewayError> {
+    /// The permit holds a concurrency slot until it is dropped. With
+    /// `redis`, request and token limits are decided there (cluster-wide),
+    /// and here only while Redis cannot answer.
+    pub async fn admit(
+        self: &Arc<Self>,
+        redis: Option<&RedisLimits>,
+    ) -> Result<Admission, GatewayError> {
         let mut headers = RateHeaders::default();
         if let Some(max) = self.limits.max_concurrent {
             let now = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
@@ -115,17 +129,34 @@ impl TenantRt {
             tenant: self.limits.max_concurrent.map(|_| Arc::clone(self)),
         };
         // The per-minute limit is the one reported when both are set.
-        for (limiter, limit) in [
-            (&self.per_second, self.limits.per_second.map(|(r, _)| r)),
-            (&self.per_minute, self.limits.per_minute),
+        let per_second = self
+            .limits
+            .per_second
+            .map(|(rate, burst)| (rate, burst, Duration::from_secs(1) / rate.max(1), "rps"));
+        let per_minute = self
+            .limits
+            .per_minute
+            .map(|n| (n, n, Duration::from_secs(60) / n.max(1), "rpm"));
+        for (limiter, quota) in [
+            (&self.per_second, per_second),
+            (&self.per_minute, per_minute),
         ] {
-            let (Some(limiter), Some(limit)) = (limiter, limit) else {
+            let (Some(limiter), Some((limit, burst, interval, which))) = (limiter, quota) else {
                 continue;
             };
-            match limiter.check() {
-                Ok(state) => headers.requests = Some((limit, state.remaining_burst_capacity())),
+            let shared = match redis {
+                Some(r) => r.request(&self.name, which, interval, burst).await,
+                None => None,
+            };
+            let decision = shared.unwrap_or_else(|| match limiter.check() {
+                Ok(state) => Decision::Admit(state.remaining_burst_capacity()),
                 Err(not_until) => {
-                    let wait = not_until.wait_time_from(DefaultClock::default().now());
+                    Decision::Refuse(not_until.wait_time_from(DefaultClock::default().now()))
+                }
+            });
+            match decision {
+                Decision::Admit(remaining) => headers.requests = Some((limit, remaining)),
+                Decision::Refuse(wait) => {
                     headers.requests = Some((limit, 0));
                     return Err(GatewayError::RateLimited {
                         limit: LimitKind::Requests,
@@ -136,7 +167,11 @@ impl TenantRt {
             }
         }
         if let Some(limit) = self.limits.tokens_per_minute {
-            let used = self.tokens_used();
+            let shared = match redis {
+                Some(r) => r.tokens(&self.name, 0).await,
+                None => None,
+            };
+            let used = shared.unwrap_or_else(|| self.tokens_used());
             headers.tokens = Some((limit, limit.saturating_sub(used)));
             if used >= limit {
                 return Err(GatewayError::RateLimited {
@@ -261,12 +296,18 @@ pub struct AccessRt {
     by_name: HashMap<String, usize>,
     api_keys: HashMap<[u8; 32], usize>,
     verifiers: Vec<Verifier>,
+    /// Cluster-wide limits, when `[limits] redis` is set.
+    pub redis: Option<Arc<RedisLimits>>,
 }
 
 impl AccessRt {
     /// Builds the runtime form, taking over the limiter state of tenants of
     /// `previous` with the same name and limits.
-    pub fn build(access: &Access, previous: Option<&AccessRt>) -> Result<Self, String> {
+    pub fn build(
+        access: &Access,
+        previous: Option<&AccessRt>,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<Self, String> {
         let tenants: Vec<Arc<TenantRt>> = access
             .tenants
             .iter()
@@ -288,11 +329,19 @@ impl AccessRt {
             .iter()
             .map(Verifier::new)
             .collect::<Result<_, _>>()?;
+        let redis = match &access.redis {
+            None => None,
+            Some(settings) => match previous.and_then(|p| p.redis.as_ref()) {
+                Some(r) if r.settings() == settings => Some(Arc::clone(r)),
+                _ => Some(RedisLimits::new(settings, metrics)?),
+            },
+        };
         Ok(Self {
             tenants,
             by_name,
             api_keys: access.api_keys.clone(),
             verifiers,
+            redis,
         })
     }
 
@@ -389,6 +438,13 @@ mod tests {
     use super::*;
     use weir_conf::access::{AuthConfig, TenantConfig, check_access};
 
+    fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
     fn tenant(rps: Option<i64>, concurrent: Option<i64>, tokens: Option<i64>) -> Arc<TenantRt> {
         let mut p = weir_conf::Problems::default();
         let access = check_access(
@@ -411,27 +467,27 @@ mod tests {
     #[test]
     fn concurrency_slots_come_back_when_permits_drop() {
         let t = tenant(None, Some(2), None);
-        let a = t.admit().unwrap();
-        let _b = t.admit().unwrap();
+        let a = block(t.admit(None)).unwrap();
+        let _b = block(t.admit(None)).unwrap();
         assert!(matches!(
-            t.admit(),
+            block(t.admit(None)),
             Err(GatewayError::RateLimited {
                 limit: LimitKind::Concurrency,
                 ..
             })
         ));
         drop(a);
-        assert!(t.admit().is_ok());
+        assert!(block(t.admit(None)).is_ok());
     }
 
     #[test]
     fn request_rate_refuses_beyond_the_burst_and_reports_remaining() {
         let t = tenant(Some(5), None, None);
         for left in (0..5).rev() {
-            let adm = t.admit().unwrap();
+            let adm = block(t.admit(None)).unwrap();
             assert_eq!(adm.headers.requests, Some((5, left)));
         }
-        match t.admit() {
+        match block(t.admit(None)) {
             Err(GatewayError::RateLimited {
                 limit: LimitKind::Requests,
                 retry_after,
@@ -447,12 +503,18 @@ mod tests {
     #[test]
     fn token_budget_stops_a_tenant_once_spent() {
         let t = tenant(None, None, Some(100));
-        assert_eq!(t.admit().unwrap().headers.tokens, Some((100, 100)));
-        t.record_tokens(60);
-        assert_eq!(t.admit().unwrap().headers.tokens, Some((100, 40)));
-        t.record_tokens(45);
+        assert_eq!(
+            block(t.admit(None)).unwrap().headers.tokens,
+            Some((100, 100))
+        );
+        t.record_tokens(60, None);
+        assert_eq!(
+            block(t.admit(None)).unwrap().headers.tokens,
+            Some((100, 40))
+        );
+        t.record_tokens(45, None);
         assert!(matches!(
-            t.admit(),
+            block(t.admit(None)),
             Err(GatewayError::RateLimited {
                 limit: LimitKind::Tokens,
                 ..

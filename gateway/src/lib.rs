@@ -23,6 +23,7 @@ pub mod filtering;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod redis_limits;
 pub mod retry;
 pub mod routing;
 pub mod server;

@@ -54,6 +54,11 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// `weir_rollbacks_total{route,arm}`: canary arms rolled back by this gateway.
     pub rollbacks: IntCounterVec,
+    /// `weir_ratelimit_redis_up`: 1 while cluster-wide limits in Redis answer.
+    pub redis_up: IntGauge,
+    /// `weir_ratelimit_local_fallbacks_total`: limit decisions made locally
+    /// because Redis did not answer.
+    pub redis_fallbacks: IntCounter,
 }
 
 const FILTER_BUCKETS: &[f64] = &[
@@ -217,6 +222,16 @@ impl Metrics {
             &["route", "arm"],
         )?;
         registry.register(Box::new(rollbacks.clone()))?;
+        let redis_up = IntGauge::new(
+            "weir_ratelimit_redis_up",
+            "1 while the cluster-wide limits in Redis answer; 0 when Redis is not configured or unreachable (limits are then local).",
+        )?;
+        let redis_fallbacks = IntCounter::new(
+            "weir_ratelimit_local_fallbacks_total",
+            "Tenant limit decisions made with the local limiters because Redis did not answer in time.",
+        )?;
+        registry.register(Box::new(redis_up.clone()))?;
+        registry.register(Box::new(redis_fallbacks.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(breaker_state.clone()))?;
@@ -265,6 +280,8 @@ impl Metrics {
             auth_failures,
             rate_limited,
             rollbacks,
+            redis_up,
+            redis_fallbacks,
         })
     }
 

@@ -303,7 +303,7 @@ impl Gateway {
 
     /// Authenticates the caller of a route with `auth = "required"`, checks
     /// the route's allow-list and admits the request under the tenant's limits.
-    fn authorize(
+    async fn authorize(
         &self,
         req: &RequestHeader,
         rt: &Runtime,
@@ -327,7 +327,7 @@ impl Gateway {
             }));
         }
         ctx.tenant = Some(Arc::clone(tenant));
-        match tenant.admit() {
+        match tenant.admit(rt.access.redis.as_deref()).await {
             Ok(admission) => {
                 ctx._permit = Some(admission.permit);
                 ctx.rate_headers = admission.headers;
@@ -468,7 +468,7 @@ impl ProxyHttp for Gateway {
         ctx.route = Some(route_idx);
         ctx.max_body = route.config.max_body;
         if route.config.auth == weir_conf::access::AuthMode::Required
-            && let Err(err) = self.authorize(req, &rt, route, ctx)
+            && let Err(err) = self.authorize(req, &rt, route, ctx).await
         {
             ctx.runtime = Some(Arc::clone(&rt));
             self.answer_error(session, ctx, err).await;
@@ -882,7 +882,8 @@ impl ProxyHttp for Gateway {
         if let Some(tap) = ctx.usage.as_mut() {
             *body = tap.push(body.take(), end_of_stream);
             if end_of_stream && let (Some(tokens), Some(tenant)) = (tap.tokens(), &ctx.tenant) {
-                tenant.record_tokens(tokens);
+                let redis = ctx.runtime.as_ref().and_then(|rt| rt.access.redis.as_ref());
+                tenant.record_tokens(tokens, redis);
             }
         }
         if let Some(filter) = ctx.resp_filter.as_mut() {

@@ -270,7 +270,8 @@ impl Runtime {
                 }
             })
             .collect();
-        let access = crate::access::AccessRt::build(&snapshot.access, previous.map(|p| &p.access))?;
+        let access =
+            crate::access::AccessRt::build(&snapshot.access, previous.map(|p| &p.access), metrics)?;
         Ok(Self {
             generation,
             origin,

@@ -8,6 +8,8 @@
 //!   when dropped.
 //! - [`Etcd`]: a real single-member etcd in a temp dir on OS-chosen ports,
 //!   which can be stopped and resumed to simulate an outage.
+//! - [`Redis`]: a real Redis on an OS-chosen port, which can be stopped and
+//!   started again.
 //! - [`wasm`]: hand-written filter modules that misbehave on demand.
 //! - [`Load`]: a closed-loop load through a gateway that records failures
 //!   and which upstream answered.
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 pub mod etcd;
 pub mod load;
+pub mod redis;
 pub mod relay;
 pub mod upstream;
 pub mod wasm;
@@ -26,6 +29,7 @@ pub mod weir;
 
 pub use etcd::Etcd;
 pub use load::Load;
+pub use redis::Redis;
 pub use relay::Relay;
 pub use upstream::Upstream;
 pub use weir::Weir;

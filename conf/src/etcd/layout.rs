@@ -216,6 +216,7 @@ pub fn assemble(
         tenants: Vec::new(),
         auth: AuthConfig::default(),
         rollbacks: Vec::new(),
+        limits: base.limits.clone(),
         source: base.source.clone(),
     };
     let mut weights: Vec<(&str, &str, BTreeMap<String, i64>)> = Vec::new();
