@@ -38,6 +38,8 @@ struct Keys {
     rsa_public: Vec<u8>,
     ec_private: Vec<u8>,
     hs_secret: Vec<u8>,
+    /// A second RSA key, published in `jwks.json` with `kid` "k1".
+    jwks_private: Vec<u8>,
 }
 
 fn keys(dir: &Path) -> Keys {
@@ -76,6 +78,24 @@ fn keys(dir: &Path) -> Keys {
         "-out",
         &p("ec.pub.pem"),
     ]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        &p("jwks.pem"),
+    ]);
+    let jwks_private = std::fs::read(dir.join("jwks.pem")).unwrap();
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(
+        &EncodingKey::from_rsa_pem(&jwks_private).unwrap(),
+        Algorithm::RS256,
+    )
+    .unwrap();
+    jwk.common.key_id = Some("k1".into());
+    let set = jsonwebtoken::jwk::JwkSet { keys: vec![jwk] };
+    std::fs::write(dir.join("jwks.json"), serde_json::to_string(&set).unwrap()).unwrap();
     let hs_secret = b"an-hs256-secret-of-at-least-32-bytes!".to_vec();
     std::fs::write(dir.join("hs.secret"), &hs_secret).unwrap();
     let read = |n: &str| std::fs::read(dir.join(n)).unwrap();
@@ -84,6 +104,7 @@ fn keys(dir: &Path) -> Keys {
         rsa_public: read("rsa.pub.pem"),
         ec_private: read("ec.pem"),
         hs_secret,
+        jwks_private,
     }
 }
 
@@ -142,6 +163,12 @@ algorithm = "HS256"
 secret_file = "{hs}"
 audience = ["weir"]
 
+[[auth.jwt]]
+name = "keys"
+algorithm = "RS256"
+jwks_file = "{jwks}"
+audience = ["weir"]
+
 [[routes]]
 name = "chat"
 prefix = "/v1"
@@ -162,6 +189,7 @@ arms = [{{ name = "v1", pool = "p", weight = 1 }}]
         rsa = f("rsa.pub.pem"),
         ec = f("ec.pub.pem"),
         hs = f("hs.secret"),
+        jwks = f("jwks.json"),
     )
 }
 
@@ -199,6 +227,12 @@ async fn the_auth_matrix_gives_the_right_status_and_the_upstream_sees_only_tenan
     let rsa = EncodingKey::from_rsa_pem(&k.rsa_private).unwrap();
     let ec = EncodingKey::from_ec_pem(&k.ec_private).unwrap();
     let hs = EncodingKey::from_secret(&k.hs_secret).unwrap();
+    let jwks = EncodingKey::from_rsa_pem(&k.jwks_private).unwrap();
+    let with_kid = |kid: &str| {
+        let mut h = Header::new(Algorithm::RS256);
+        h.kid = Some(kid.into());
+        jsonwebtoken::encode(&h, &claims("acme", "weir", now() + 600), &jwks).unwrap()
+    };
     let later = now() + 600;
 
     let b64 = |v: &serde_json::Value| {
@@ -254,6 +288,13 @@ async fn the_auth_matrix_gives_the_right_status_and_the_upstream_sees_only_tenan
             bearer(&sign(Algorithm::HS256, &hs, &claims("acme", "weir", later))),
             200,
             "",
+        ),
+        ("JWKS key by kid", bearer(&with_kid("k1")), 200, ""),
+        (
+            "JWKS unknown kid",
+            bearer(&with_kid("k9")),
+            401,
+            "invalid_credentials",
         ),
         (
             "expired",
