@@ -193,6 +193,21 @@ arms = [{{ name = "v1", pool = "p", weight = 1 }}]
     )
 }
 
+/// An upstream and a gateway on [`config`] with each `(from, to)` replaced;
+/// the key dir must outlive the gateway.
+async fn gateway(changes: &[(&str, &str)]) -> (Upstream, Weir, tempfile::TempDir) {
+    let up = Upstream::local("v1").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    keys(dir.path());
+    let mut cfg = config(&up, dir.path(), "");
+    for (from, to) in changes {
+        assert!(cfg.contains(from), "{from:?} is not in the config");
+        cfg = cfg.replace(from, to);
+    }
+    let weir = Weir::start(weir_bin(), &cfg).await.unwrap();
+    (up, weir, dir)
+}
+
 async fn call(
     weir: &Weir,
     path: &str,
@@ -406,14 +421,11 @@ async fn the_auth_matrix_gives_the_right_status_and_the_upstream_sees_only_tenan
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_rate_limit_admits_the_configured_rate() {
-    let up = Upstream::local("v1").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    keys(dir.path());
-    let cfg = config(&up, dir.path(), "").replace(
+    let (up, weir, _dir) = gateway(&[(
         "name = \"acme\"\n",
         "name = \"acme\"\nrequests_per_second = 50\nburst = 5\n",
-    );
-    let weir = Weir::start(weir_bin(), &cfg).await.unwrap();
+    )])
+    .await;
     let client = weir_test_support::client();
     let started = Instant::now();
     let (mut ok, mut limited) = (0u64, 0u64);
@@ -468,20 +480,18 @@ async fn the_request_rate_limit_admits_the_configured_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_limit_counts_plain_and_streamed_usage() {
-    let up = Upstream::local("v1").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    keys(dir.path());
-    let cfg = config(&up, dir.path(), "")
-        .replace(
+    let (up, weir, _dir) = gateway(&[
+        (
             "name = \"acme\"\n",
             "name = \"acme\"\ntokens_per_minute = 100\n",
-        )
-        .replace("tenants = [\"acme\"]\n", "tenants = [\"acme\", \"beta\"]\n")
-        .replace(
+        ),
+        ("tenants = [\"acme\"]\n", "tenants = [\"acme\", \"beta\"]\n"),
+        (
             "name = \"beta\"\n",
             "name = \"beta\"\ntokens_per_minute = 100\n",
-        );
-    let weir = Weir::start(weir_bin(), &cfg).await.unwrap();
+        ),
+    ])
+    .await;
     let client = weir_test_support::client();
     let url = weir.url("/v1/chat/completions");
 
@@ -559,12 +569,8 @@ async fn the_token_limit_counts_plain_and_streamed_usage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_of_a_tenant_are_capped() {
-    let up = Upstream::local("v1").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    keys(dir.path());
-    let cfg = config(&up, dir.path(), "")
-        .replace("name = \"acme\"\n", "name = \"acme\"\nmax_concurrent = 2\n");
-    let weir = Weir::start(weir_bin(), &cfg).await.unwrap();
+    let (up, weir, _dir) =
+        gateway(&[("name = \"acme\"\n", "name = \"acme\"\nmax_concurrent = 2\n")]).await;
     let client = weir_test_support::client();
     let url = weir.url("/v1/chat/completions");
     let slow = |client: reqwest::Client, url: String| async move {
@@ -596,14 +602,11 @@ async fn concurrent_requests_of_a_tenant_are_capped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_body_gets_413_without_being_read() {
-    let up = Upstream::local("v1").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    keys(dir.path());
-    let cfg = config(&up, dir.path(), "").replace(
+    let (_up, weir, _dir) = gateway(&[(
         "name = \"open\"\nprefix = \"/open\"\n",
         "name = \"open\"\nprefix = \"/open\"\nmax_body_bytes = 4096\n",
-    );
-    let weir = Weir::start(weir_bin(), &cfg).await.unwrap();
+    )])
+    .await;
 
     // A declared gigabyte: answered after the header, the body never sent.
     let mut conn = tokio::net::TcpStream::connect(weir.proxy).await.unwrap();
@@ -639,14 +642,11 @@ async fn an_oversized_body_gets_413_without_being_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_trickling_its_header_is_cut_off() {
-    let up = Upstream::local("v1").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    keys(dir.path());
-    let cfg = config(&up, dir.path(), "").replace(
+    let (up, weir, _dir) = gateway(&[(
         "grace_period_seconds = 0\n",
         "grace_period_seconds = 0\nheader_read_timeout_ms = 300\n",
-    );
-    let weir = Weir::start(weir_bin(), &cfg).await.unwrap();
+    )])
+    .await;
     let mut conn = tokio::net::TcpStream::connect(weir.proxy).await.unwrap();
     conn.write_all(b"GET /open/x HTTP/1.1\r\nhost: t\r\n")
         .await
@@ -667,7 +667,6 @@ async fn a_client_trickling_its_header_is_cut_off() {
 
 #[test]
 fn bad_access_values_are_refused_with_their_paths() {
-    let dir = tempfile::tempdir().unwrap();
     let cfg = format!(
         "{SERVER}admin_token_sha256 = \"letmein\"\n\
          [[pools]]\nname = \"p\"\nbackends = [{{ address = \"127.0.0.1:1\" }}]\n\
@@ -675,22 +674,14 @@ fn bad_access_values_are_refused_with_their_paths() {
          [[auth.jwt]]\nname = \"idp\"\nalgorithm = \"none\"\n\
          [[routes]]\nname = \"chat\"\ntenants = [\"ghost\"]\narms = [{{ name = \"v1\", pool = \"p\", weight = 1 }}]\n"
     );
-    let path = dir.path().join("weir.toml");
-    std::fs::write(&path, cfg).unwrap();
-    let out = std::process::Command::new(weir_bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stderr);
-    for want in [
-        "server.admin_token_sha256: must be the token's SHA-256",
-        "tenants[acme].api_keys[0]: must be the key's SHA-256",
-        "auth.jwt[idp].algorithm: \"none\" must be",
-        "routes[chat].tenants: an allow-list needs auth = \"required\"",
-        "routes[chat].tenants[0]: no tenant named \"ghost\"",
-    ] {
-        assert!(text.contains(want), "missing {want:?} in:\n{text}");
-    }
+    common::assert_check_refuses(
+        &cfg,
+        &[
+            "server.admin_token_sha256: must be the token's SHA-256",
+            "tenants[acme].api_keys[0]: must be the key's SHA-256",
+            "auth.jwt[idp].algorithm: \"none\" must be",
+            "routes[chat].tenants: an allow-list needs auth = \"required\"",
+            "routes[chat].tenants[0]: no tenant named \"ghost\"",
+        ],
+    );
 }

@@ -13,15 +13,6 @@ use weir_test_support::{Load, Upstream, Weir, eventually};
 
 const ROLLED_BACK: &str = "weir_rollbacks_total{arm=\"canary\",route=\"chat\"}";
 
-async fn rolled_back(weir: &Weir) -> Option<bool> {
-    let routes = weir.admin_json("/admin/routes").await.ok()?;
-    routes["routes"][0]["arms"]
-        .as_array()?
-        .iter()
-        .find(|a| a["name"] == "canary")
-        .and_then(|a| a["rolled_back"].as_bool())
-}
-
 async fn arm_of(weir: &Weir, headers: &[(&str, &str)]) -> String {
     let mut req = weir_test_support::client().get(weir.url("/v1/chat/completions"));
     for (k, v) in headers {
@@ -55,7 +46,7 @@ async fn a_failing_canary_is_rolled_back_and_cleared_by_the_operator() {
     // The canary now fails one request in five.
     canary.fail_share(20, 500);
     eventually(Duration::from_secs(20), || async {
-        (rolled_back(&weir).await == Some(true)).then_some(())
+        (common::rolled_back(&weir, "canary").await == Some(true)).then_some(())
     })
     .await
     .unwrap();
@@ -98,7 +89,7 @@ async fn a_failing_canary_is_rolled_back_and_cleared_by_the_operator() {
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["cleared"], true);
-    assert_eq!(rolled_back(&weir).await, Some(false));
+    assert_eq!(common::rolled_back(&weir, "canary").await, Some(false));
     let mut to_canary = 0;
     for _ in 0..400 {
         if arm_of(&weir, &[]).await == "canary" {
@@ -110,7 +101,7 @@ async fn a_failing_canary_is_rolled_back_and_cleared_by_the_operator() {
         "{to_canary} of 400 to the canary"
     );
     // The old failures do not roll it back again.
-    assert_eq!(rolled_back(&weir).await, Some(false));
+    assert_eq!(common::rolled_back(&weir, "canary").await, Some(false));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +141,7 @@ async fn a_slow_canary_is_rolled_back_on_latency_and_the_header_can_be_kept_out(
     eventually(Duration::from_secs(20), || async {
         // Traffic keeps the check running.
         arm_of(&weir, &[("x-ab-group", "stable")]).await;
-        (rolled_back(&weir).await == Some(true)).then_some(())
+        (common::rolled_back(&weir, "canary").await == Some(true)).then_some(())
     })
     .await
     .unwrap();
@@ -162,27 +153,18 @@ async fn a_slow_canary_is_rolled_back_on_latency_and_the_header_can_be_kept_out(
 
 #[test]
 fn a_rollback_policy_needs_a_fallback_and_something_to_compare() {
-    let dir = tempfile::tempdir().unwrap();
     let cfg = format!(
         "{SERVER}[[pools]]\nname = \"p\"\nbackends = [{{ address = \"127.0.0.1:1\" }}]\n\
          [[routes]]\nname = \"chat\"\nrollback = {{ error_ratio = 0.0, latency_factor = 0.5, min_requests = 0 }}\n\
          arms = [{{ name = \"v1\", pool = \"p\", weight = 1 }}]\n"
     );
-    let path = dir.path().join("weir.toml");
-    std::fs::write(&path, cfg).unwrap();
-    let out = std::process::Command::new(weir_bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stderr);
-    for want in [
-        "routes[chat].rollback: needs a fallback arm",
-        "routes[chat].rollback.latency_factor: 0.5 must be 0 (off) or between 1 and 1000",
-        "routes[chat].rollback: error_ratio and latency_factor are both off",
-        "routes[chat].rollback.min_requests: must be at least 1",
-    ] {
-        assert!(text.contains(want), "missing {want:?} in:\n{text}");
-    }
+    common::assert_check_refuses(
+        &cfg,
+        &[
+            "routes[chat].rollback: needs a fallback arm",
+            "routes[chat].rollback.latency_factor: 0.5 must be 0 (off) or between 1 and 1000",
+            "routes[chat].rollback: error_ratio and latency_factor are both off",
+            "routes[chat].rollback.min_requests: must be at least 1",
+        ],
+    );
 }

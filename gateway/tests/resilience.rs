@@ -282,25 +282,15 @@ fn bad_resilience_values_are_refused_with_their_paths() {
         "breaker = { failure_ratio = 2.0, half_open_probes = 0, failures = [\"6xx\"] }",
         "retry = { attempts = 10, on_statuses = [404] }\ntimeouts = { total_ms = 0 }",
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("weir.toml");
-    std::fs::write(&path, cfg).unwrap();
-    let out = std::process::Command::new(weir_bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    for want in [
-        "pools[p].breaker.failure_ratio",
-        "pools[p].breaker.half_open_probes",
-        "pools[p].breaker.failures[0]",
-        "routes[chat].retry.attempts",
-        "routes[chat].retry.on_statuses[0]",
-        "routes[chat].timeouts.total_ms",
-    ] {
-        assert!(text.contains(want), "missing {want} in:\n{text}");
-    }
+    common::assert_check_refuses(
+        &cfg,
+        &[
+            "pools[p].breaker.failure_ratio",
+            "pools[p].breaker.half_open_probes",
+            "pools[p].breaker.failures[0]",
+            "routes[chat].retry.attempts",
+            "routes[chat].retry.on_statuses[0]",
+            "routes[chat].timeouts.total_ms",
+        ],
+    );
 }

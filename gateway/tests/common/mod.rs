@@ -102,3 +102,31 @@ pub fn canary_config(stable: &Upstream, canary: &Upstream, rollback: &str) -> St
         stable.addr, canary.addr
     )
 }
+
+/// Runs `weir check` on `config` and asserts it is refused with every one of
+/// `wanted` in its problem list.
+pub fn assert_check_refuses(config: &str, wanted: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(weir_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "weir check accepted:\n{config}");
+    let text = String::from_utf8_lossy(&out.stderr);
+    for want in wanted {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+}
+
+/// Whether `/admin/routes` shows the arm `arm` of the first route as rolled back.
+pub async fn rolled_back(weir: &Weir, arm: &str) -> Option<bool> {
+    let routes = weir.admin_json("/admin/routes").await.ok()?;
+    routes["routes"][0]["arms"]
+        .as_array()?
+        .iter()
+        .find(|a| a["name"] == arm)
+        .and_then(|a| a["rolled_back"].as_bool())
+}

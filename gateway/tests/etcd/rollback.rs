@@ -18,18 +18,9 @@ fn config(stable: &Upstream, canary: &Upstream) -> String {
     )
 }
 
-async fn rolled_back(weir: &Weir) -> Option<bool> {
-    let routes = weir.admin_json("/admin/routes").await.ok()?;
-    routes["routes"][0]["arms"]
-        .as_array()?
-        .iter()
-        .find(|a| a["name"] == "canary")
-        .and_then(|a| a["rolled_back"].as_bool())
-}
-
 async fn wait_rolled_back(weir: &Weir, want: bool) {
     eventually(Duration::from_secs(20), || async {
-        (rolled_back(weir).await == Some(want)).then_some(())
+        (crate::common::rolled_back(weir, "canary").await == Some(want)).then_some(())
     })
     .await
     .unwrap_or_else(|e| panic!("rolled_back never became {want}: {e}\n{}", weir.log()));
