@@ -185,6 +185,32 @@ impl Weir {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// Sends `signal` (e.g. `"TERM"`) to the process.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} {} failed", self.child.id());
+        }
+        Ok(())
+    }
+
+    /// Waits (at most `limit`) for the process to exit; its exit code.
+    pub async fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<Option<i32>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("weir still running after {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for Weir {
