@@ -163,6 +163,10 @@ pub struct ServerConfig {
     /// (default 10000); the connection is closed after.
     #[serde(default = "default_header_read_ms")]
     pub header_read_timeout_ms: i64,
+    /// Unix socket a new `weir --upgrade` takes the proxy's listening socket
+    /// over through (graceful upgrade); both processes must name the same.
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
 }
 
 impl Default for ServerConfig {
@@ -175,6 +179,7 @@ impl Default for ServerConfig {
             access_log: true,
             admin_token_sha256: None,
             header_read_timeout_ms: default_header_read_ms(),
+            upgrade_sock: default_upgrade_sock(),
         }
     }
 }
@@ -184,6 +189,9 @@ fn default_proxy() -> String {
 }
 fn default_admin() -> String {
     "127.0.0.1:9090".to_owned()
+}
+fn default_upgrade_sock() -> String {
+    "/tmp/weir-upgrade.sock".to_owned()
 }
 fn default_header_read_ms() -> i64 {
     10_000

@@ -63,6 +63,8 @@ pub struct Server {
     pub admin_token: Option<[u8; 32]>,
     /// Longest wait for a request header.
     pub header_read_timeout: Duration,
+    /// The graceful-upgrade socket.
+    pub upgrade_sock: String,
 }
 
 /// A validated pool.
@@ -323,6 +325,9 @@ fn check_server(config: &Config, problems: &mut Problems) -> Option<Server> {
         Duration::from_secs(10),
         problems,
     );
+    if s.upgrade_sock.is_empty() {
+        problems.push("server.upgrade_sock", "must be a path");
+    }
     let (proxy, admin) = (proxy?, admin?);
     if proxy == admin && proxy.port() != 0 {
         problems.push("server.admin", "must differ from server.proxy");
@@ -335,6 +340,7 @@ fn check_server(config: &Config, problems: &mut Problems) -> Option<Server> {
         access_log: s.access_log,
         admin_token,
         header_read_timeout,
+        upgrade_sock: s.upgrade_sock.clone(),
     })
 }
 

@@ -36,6 +36,11 @@ struct Cli {
     /// Last-good cache file for the etcd config.
     #[arg(long, global = true, value_name = "FILE")]
     etcd_cache: Option<PathBuf>,
+    /// Graceful upgrade: take over the proxy's listening socket from the
+    /// running `weir` (through `[server] upgrade_sock`); start this, then
+    /// send SIGQUIT to the old process, which finishes what it has and exits.
+    #[arg(long)]
+    upgrade: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -79,7 +84,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        None => match serve(source) {
+        None => match serve(source, cli.upgrade) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir: {e:#}");

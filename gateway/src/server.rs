@@ -119,6 +119,19 @@ impl ConfigSource {
     }
 }
 
+/// Binds `addr` once the old process of a graceful upgrade lets it go.
+async fn bind_when_free(addr: SocketAddr) -> tokio::net::TcpListener {
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(%addr, "admin listener taken over");
+                return l;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 /// Resolves a port-0 proxy address to a concrete free port, so the address
 /// can be announced before Pingora binds it.
 fn resolve_proxy_addr(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
@@ -134,9 +147,16 @@ fn resolve_proxy_addr(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
 /// rather than Pingora's fixed 60 s. Pingora applies the bound to each read
 /// of the header (and to the idle time of a kept-alive connection before its
 /// next request), in whole seconds.
+///
+/// At shutdown, Pingora closes the client connections that sit idle between
+/// two requests at once; a client that is just sending its next request on
+/// one gets a reset. The listener waits half the grace period first: every
+/// request in that time is answered with `Connection: close`, so busy
+/// clients leave on their own (to the new process, in an upgrade).
 struct Listener {
     proxy: Arc<pingora_proxy::HttpProxy<Gateway>>,
     header_timeout: Duration,
+    drain: Duration,
 }
 
 #[async_trait]
@@ -163,20 +183,41 @@ impl HttpServerApp for Listener {
     }
 
     async fn http_cleanup(&self) {
+        tokio::time::sleep(self.drain).await;
         self.proxy.http_cleanup().await
     }
 }
 
-/// Runs the gateway until it is told to stop.
-pub fn serve(source: ConfigSource) -> anyhow::Result<()> {
+/// The admin listener: bound, or (during a graceful upgrade, while the old
+/// process still holds the port) to be bound once the port is free.
+enum AdminSocket {
+    Bound(TcpListener),
+    Later(SocketAddr),
+}
+
+fn bind_admin(addr: SocketAddr, upgrade: bool) -> anyhow::Result<(AdminSocket, SocketAddr)> {
+    match TcpListener::bind(addr) {
+        Ok(l) => {
+            l.set_nonblocking(true)?;
+            let local = l.local_addr()?;
+            Ok((AdminSocket::Bound(l), local))
+        }
+        Err(e) if upgrade && e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::info!(%addr, "admin port still held by the old process; taking it once it is free");
+            Ok((AdminSocket::Later(addr), addr))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot bind admin listener {addr}")),
+    }
+}
+
+/// Runs the gateway until it is told to stop. With `upgrade`, the proxy's
+/// listening socket is taken over from the running process (see `--upgrade`).
+pub fn serve(source: ConfigSource, upgrade: bool) -> anyhow::Result<()> {
     let snapshot = source
         .load()
         .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
     let proxy_addr = resolve_proxy_addr(snapshot.server.proxy)?;
-    let admin = TcpListener::bind(snapshot.server.admin)
-        .with_context(|| format!("cannot bind admin listener {}", snapshot.server.admin))?;
-    admin.set_nonblocking(true)?;
-    let admin_addr = admin.local_addr()?;
+    let (admin, admin_addr) = bind_admin(snapshot.server.admin, upgrade)?;
 
     let shared = Arc::new(Shared::new(Metrics::new()?, snapshot.server.admin_token));
     let host = std::fs::read_to_string("/etc/hostname")
@@ -203,9 +244,14 @@ pub fn serve(source: ConfigSource) -> anyhow::Result<()> {
         threads,
         grace_period_seconds: Some(grace),
         graceful_shutdown_timeout_seconds: Some(grace),
+        upgrade_sock: snapshot.server.upgrade_sock.clone(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora_core::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
     let app = Listener {
@@ -214,6 +260,7 @@ pub fn serve(source: ConfigSource) -> anyhow::Result<()> {
             Gateway::new(Arc::clone(&shared)),
         )),
         header_timeout: snapshot.server.header_read_timeout,
+        drain: snapshot.server.grace_period / 2,
     };
     let mut proxy = pingora_core::services::listening::Service::new("weir proxy".to_owned(), app);
     proxy.add_tcp(&proxy_addr.to_string());
@@ -241,7 +288,7 @@ struct Control {
     shared: Arc<Shared>,
     source: ConfigSource,
     first: Mutex<Option<Snapshot>>,
-    admin: Mutex<Option<TcpListener>>,
+    admin: Mutex<Option<AdminSocket>>,
     proxy_addr: SocketAddr,
 }
 
@@ -255,25 +302,32 @@ impl Control {
 impl BackgroundService for Control {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tasks = tokio::task::JoinSet::new();
-        if let Some(listener) = Self::take(&self.admin) {
-            match tokio::net::TcpListener::from_std(listener) {
-                Ok(listener) => {
-                    let app = crate::admin::router(Arc::clone(&self.shared));
-                    let mut stop = shutdown.clone();
-                    tasks.spawn(async move {
-                        let served = axum::serve(listener, app)
-                            .with_graceful_shutdown(async move {
-                                let _ = stop.changed().await;
-                            })
-                            .await;
-                        if let Err(e) = served {
-                            tracing::error!(error = %e, "admin listener failed");
-                        }
-                    });
+        let admin = Self::take(&self.admin);
+        let app = crate::admin::router(Arc::clone(&self.shared));
+        let mut stop = shutdown.clone();
+        tasks.spawn(async move {
+            let listener = match admin {
+                Some(AdminSocket::Bound(l)) => tokio::net::TcpListener::from_std(l),
+                // Off the startup path: the proxy serves meanwhile.
+                Some(AdminSocket::Later(addr)) => Ok(bind_when_free(addr).await),
+                None => return,
+            };
+            let listener = match listener {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot use the admin listener");
+                    return;
                 }
-                Err(e) => tracing::error!(error = %e, "cannot use the admin listener"),
+            };
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "admin listener failed");
             }
-        }
+        });
         if let Some(snapshot) = Self::take(&self.first) {
             match self.shared.publish(snapshot, self.source.origin()).await {
                 Ok(generation) => tracing::info!(generation, "config applied"),

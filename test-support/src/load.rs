@@ -16,6 +16,18 @@ struct Record {
     fallbacks: usize,
 }
 
+/// An error with its causes, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 /// A running load; stop it with [`Load::finish`].
 pub struct Load {
     stop: Arc<AtomicBool>,
@@ -80,7 +92,7 @@ impl Load {
                             }
                         }
                         Ok(resp) => r.failures.push(format!("status {}", resp.status())),
-                        Err(e) => r.failures.push(format!("error {e}")),
+                        Err(e) => r.failures.push(format!("error {}", chain(&e))),
                     }
                     drop(r);
                     sent.fetch_add(1, Ordering::Relaxed);
