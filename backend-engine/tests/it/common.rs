@@ -191,7 +191,17 @@ impl Engine {
             .arg(self.child.id().to_string())
             .status()
             .is_ok_and(|s| s.success());
-        sent && self.child.wait().is_ok_and(|s| s.success())
+        sent && self.wait_success()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the exit; true when it was successful.
+    pub fn wait_success(&mut self) -> bool {
+        self.child.wait().is_ok_and(|s| s.success())
     }
 
     /// SIGKILL: the engine vanishes without any cleanup.

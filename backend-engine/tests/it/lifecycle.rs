@@ -222,3 +222,51 @@ async fn metrics_cover_queue_batches_latency_and_tokens() {
         assert!(text.contains(want), "missing {want}\n{text}");
     }
 }
+
+/// SIGTERM while sixteen long streams are in flight: every one of them
+/// finishes (to `[DONE]`), then the engine exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_streams_in_flight_finish() {
+    let repo = TempRepo::with(&[("tiny-lm", "1"), ("mlp", "1")]);
+    let mut engine = Engine::start(&repo, &["--model", "tiny-lm:1", "--model", "mlp"]);
+    // Long streams (the model slides over its context), so that all of them
+    // are still generating when the signal comes.
+    let max_tokens = 3000;
+    let mut streams = Vec::new();
+    for i in 0..16 {
+        let resp = client()
+            .post(engine.url("/v1/completions"))
+            .json(&json!({
+                "model": "tiny-lm", "prompt": format!("The Fox {i}"), "max_tokens": max_tokens,
+                "temperature": 0.8, "seed": i, "stream": true,
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        streams.push(resp);
+    }
+    // Every stream has begun: read its first chunk before the signal.
+    let mut firsts = Vec::new();
+    for s in &mut streams {
+        firsts.push(s.chunk().await.unwrap().unwrap());
+    }
+    let pid = engine.pid().to_string();
+    let signalled = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    for (s, first) in streams.into_iter().zip(firsts) {
+        let rest = s.text().await.unwrap();
+        let body = String::from_utf8_lossy(&first).into_owned() + &rest;
+        assert!(
+            body.trim_end().ends_with("data: [DONE]"),
+            "a stream was cut at SIGTERM: {body}"
+        );
+        // Each generated its whole answer (to max_tokens), most of it after
+        // the signal.
+        assert!(body.contains("\"finish_reason\":\"length\""), "{body}");
+    }
+    assert!(engine.wait_success(), "{}", engine.stderr());
+}
