@@ -20,6 +20,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     let protected = Router::new()
         .route("/metrics", get(metrics))
         .route("/admin/routes", get(routes))
+        .route("/debug/pprof/profile", get(profile))
         .route(
             "/admin/rollbacks/{route}/{arm}",
             axum::routing::delete(clear_rollback),
@@ -114,6 +115,94 @@ async fn clear_rollback(
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({ "error": format!("could not clear the rollback: {e}") })),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /debug/pprof/profile?seconds=N[&format=svg|folded]`: samples the
+/// running gateway's CPU for N seconds (1-60, default 10) at 99 Hz and
+/// answers a flame graph (SVG, the default) or the folded stacks (text, one
+/// `frame;frame;… count` per line, for speedscope, inferno or flamegraph.pl).
+/// One profile at a time (409 otherwise).
+async fn profile(
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let seconds = match q.get("seconds").map(|s| s.parse::<u64>()) {
+        None => 10,
+        Some(Ok(n)) if (1..=60).contains(&n) => n,
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({ "error": "seconds must be a whole number from 1 to 60" })),
+            )
+                .into_response();
+        }
+    };
+    let folded = match q.get("format").map(String::as_str) {
+        None | Some("svg") => false,
+        Some("folded") => true,
+        Some(_) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({ "error": "format must be svg or folded" })),
+            )
+                .into_response();
+        }
+    };
+    static BUSY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if BUSY.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return (
+            StatusCode::CONFLICT,
+            axum::Json(json!({ "error": "a profile is already being taken" })),
+        )
+            .into_response();
+    }
+    // The profiler guard is not Send: it lives on a blocking thread.
+    let taken = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+        let guard = pprof::ProfilerGuardBuilder::default()
+            .frequency(99)
+            .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+            .build()
+            .map_err(|e| e.to_string())?;
+        std::thread::sleep(std::time::Duration::from_secs(seconds));
+        let report = guard.report().build().map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        if folded {
+            for (frames, count) in &report.data {
+                let stack: Vec<String> = frames
+                    .frames
+                    .iter()
+                    .rev()
+                    .flatten()
+                    .map(|s| s.name())
+                    .collect();
+                out.extend_from_slice(format!("{} {count}\n", stack.join(";")).as_bytes());
+            }
+        } else {
+            report.flamegraph(&mut out).map_err(|e| e.to_string())?;
+        }
+        Ok(out)
+    })
+    .await;
+    BUSY.store(false, std::sync::atomic::Ordering::Release);
+    match taken {
+        Ok(Ok(body)) => {
+            let ct = if folded {
+                "text/plain; charset=utf-8"
+            } else {
+                "image/svg+xml"
+            };
+            ([(header::CONTENT_TYPE, ct)], body).into_response()
+        }
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({ "error": format!("profiling failed: {e}") })),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({ "error": format!("profiling failed: {e}") })),
         )
             .into_response(),
     }

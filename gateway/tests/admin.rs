@@ -1,0 +1,72 @@
+//! The admin API's CPU profile of the running gateway, behind the admin token.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{config, weir_bin};
+use sha2::{Digest, Sha256};
+use weir_test_support::{Load, Upstream, Weir};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_profile_of_the_gateway_under_load_needs_the_admin_token() {
+    let up = Upstream::local("v1").await.unwrap();
+    let token = hex::encode(Sha256::digest(b"admin-secret"));
+    let cfg = config(&[("v1", &up, 1)], "").replace(
+        "grace_period_seconds = 0\n",
+        &format!("grace_period_seconds = 0\nadmin_token_sha256 = \"{token}\"\n"),
+    );
+    let weir = Weir::start(weir_bin(), &cfg).await.unwrap();
+    let load = Load::start(&weir, 4);
+    let client = weir_test_support::client();
+    let get = |query: &str, token: Option<&str>| {
+        let mut req = client.get(weir.admin_url(&format!("/debug/pprof/profile{query}")));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+
+    assert_eq!(get("?seconds=1", None).await.unwrap().status(), 401);
+    assert_eq!(
+        get("?seconds=0", Some("admin-secret"))
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        get("?format=pdf", Some("admin-secret"))
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+
+    let svg = get("?seconds=1", Some("admin-secret")).await.unwrap();
+    assert_eq!(svg.status(), 200);
+    assert_eq!(svg.headers()["content-type"], "image/svg+xml");
+    let svg = svg.text().await.unwrap();
+    assert!(svg.contains("<svg"), "{}", &svg[..svg.len().min(300)]);
+
+    let folded = get("?seconds=1&format=folded", Some("admin-secret"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let samples: u64 = folded
+        .lines()
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum();
+    assert!(
+        samples > 10,
+        "{samples} samples in 1 s under load:\n{folded}"
+    );
+    assert!(
+        folded.contains("weir_gateway") || folded.contains("pingora"),
+        "no gateway frames:\n{}",
+        &folded[..folded.len().min(2000)]
+    );
+    let report = load.finish().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+}
