@@ -254,11 +254,16 @@ pub fn serve(source: ConfigSource, upgrade: bool) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
+    let mut http =
+        pingora_proxy::http_proxy(&server.configuration, Gateway::new(Arc::clone(&shared)));
+    // HTTP/1.1 and HTTP/2 with prior knowledge (h2c, what gRPC clients
+    // speak in plaintext) on the same port: a connection that opens with the
+    // HTTP/2 preface is served as HTTP/2.
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    http.server_options = Some(options);
     let app = Listener {
-        proxy: Arc::new(pingora_proxy::http_proxy(
-            &server.configuration,
-            Gateway::new(Arc::clone(&shared)),
-        )),
+        proxy: Arc::new(http),
         header_timeout: snapshot.server.header_read_timeout,
         drain: snapshot.server.grace_period / 2,
     };

@@ -70,3 +70,38 @@ arms = [{{ name = "v1", pool = "h1", weight = 1 }}, {{ name = "v2", pool = "h2",
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_port_speaks_http1_and_h2c() {
+    let v1 = Upstream::local("v1").await.unwrap();
+    let weir = Weir::start(weir_bin(), &common::config(&[("v1", &v1, 1)], ""))
+        .await
+        .unwrap();
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for client in [weir_test_support::client(), h2] {
+        let resp = client
+            .post(weir.url("/v1/completions"))
+            .body(r#"{"prompt":"hello"}"#)
+            .send()
+            .await
+            .unwrap();
+        let version = resp.version();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-weir-arm"], "v1");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["upstream"], "v1");
+        assert_eq!(body["body_bytes"], 18, "{version:?}: {body}");
+    }
+    let resp = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+        .get(weir.url("/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+}
