@@ -236,6 +236,15 @@ impl RateHeaders {
     }
 }
 
+/// The credential of an `Authorization: Bearer <credential>` value (scheme
+/// case-insensitive, surrounding spaces trimmed); `None` for another scheme.
+pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    match value.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => Some(value[7..].trim_ascii()),
+        _ => None,
+    }
+}
+
 /// One JWT issuer, ready to verify.
 struct Verifier {
     issuer: JwtIssuer,
@@ -352,9 +361,9 @@ impl AccessRt {
             .headers
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes())
-            .map(|v| match v.get(..7) {
-                Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => Ok(v[7..].trim_ascii()),
-                _ => Err(GatewayError::InvalidCredentials(
+            .map(|v| match bearer_token(v) {
+                Some(token) => Ok(token),
+                None => Err(GatewayError::InvalidCredentials(
                     "the Authorization header must be \"Bearer <key or token>\"".into(),
                 )),
             })

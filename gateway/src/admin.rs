@@ -46,15 +46,13 @@ async fn require_token(
     let Some(want) = shared.admin_token else {
         return next.run(req).await;
     };
-    let presented = req.headers().get(header::AUTHORIZATION).and_then(|v| {
-        v.as_bytes()
-            .get(..7)
-            .filter(|s| s.eq_ignore_ascii_case(b"bearer "))
-            .map(|_| &v.as_bytes()[7..])
-    });
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| crate::access::bearer_token(v.as_bytes()));
     let ok = presented.is_some_and(|token| {
         use sha2::Digest;
-        let digest: [u8; 32] = sha2::Sha256::digest(token.trim_ascii()).into();
+        let digest: [u8; 32] = sha2::Sha256::digest(token).into();
         digest == want
     });
     if ok {
@@ -186,8 +184,9 @@ async fn profile(
     })
     .await;
     BUSY.store(false, std::sync::atomic::Ordering::Release);
-    match taken {
-        Ok(Ok(body)) => {
+    // A panicked profiling thread is a failure like any other.
+    match taken.unwrap_or_else(|e| Err(e.to_string())) {
+        Ok(body) => {
             let ct = if folded {
                 "text/plain; charset=utf-8"
             } else {
@@ -195,11 +194,6 @@ async fn profile(
             };
             ([(header::CONTENT_TYPE, ct)], body).into_response()
         }
-        Ok(Err(e)) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            axum::Json(json!({ "error": format!("profiling failed: {e}") })),
-        )
-            .into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             axum::Json(json!({ "error": format!("profiling failed: {e}") })),
