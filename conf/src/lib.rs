@@ -15,13 +15,14 @@ pub mod access;
 pub mod error;
 pub mod etcd;
 pub mod filters;
+pub mod matching;
 pub mod model;
 pub mod resilience;
 pub mod snapshot;
 
 pub use error::{ConfigError, Problem, Problems};
 pub use model::Config;
-pub use snapshot::{Arm, Backend, HealthCheck, Pool, Route, Server, Snapshot, Timeouts};
+pub use snapshot::{Arm, Backend, HealthCheck, Pool, Route, Server, Snapshot, Timeouts, Tracing};
 
 use std::path::Path;
 

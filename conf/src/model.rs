@@ -167,6 +167,57 @@ pub struct ServerConfig {
     /// over through (graceful upgrade); both processes must name the same.
     #[serde(default = "default_upgrade_sock")]
     pub upgrade_sock: String,
+    /// A second proxy listener speaking TLS (ALPN `h2` and `http/1.1`), with
+    /// the same routes as `proxy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsListenerConfig>,
+    /// OpenTelemetry spans of each request, exported over OTLP (off unless
+    /// `otlp_endpoint` is set).
+    #[serde(default, skip_serializing_if = "TracingConfig::is_default")]
+    pub tracing: TracingConfig,
+}
+
+/// `[server.tls]`: the TLS proxy listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenerConfig {
+    /// Address of the TLS listener, e.g. `0.0.0.0:8443`.
+    pub listen: String,
+    /// PEM certificate chain (leaf first).
+    pub cert: String,
+    /// PEM private key of the certificate.
+    pub key: String,
+}
+
+/// `[server.tracing]`: span export over OTLP/gRPC.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`; absent = no spans
+    /// (the `traceparent` is still propagated).
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans (default `weir`).
+    pub service_name: String,
+    /// Share of new traces recorded, 0.0-1.0 (default 1.0); a caller's
+    /// `traceparent` decides for the traces it started (its sampled flag).
+    pub sample_ratio: f64,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "weir".to_owned(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
+impl TracingConfig {
+    /// Whether every field has its default (then it is not serialized).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Default for ServerConfig {
@@ -180,6 +231,8 @@ impl Default for ServerConfig {
             admin_token_sha256: None,
             header_read_timeout_ms: default_header_read_ms(),
             upgrade_sock: default_upgrade_sock(),
+            tls: None,
+            tracing: TracingConfig::default(),
         }
     }
 }
@@ -355,6 +408,16 @@ pub struct RouteConfig {
     /// Exact `Host` (without port) the request must carry; absent = any host.
     #[serde(default)]
     pub host: Option<String>,
+    /// A gRPC service (`inference.GRPCInferenceService`) or method
+    /// (`inference.GRPCInferenceService/ModelInfer`): the route takes only
+    /// gRPC calls to it (instead of a `prefix`); its pools speak `h2c`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<String>,
+    /// Models this route serves: the `model` field of an OpenAI JSON body
+    /// or the name in an Open Inference Protocol path (`/v2/models/NAME/...`).
+    /// `tiny-lm` also takes `tiny-lm:2`. Empty = any model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
     /// Header whose value names an arm and forces it (default `x-ab-group`).
     #[serde(default = "default_ab_header")]
     pub ab_header: String,

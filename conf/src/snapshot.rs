@@ -47,7 +47,7 @@ pub struct Snapshot {
 }
 
 /// Validated listener settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Server {
     /// Proxy listener.
     pub proxy: SocketAddr,
@@ -65,6 +65,32 @@ pub struct Server {
     pub header_read_timeout: Duration,
     /// The graceful-upgrade socket.
     pub upgrade_sock: String,
+    /// Span export, when an OTLP endpoint is configured.
+    pub tracing: Option<Tracing>,
+    /// The TLS proxy listener, if any.
+    pub tls: Option<TlsListener>,
+}
+
+/// A validated `[server.tls]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListener {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// PEM certificate chain file.
+    pub cert: String,
+    /// PEM private key file.
+    pub key: String,
+}
+
+/// Validated `[server.tracing]` with an endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    /// The OTLP/gRPC collector URL.
+    pub endpoint: String,
+    /// `service.name`.
+    pub service_name: String,
+    /// Share of new traces recorded.
+    pub sample_ratio: f64,
 }
 
 /// A validated pool.
@@ -130,6 +156,8 @@ pub struct Route {
     pub prefix: String,
     /// Host to match (lower case, no port), if any.
     pub host: Option<String>,
+    /// gRPC service or method, and models.
+    pub matcher: crate::matching::Matcher,
     /// A/B header name (lower case).
     pub ab_header: String,
     /// Sticky header name (lower case), if any.
@@ -169,18 +197,6 @@ pub struct Arm {
 }
 
 impl Route {
-    /// Whether this route takes a request for `host` (without port) and `path`.
-    pub fn matches(&self, host: Option<&str>, path: &str) -> bool {
-        if !path.starts_with(self.prefix.as_str()) {
-            return false;
-        }
-        match (&self.host, host) {
-            (None, _) => true,
-            (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
-            (Some(_), None) => false,
-        }
-    }
-
     /// Index of the arm called `name`.
     pub fn arm_index(&self, name: &str) -> Option<usize> {
         self.arms.iter().position(|a| a.name == name)
@@ -230,6 +246,8 @@ impl Snapshot {
         if let Some(etcd) = config.source.as_ref().and_then(|s| s.etcd.as_ref()) {
             crate::etcd::EtcdSettings::from_config(etcd, "source.etcd", &mut problems);
         }
+        crate::matching::check_overlaps(&routes, &mut problems);
+        crate::matching::check_grpc_pools(&routes, &pools, &mut problems);
         apply_rollbacks(&config, &mut routes);
         match (server, problems.is_empty()) {
             (Some(server), true) => {
@@ -247,9 +265,9 @@ impl Snapshot {
         }
     }
 
-    /// The route that takes a request for `host` (port stripped) and `path`.
-    pub fn route_for(&self, host: Option<&str>, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matches(host, path))
+    /// The first route (in match order) that takes the request.
+    pub fn route_for(&self, req: &crate::matching::Request<'_>) -> Option<&Route> {
+        self.routes.iter().find(|r| r.takes(req))
     }
 
     /// Index of the route called `name`.
@@ -275,13 +293,16 @@ fn apply_rollbacks(config: &Config, routes: &mut [Route]) {
     }
 }
 
-/// Host-specific routes first, then longer prefixes, then by name for a stable order.
+/// Host-specific routes first, then longer prefixes, then gRPC-only and
+/// model-specific routes before the general ones, then by name for a stable order.
 fn sort_routes(routes: &mut [Route]) {
     routes.sort_by(|a, b| {
         b.host
             .is_some()
             .cmp(&a.host.is_some())
             .then(b.prefix.len().cmp(&a.prefix.len()))
+            .then(b.matcher.grpc.cmp(&a.matcher.grpc))
+            .then(b.needs_model().cmp(&a.needs_model()))
             .then(a.name.cmp(&b.name))
     });
 }
@@ -328,9 +349,35 @@ fn check_server(config: &Config, problems: &mut Problems) -> Option<Server> {
     if s.upgrade_sock.is_empty() {
         problems.push("server.upgrade_sock", "must be a path");
     }
+    let tracing = check_tracing(&s.tracing, problems);
+    let tls = s.tls.as_ref().and_then(|t| {
+        let listen = parse_addr(&t.listen, "server.tls.listen", problems);
+        for (field, path) in [("cert", &t.cert), ("key", &t.key)] {
+            if let Err(e) = std::fs::metadata(path) {
+                problems.push(
+                    format!("server.tls.{field}"),
+                    format!("cannot read {path:?}: {e}"),
+                );
+            }
+        }
+        Some(TlsListener {
+            listen: listen?,
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+        })
+    });
     let (proxy, admin) = (proxy?, admin?);
     if proxy == admin && proxy.port() != 0 {
         problems.push("server.admin", "must differ from server.proxy");
+    }
+    if let Some(t) = &tls
+        && t.listen.port() != 0
+        && (t.listen == proxy || t.listen == admin)
+    {
+        problems.push(
+            "server.tls.listen",
+            "must differ from server.proxy and server.admin",
+        );
     }
     Some(Server {
         proxy,
@@ -341,6 +388,37 @@ fn check_server(config: &Config, problems: &mut Problems) -> Option<Server> {
         admin_token,
         header_read_timeout,
         upgrade_sock: s.upgrade_sock.clone(),
+        tracing,
+        tls,
+    })
+}
+
+fn check_tracing(t: &crate::model::TracingConfig, problems: &mut Problems) -> Option<Tracing> {
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        problems.push(
+            "server.tracing.sample_ratio",
+            format!("{} must be between 0.0 and 1.0", t.sample_ratio),
+        );
+    }
+    if t.service_name.is_empty() {
+        problems.push("server.tracing.service_name", "must not be empty");
+    }
+    let endpoint = t.otlp_endpoint.as_ref()?;
+    let ok = ["http://", "https://"].iter().any(|scheme| {
+        endpoint
+            .strip_prefix(scheme)
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace))
+    });
+    if !ok {
+        problems.push(
+            "server.tracing.otlp_endpoint",
+            format!("{endpoint:?} must be an http:// or https:// URL of an OTLP/gRPC collector"),
+        );
+    }
+    Some(Tracing {
+        endpoint: endpoint.clone(),
+        service_name: t.service_name.clone(),
+        sample_ratio: t.sample_ratio.clamp(0.0, 1.0),
     })
 }
 
@@ -523,7 +601,6 @@ fn check_routes(
     problems: &mut Problems,
 ) -> Vec<Route> {
     let mut names = HashSet::new();
-    let mut matchers = HashSet::new();
     let mut out = Vec::with_capacity(routes.len());
     for (i, r) in routes.iter().enumerate() {
         let at = if r.name.is_empty() {
@@ -547,12 +624,7 @@ fn check_routes(
                 "must be a host name without port or path",
             );
         }
-        if !matchers.insert((host.clone(), r.prefix.clone())) {
-            problems.push(
-                format!("{at}.prefix"),
-                "another route already matches this host and prefix",
-            );
-        }
+        let (matcher, prefix) = crate::matching::check_matcher(r, &at, problems);
         let ab_header = check_header(&r.ab_header, &format!("{at}.ab_header"), problems);
         let sticky_header = r
             .sticky_header
@@ -603,8 +675,9 @@ fn check_routes(
             max_body,
             filters,
             name: r.name.clone(),
-            prefix: r.prefix.clone(),
+            prefix,
             host,
+            matcher,
             ab_header,
             sticky_header,
             fallback,

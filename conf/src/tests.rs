@@ -6,6 +6,14 @@ fn build(text: &str) -> Result<Snapshot, ConfigError> {
     Snapshot::build(parse_toml(text, "test")?)
 }
 
+fn req<'a>(host: Option<&'a str>, path: &'a str) -> matching::Request<'a> {
+    matching::Request {
+        host,
+        path,
+        ..Default::default()
+    }
+}
+
 fn problems(text: &str) -> Vec<String> {
     match build(text) {
         Err(ConfigError::Invalid { problems }) => {
@@ -19,7 +27,7 @@ fn problems(text: &str) -> Vec<String> {
 fn demo_config_is_valid() {
     let s = demo().unwrap();
     assert_eq!(s.server.proxy.to_string(), "127.0.0.1:8080");
-    let r = s.route_for(None, "/v1/chat/completions").unwrap();
+    let r = s.route_for(&req(None, "/v1/chat/completions")).unwrap();
     assert_eq!(r.name, "chat");
     assert_eq!(r.arms.len(), 2);
     assert_eq!(r.arms[0].weight, 90);
@@ -117,13 +125,18 @@ arms = [{ name = "a", pool = "p", weight = 1 }]
 "#,
     )
     .unwrap();
-    assert_eq!(s.route_for(None, "/v2/models").unwrap().name, "v2");
-    assert_eq!(s.route_for(None, "/v1/models").unwrap().name, "root");
+    assert_eq!(s.route_for(&req(None, "/v2/models")).unwrap().name, "v2");
+    assert_eq!(s.route_for(&req(None, "/v1/models")).unwrap().name, "root");
     assert_eq!(
-        s.route_for(Some("api.example.com"), "/v2/x").unwrap().name,
+        s.route_for(&req(Some("api.example.com"), "/v2/x"))
+            .unwrap()
+            .name,
         "hosted"
     );
-    assert_eq!(s.route_for(Some("other"), "/v2/x").unwrap().name, "v2");
+    assert_eq!(
+        s.route_for(&req(Some("other"), "/v2/x")).unwrap().name,
+        "v2"
+    );
 }
 
 #[test]
@@ -238,4 +251,170 @@ filters = { request = ["nope"], max_body_bytes = 0 }
     }
     let err = build("[[filters]]\nname = \"w\"\nwords = []\nactoin = \"mask\"\n").unwrap_err();
     assert!(err.to_string().contains("unknown field `actoin`"), "{err}");
+}
+
+const GRPC_AND_MODELS: &str = r#"
+[[pools]]
+name = "http"
+backends = [{ address = "127.0.0.1:1" }]
+[[pools]]
+name = "grpc"
+protocol = "h2c"
+backends = [{ address = "127.0.0.1:2" }]
+[[routes]]
+name = "any"
+arms = [{ name = "a", pool = "http", weight = 1 }]
+[[routes]]
+name = "lm"
+models = ["tiny-lm"]
+arms = [{ name = "a", pool = "http", weight = 1 }]
+[[routes]]
+name = "mlp"
+models = ["mlp"]
+arms = [{ name = "a", pool = "http", weight = 1 }]
+[[routes]]
+name = "oip-grpc"
+grpc = "inference.GRPCInferenceService"
+arms = [{ name = "a", pool = "grpc", weight = 1 }]
+[[routes]]
+name = "infer-grpc"
+grpc = "inference.GRPCInferenceService/ModelInfer"
+arms = [{ name = "a", pool = "grpc", weight = 1 }]
+"#;
+
+#[test]
+fn routes_choose_by_grpc_service_method_and_model() {
+    let s = build(GRPC_AND_MODELS).unwrap();
+    let pick = |path, grpc, model| {
+        s.route_for(&matching::Request {
+            host: None,
+            path,
+            grpc,
+            model,
+        })
+        .map(|r| r.name.as_str())
+    };
+    let live = "/inference.GRPCInferenceService/ServerLive";
+    assert_eq!(
+        pick("/inference.GRPCInferenceService/ModelInfer", true, None),
+        Some("infer-grpc")
+    );
+    assert_eq!(
+        pick("/inference.GRPCInferenceService/ModelInferX", true, None),
+        Some("oip-grpc")
+    );
+    assert_eq!(pick(live, true, None), Some("oip-grpc"));
+    // Not gRPC: the service's path falls to the general route.
+    assert_eq!(pick(live, false, None), Some("any"));
+    assert_eq!(pick("/other.Service/Call", true, None), Some("any"));
+    assert_eq!(
+        pick("/v1/chat/completions", false, Some("tiny-lm")),
+        Some("lm")
+    );
+    assert_eq!(
+        pick("/v1/chat/completions", false, Some("tiny-lm:2")),
+        Some("lm")
+    );
+    assert_eq!(
+        pick("/v1/chat/completions", false, Some("tiny-lmx")),
+        Some("any")
+    );
+    assert_eq!(
+        pick("/v2/models/mlp/infer", false, Some("mlp")),
+        Some("mlp")
+    );
+    assert_eq!(pick("/v1/chat/completions", false, None), Some("any"));
+}
+
+#[test]
+fn grpc_and_model_mistakes_are_reported() {
+    let text = GRPC_AND_MODELS
+        .replace(
+            r#"pool = "grpc", weight = 1 }]
+[[routes]]
+name = "infer-grpc""#,
+            r#"pool = "http", weight = 1 }]
+[[routes]]
+name = "infer-grpc""#,
+        )
+        .replace(
+            r#"models = ["mlp"]"#,
+            r#"models = ["tiny-lm", "", "x", "x"]"#,
+        )
+        .replace(
+            r#"grpc = "inference.GRPCInferenceService/ModelInfer""#,
+            r#"grpc = "bad name/Model.Infer"
+prefix = "/v2/"
+models = ["m"]"#,
+        );
+    let got = problems(&text);
+    for want in [
+        r#"routes[oip-grpc].arms[a].pool: gRPC needs HTTP/2: pool "http" must have protocol = "h2c""#,
+        r#"routes[mlp].models[1]: "" must be 1-256 characters without spaces"#,
+        r#"routes[mlp].models[3]: "x" is listed twice"#,
+        r#"routes[infer-grpc].grpc: a gRPC route matches by service or method, not by prefix: drop `prefix`"#,
+        r#"routes[infer-grpc].grpc: "bad name/Model.Infer" must be a gRPC service (`package.Service`) or method (`package.Service/Method`)"#,
+        "routes[infer-grpc].models: gRPC routes cannot choose by model (it is inside the protobuf body)",
+    ] {
+        assert!(
+            got.iter().any(|g| g == want),
+            "missing {want:?} in {got:#?}"
+        );
+    }
+    assert!(
+        got.iter().any(|g| g.starts_with("routes[")
+            && g.ends_with(r#"already serves model "tiny-lm" on this host and prefix"#)),
+        "{got:#?}"
+    );
+}
+
+#[test]
+fn tracing_settings_are_checked() {
+    let s =
+        build("[server.tracing]\notlp_endpoint = \"http://127.0.0.1:4317\"\nsample_ratio = 0.25\n")
+            .unwrap();
+    let t = s.server.tracing.unwrap();
+    assert_eq!(
+        (t.endpoint.as_str(), t.service_name.as_str(), t.sample_ratio),
+        ("http://127.0.0.1:4317", "weir", 0.25)
+    );
+    assert!(build("").unwrap().server.tracing.is_none());
+    let got = problems(
+        "[server.tracing]\notlp_endpoint = \"localhost:4317\"\nsample_ratio = 2.0\nservice_name = \"\"\n",
+    );
+    assert_eq!(
+        got,
+        [
+            "server.tracing.sample_ratio: 2 must be between 0.0 and 1.0",
+            "server.tracing.service_name: must not be empty",
+            "server.tracing.otlp_endpoint: \"localhost:4317\" must be an http:// or https:// URL of an OTLP/gRPC collector",
+        ]
+    );
+}
+
+#[test]
+fn a_tls_listener_needs_an_address_and_readable_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cert = dir.join("cert.pem");
+    std::fs::write(&cert, "x").unwrap();
+    let text = format!(
+        "[server.tls]\nlisten = \"127.0.0.1:8443\"\ncert = {:?}\nkey = {:?}\n",
+        cert.display().to_string(),
+        dir.join("missing.pem").display().to_string()
+    );
+    let got = problems(&text);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].starts_with("server.tls.key: cannot read"), "{got:?}");
+    let bad =
+        problems("[server.tls]\nlisten = \"nowhere\"\ncert = \"/dev/null\"\nkey = \"/dev/null\"\n");
+    assert_eq!(
+        bad,
+        ["server.tls.listen: \"nowhere\" is not an IP:PORT address"]
+    );
+    let ok = build(
+        "[server.tls]\nlisten = \"127.0.0.1:8443\"\ncert = \"/dev/null\"\nkey = \"/dev/null\"\n",
+    )
+    .unwrap();
+    assert_eq!(ok.server.tls.unwrap().listen.port(), 8443);
 }

@@ -15,6 +15,14 @@ pub enum GatewayError {
         /// The request path.
         path: String,
     },
+    /// No route serves the requested model.
+    #[error("{}", no_model_route(model, path))]
+    NoModelRoute {
+        /// The model the request names (empty when it names none).
+        model: String,
+        /// The request path.
+        path: String,
+    },
     /// The route has no arm that can take traffic without an A/B header.
     #[error("route {route} has no arm with weight > 0")]
     NoArm {
@@ -54,7 +62,7 @@ pub enum GatewayError {
         filter: String,
     },
     /// The body is larger than the route's filter buffer.
-    #[error("the request body exceeds {limit} bytes, the most this route filters")]
+    #[error("the request body exceeds {limit} bytes, the most this route takes or buffers")]
     BodyTooLarge {
         /// `max_body_bytes`.
         limit: usize,
@@ -94,6 +102,14 @@ pub enum GatewayError {
     Internal(String),
 }
 
+fn no_model_route(model: &str, path: &str) -> String {
+    if model.is_empty() {
+        format!("the request names no model, and every route at {path} serves named models")
+    } else {
+        format!("no route serves model {model:?} at {path}")
+    }
+}
+
 /// The tenant limit behind a 429.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitKind {
@@ -128,7 +144,7 @@ impl GatewayError {
     /// HTTP status of the error response.
     pub fn status(&self) -> u16 {
         match self {
-            GatewayError::NoRoute { .. } => 404,
+            GatewayError::NoRoute { .. } | GatewayError::NoModelRoute { .. } => 404,
             GatewayError::BadRequest(_)
             | GatewayError::ContentBlocked { .. }
             | GatewayError::InvalidBody(_) => 400,
@@ -146,10 +162,47 @@ impl GatewayError {
         }
     }
 
+    /// The gRPC status code of the error, for gRPC callers (answered in
+    /// trailers-only form: HTTP 200 with `grpc-status` and `grpc-message`).
+    pub fn grpc_status(&self) -> u8 {
+        const INVALID_ARGUMENT: u8 = 3;
+        const DEADLINE_EXCEEDED: u8 = 4;
+        const PERMISSION_DENIED: u8 = 7;
+        const RESOURCE_EXHAUSTED: u8 = 8;
+        const UNIMPLEMENTED: u8 = 12;
+        const INTERNAL: u8 = 13;
+        const UNAVAILABLE: u8 = 14;
+        const UNAUTHENTICATED: u8 = 16;
+        match self {
+            GatewayError::NoRoute { .. } | GatewayError::NoModelRoute { .. } => UNIMPLEMENTED,
+            GatewayError::BadRequest(_)
+            | GatewayError::ContentBlocked { .. }
+            | GatewayError::InvalidBody(_) => INVALID_ARGUMENT,
+            GatewayError::BodyTooLarge { .. } | GatewayError::RateLimited { .. } => {
+                RESOURCE_EXHAUSTED
+            }
+            GatewayError::MissingCredentials | GatewayError::InvalidCredentials(_) => {
+                UNAUTHENTICATED
+            }
+            GatewayError::UnknownTenant(_) | GatewayError::TenantNotAllowed { .. } => {
+                PERMISSION_DENIED
+            }
+            GatewayError::UpstreamTimeout(_) => DEADLINE_EXCEEDED,
+            GatewayError::NotReady
+            | GatewayError::NoArm { .. }
+            | GatewayError::NoHealthyBackend { .. }
+            | GatewayError::FilterUnavailable { .. }
+            | GatewayError::UpstreamConnect(_)
+            | GatewayError::Upstream(_) => UNAVAILABLE,
+            GatewayError::Internal(_) => INTERNAL,
+        }
+    }
+
     /// OpenAI error `type`.
     pub fn kind(&self) -> &'static str {
         match self {
             GatewayError::NoRoute { .. }
+            | GatewayError::NoModelRoute { .. }
             | GatewayError::BadRequest(_)
             | GatewayError::ContentBlocked { .. }
             | GatewayError::BodyTooLarge { .. }
@@ -171,6 +224,7 @@ impl GatewayError {
         match self {
             GatewayError::NotReady => "not_ready",
             GatewayError::NoRoute { .. } => "route_not_found",
+            GatewayError::NoModelRoute { .. } => "model_not_found",
             GatewayError::NoArm { .. } => "no_arm_available",
             GatewayError::NoHealthyBackend { .. } => "no_healthy_backend",
             GatewayError::UpstreamConnect(_) => "upstream_connect_failed",

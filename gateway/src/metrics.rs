@@ -59,7 +59,24 @@ pub struct Metrics {
     /// `weir_ratelimit_local_fallbacks_total`: limit decisions made locally
     /// because Redis did not answer.
     pub redis_fallbacks: IntCounter,
+    /// `weir_time_to_first_token_seconds{route,arm}`: request start to the
+    /// first streamed (SSE) chunk of a successful answer.
+    pub ttft: HistogramVec,
+    /// `weir_time_per_output_token_seconds{route,arm}`: first to last
+    /// streamed chunk over the output tokens after the first.
+    pub tpot: HistogramVec,
+    /// `weir_tokens_total{route,arm,direction}`: prompt (`input`) and
+    /// completion (`output`) tokens of OpenAI answers.
+    pub tokens: IntCounterVec,
 }
+
+const TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+const TPOT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
 
 const FILTER_BUCKETS: &[f64] = &[
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25,
@@ -253,6 +270,32 @@ impl Metrics {
         registry.register(Box::new(generation.clone()))?;
         registry.register(Box::new(backend_healthy.clone()))?;
         registry.register(Box::new(fallbacks.clone()))?;
+        let ttft = HistogramVec::new(
+            HistogramOpts::new(
+                "weir_time_to_first_token_seconds",
+                "Time from request start to the first streamed chunk, by route and arm.",
+            )
+            .buckets(TTFT_BUCKETS.to_vec()),
+            &["route", "arm"],
+        )?;
+        let tpot = HistogramVec::new(
+            HistogramOpts::new(
+                "weir_time_per_output_token_seconds",
+                "Time between the first and last streamed chunk per output token after the first.",
+            )
+            .buckets(TPOT_BUCKETS.to_vec()),
+            &["route", "arm"],
+        )?;
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "weir_tokens_total",
+                "Tokens of OpenAI answers by route, arm and direction (input = prompt, output = completion).",
+            ),
+            &["route", "arm", "direction"],
+        )?;
+        registry.register(Box::new(ttft.clone()))?;
+        registry.register(Box::new(tpot.clone()))?;
+        registry.register(Box::new(tokens.clone()))?;
         for result in ["applied", "rejected"] {
             reloads.with_label_values(&[result]);
         }
@@ -282,6 +325,9 @@ impl Metrics {
             rollbacks,
             redis_up,
             redis_fallbacks,
+            ttft,
+            tpot,
+            tokens,
         })
     }
 

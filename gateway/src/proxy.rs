@@ -2,7 +2,8 @@
 //! one job per hook.
 //!
 //! - `request_filter`: load the snapshot once, assign the request id, match the
-//!   route, authenticate the tenant and apply its limits (401/403/429),
+//!   route ([`crate::route_match`]: host, prefix, gRPC service or method,
+//!   model), authenticate the tenant and apply its limits (401/403/429),
 //!   refuse a declared body over the route's limit (413), choose the arm (A/B
 //!   header, sticky key, weighted random).
 //! - `upstream_peer`: choose a healthy backend of the arm whose breaker admits
@@ -22,7 +23,11 @@
 //!   (400 blocked, 503 filter unavailable, 413 too large).
 //! - `response_body_filter`: JSON answers buffered and filtered, SSE streams
 //!   filtered chunk by chunk with a bounded hold-back.
-//! - `fail_to_proxy`: gateway-made errors as OpenAI-shaped JSON.
+//! - `fail_to_proxy`: gateway-made errors as OpenAI-shaped JSON, or as gRPC
+//!   statuses for gRPC calls ([`crate::grpc`]).
+//! - `upstream_request_filter` also sends the W3C `traceparent`
+//!   ([`crate::trace`]); `response_body_filter` times streamed chunks
+//!   (time to first token, time per output token) and reads token usage.
 //! - `logging`: metrics and the access-log line.
 
 use std::net::SocketAddr as StdSocketAddr;
@@ -43,6 +48,7 @@ use crate::access::{Permit, RateHeaders, TenantRt};
 use crate::breaker::{Admit, Breaker, Outcome, now_ms};
 use crate::errors::GatewayError;
 use crate::filtering::ResponseFilter;
+use crate::route_match::{content_length, has_body};
 use crate::routing::Reason;
 use crate::state::{Runtime, Shared};
 
@@ -92,6 +98,29 @@ pub struct GatewayCtx {
     strip_usage: bool,
     /// Reads the answer's token usage for the tenant's token limit.
     usage: Option<crate::usage::UsageTap>,
+    /// A gRPC call: gateway-made errors are answered as gRPC statuses.
+    grpc: bool,
+    /// An OpenAI call that reports token usage (completions, embeddings).
+    openai: bool,
+    /// First and last streamed chunk of an SSE answer.
+    stream: Option<StreamClock>,
+    /// The W3C trace context sent upstream.
+    trace: Option<crate::trace::TraceContext>,
+    /// The request's spans, when spans are exported.
+    spans: Option<crate::otel::RequestSpans>,
+}
+
+/// When the chunks of a streamed answer left for the client.
+struct StreamClock {
+    first: Option<Instant>,
+    last: Instant,
+}
+
+/// Whether a request is an OpenAI call whose answer reports `usage`.
+fn is_openai_call(req: &RequestHeader) -> bool {
+    let path = req.uri.path();
+    req.method == http::Method::POST
+        && (path.ends_with("/completions") || path.ends_with("/embeddings"))
 }
 
 /// One attempt on a backend, for its breaker.
@@ -173,6 +202,25 @@ impl Gateway {
         err: GatewayError,
     ) -> u16 {
         let status = err.status();
+        if ctx.grpc {
+            let h1 = session.req_header().version < http::Version::HTTP_2;
+            let written = async {
+                let mut resp = crate::grpc::error_response(&err, h1)?;
+                self.decorate(&mut resp, ctx)?;
+                // One HEADERS frame that ends the stream (trailers-only).
+                let task = pingora_core::protocols::http::HttpTask::Header(Box::new(resp), true);
+                session.write_response_tasks(vec![task]).await.map(|_| ())
+            }
+            .await;
+            ctx.error = Some(err);
+            return match written {
+                Ok(()) => 200,
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not write gRPC error response");
+                    0
+                }
+            };
+        }
         let body = Bytes::from(err.body());
         let extra = err.headers();
         ctx.error = Some(err);
@@ -301,6 +349,29 @@ impl Gateway {
         }
     }
 
+    /// Counts an answer's tokens and, for a stream, its time per output token.
+    fn record_tokens(
+        &self,
+        arm: &crate::state::ArmRt,
+        tap: &crate::usage::UsageTap,
+        stream: Option<&StreamClock>,
+    ) {
+        let output = tap.output_tokens();
+        if let Some(n) = tap.usage().and_then(|u| u.prompt) {
+            arm.tokens[0].inc_by(n);
+        }
+        if let Some(n) = output {
+            arm.tokens[1].inc_by(n);
+        }
+        if let (Some(clock), Some(n)) = (stream, output)
+            && let Some(first) = clock.first
+            && n >= 2
+        {
+            let per = clock.last.duration_since(first).as_secs_f64() / (n - 1) as f64;
+            arm.tpot.observe(per);
+        }
+    }
+
     /// Authenticates the caller of a route with `auth = "required"`, checks
     /// the route's allow-list and admits the request under the tenant's limits.
     async fn authorize(
@@ -354,41 +425,6 @@ fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
         .filter(|v| !v.is_empty())
 }
 
-/// `Content-Length`, when present and valid.
-fn content_length(req: &RequestHeader) -> Option<usize> {
-    req.headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// Whether a request may carry a body to filter: POST, PUT or PATCH with
-/// a non-zero length, chunked, or over HTTP/2 (where the length is optional).
-fn has_body(req: &RequestHeader) -> bool {
-    use http::Method;
-    matches!(req.method, Method::POST | Method::PUT | Method::PATCH)
-        && (content_length(req).is_some_and(|n| n > 0)
-            || req.headers.contains_key(http::header::TRANSFER_ENCODING)
-            || (req.version == http::Version::HTTP_2 && content_length(req).is_none()))
-}
-
-/// Host without port, from the `Host` header or the URI authority.
-fn request_host(req: &RequestHeader) -> Option<&str> {
-    let raw = req
-        .headers
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))?;
-    let host = match raw.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => raw.split(':').next().unwrap_or(raw),
-    };
-    Some(host)
-}
-
 /// The client's `x-request-id` when it is usable, else a new UUID.
 fn request_id(req: &RequestHeader) -> Option<HeaderValue> {
     match req.headers.get("x-request-id") {
@@ -440,30 +476,40 @@ impl ProxyHttp for Gateway {
             inject_usage: false,
             strip_usage: false,
             usage: None,
+            grpc: false,
+            openai: false,
+            stream: None,
+            trace: None,
+            spans: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut GatewayCtx) -> Result<bool> {
         ctx.request_id = request_id(session.req_header());
+        if let Some(otel) = self.shared.otel.get() {
+            let start = std::time::SystemTime::now()
+                .checked_sub(ctx.start.elapsed())
+                .unwrap_or_else(std::time::SystemTime::now);
+            let incoming = crate::trace::TraceContext::incoming(session.req_header());
+            ctx.spans = Some(otel.begin(incoming, start));
+        }
         let Some(rt) = self.shared.current() else {
             self.answer_error(session, ctx, GatewayError::NotReady)
                 .await;
             return Ok(true);
         };
-        let req = session.req_header();
-        let path = req.uri.path();
-        let Some(route_idx) = rt
-            .routes
-            .iter()
-            .position(|r| r.config.matches(request_host(req), path))
-        else {
-            let err = GatewayError::NoRoute {
-                path: path.to_owned(),
-            };
-            ctx.runtime = Some(rt);
-            self.answer_error(session, ctx, err).await;
-            return Ok(true);
+        ctx.grpc = crate::grpc::is_grpc(session.req_header());
+        ctx.openai = is_openai_call(session.req_header());
+        let route_idx = match crate::route_match::choose_route(session, &rt.routes, ctx.grpc).await
+        {
+            Ok(i) => i,
+            Err(err) => {
+                ctx.runtime = Some(rt);
+                self.answer_error(session, ctx, err).await;
+                return Ok(true);
+            }
         };
+        let req = session.req_header();
         let route = &rt.routes[route_idx];
         ctx.route = Some(route_idx);
         ctx.max_body = route.config.max_body;
@@ -537,6 +583,9 @@ impl ProxyHttp for Gateway {
         // An attempt nobody settled (a stale keep-alive connection retried
         // by Pingora) says nothing about the backend.
         ctx.settle(Outcome::Ignored);
+        if let Some(spans) = ctx.spans.as_mut() {
+            spans.routed();
+        }
         let route = &rt.routes[route_idx];
         let remaining = match (route.config.timeouts.total, ctx.deadline) {
             (None, _) => None,
@@ -733,6 +782,16 @@ impl ProxyHttp for Gateway {
         if let Some(id) = &ctx.request_id {
             upstream_request.insert_header("x-request-id", id.clone())?;
         }
+        let trace = match (self.shared.otel.get(), ctx.spans.as_mut()) {
+            (Some(otel), Some(spans)) => otel.upstream(spans),
+            _ => *ctx
+                .trace
+                .get_or_insert_with(|| crate::trace::TraceContext::for_request(upstream_request)),
+        };
+        ctx.trace = Some(trace);
+        if let Some(value) = trace.header() {
+            upstream_request.insert_header("traceparent", value)?;
+        }
         if let Some(tenant) = &ctx.tenant {
             // The gateway consumed the credentials; the upstream learns who
             // is calling, not how they proved it.
@@ -844,7 +903,16 @@ impl ProxyHttp for Gateway {
                     route.config.filters.max_body,
                 );
             }
-            if ctx.tenant.as_ref().is_some_and(|t| t.counts_tokens()) {
+            let sse = content_type
+                .get(..17)
+                .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"));
+            if sse {
+                ctx.stream = Some(StreamClock {
+                    first: None,
+                    last: Instant::now(),
+                });
+            }
+            if sse || ctx.openai || ctx.tenant.as_ref().is_some_and(|t| t.counts_tokens()) {
                 ctx.usage = crate::usage::UsageTap::for_content_type(content_type, ctx.strip_usage);
             }
         }
@@ -889,6 +957,20 @@ impl ProxyHttp for Gateway {
         if let Some(filter) = ctx.resp_filter.as_mut() {
             *body = filter.push(body.take(), end_of_stream, &self.shared.metrics);
         }
+        if let Some(clock) = ctx.stream.as_mut()
+            && body.as_ref().is_some_and(|b| !b.is_empty())
+        {
+            let now = Instant::now();
+            clock.last = now;
+            if clock.first.is_none() {
+                clock.first = Some(now);
+                if let (Some(rt), Some(r), Some(a)) = (&ctx.runtime, ctx.route, ctx.arm) {
+                    let arm = &rt.routes[r].arms[a];
+                    arm.ttft
+                        .observe(now.duration_since(ctx.start).as_secs_f64());
+                }
+            }
+        }
         Ok(None)
     }
 
@@ -921,12 +1003,19 @@ impl ProxyHttp for Gateway {
             _ if ctx.upstream_status.is_some() => ctx.settle(Outcome::Success),
             _ => ctx.settle(Outcome::Ignored),
         }
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
+        // A gRPC error is written as HTTP 200: count it by what it means.
+        let grpc_error = ctx.error.as_ref().filter(|_| ctx.grpc);
+        let status = grpc_error
+            .map(GatewayError::status)
+            .or_else(|| session.response_written().map(|r| r.status.as_u16()))
             .or_else(|| ctx.error.as_ref().map(GatewayError::status))
             .unwrap_or(0);
         let elapsed = ctx.start.elapsed();
+        let spans = ctx.spans.take();
+        let trace_id = ctx
+            .trace
+            .map(|t| t.trace_id)
+            .or_else(|| spans.as_ref().map(|s| s.trace_id()));
         let (route, arm) = (ctx.route_name(), ctx.arm_name());
         let metrics = &self.shared.metrics;
         let code = status_index(status);
@@ -941,6 +1030,9 @@ impl ProxyHttp for Gateway {
                 })
                 .inc();
             arm_rt.duration.observe(elapsed.as_secs_f64());
+            if let Some(tap) = &ctx.usage {
+                self.record_tokens(arm_rt, tap, ctx.stream.as_ref());
+            }
             if let Some(stats) = &arm_rt.stats {
                 self.check_canaries(rt, r, stats, status, elapsed);
             }
@@ -949,6 +1041,31 @@ impl ProxyHttp for Gateway {
                 .requests
                 .with_label_values(&[route, arm, STATUS_LABELS[code]])
                 .inc();
+        }
+        if let Some(spans) = spans {
+            let req = session.req_header();
+            let mut attributes = vec![
+                opentelemetry::KeyValue::new("http.request.method", req.method.to_string()),
+                opentelemetry::KeyValue::new("url.path", req.uri.path().to_owned()),
+                opentelemetry::KeyValue::new("weir.route", route.to_owned()),
+                opentelemetry::KeyValue::new("weir.arm", arm.to_owned()),
+                opentelemetry::KeyValue::new("weir.fallback", ctx.fallback),
+            ];
+            if let Some(reason) = ctx.reason {
+                attributes.push(opentelemetry::KeyValue::new("weir.reason", reason.as_str()));
+            }
+            if let Some(b) = &ctx.backend {
+                attributes.push(opentelemetry::KeyValue::new(
+                    "server.address",
+                    b.addr.to_string(),
+                ));
+            }
+            let error = ctx
+                .error
+                .as_ref()
+                .map(|e| e.to_string())
+                .or_else(|| e.map(|e| e.to_string()));
+            spans.finish(attributes, status, error);
         }
         let access_log = ctx
             .runtime
@@ -969,6 +1086,7 @@ impl ProxyHttp for Gateway {
             tracing::info!(
                 target: "weir::access",
                 request_id = id_str(&ctx.request_id),
+                trace_id = trace_id.map(hex::encode).unwrap_or_default(),
                 client = %client,
                 method = %req.method,
                 path = %req.uri.path(),

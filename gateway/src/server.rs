@@ -233,6 +233,12 @@ pub fn serve(source: ConfigSource, upgrade: bool) -> anyhow::Result<()> {
         },
         identity: format!("{host} {proxy_addr}"),
     });
+    if let Some(settings) = &snapshot.server.tracing {
+        let otel = crate::otel::Otel::start(settings)
+            .map_err(|e| anyhow::anyhow!("cannot start the OTLP exporter: {e}"))?;
+        tracing::info!(endpoint = %settings.endpoint, "exporting spans over OTLP");
+        let _ = shared.otel.set(otel);
+    }
     let threads = match snapshot.server.threads {
         0 => std::thread::available_parallelism()
             .map(|n| n.get())
@@ -269,6 +275,17 @@ pub fn serve(source: ConfigSource, upgrade: bool) -> anyhow::Result<()> {
     };
     let mut proxy = pingora_core::services::listening::Service::new("weir proxy".to_owned(), app);
     proxy.add_tcp(&proxy_addr.to_string());
+    let mut tls_addr = None;
+    if let Some(tls) = &snapshot.server.tls {
+        let addr = resolve_proxy_addr(tls.listen)?;
+        tls_addr = Some(addr);
+        let mut settings =
+            pingora_core::listeners::tls::TlsSettings::intermediate(&tls.cert, &tls.key)
+                .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;
+        // ALPN: HTTP/2 (gRPC) preferred, HTTP/1.1 allowed.
+        settings.enable_h2();
+        proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+    }
 
     // From etcd, the first snapshot is the first one read there.
     let first = (!matches!(source, ConfigSource::Etcd { .. })).then_some(snapshot);
@@ -283,7 +300,10 @@ pub fn serve(source: ConfigSource, upgrade: bool) -> anyhow::Result<()> {
     server.add_service(background_service("control", control));
 
     // The launch line that tests and scripts wait for.
-    println!("weir listening proxy={proxy_addr} admin={admin_addr}");
+    match tls_addr {
+        Some(tls) => println!("weir listening proxy={proxy_addr} admin={admin_addr} tls={tls}"),
+        None => println!("weir listening proxy={proxy_addr} admin={admin_addr}"),
+    }
     tracing::info!(%proxy_addr, %admin_addr, threads, "weir starting");
     server.run_forever();
 }

@@ -50,6 +50,12 @@ pub struct ArmRt {
     pub rolled_back: bool,
     /// Recent outcomes, for routes with a rollback policy.
     pub stats: Option<Arc<crate::canary::ArmStats>>,
+    /// `weir_time_to_first_token_seconds{route,arm}`.
+    pub ttft: Histogram,
+    /// `weir_time_per_output_token_seconds{route,arm}`.
+    pub tpot: Histogram,
+    /// `weir_tokens_total{route,arm,direction}`: `input`, then `output`.
+    pub tokens: [prometheus::IntCounter; 2],
 }
 
 /// One route at run time.
@@ -225,6 +231,7 @@ impl Runtime {
                     .arms
                     .iter()
                     .map(|a| {
+                        let labels = [r.name.as_str(), a.name.as_str()];
                         let rolled_back = rolled(a);
                         let old = before.and_then(|b| b.arms.iter().find(|x| x.name == a.name));
                         // A cleared rollback starts from an empty window.
@@ -246,12 +253,15 @@ impl Runtime {
                             pool: Arc::clone(&pools[a.pool]),
                             weight: a.weight,
                             name_header: header_value(&a.name),
-                            duration: metrics
-                                .duration
-                                .with_label_values(&[r.name.as_str(), a.name.as_str()]),
+                            duration: metrics.duration.with_label_values(&labels),
                             requests: Default::default(),
                             rolled_back,
                             stats,
+                            ttft: metrics.ttft.with_label_values(&labels),
+                            tpot: metrics.tpot.with_label_values(&labels),
+                            tokens: ["input", "output"].map(|d| {
+                                metrics.tokens.with_label_values(&[labels[0], labels[1], d])
+                            }),
                         }
                     })
                     .collect();
@@ -281,11 +291,6 @@ impl Runtime {
             filters,
             access,
         })
-    }
-
-    /// The route taking `host` (port stripped) and `path`, with its index.
-    pub fn route_for(&self, host: Option<&str>, path: &str) -> Option<&RouteRt> {
-        self.routes.iter().find(|r| r.config.matches(host, path))
     }
 }
 
@@ -337,6 +342,9 @@ pub struct Shared {
     rollbacks: std::sync::Mutex<BTreeSet<(String, String)>>,
     /// Where rollbacks are recorded for other replicas (etcd), and who we are.
     sink: std::sync::OnceLock<RollbackSink>,
+    /// The span exporter, when `[server.tracing]` names an endpoint (set
+    /// once at start).
+    pub otel: std::sync::OnceLock<crate::otel::Otel>,
 }
 
 /// Where a gateway records its rollbacks.
@@ -359,6 +367,7 @@ impl Shared {
             admin_token,
             rollbacks: std::sync::Mutex::new(BTreeSet::new()),
             sink: std::sync::OnceLock::new(),
+            otel: std::sync::OnceLock::new(),
             reload_lock: tokio::sync::Mutex::new(()),
         }
     }

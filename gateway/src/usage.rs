@@ -14,16 +14,33 @@ use weir_filters::sse::SseParser;
 /// Largest JSON answer read for its usage; a larger one is not counted.
 const MAX_JSON: usize = 4 << 20;
 
-/// Tokens of one `usage` object: `total_tokens`, else prompt + completion.
-fn tokens_of(usage: &Value) -> Option<u64> {
-    usage
-        .get("total_tokens")
-        .and_then(Value::as_u64)
-        .or_else(|| {
-            let p = usage.get("prompt_tokens").and_then(Value::as_u64)?;
-            let c = usage.get("completion_tokens").and_then(Value::as_u64)?;
-            Some(p + c)
-        })
+/// The token counts of one OpenAI `usage` object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// `prompt_tokens`.
+    pub prompt: Option<u64>,
+    /// `completion_tokens`.
+    pub completion: Option<u64>,
+    /// `total_tokens`.
+    pub total: Option<u64>,
+}
+
+impl Usage {
+    /// The counts of a `usage` object, if it has any.
+    fn of(usage: &Value) -> Option<Self> {
+        let field = |name| usage.get(name).and_then(Value::as_u64);
+        let u = Usage {
+            prompt: field("prompt_tokens"),
+            completion: field("completion_tokens"),
+            total: field("total_tokens"),
+        };
+        u.tokens().map(|_| u)
+    }
+
+    /// All tokens: `total_tokens`, else prompt + completion.
+    pub fn tokens(&self) -> Option<u64> {
+        self.total.or_else(|| Some(self.prompt? + self.completion?))
+    }
 }
 
 /// Makes a streamed OpenAI request report its usage. Returns the body to
@@ -59,8 +76,8 @@ pub enum UsageTap {
     Json {
         /// The bytes so far; `None` once over the bound.
         buf: Option<BytesMut>,
-        /// Tokens found.
-        tokens: Option<u64>,
+        /// Usage found.
+        usage: Option<Usage>,
     },
     /// An SSE stream, parsed event by event.
     Sse {
@@ -68,8 +85,10 @@ pub enum UsageTap {
         parser: Box<SseParser>,
         /// Take usage-only chunks out of the stream.
         strip: bool,
-        /// Tokens of the last usage seen.
-        tokens: Option<u64>,
+        /// The last usage seen.
+        usage: Option<Usage>,
+        /// Data events with choices (content chunks) seen.
+        chunks: u64,
     },
 }
 
@@ -81,12 +100,13 @@ impl UsageTap {
             Some(UsageTap::Sse {
                 parser: Box::default(),
                 strip,
-                tokens: None,
+                usage: None,
+                chunks: 0,
             })
         } else if ct.starts_with("application/json") {
             Some(UsageTap::Json {
                 buf: Some(BytesMut::new()),
-                tokens: None,
+                usage: None,
             })
         } else {
             None
@@ -101,7 +121,7 @@ impl UsageTap {
     /// Passes one chunk through; what comes out goes to the client.
     pub fn push(&mut self, chunk: Option<Bytes>, end: bool) -> Option<Bytes> {
         match self {
-            UsageTap::Json { buf, tokens } => {
+            UsageTap::Json { buf, usage } => {
                 if let (Some(b), Some(c)) = (buf.as_mut(), chunk.as_ref()) {
                     if b.len() + c.len() > MAX_JSON {
                         *buf = None;
@@ -110,16 +130,17 @@ impl UsageTap {
                     }
                 }
                 if end && let Some(b) = buf.take() {
-                    *tokens = serde_json::from_slice::<Value>(&b)
+                    *usage = serde_json::from_slice::<Value>(&b)
                         .ok()
-                        .and_then(|v| v.get("usage").and_then(tokens_of));
+                        .and_then(|v| v.get("usage").and_then(Usage::of));
                 }
                 chunk
             }
             UsageTap::Sse {
                 parser,
                 strip,
-                tokens,
+                usage,
+                chunks,
             } => {
                 let mut events = Vec::new();
                 let broken = chunk
@@ -140,21 +161,29 @@ impl UsageTap {
                 }
                 let mut out = BytesMut::new();
                 for e in events {
-                    let usage = e
-                        .data
-                        .as_deref()
-                        .filter(|d| d.contains("\"usage\""))
-                        .and_then(|d| serde_json::from_str::<Value>(d).ok());
+                    let Some(data) = e.data.as_deref() else {
+                        out.extend_from_slice(&e.raw);
+                        continue;
+                    };
+                    let with_usage = data
+                        .contains("\"usage\"")
+                        .then(|| serde_json::from_str::<Value>(data).ok())
+                        .flatten();
                     let mut keep = true;
-                    if let Some(doc) = usage
-                        && let Some(n) = doc.get("usage").and_then(tokens_of)
+                    let mut content = data != "[DONE]";
+                    if let Some(doc) = with_usage
+                        && let Some(u) = doc.get("usage").and_then(Usage::of)
                     {
-                        *tokens = Some(n);
+                        *usage = Some(u);
                         let usage_only = doc
                             .get("choices")
                             .and_then(Value::as_array)
                             .is_some_and(Vec::is_empty);
+                        content = !usage_only;
                         keep = !(*strip && usage_only);
+                    }
+                    if content {
+                        *chunks += 1;
                     }
                     if keep {
                         out.extend_from_slice(&e.raw);
@@ -167,8 +196,23 @@ impl UsageTap {
 
     /// Tokens the answer reported, once it has ended.
     pub fn tokens(&self) -> Option<u64> {
+        self.usage().and_then(|u| u.tokens())
+    }
+
+    /// The usage the answer reported, once it has ended.
+    pub fn usage(&self) -> Option<Usage> {
         match self {
-            UsageTap::Json { tokens, .. } | UsageTap::Sse { tokens, .. } => *tokens,
+            UsageTap::Json { usage, .. } | UsageTap::Sse { usage, .. } => *usage,
+        }
+    }
+
+    /// Output tokens: the reported `completion_tokens`, else (for a stream
+    /// without usage) one per content chunk.
+    pub fn output_tokens(&self) -> Option<u64> {
+        let reported = self.usage().and_then(|u| u.completion);
+        match self {
+            UsageTap::Sse { chunks, .. } => reported.or(Some(*chunks)),
+            UsageTap::Json { .. } => reported,
         }
     }
 }
@@ -228,9 +272,36 @@ mod tests {
                 }
             }
             assert_eq!(tap.tokens(), Some(5));
+            assert_eq!(tap.output_tokens(), Some(2));
+            assert_eq!(tap.usage().unwrap().prompt, Some(3));
             let text = String::from_utf8(out).unwrap();
             assert_eq!(text.contains("usage"), !strip, "{text}");
             assert!(text.contains("\"hi\"") && text.ends_with("data: [DONE]\n\n"));
         }
+    }
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_stream_without_usage_counts_one_token_per_content_chunk() {
+        let stream = concat!(
+            ": comment\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"c\"}}]}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let mut tap = UsageTap::for_content_type("text/event-stream", false).unwrap();
+        let out = tap
+            .push(Some(Bytes::from_static(stream.as_bytes())), true)
+            .unwrap();
+        assert_eq!(&out[..], stream.as_bytes());
+        assert_eq!(tap.usage(), None);
+        assert_eq!(tap.output_tokens(), Some(3));
     }
 }

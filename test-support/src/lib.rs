@@ -6,11 +6,14 @@
 //! - [`Weir`]: starts the real `weir` binary with a config in a temp dir on
 //!   OS-chosen ports, waits for its launch line and for `/readyz`, and kills it
 //!   when dropped.
+//! - [`Engine`]: the real `weir-engine` over the shipped models, on
+//!   OS-chosen ports.
 //! - [`Etcd`]: a real single-member etcd in a temp dir on OS-chosen ports,
 //!   which can be stopped and resumed to simulate an outage.
 //! - [`Redis`]: a real Redis on an OS-chosen port, which can be stopped and
 //!   started again.
 //! - [`wasm`]: hand-written filter modules that misbehave on demand.
+//! - [`OtlpSink`]: an OTLP/gRPC trace collector that keeps what it gets.
 //! - [`Load`]: a closed-loop load through a gateway that records failures
 //!   and which upstream answered.
 //! - [`Relay`]: a TCP relay that can be cut and restored, to take one
@@ -19,16 +22,20 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub mod engine;
 pub mod etcd;
 pub mod load;
+pub mod otlp;
 pub mod redis;
 pub mod relay;
 pub mod upstream;
 pub mod wasm;
 pub mod weir;
 
+pub use engine::Engine;
 pub use etcd::Etcd;
 pub use load::Load;
+pub use otlp::OtlpSink;
 pub use redis::Redis;
 pub use relay::Relay;
 pub use upstream::Upstream;
@@ -63,6 +70,17 @@ where
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(100));
     }
+}
+
+/// The address after `key` (e.g. `proxy=`) in a launch line such as
+/// `weir listening proxy=127.0.0.1:1234 admin=127.0.0.1:5678`.
+pub fn launch_addr(line: &str, key: &str) -> anyhow::Result<SocketAddr> {
+    use anyhow::Context;
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .with_context(|| format!("no {key} in launch line {line:?}"))?
+        .parse()
+        .with_context(|| format!("bad address in {line:?}"))
 }
 
 /// `http://ADDR` for a socket address.

@@ -29,6 +29,8 @@ pub const SSE_HEADER: &str = "x-test-sse";
 pub const USAGE_HEADER: &str = "x-test-usage";
 /// Characters per streamed delta.
 pub const SSE_CHUNK_HEADER: &str = "x-test-sse-chunk";
+/// Milliseconds between streamed events (default 2).
+pub const SSE_GAP_HEADER: &str = "x-test-sse-gap-ms";
 
 /// The body type of every answer.
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -55,6 +57,10 @@ struct Failures {
     status: AtomicU64,
     /// Answers counted for the spread.
     seen: AtomicU64,
+    /// SSE streams sent to their end.
+    streams_finished: AtomicU64,
+    /// SSE streams dropped before their end (the peer went away).
+    streams_cancelled: AtomicU64,
 }
 
 impl Failures {
@@ -115,6 +121,15 @@ impl Upstream {
     /// before any `x-test-delay-ms` wait).
     pub fn received(&self) -> u64 {
         self.failures.received.load(Ordering::Relaxed)
+    }
+
+    /// SSE streams sent to their end, and dropped before it (the connection
+    /// closed mid-stream).
+    pub fn streams(&self) -> (u64, u64) {
+        (
+            self.failures.streams_finished.load(Ordering::Relaxed),
+            self.failures.streams_cancelled.load(Ordering::Relaxed),
+        )
     }
 
     /// Makes `percent` of the answers from now on fail with `status`, spread
@@ -200,11 +215,16 @@ async fn answer(
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(1)
         .max(1);
+    let sse_gap = text_header(SSE_GAP_HEADER)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(2)
+        .min(60_000);
     let method = req.method().to_string();
     let version = format!("{:?}", req.version());
     let path = req.uri().path().to_owned();
     let request_id = text_header("x-request-id").unwrap_or_default();
     let tenant = text_header("x-weir-tenant");
+    let traceparent = text_header("traceparent");
     let credentials =
         req.headers().contains_key("authorization") || req.headers().contains_key("x-api-key");
     let with_usage = req.headers().contains_key(USAGE_HEADER);
@@ -233,7 +253,13 @@ async fn answer(
             .is_some_and(|v| v["stream_options"]["include_usage"] == true);
         builder
             .header("content-type", "text/event-stream")
-            .body(sse_body(&text, sse_chunk, include_usage))
+            .body(sse_body(
+                &text,
+                sse_chunk,
+                include_usage,
+                Duration::from_millis(sse_gap),
+                StreamEnd(Some(Arc::clone(&failures))),
+            ))
     } else if let Some(text) = reply {
         let mut answer = serde_json::json!({
             "id": "chatcmpl-test", "object": "chat.completion", "created": 1, "model": name,
@@ -256,6 +282,7 @@ async fn answer(
             "body_bytes": body.len(),
             "tenant": tenant,
             "credentials": credentials,
+            "traceparent": traceparent,
         });
         if echo {
             answer["body"] = String::from_utf8_lossy(&body).into_owned().into();
@@ -283,7 +310,26 @@ fn usage(completion: usize) -> serde_json::Value {
 
 /// `text` as chat-completion chunk events of `chunk` characters, each its
 /// own write, then (when asked for) a usage-only chunk, then `data: [DONE]`.
-fn sse_body(text: &str, chunk: usize, include_usage: bool) -> Body {
+/// Counts a stream as finished or, when dropped first, cancelled.
+struct StreamEnd(Option<Arc<Failures>>);
+
+impl StreamEnd {
+    fn finished(&mut self) {
+        if let Some(f) = self.0.take() {
+            f.streams_finished.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for StreamEnd {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f.streams_cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn sse_body(text: &str, chunk: usize, include_usage: bool, gap: Duration, end: StreamEnd) -> Body {
     let chars: Vec<char> = text.chars().collect();
     let mut events: Vec<Bytes> = chars
         .chunks(chunk)
@@ -304,10 +350,22 @@ fn sse_body(text: &str, chunk: usize, include_usage: bool) -> Body {
         events.push(Bytes::from(format!("data: {data}\n\n")));
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    let frames = futures::stream::iter(events).then(|event| async move {
-        // A pause between writes so each arrives as its own chunk.
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        Ok::<_, Infallible>(hyper::body::Frame::data(event))
+    let last = events.len();
+    let end = Arc::new(std::sync::Mutex::new(end));
+    let frames = futures::stream::iter(events.into_iter().enumerate()).then(move |(i, event)| {
+        let end = Arc::clone(&end);
+        async move {
+            // A pause between writes so each arrives as its own chunk.
+            if i > 0 {
+                tokio::time::sleep(gap).await;
+            }
+            if i + 1 == last
+                && let Ok(mut end) = end.lock()
+            {
+                end.finished();
+            }
+            Ok::<_, Infallible>(hyper::body::Frame::data(event))
+        }
     });
     BodyExt::boxed(http_body_util::StreamBody::new(frames))
 }

@@ -14,6 +14,8 @@ pub struct Weir {
     pub proxy: SocketAddr,
     /// The admin listener.
     pub admin: SocketAddr,
+    /// The TLS proxy listener, when `[server.tls]` is configured.
+    pub tls: Option<SocketAddr>,
     /// The config file it watches.
     pub config_path: PathBuf,
     /// Its stderr log.
@@ -67,16 +69,11 @@ impl Weir {
                 std::fs::read_to_string(&log_path).unwrap_or_default()
             );
         };
-        let field = |key: &str| -> anyhow::Result<SocketAddr> {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .with_context(|| format!("no {key} in launch line {line:?}"))?
-                .parse()
-                .with_context(|| format!("bad address in {line:?}"))
-        };
+        let field = |key: &str| crate::launch_addr(&line, key);
         let weir = Self {
             proxy: field("proxy=")?,
             admin: field("admin=")?,
+            tls: field("tls=").ok(),
             config_path,
             log_path,
             child,

@@ -1,0 +1,111 @@
+//! gRPC callers: errors the gateway makes itself are answered the way a
+//! gRPC server answers them, in *trailers-only* form (HTTP 200, one
+//! `HEADERS` frame with `grpc-status` and `grpc-message` and the end of the
+//! stream), so a gRPC client sees `UNAVAILABLE`, `UNAUTHENTICATED`... rather
+//! than an HTTP error page it cannot read. Upstream answers (their trailers
+//! included) pass through untouched.
+
+use http::HeaderValue;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use pingora_http::{RequestHeader, ResponseHeader};
+
+use crate::errors::GatewayError;
+
+/// `grpc-message` is percent-encoded: controls, `%` and every non-ASCII
+/// byte (the last is implied by the encoder).
+const GRPC_MESSAGE: &AsciiSet = &CONTROLS.add(b'%');
+
+/// Whether the request is a gRPC call (by its `content-type`).
+pub fn is_grpc(req: &RequestHeader) -> bool {
+    req.headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| weir_conf::matching::is_grpc_content_type(v.as_bytes()))
+}
+
+/// The trailers-only response header for `err`; `h1` adds the
+/// `content-length: 0` an HTTP/1.1 client needs to see the end.
+pub fn error_response(err: &GatewayError, h1: bool) -> pingora_error::Result<ResponseHeader> {
+    let extra = err.headers();
+    let mut resp = ResponseHeader::build(200, Some(4 + extra.len()))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
+    resp.insert_header(
+        "grpc-status",
+        HeaderValue::from(u16::from(err.grpc_status())),
+    )?;
+    let message = utf8_percent_encode(&err.to_string(), GRPC_MESSAGE).to_string();
+    resp.insert_header("grpc-message", message)?;
+    if h1 {
+        resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    }
+    for (name, value) in extra {
+        resp.insert_header(name, value)?;
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn errors_map_to_grpc_statuses_in_trailers_only_form() {
+        let cases = [
+            (
+                GatewayError::NoRoute {
+                    path: "/x.Y/Z".into(),
+                },
+                12,
+            ),
+            (
+                GatewayError::NoHealthyBackend {
+                    route: "r".into(),
+                    arm: "a".into(),
+                },
+                14,
+            ),
+            (GatewayError::MissingCredentials, 16),
+            (
+                GatewayError::TenantNotAllowed {
+                    tenant: "t".into(),
+                    route: "r".into(),
+                },
+                7,
+            ),
+            (
+                GatewayError::RateLimited {
+                    limit: crate::errors::LimitKind::Requests,
+                    retry_after: 1,
+                    headers: Default::default(),
+                },
+                8,
+            ),
+            (GatewayError::UpstreamTimeout("slow".into()), 4),
+        ];
+        for (err, code) in cases {
+            let resp = error_response(&err, false).unwrap();
+            assert_eq!(resp.status.as_u16(), 200);
+            assert_eq!(
+                resp.headers["grpc-status"],
+                code.to_string().as_str(),
+                "{err:?}"
+            );
+            assert_eq!(resp.headers["content-type"], "application/grpc");
+            assert!(resp.headers.get("content-length").is_none());
+        }
+        let resp = error_response(&GatewayError::MissingCredentials, true).unwrap();
+        assert_eq!(resp.headers["content-length"], "0");
+        assert!(resp.headers.get("www-authenticate").is_some());
+    }
+
+    #[test]
+    fn messages_are_percent_encoded() {
+        let err = GatewayError::NoRoute {
+            path: "/模型 100%\n".into(),
+        };
+        let resp = error_response(&err, false).unwrap();
+        let msg = resp.headers["grpc-message"].to_str().unwrap();
+        assert_eq!(msg, "no route matches /%E6%A8%A1%E5%9E%8B 100%25%0A");
+    }
+}

@@ -1,0 +1,148 @@
+//! Choosing the route of a request: host, path prefix, gRPC service or
+//! method, and, where routes name models, the requested model.
+//!
+//! The model comes from the Open Inference Protocol path
+//! (`/v2/models/NAME/...`) when there is one, else from the `model` field of
+//! a JSON body (`content-type: application/json`; gRPC and other bodies are
+//! never read ahead). The body is then read ahead, before a backend is chosen;
+//! Pingora keeps what was read and replays it to the upstream (and to the
+//! request body filters), which it can do for at most
+//! [`MODEL_PEEK_LIMIT`] bytes: a larger body on a path whose routes choose
+//! by model is refused with 413. Nothing is read for any other route.
+
+use bytes::BytesMut;
+use pingora_http::RequestHeader;
+use pingora_proxy::Session;
+use weir_conf::matching::{Request, path_model};
+
+use crate::errors::GatewayError;
+use crate::state::RouteRt;
+
+/// Largest body read ahead for its `model` (Pingora's replay buffer).
+pub const MODEL_PEEK_LIMIT: usize = 64 * 1024;
+
+/// The index of the route that takes the request.
+pub async fn choose_route(
+    session: &mut Session,
+    routes: &[RouteRt],
+    grpc: bool,
+) -> Result<usize, GatewayError> {
+    let req = session.req_header();
+    let host = request_host(req);
+    let path = req.uri.path();
+    let Some(first) = routes
+        .iter()
+        .position(|r| r.config.matches(host, path, grpc))
+    else {
+        return Err(GatewayError::NoRoute {
+            path: path.to_owned(),
+        });
+    };
+    if !routes[first].config.needs_model() {
+        return Ok(first);
+    }
+    let (host, path) = (host.map(str::to_owned), path.to_owned());
+    let model = match path_model(&path) {
+        Some(m) => Some(m.to_owned()),
+        // A gRPC call's body is protobuf, and may never end (a stream).
+        None if grpc || !is_json(session.req_header()) => None,
+        None => body_model(session).await?,
+    };
+    let wanted = Request {
+        host: host.as_deref(),
+        path: &path,
+        grpc,
+        model: model.as_deref(),
+    };
+    routes[first..]
+        .iter()
+        .position(|r| r.config.takes(&wanted))
+        .map(|i| first + i)
+        .ok_or_else(|| GatewayError::NoModelRoute {
+            model: model.unwrap_or_default(),
+            path,
+        })
+}
+
+/// Reads the whole body (kept by Pingora for the upstream) and returns its
+/// JSON `model` field, if it has one.
+async fn body_model(session: &mut Session) -> Result<Option<String>, GatewayError> {
+    let req = session.req_header();
+    if !has_body(req) {
+        return Ok(None);
+    }
+    let limit = MODEL_PEEK_LIMIT;
+    if content_length(req).is_some_and(|n| n > limit) {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    session.as_mut().enable_retry_buffering();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = session
+        .as_mut()
+        .read_request_body()
+        .await
+        .map_err(|e| GatewayError::from_proxy_error(&e))?
+    {
+        if buf.len() + chunk.len() > limit {
+            return Err(GatewayError::BodyTooLarge { limit });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    #[derive(serde::Deserialize)]
+    struct Named {
+        model: Option<serde_json::Value>,
+    }
+    let named = serde_json::from_slice::<Named>(&buf).ok();
+    Ok(named
+        .and_then(|n| n.model)
+        .and_then(|m| m.as_str().map(str::to_owned)))
+}
+
+/// Whether the request says its body is JSON (`application/json`, `...+json`).
+fn is_json(req: &RequestHeader) -> bool {
+    req.headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| {
+            let t = t.trim();
+            t.eq_ignore_ascii_case("application/json")
+                || t.get(t.len().saturating_sub(5)..)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("+json"))
+        })
+}
+
+/// `Content-Length`, when present and valid.
+pub fn content_length(req: &RequestHeader) -> Option<usize> {
+    req.headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether a request may carry a body: POST, PUT or PATCH with a non-zero
+/// length, chunked, or over HTTP/2 (where the length is optional).
+pub fn has_body(req: &RequestHeader) -> bool {
+    use http::Method;
+    matches!(req.method, Method::POST | Method::PUT | Method::PATCH)
+        && (content_length(req).is_some_and(|n| n > 0)
+            || req.headers.contains_key(http::header::TRANSFER_ENCODING)
+            || (req.version == http::Version::HTTP_2 && content_length(req).is_none()))
+}
+
+/// Host without port, from the `Host` header or the URI authority.
+pub fn request_host(req: &RequestHeader) -> Option<&str> {
+    let raw = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))?;
+    let host = match raw.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => raw.split(':').next().unwrap_or(raw),
+    };
+    Some(host)
+}
