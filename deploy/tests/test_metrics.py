@@ -133,6 +133,17 @@ prefix = "/secure"
 auth = "required"
 arms = [{{ name = "v1", pool = "up", weight = 1 }}]
 
+[[pools]]
+name = "dead-grpc"
+protocol = "h2c"
+backends = [{{ address = "{dead_addr}" }}]
+health_check = {{ kind = "none" }}
+
+[[routes]]
+name = "grpc"
+grpc = "grpc.health.v1.Health"
+arms = [{{ name = "v1", pool = "dead-grpc", weight = 1 }}]
+
 [[routes]]
 name = "chat"
 prefix = "/"
@@ -150,12 +161,14 @@ arms = [
               "weir_upstream_connect_failures_total", "weir_backend_healthy", "weir_config_generation",
               "weir_config_reloads_total", "weir_filter_matches_total", "weir_filter_duration_seconds_bucket",
               "weir_auth_failures_total", "weir_rate_limited_total", "weir_retries_total",
-              "weir_rollbacks_total", "weir_breaker_state"}
+              "weir_rollbacks_total", "weir_breaker_state", "weir_grpc_responses_total"}
     try:
         def ready():
             s.http("POST", f"http://{proxy}/v1/completions", b'{"prompt":"x"}', {"content-type": "application/json"})
             # The dead arm: connect refused -> retried -> fallback to v1.
             s.http("GET", f"http://{proxy}/v1/models", headers={"x-ab-group": "dead"})
+            # A gRPC call to a dead backend: UNAVAILABLE, in gRPC form.
+            s.http("POST", f"http://{proxy}/grpc.health.v1.Health/Check", b"", {"content-type": "application/grpc"})
             # No credentials (401), then the tenant over its rate (429).
             s.http("GET", f"http://{proxy}/secure/x")
             for _ in range(2):

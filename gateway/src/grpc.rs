@@ -15,6 +15,42 @@ use crate::errors::GatewayError;
 /// byte (the last is implied by the encoder).
 const GRPC_MESSAGE: &AsciiSet = &CONTROLS.add(b'%');
 
+/// The canonical name of a gRPC status code (`UNKNOWN` for codes outside 0-16).
+pub fn status_name(code: u16) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES.get(usize::from(code)).copied().unwrap_or("UNKNOWN")
+}
+
+/// The `grpc-status` in a header map (response headers of a trailers-only
+/// answer, or trailers), if valid.
+pub fn status_in(headers: &http::HeaderMap) -> Option<u16> {
+    headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Whether the request is a gRPC call (by its `content-type`).
 pub fn is_grpc(req: &RequestHeader) -> bool {
     req.headers
@@ -97,6 +133,20 @@ mod tests {
         let resp = error_response(&GatewayError::MissingCredentials, true).unwrap();
         assert_eq!(resp.headers["content-length"], "0");
         assert!(resp.headers.get("www-authenticate").is_some());
+    }
+
+    #[test]
+    fn status_names_and_parsing() {
+        assert_eq!(status_name(0), "OK");
+        assert_eq!(status_name(5), "NOT_FOUND");
+        assert_eq!(status_name(16), "UNAUTHENTICATED");
+        assert_eq!(status_name(99), "UNKNOWN");
+        let mut h = http::HeaderMap::new();
+        assert_eq!(status_in(&h), None);
+        h.insert("grpc-status", HeaderValue::from_static("14"));
+        assert_eq!(status_in(&h), Some(14));
+        h.insert("grpc-status", HeaderValue::from_static("x"));
+        assert_eq!(status_in(&h), None);
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub struct Metrics {
     /// `weir_tokens_total{route,arm,direction}`: prompt (`input`) and
     /// completion (`output`) tokens of OpenAI answers.
     pub tokens: IntCounterVec,
+    /// `weir_grpc_responses_total{route,arm,grpc_status}`: gRPC calls by
+    /// the status that ended them (upstream trailers or the gateway's own).
+    pub grpc_responses: IntCounterVec,
 }
 
 const TTFT_BUCKETS: &[f64] = &[
@@ -296,6 +299,14 @@ impl Metrics {
         registry.register(Box::new(ttft.clone()))?;
         registry.register(Box::new(tpot.clone()))?;
         registry.register(Box::new(tokens.clone()))?;
+        let grpc_responses = IntCounterVec::new(
+            Opts::new(
+                "weir_grpc_responses_total",
+                "gRPC calls by route, arm and the grpc-status that ended them (UNKNOWN when none came).",
+            ),
+            &["route", "arm", "grpc_status"],
+        )?;
+        registry.register(Box::new(grpc_responses.clone()))?;
         for result in ["applied", "rejected"] {
             reloads.with_label_values(&[result]);
         }
@@ -328,6 +339,7 @@ impl Metrics {
             ttft,
             tpot,
             tokens,
+            grpc_responses,
         })
     }
 

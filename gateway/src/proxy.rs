@@ -108,6 +108,8 @@ pub struct GatewayCtx {
     trace: Option<crate::trace::TraceContext>,
     /// The request's spans, when spans are exported.
     spans: Option<crate::otel::RequestSpans>,
+    /// The `grpc-status` the upstream ended a gRPC call with.
+    grpc_status: Option<u16>,
 }
 
 /// When the chunks of a streamed answer left for the client.
@@ -481,6 +483,7 @@ impl ProxyHttp for Gateway {
             stream: None,
             trace: None,
             spans: None,
+            grpc_status: None,
         }
     }
 
@@ -715,6 +718,10 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = Some(status);
+        if ctx.grpc {
+            // A trailers-only answer carries its status in the headers.
+            ctx.grpc_status = crate::grpc::status_in(&upstream_response.headers);
+        }
         if ctx
             .attempt
             .as_ref()
@@ -974,6 +981,18 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        upstream_trailers: &mut http::HeaderMap,
+        ctx: &mut GatewayCtx,
+    ) -> Result<Option<Bytes>> {
+        if ctx.grpc {
+            ctx.grpc_status = crate::grpc::status_in(upstream_trailers).or(ctx.grpc_status);
+        }
+        Ok(None)
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -1040,6 +1059,17 @@ impl ProxyHttp for Gateway {
             metrics
                 .requests
                 .with_label_values(&[route, arm, STATUS_LABELS[code]])
+                .inc();
+        }
+        if ctx.grpc {
+            let code = match (&ctx.error, ctx.grpc_status) {
+                (Some(err), _) => crate::grpc::status_name(u16::from(err.grpc_status())),
+                (None, Some(code)) => crate::grpc::status_name(code),
+                (None, None) => "UNKNOWN",
+            };
+            metrics
+                .grpc_responses
+                .with_label_values(&[route, arm, code])
                 .inc();
         }
         if let Some(spans) = spans {

@@ -175,6 +175,7 @@ async fn stock_clients_work_through_the_gateway() {
             .env("WEIR_GATEWAY", main.proxy.to_string())
             .env("WEIR_ADMIN", main.admin.to_string())
             .env("WEIR_ERRORS", errors.proxy.to_string())
+            .env("WEIR_ERRORS_ADMIN", errors.admin.to_string())
             .env("WEIR_KEY", KEY)
             .env("WEIR_TLS", tls.to_string())
             .env("WEIR_CA", certs.path().join("cert.pem"))

@@ -31,14 +31,15 @@ from tritonclient.utils import InferenceServerException
 GATEWAY = os.environ["WEIR_GATEWAY"]
 ADMIN = os.environ["WEIR_ADMIN"]
 ERRORS = os.environ["WEIR_ERRORS"]
+ERRORS_ADMIN = os.environ["WEIR_ERRORS_ADMIN"]
 KEY = os.environ["WEIR_KEY"]
 TLS = os.environ["WEIR_TLS"]
 CA = os.environ["WEIR_CA"]
 
 
-def metric_sum(name: str, **labels) -> float:
+def metric_sum(name: str, admin: str = ADMIN, **labels) -> float:
     """Sum of the samples of `name` whose labels include `labels`."""
-    text = urllib.request.urlopen(f"http://{ADMIN}/metrics", timeout=10).read().decode()
+    text = urllib.request.urlopen(f"http://{admin}/metrics", timeout=10).read().decode()
     total = 0.0
     for line in text.splitlines():
         if not line.startswith(name + "{"):
@@ -179,6 +180,8 @@ class TritonGrpc(unittest.TestCase):
         # 80/20: the v2 share is 0.2 with a standard deviation of 0.02.
         self.assertTrue(0.12 <= share <= 0.28, counts)
         self.assertGreater(metric_sum("weir_requests_total", route="oip-grpc", arm="v2"), 0)
+        # OK arrives in the trailers of each answer.
+        self.assertGreaterEqual(metric_sum("weir_grpc_responses_total", route="oip-grpc", grpc_status="OK"), 400)
 
     def test_sticky_metadata_keeps_a_user_on_one_version(self):
         seen = set()
@@ -193,6 +196,9 @@ class TritonGrpc(unittest.TestCase):
             self.client.infer("nosuch", [mlp_input(grpcclient)], headers={"x-ab-group": "v1"})
         self.assertEqual(e.exception.status(), "StatusCode.NOT_FOUND")
         self.assertIn("nosuch", e.exception.message())
+        self.assertGreaterEqual(
+            metric_sum("weir_grpc_responses_total", route="oip-grpc", arm="v1", grpc_status="NOT_FOUND"), 1
+        )
 
 
 class GatewayMadeGrpcErrors(unittest.TestCase):
@@ -211,6 +217,7 @@ class GatewayMadeGrpcErrors(unittest.TestCase):
         status, message = self.status_of(self.client.is_server_live)
         self.assertEqual(status, "StatusCode.UNIMPLEMENTED")
         self.assertIn("no route matches /inference.GRPCInferenceService/ServerLive", message)
+        self.assertGreaterEqual(metric_sum("weir_grpc_responses_total", ERRORS_ADMIN, grpc_status="UNIMPLEMENTED"), 1)
 
     def test_no_backend_is_unavailable(self):
         status, _ = self.status_of(lambda: self.client.get_model_metadata("mlp"))
