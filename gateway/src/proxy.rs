@@ -791,9 +791,10 @@ impl ProxyHttp for Gateway {
         }
         let trace = match (self.shared.otel.get(), ctx.spans.as_mut()) {
             (Some(otel), Some(spans)) => otel.upstream(spans),
-            _ => *ctx
+            // Without spans, one context serves every attempt of the request.
+            _ => ctx
                 .trace
-                .get_or_insert_with(|| crate::trace::TraceContext::for_request(upstream_request)),
+                .unwrap_or_else(|| crate::trace::TraceContext::for_request(upstream_request)),
         };
         ctx.trace = Some(trace);
         if let Some(value) = trace.header() {
@@ -910,9 +911,7 @@ impl ProxyHttp for Gateway {
                     route.config.filters.max_body,
                 );
             }
-            let sse = content_type
-                .get(..17)
-                .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"));
+            let sse = crate::usage::is_event_stream(content_type);
             if sse {
                 ctx.stream = Some(StreamClock {
                     first: None,

@@ -92,11 +92,18 @@ pub enum UsageTap {
     },
 }
 
+/// Whether a `content-type` is a server-sent event stream.
+pub fn is_event_stream(content_type: &str) -> bool {
+    content_type
+        .get(..17)
+        .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
+}
+
 impl UsageTap {
     /// A tap for an answer of `content_type`; `None` for other types.
     pub fn for_content_type(content_type: &str, strip: bool) -> Option<Self> {
         let ct = content_type.to_ascii_lowercase();
-        if ct.starts_with("text/event-stream") {
+        if is_event_stream(&ct) {
             Some(UsageTap::Sse {
                 parser: Box::default(),
                 strip,
