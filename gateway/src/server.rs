@@ -132,14 +132,44 @@ async fn bind_when_free(addr: SocketAddr) -> tokio::net::TcpListener {
     }
 }
 
-/// Resolves a port-0 proxy address to a concrete free port, so the address
-/// can be announced before Pingora binds it.
-fn resolve_proxy_addr(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
-    if addr.port() != 0 {
-        return Ok(addr);
+/// A listen address with a concrete port, and for a port-0 address the
+/// socket that holds the chosen port until Pingora listens on it.
+///
+/// Pingora binds its own socket when its service starts, after the address
+/// has been announced. A port only probed and released could be taken by
+/// another process in between, and readiness would then mistake that
+/// process's listener for ours. The held socket is bound with
+/// `SO_REUSEADDR` and never listens: Linux lets Pingora's `SO_REUSEADDR`
+/// listener bind the same address, while no other bind to port 0 and no
+/// outgoing connection is given the port.
+struct ListenPort {
+    addr: SocketAddr,
+    _hold: Option<socket2::Socket>,
+}
+
+impl ListenPort {
+    fn reserve(addr: SocketAddr) -> anyhow::Result<Self> {
+        if addr.port() != 0 {
+            return Ok(Self { addr, _hold: None });
+        }
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.set_reuse_address(true)?;
+        socket
+            .bind(&addr.into())
+            .with_context(|| format!("cannot bind {addr}"))?;
+        let addr = socket
+            .local_addr()?
+            .as_socket()
+            .context("not an IP address")?;
+        Ok(Self {
+            addr,
+            _hold: Some(socket),
+        })
     }
-    let probe = TcpListener::bind(addr).with_context(|| format!("cannot bind {addr}"))?;
-    Ok(probe.local_addr()?)
 }
 
 /// The proxy's listener app: Pingora's HTTP proxy, with the wait for a
@@ -216,7 +246,9 @@ pub fn serve(source: ConfigSource, upgrade: bool) -> anyhow::Result<()> {
     let snapshot = source
         .load()
         .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
-    let proxy_addr = resolve_proxy_addr(snapshot.server.proxy)?;
+    let proxy_port = ListenPort::reserve(snapshot.server.proxy)?;
+    let proxy_addr = proxy_port.addr;
+    let mut listeners = vec![proxy_port];
     let (admin, admin_addr) = bind_admin(snapshot.server.admin, upgrade)?;
 
     let shared = Arc::new(Shared::new(Metrics::new()?, snapshot.server.admin_token));
@@ -277,7 +309,9 @@ pub fn serve(source: ConfigSource, upgrade: bool) -> anyhow::Result<()> {
     proxy.add_tcp(&proxy_addr.to_string());
     let mut tls_addr = None;
     if let Some(tls) = &snapshot.server.tls {
-        let addr = resolve_proxy_addr(tls.listen)?;
+        let port = ListenPort::reserve(tls.listen)?;
+        let addr = port.addr;
+        listeners.push(port);
         tls_addr = Some(addr);
         let mut settings =
             pingora_core::listeners::tls::TlsSettings::intermediate(&tls.cert, &tls.key)
@@ -294,6 +328,7 @@ pub fn serve(source: ConfigSource, upgrade: bool) -> anyhow::Result<()> {
         source,
         first: Mutex::new(first),
         admin: Mutex::new(Some(admin)),
+        listeners: Mutex::new(listeners),
         proxy_addr,
     };
     server.add_service(proxy);
@@ -314,6 +349,8 @@ struct Control {
     source: ConfigSource,
     first: Mutex<Option<Snapshot>>,
     admin: Mutex<Option<AdminSocket>>,
+    /// The proxy listener first, then the TLS one if configured.
+    listeners: Mutex<Vec<ListenPort>>,
     proxy_addr: SocketAddr,
 }
 
@@ -378,9 +415,15 @@ impl BackgroundService for Control {
             }
             ConfigSource::Embedded => {}
         }
+        let listeners =
+            std::mem::take(&mut *self.listeners.lock().unwrap_or_else(|p| p.into_inner()));
+        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.addr).collect();
         let proxy_addr = self.proxy_addr;
-        let proxy_up = tokio::task::spawn_blocking(move || wait_for_listener(proxy_addr));
-        if matches!(proxy_up.await, Ok(true)) {
+        let up = tokio::task::spawn_blocking(move || addrs.iter().all(|a| wait_for_listener(*a)));
+        let up = matches!(up.await, Ok(true));
+        // Pingora listens on the held ports now (or never will): let them go.
+        drop(listeners);
+        if up {
             // Ready once a snapshot is live too (from etcd that may come later).
             self.shared.set_ready(true);
             if self.shared.current().is_some() {
@@ -409,4 +452,41 @@ fn wait_for_listener(addr: SocketAddr) -> bool {
         delay = (delay * 2).min(Duration::from_millis(50));
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The held port accepts nothing itself, and a listener bound the way
+    /// Pingora binds (`SO_REUSEADDR`) takes it over while it is held.
+    #[tokio::test]
+    async fn a_held_port_refuses_connections_until_pingora_style_listener_binds_it() {
+        let held = ListenPort::reserve("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_ne!(held.addr.port(), 0);
+        assert!(
+            TcpStream::connect(held.addr).is_err(),
+            "the hold must not listen"
+        );
+
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(held.addr).unwrap();
+        let listener = socket.listen(16).unwrap();
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(held.addr), listener.accept());
+        client.unwrap();
+        accepted.unwrap();
+        drop(held);
+    }
+
+    #[test]
+    fn an_explicit_port_is_not_held() {
+        let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let port = ListenPort::reserve(addr).unwrap();
+        assert_eq!(port.addr, addr);
+        assert!(port._hold.is_none());
+    }
 }
