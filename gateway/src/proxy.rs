@@ -450,6 +450,12 @@ fn id_str(id: &Option<HeaderValue>) -> &str {
 impl ProxyHttp for Gateway {
     type CTX = GatewayCtx;
 
+    /// No downstream modules. Pingora's default adds its response
+    /// compression module switched off, which still costs every request a
+    /// context allocation and three filter calls; the gateway passes bodies
+    /// through as the upstream encoded them.
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> GatewayCtx {
         GatewayCtx {
             start: Instant::now(),
