@@ -424,6 +424,17 @@ def evaluate(results: dict, targets: dict, quick: bool) -> list[str]:
     if "weir_filter_1k_one_in_flight" in r and "weir_post_1k_one_in_flight" in r:
         results["ratios"]["filter_1k_added_p50_one_in_flight_us"] = (
             r["weir_filter_1k_one_in_flight"]["p50"] - r["weir_post_1k_one_in_flight"]["p50"])
+    # The same with 1 KiB chat bodies: unfiltered (reported) and through the
+    # Wasm filter (target), both against the bodies sent straight upstream.
+    if "direct_post_1k_one_in_flight" in r:
+        floor = r["direct_post_1k_one_in_flight"]["p99"]
+        if "weir_post_1k_one_in_flight" in r:
+            results["ratios"]["post_1k_added_p99_one_in_flight_us"] = r["weir_post_1k_one_in_flight"]["p99"] - floor
+        if "weir_filter_1k_one_in_flight" in r:
+            added = r["weir_filter_1k_one_in_flight"]["p99"] - floor
+            results["ratios"]["filter_1k_added_p99_one_in_flight_us"] = added
+            checks.append(("added P99 at 1 in flight, Wasm filter (us)", added, "<=",
+                           t["added_p99_one_in_flight_filter_us_max"]))
     if "weir_half_rate" in r and "nginx_half_rate" in r:
         p99r = r["weir_half_rate"]["p99"] / max(r["nginx_half_rate"]["p99"], 1)
         results["ratios"]["p99_weir_over_nginx_half_rate"] = p99r
@@ -491,6 +502,7 @@ def wrk_plan(connections: int) -> list[tuple]:
         # (1k-word mixed dictionary).
         ("weir_post_1k", "weir", "post_1k.lua", connections, "/v1/chat/completions"),
         ("weir_filter_1k", "weir", "post_1k.lua", connections, "/filtered/v1/chat/completions"),
+        ("direct_post_1k_one_in_flight", "direct", "post_1k.lua", 1, "/v1/chat/completions"),
         ("weir_post_1k_one_in_flight", "weir", "post_1k.lua", 1, "/v1/chat/completions"),
         ("weir_filter_1k_one_in_flight", "weir", "post_1k.lua", 1, "/filtered/v1/chat/completions"),
     ]

@@ -1,5 +1,5 @@
 //! Misbehaving modules: each failure has its kind, comes quickly, follows
-//! the policy, and leaves nothing behind.
+//! the policy, and leaves nothing behind; and no call sees another's state.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -235,4 +235,64 @@ fn ten_thousand_failures_do_not_grow_memory() {
         growth < 16 << 20,
         "RSS grew by {growth} bytes ({before} -> {after})"
     );
+}
+
+/// A guest that reports (as `holdback_start`: the text's length, else 0)
+/// whether its memory is as `weir_init` left it, then dirties it: a baked
+/// word in page 1 is bumped, one in page 3 overwritten, a zero word in page
+/// 2 set, and the memory grown by a page.
+const STATEFUL: &str = r#"(module
+  (memory (export "memory") 4)
+  (func (export "weir_abi_version") (result i32) (i32.const 1))
+  (func (export "weir_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "weir_init") (param i32 i32) (result i32)
+    (i32.store (i32.const 70000) (i32.const 7))
+    (i32.store (i32.const 200000) (i32.const 7))
+    (i32.const 0))
+  (func (export "weir_scan") (param $ptr i32) (param $len i32) (result i64)
+    (local $fresh i32)
+    (local.set $fresh
+      (i32.and
+        (i32.and (i32.eq (i32.load (i32.const 70000)) (i32.const 7))
+                 (i32.eq (i32.load (i32.const 200000)) (i32.const 7)))
+        (i32.and (i32.eqz (i32.load (i32.const 140000)))
+                 (i32.eq (memory.size) (i32.const 4)))))
+    (i32.store (i32.const 70000) (i32.add (i32.load (i32.const 70000)) (i32.const 1)))
+    (i32.store (i32.const 200000) (i32.const 99))
+    (i32.store (i32.const 140000) (i32.const 1))
+    (drop (memory.grow (i32.const 1)))
+    (i32.store (i32.const 0) (i32.const 0))
+    (i32.store (i32.const 4) (select (local.get $len) (i32.const 0) (local.get $fresh)))
+    (i64.const 8)))"#;
+
+#[test]
+fn no_state_survives_from_one_call_to_the_next() {
+    let f = wat_filter(STATEFUL, Policy::FailClosed).unwrap();
+    // One session is one instance: the second call sees the first's writes
+    // (so the guest does detect them).
+    let mut session = f.session();
+    assert_eq!(session.scan("fresh").unwrap().holdback_start, 5);
+    assert_eq!(session.scan("again").unwrap().holdback_start, 0);
+    drop(session);
+    // Every call gets memory exactly as `weir_init` left it, also when its
+    // pool slot was just dirtied and reset by another call.
+    for i in 0..200 {
+        assert_eq!(f.scan("fresh").unwrap().holdback_start, 5, "call {i}");
+    }
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let f = &f;
+            s.spawn(move || {
+                for i in 0..100 {
+                    let mut session = f.session();
+                    assert_eq!(
+                        session.scan("fresh").unwrap().holdback_start,
+                        5,
+                        "thread {t}, call {i}"
+                    );
+                    assert_eq!(session.scan("again").unwrap().holdback_start, 0);
+                }
+            });
+        }
+    });
 }
