@@ -539,6 +539,9 @@ def wrk_plan(connections: int) -> list[tuple]:
 # Scenario 6: (name, server, streams in flight).
 SSE_PLAN = [("sse_direct", "direct", SSE_STREAMS), ("sse_weir", "weir", SSE_STREAMS),
             ("sse_direct_one_in_flight", "direct", 1), ("sse_weir_one_in_flight", "weir", 1)]
+# Constant rate: (name, server, the closed-loop scenario whose max rate it halves).
+HALF_RATE_PLAN = [("nginx_half_rate", "nginx", "nginx_weighted"), ("weir_half_rate", "weir", "nginx_weighted"),
+                  ("weir_half_own_rate", "weir", "weir_weighted")]
 # Scenario 8: (name, kind, concurrency).
 ENGINE_PLAN = [(f"engine_infer_c{c}", "infer", c) for c in ENGINE_CONCURRENCY] + [
     (f"engine_stream_c{c}", "stream", c) for c in ENGINE_CONCURRENCY]
@@ -546,7 +549,7 @@ ENGINE_PLAN = [(f"engine_infer_c{c}", "infer", c) for c in ENGINE_CONCURRENCY] +
 
 def scenario_names() -> list[str]:
     return ([p[0] for p in wrk_plan(1)] + ["weir_etcd_flips"] + [p[0] for p in SSE_PLAN]
-            + [p[0] for p in ENGINE_PLAN] + ["nginx_half_rate", "weir_half_rate", "weir_half_own_rate"])
+            + [p[0] for p in ENGINE_PLAN] + [p[0] for p in HALF_RATE_PLAN])
 
 
 def select(only: str | None) -> set[str]:
@@ -561,10 +564,8 @@ def select(only: str | None) -> set[str]:
         if not hit:
             raise SystemExit(f"--only: no scenario {word!r}; the scenarios: {', '.join(names)}")
         chosen |= hit
-    if chosen & {"nginx_half_rate", "weir_half_rate"}:
-        chosen.add("nginx_weighted")  # the constant rate is half of its max rate
-    if "weir_half_own_rate" in chosen:
-        chosen.add("weir_weighted")
+    # A constant-rate scenario needs the scenario whose max rate it halves.
+    chosen |= {of for name, _, of in HALF_RATE_PLAN if name in chosen}
     return chosen
 
 
@@ -580,8 +581,7 @@ def main() -> int:
     args = ap.parse_args()
     seconds = args.seconds or (2 if args.quick else 15)
     chosen = select(args.only)
-    oha = ensure_tools(want_oha=not args.quick and bool(
-        chosen & {"nginx_half_rate", "weir_half_rate", "weir_half_own_rate"}))
+    oha = ensure_tools(want_oha=not args.quick and any(p[0] in chosen for p in HALF_RATE_PLAN))
     weir = build()
     targets = tomllib.loads((HERE / "targets.toml").read_text())
     # Only a full run of every scenario is the committed record.
@@ -609,7 +609,7 @@ def main() -> int:
         slice_s = max(1, round(seconds / ROUNDS))
         if single:
             log(f"{', '.join(rounds)}: 1 connection, {ROUNDS} interleaved rounds of {slice_s}s")
-        for _ in range(ROUNDS if single else 0):
+        for _ in range(ROUNDS):
             for name, server, script, conns, *path in single:
                 rounds[name].append(wrk(servers[server], script, slice_s, conns, *path))
         for name, rows in rounds.items():
@@ -625,18 +625,13 @@ def main() -> int:
             flipper.join()
             sc["weir_etcd_flips"]["flips"] = flipper.flips
             sc["weir_etcd_flips"]["errors"] += flipper.failed
-        half_rate = [n for n in ("nginx_half_rate", "weir_half_rate") if n in chosen]
-        if oha and half_rate:
-            rate = max(int(sc["nginx_weighted"]["rps"] * 0.5), 100)
-            for name in half_rate:
-                log(f"{name}: {rate} req/s for {seconds}s")
-                sc[name] = oha_fixed_rate(oha, servers[name.split("_")[0]], seconds, rate)
-        elif half_rate:
+        half_rate = [p for p in HALF_RATE_PLAN if p[0] in chosen]
+        if half_rate and not oha:
             log("oha not installed: skipping the constant-rate scenarios")
-        if oha and "weir_half_own_rate" in chosen:
-            rate = max(int(sc["weir_weighted"]["rps"] * 0.5), 100)
-            log(f"weir_half_own_rate: {rate} req/s for {seconds}s")
-            sc["weir_half_own_rate"] = oha_fixed_rate(oha, servers["weir"], seconds, rate)
+        for name, server, of in half_rate if oha else []:
+            rate = max(int(sc[of]["rps"] * 0.5), 100)
+            log(f"{name}: {rate} req/s for {seconds}s")
+            sc[name] = oha_fixed_rate(oha, servers[server], seconds, rate)
         # Scenario 6: SSE streams of len(SSE_TEXT) chunks 2 ms apart, straight
         # from the demo upstream and through weir (route /sse).
         sse_urls = {"direct": f"http://{ports['sse']}/v1/chat/completions",
