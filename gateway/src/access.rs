@@ -33,9 +33,9 @@ use pingora_http::RequestHeader;
 use sha2::{Digest, Sha256};
 use weir_conf::access::{Access, JwtIssuer, JwtKeys, Limits};
 
-use crate::breaker::{Window, now_ms};
-use crate::errors::{GatewayError, LimitKind};
+use crate::errors::{GatewayError, LimitKind, RateHeaders};
 use crate::redis_limits::{Decision, RedisLimits};
+use crate::window::{Window, now_ms};
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
@@ -199,41 +199,22 @@ impl Drop for Permit {
     }
 }
 
+/// An authenticated, admitted request.
+pub struct Authorized {
+    /// Who is calling.
+    pub tenant: Arc<TenantRt>,
+    /// The tenant's concurrency slot, held to the end of the request.
+    pub permit: Permit,
+    /// `x-ratelimit-*` values.
+    pub headers: RateHeaders,
+}
+
 /// An admitted request: its concurrency slot and the limit headers to send.
 pub struct Admission {
     /// Released at the end of the request.
     pub permit: Permit,
     /// `x-ratelimit-*` values.
     pub headers: RateHeaders,
-}
-
-/// `(limit, remaining)` of the request and token limits, for the
-/// `x-ratelimit-{limit,remaining}-{requests,tokens}` headers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RateHeaders {
-    /// Request limit and what is left of it.
-    pub requests: Option<(u32, u32)>,
-    /// Token limit and what is left of it.
-    pub tokens: Option<(u64, u64)>,
-}
-
-impl RateHeaders {
-    /// The header pairs to add to a response.
-    pub fn pairs(&self) -> impl Iterator<Item = (&'static str, u64)> {
-        let r = self.requests.map(|(l, rem)| {
-            [
-                ("x-ratelimit-limit-requests", u64::from(l)),
-                ("x-ratelimit-remaining-requests", u64::from(rem)),
-            ]
-        });
-        let t = self.tokens.map(|(l, rem)| {
-            [
-                ("x-ratelimit-limit-tokens", l),
-                ("x-ratelimit-remaining-tokens", rem),
-            ]
-        });
-        r.into_iter().flatten().chain(t.into_iter().flatten())
-    }
 }
 
 /// The credential of an `Authorization: Bearer <credential>` value (scheme
@@ -352,6 +333,49 @@ impl AccessRt {
             verifiers,
             redis,
         })
+    }
+
+    /// Authenticates the caller of a route with `auth = "required"`, checks
+    /// the route's allow-list and admits the request under the tenant's
+    /// limits. Failures are counted (`weir_auth_failures_total`,
+    /// `weir_rate_limited_total`).
+    pub async fn authorize(
+        &self,
+        req: &RequestHeader,
+        route: &weir_conf::Route,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<Authorized, GatewayError> {
+        let counted = |e: GatewayError| {
+            metrics
+                .auth_failures
+                .with_label_values(&[route.name.as_str(), e.code()])
+                .inc();
+            e
+        };
+        let idx = self.authenticate(req).map_err(counted)?;
+        let tenant = &self.tenants[idx];
+        if !route.tenants.is_empty() && !route.tenants.contains(&idx) {
+            return Err(counted(GatewayError::TenantNotAllowed {
+                tenant: tenant.name.clone(),
+                route: route.name.clone(),
+            }));
+        }
+        match tenant.admit(self.redis.as_deref()).await {
+            Ok(admission) => Ok(Authorized {
+                tenant: Arc::clone(tenant),
+                permit: admission.permit,
+                headers: admission.headers,
+            }),
+            Err(e) => {
+                if let GatewayError::RateLimited { limit, .. } = &e {
+                    metrics
+                        .rate_limited
+                        .with_label_values(&[tenant.name.as_str(), limit.as_str()])
+                        .inc();
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The tenant that `req` authenticates as.

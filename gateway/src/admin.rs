@@ -13,7 +13,8 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use weir_conf::model::Protocol;
 
-use crate::state::{Runtime, Shared};
+use crate::runtime::Runtime;
+use crate::state::Shared;
 
 /// The admin HTTP router.
 pub fn router(shared: Arc<Shared>) -> Router {

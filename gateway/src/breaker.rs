@@ -1,5 +1,5 @@
-//! Per-backend circuit breakers and the sliding-window counters they, the
-//! retry budget and the canary checks share.
+//! Per-backend circuit breakers, on the sliding-window counters of
+//! [`crate::window`].
 //!
 //! A [`Breaker`] is closed (traffic flows), open (no traffic until its open
 //! time has passed) or half-open (a limited number of probe requests). It
@@ -16,93 +16,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use prometheus::IntGauge;
 use weir_conf::resilience::Breaker as Settings;
 
 use crate::metrics::Metrics;
-
-/// Milliseconds since the first call: a cheap monotonic clock for windows
-/// and open times.
-pub fn now_ms() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    let base = *BASE.get_or_init(Instant::now);
-    u64::try_from(base.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
-const BUCKETS: usize = 10;
-
-/// Two counters over a sliding window of ten buckets, lock-free. Bucket
-/// resets race benignly with concurrent adds (a count may be lost at a
-/// bucket boundary), which is fine for ratios.
-pub struct Window {
-    width_ms: u64,
-    buckets: [Bucket; BUCKETS],
-}
-
-#[derive(Default)]
-struct Bucket {
-    epoch: AtomicU64,
-    a: AtomicU32,
-    b: AtomicU32,
-}
-
-impl Window {
-    /// A window of `span` (at least 10 ms).
-    pub fn new(span: Duration) -> Self {
-        let span_ms = u64::try_from(span.as_millis()).unwrap_or(u64::MAX);
-        Self {
-            width_ms: (span_ms / BUCKETS as u64).max(1),
-            buckets: Default::default(),
-        }
-    }
-
-    /// Adds `a` and `b` at time `now` (from [`now_ms`]).
-    pub fn add(&self, now: u64, a: u32, b: u32) {
-        // Epochs start at 1 so a fresh bucket (epoch 0) is never current.
-        let epoch = now / self.width_ms + 1;
-        let bucket = &self.buckets[(epoch % BUCKETS as u64) as usize];
-        let seen = bucket.epoch.load(Ordering::Acquire);
-        if seen != epoch
-            && bucket
-                .epoch
-                .compare_exchange(seen, epoch, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            bucket.a.store(0, Ordering::Relaxed);
-            bucket.b.store(0, Ordering::Relaxed);
-        }
-        if a > 0 {
-            bucket.a.fetch_add(a, Ordering::Relaxed);
-        }
-        if b > 0 {
-            bucket.b.fetch_add(b, Ordering::Relaxed);
-        }
-    }
-
-    /// The sums of `a` and `b` over the window ending at `now`; with `since`
-    /// > 0, only buckets that start after `since` count (both from [`now_ms`]).
-    pub fn sum(&self, now: u64, since: u64) -> (u64, u64) {
-        let current = now / self.width_ms + 1;
-        let floor = if since == 0 {
-            0
-        } else {
-            since / self.width_ms + 2
-        };
-        let (mut a, mut b) = (0u64, 0u64);
-        for bucket in &self.buckets {
-            let epoch = bucket.epoch.load(Ordering::Acquire);
-            if epoch + (BUCKETS as u64) > current && epoch <= current && epoch >= floor {
-                a += u64::from(bucket.a.load(Ordering::Relaxed));
-                b += u64::from(bucket.b.load(Ordering::Relaxed));
-            }
-        }
-        (a, b)
-    }
-}
+use crate::window::Window;
 
 /// Breaker states, as stored and as reported by the gauge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,6 +266,30 @@ impl Breaker {
     }
 }
 
+/// One request's attempt on a backend, waiting to tell its breaker how it
+/// went.
+pub struct Attempt {
+    breaker: Arc<Breaker>,
+    probe: bool,
+}
+
+impl Attempt {
+    /// An attempt through `breaker`; `probe` when admitted as a half-open probe.
+    pub fn new(breaker: Arc<Breaker>, probe: bool) -> Self {
+        Self { breaker, probe }
+    }
+
+    /// Tells the breaker how the attempt went.
+    pub fn settle(self, outcome: Outcome, now: u64) {
+        self.breaker.record(outcome, self.probe, now);
+    }
+
+    /// The breaker's settings.
+    pub fn settings(&self) -> &Settings {
+        self.breaker.settings()
+    }
+}
+
 /// The breakers of one pool's backends.
 pub struct BreakerSet {
     settings: Arc<Settings>,
@@ -355,8 +299,8 @@ pub struct BreakerSet {
 
 impl BreakerSet {
     /// Breakers for `addrs`, taking over those of `previous` for addresses it
-    /// had when its settings are the same; series of members that left are
-    /// removed from the gauge.
+    /// had when its settings are the same. Changes nothing live: see
+    /// [`BreakerSet::retire_departed`].
     pub fn build(pool: &weir_conf::Pool, previous: Option<&BreakerSet>, metrics: &Metrics) -> Self {
         let previous = previous.filter(|p| *p.settings == pool.breaker);
         let settings = previous
@@ -379,22 +323,29 @@ impl BreakerSet {
             })
             .collect();
         members.sort_by_key(|(a, _)| *a);
-        if let Some(prev) = previous {
-            for (addr, _) in &prev.members {
-                if members.binary_search_by_key(addr, |(a, _)| *a).is_err() {
-                    let (pool, addr) = (pool.name.as_str(), addr.to_string());
-                    let _ = metrics.breaker_state.remove_label_values(&[pool, &addr]);
-                    for to in [State::Open, State::HalfOpen, State::Closed] {
-                        let _ = metrics.breaker_transitions.remove_label_values(&[
-                            pool,
-                            &addr,
-                            to.as_str(),
-                        ]);
-                    }
-                }
+        Self { settings, members }
+    }
+
+    /// Removes the series of `previous`'s members that this set does not
+    /// have, when this set took `previous`'s over (same settings). Run once
+    /// this set is live.
+    pub fn retire_departed(&self, previous: &BreakerSet, pool: &str, metrics: &Metrics) {
+        if *previous.settings != *self.settings {
+            return;
+        }
+        for (addr, _) in &previous.members {
+            if self.get(addr).is_some() {
+                continue;
+            }
+            let addr = addr.to_string();
+            let _ = metrics.breaker_state.remove_label_values(&[pool, &addr]);
+            for to in [State::Open, State::HalfOpen, State::Closed] {
+                let _ =
+                    metrics
+                        .breaker_transitions
+                        .remove_label_values(&[pool, &addr, to.as_str()]);
             }
         }
-        Self { settings, members }
     }
 
     /// Whether the pool's backends have breakers.
@@ -426,20 +377,6 @@ mod tests {
         assert!(problems.is_empty(), "{problems}");
         let metrics = Metrics::new().unwrap();
         Breaker::new(Arc::new(s), "t", "127.0.0.1:1".parse().unwrap(), &metrics)
-    }
-
-    #[test]
-    fn window_sums_recent_buckets_only() {
-        let w = Window::new(Duration::from_millis(1000));
-        w.add(0, 1, 0);
-        w.add(450, 2, 1);
-        assert_eq!(w.sum(450, 0), (3, 1));
-        assert_eq!(w.sum(450, 350), (2, 1));
-        assert_eq!(w.sum(450, 450), (0, 0));
-        // A second later, both buckets have left the window.
-        assert_eq!(w.sum(1500, 0), (0, 0));
-        w.add(1500, 5, 5);
-        assert_eq!(w.sum(1500, 0), (5, 5));
     }
 
     #[test]

@@ -95,7 +95,7 @@ pub enum GatewayError {
         /// Seconds until a retry may succeed.
         retry_after: u64,
         /// The `x-ratelimit-*` values.
-        headers: crate::access::RateHeaders,
+        headers: RateHeaders,
     },
     /// Anything else.
     #[error("internal gateway error: {0}")]
@@ -302,6 +302,35 @@ impl GatewayError {
                 ErrorSource::Internal | ErrorSource::Unset => GatewayError::Internal(detail),
             },
         }
+    }
+}
+
+/// `(limit, remaining)` of the request and token limits, for the
+/// `x-ratelimit-{limit,remaining}-{requests,tokens}` headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateHeaders {
+    /// Request limit and what is left of it.
+    pub requests: Option<(u32, u32)>,
+    /// Token limit and what is left of it.
+    pub tokens: Option<(u64, u64)>,
+}
+
+impl RateHeaders {
+    /// The header pairs to add to a response.
+    pub fn pairs(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        let r = self.requests.map(|(l, rem)| {
+            [
+                ("x-ratelimit-limit-requests", u64::from(l)),
+                ("x-ratelimit-remaining-requests", u64::from(rem)),
+            ]
+        });
+        let t = self.tokens.map(|(l, rem)| {
+            [
+                ("x-ratelimit-limit-tokens", l),
+                ("x-ratelimit-remaining-tokens", rem),
+            ]
+        });
+        r.into_iter().flatten().chain(t.into_iter().flatten())
     }
 }
 

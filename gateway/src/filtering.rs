@@ -11,12 +11,16 @@
 //!   stream (chunk by chunk, with the bounded hold-back of
 //!   [`weir_filters::StreamFilter`]) through the route's chain.
 //!
-//! Every call is recorded in `weir_filter_*` metrics.
+//! Every call is recorded in `weir_filter_*` metrics, through handles
+//! resolved when the filter is loaded (so a call costs atomic adds, not
+//! labelled lookups; resolving them also creates every series at 0).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use prometheus::{Histogram, IntCounter, IntCounterVec};
 use weir_conf::filters::{FilterAction, FilterDef, FilterModule, FilterPolicy, NonJson};
 use weir_filters::{Action, Filter, FilterSpec, Outcome, Policy, StreamFilter, Verdict, openai};
 
@@ -29,6 +33,73 @@ pub struct LoadedFilter {
     pub def: FilterDef,
     /// The loaded filter.
     pub filter: Filter,
+    metrics: FilterMetrics,
+}
+
+/// One filter's metric handles.
+struct FilterMetrics {
+    /// `weir_filter_duration_seconds{filter,direction}`, by [`Direction`].
+    duration: [Histogram; 2],
+    /// `weir_filter_matches_total{filter,category,direction}`, by category,
+    /// then [`Direction`].
+    matches: HashMap<Arc<str>, [IntCounter; 2]>,
+    /// `weir_filter_errors_total{filter,kind}`, by kind.
+    errors: HashMap<&'static str, IntCounter>,
+    /// `weir_filter_holdback_bytes`.
+    holdback: Histogram,
+    /// The vectors, for a category or kind nobody foresaw.
+    matches_vec: IntCounterVec,
+    errors_vec: IntCounterVec,
+}
+
+impl FilterMetrics {
+    fn new(metrics: &Metrics, filter: &Filter) -> Self {
+        let name = filter.name();
+        let directions = [Direction::Request, Direction::Response];
+        Self {
+            duration: directions.map(|d| {
+                metrics
+                    .filter_duration
+                    .with_label_values(&[name, d.label()])
+            }),
+            matches: filter
+                .categories()
+                .iter()
+                .map(|c| {
+                    let per = directions.map(|d| {
+                        metrics
+                            .filter_matches
+                            .with_label_values(&[name, c, d.label()])
+                    });
+                    (Arc::clone(c), per)
+                })
+                .collect(),
+            errors: weir_filters::FilterError::CALL_KINDS
+                .iter()
+                .map(|&kind| (kind, metrics.filter_errors.with_label_values(&[name, kind])))
+                .collect(),
+            holdback: metrics.filter_holdback.clone(),
+            matches_vec: metrics.filter_matches.clone(),
+            errors_vec: metrics.filter_errors.clone(),
+        }
+    }
+
+    fn matched(&self, filter: &str, category: &str, d: Direction) {
+        match self.matches.get(category) {
+            Some(per) => per[d as usize].inc(),
+            None => self
+                .matches_vec
+                .with_label_values(&[filter, category, d.label()])
+                .inc(),
+        }
+    }
+
+    fn failed(&self, filter: &str, kind: &'static str) {
+        match self.errors.get(kind) {
+            Some(c) => c.inc(),
+            None => self.errors_vec.with_label_values(&[filter, kind]).inc(),
+        }
+    }
 }
 
 /// Loads `defs`, reusing the filters of `previous` whose definition is
@@ -36,6 +107,7 @@ pub struct LoadedFilter {
 pub async fn load(
     defs: &[FilterDef],
     previous: &[Arc<LoadedFilter>],
+    metrics: &Metrics,
 ) -> Result<Vec<Arc<LoadedFilter>>, String> {
     let mut out = Vec::with_capacity(defs.len());
     for def in defs {
@@ -43,8 +115,8 @@ pub async fn load(
             out.push(Arc::clone(same));
             continue;
         }
-        let owned = def.clone();
-        let loaded = tokio::task::spawn_blocking(move || load_one(owned))
+        let (owned, metrics) = (def.clone(), metrics.clone());
+        let loaded = tokio::task::spawn_blocking(move || load_one(owned, &metrics))
             .await
             .map_err(|e| format!("filters[{}]: loader failed: {e}", def.name))??;
         out.push(Arc::new(loaded));
@@ -52,7 +124,7 @@ pub async fn load(
     Ok(out)
 }
 
-fn load_one(def: FilterDef) -> Result<LoadedFilter, String> {
+fn load_one(def: FilterDef, metrics: &Metrics) -> Result<LoadedFilter, String> {
     let action = match def.action {
         FilterAction::Mask => Action::Mask(def.mask_char),
         FilterAction::Block => Action::Block,
@@ -70,32 +142,19 @@ fn load_one(def: FilterDef) -> Result<LoadedFilter, String> {
         FilterModule::File { wasm, .. } => Filter::load(wasm, spec),
     }
     .map_err(|e| format!("filters[{}]: {e}", def.name))?;
-    Ok(LoadedFilter { def, filter })
-}
-
-/// Creates the zero series of a loaded filter (every category in both
-/// directions, every call failure kind), so dashboards see a rate of 0
-/// rather than no data.
-pub fn register_series(metrics: &Metrics, filter: &Filter) {
-    for category in filter.categories() {
-        for d in [Direction::Request, Direction::Response] {
-            metrics
-                .filter_matches
-                .with_label_values(&[filter.name(), category, d.label()]);
-        }
-    }
-    for kind in weir_filters::FilterError::CALL_KINDS {
-        metrics
-            .filter_errors
-            .with_label_values(&[filter.name(), kind]);
-    }
+    let metrics = FilterMetrics::new(metrics, &filter);
+    Ok(LoadedFilter {
+        def,
+        filter,
+        metrics,
+    })
 }
 
 /// `request` or `response` (the `direction` label).
 #[derive(Debug, Clone, Copy)]
 enum Direction {
-    Request,
-    Response,
+    Request = 0,
+    Response = 1,
 }
 
 impl Direction {
@@ -109,31 +168,32 @@ impl Direction {
 
 /// Records what one filter call found and returns its verdict.
 fn record<T>(
-    metrics: &Metrics,
-    filter: &Filter,
+    loaded: &LoadedFilter,
     direction: Direction,
     started: Instant,
     outcome: Outcome<T>,
 ) -> Verdict<T> {
-    let name = filter.name();
-    metrics
-        .filter_duration
-        .with_label_values(&[name, direction.label()])
-        .observe(started.elapsed().as_secs_f64());
-    for category in &outcome.hits {
-        metrics
-            .filter_matches
-            .with_label_values(&[name, category, direction.label()])
-            .inc();
+    let m = &loaded.metrics;
+    m.duration[direction as usize].observe(started.elapsed().as_secs_f64());
+    report(loaded, direction, &outcome.hits, outcome.error.as_ref());
+    outcome.verdict
+}
+
+/// Counts the categories a filter found and the error it failed with.
+fn report(
+    loaded: &LoadedFilter,
+    direction: Direction,
+    hits: &[Arc<str>],
+    error: Option<&weir_filters::FilterError>,
+) {
+    let name = loaded.filter.name();
+    for category in hits {
+        loaded.metrics.matched(name, category, direction);
     }
-    if let Some(error) = &outcome.error {
-        metrics
-            .filter_errors
-            .with_label_values(&[name, error.kind()])
-            .inc();
+    if let Some(error) = error {
+        loaded.metrics.failed(name, error.kind());
         tracing::warn!(filter = name, kind = error.kind(), error = %error, "content filter failed");
     }
-    outcome.verdict
 }
 
 /// Runs a buffered request body through `chain`. Returns the body to send
@@ -142,14 +202,14 @@ pub fn filter_request(
     chain: &[Arc<LoadedFilter>],
     mut body: Bytes,
     non_json: NonJson,
-    metrics: &Metrics,
 ) -> Result<Bytes, GatewayError> {
     for loaded in chain {
         let filter = &loaded.filter;
         let started = Instant::now();
         let verdict = match openai::filter_request(filter, &body) {
-            Ok(outcome) => record(metrics, filter, Direction::Request, started, outcome)
-                .map_masked(Bytes::from),
+            Ok(outcome) => {
+                record(loaded, Direction::Request, started, outcome).map_masked(Bytes::from)
+            }
             Err(e) => match non_json {
                 NonJson::Reject => return Err(GatewayError::InvalidBody(e.to_string())),
                 NonJson::Skip => return Ok(body),
@@ -158,8 +218,7 @@ pub fn filter_request(
                         GatewayError::InvalidBody("the body is not UTF-8 text".to_owned())
                     })?;
                     let outcome = filter.check(text);
-                    record(metrics, filter, Direction::Request, started, outcome)
-                        .map_masked(Bytes::from)
+                    record(loaded, Direction::Request, started, outcome).map_masked(Bytes::from)
                 }
             },
         };
@@ -216,7 +275,7 @@ pub enum ResponseFilter {
         overflowed: bool,
     },
     /// An SSE stream: one stream filter per filter of the chain.
-    Stream(Vec<StreamFilter>),
+    Stream(Vec<(StreamFilter, Arc<LoadedFilter>)>),
 }
 
 impl ResponseFilter {
@@ -235,7 +294,10 @@ impl ResponseFilter {
             .to_ascii_lowercase();
         match essence.as_str() {
             "text/event-stream" => Some(Self::Stream(
-                chain.iter().map(|f| StreamFilter::new(&f.filter)).collect(),
+                chain
+                    .iter()
+                    .map(|f| (StreamFilter::new(&f.filter), Arc::clone(f)))
+                    .collect(),
             )),
             "application/json" => Some(Self::Json {
                 chain: chain.to_vec(),
@@ -249,7 +311,7 @@ impl ResponseFilter {
 
     /// Takes one upstream chunk (`None` at the end without data) and returns
     /// what to send downstream now.
-    pub fn push(&mut self, chunk: Option<Bytes>, end: bool, metrics: &Metrics) -> Option<Bytes> {
+    pub fn push(&mut self, chunk: Option<Bytes>, end: bool) -> Option<Bytes> {
         match self {
             Self::Json {
                 chain,
@@ -275,11 +337,11 @@ impl ResponseFilter {
                     return None;
                 }
                 let body = std::mem::take(buf).freeze();
-                Some(filter_response_json(chain, body, metrics))
+                Some(filter_response_json(chain, body))
             }
             Self::Stream(filters) => {
                 let mut out = chunk.unwrap_or_default();
-                for f in filters.iter_mut() {
+                for (f, loaded) in filters.iter_mut() {
                     let started = Instant::now();
                     if !out.is_empty() {
                         out = f.push(&out);
@@ -289,16 +351,17 @@ impl ResponseFilter {
                         tail.extend_from_slice(&f.finish());
                         out = Bytes::from(tail);
                     }
-                    metrics
-                        .filter_duration
-                        .with_label_values(&[f.filter_name(), Direction::Response.label()])
+                    loaded.metrics.duration[Direction::Response as usize]
                         .observe(started.elapsed().as_secs_f64());
                 }
-                let held: usize = filters.iter().map(StreamFilter::held_bytes).sum();
-                metrics.filter_holdback.observe(held as f64);
+                let held: usize = filters.iter().map(|(f, _)| f.held_bytes()).sum();
+                if let Some((_, loaded)) = filters.first() {
+                    loaded.metrics.holdback.observe(held as f64);
+                }
                 if end {
-                    for f in filters.iter() {
-                        record_stream(metrics, f);
+                    for (f, loaded) in filters.iter() {
+                        let r = f.report();
+                        report(loaded, Direction::Response, &r.hits, r.error.as_ref());
                     }
                 }
                 Some(out)
@@ -307,35 +370,17 @@ impl ResponseFilter {
     }
 }
 
-fn record_stream(metrics: &Metrics, f: &StreamFilter) {
-    let report = f.report();
-    let name = f.filter_name();
-    for category in &report.hits {
-        metrics
-            .filter_matches
-            .with_label_values(&[name, category, Direction::Response.label()])
-            .inc();
-    }
-    if let Some(error) = &report.error {
-        metrics
-            .filter_errors
-            .with_label_values(&[name, error.kind()])
-            .inc();
-        tracing::warn!(filter = name, kind = error.kind(), error = %error, "stream filter failed");
-    }
-}
-
 /// A whole JSON answer through the chain: masked, or replaced by an error
 /// body when blocked or failed closed. A body that is not an OpenAI answer
 /// (an upstream error, say) passes unchanged.
-fn filter_response_json(chain: &[Arc<LoadedFilter>], mut body: Bytes, metrics: &Metrics) -> Bytes {
+fn filter_response_json(chain: &[Arc<LoadedFilter>], mut body: Bytes) -> Bytes {
     for loaded in chain {
         let filter = &loaded.filter;
         let started = Instant::now();
         let Ok(outcome) = openai::filter_response(filter, &body) else {
             return body;
         };
-        let verdict = record(metrics, filter, Direction::Response, started, outcome);
+        let verdict = record(loaded, Direction::Response, started, outcome);
         if let Some(err) = refusal(&verdict, filter) {
             return Bytes::from(err.body());
         }

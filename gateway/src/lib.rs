@@ -6,11 +6,32 @@
 //! pool. The routing state is rebuilt off the request path on every config
 //! change and published with one atomic swap.
 //!
-//! Modules: [`routing`] (arm selection), [`state`] (the live runtime and its
-//! swap), [`proxy`] (the `ProxyHttp` hooks), [`errors`] (gateway errors as
-//! OpenAI-shaped JSON), [`admin`] (health, readiness, metrics, routes),
-//! [`source`] (file watching), [`etcd`] (the etcd source), [`server`]
-//! (process wiring), [`ctl`] (the `weirctl` operator CLI).
+//! Modules, bottom layer first (a module uses only modules listed above it,
+//! except that `errors` and `metrics` serve every layer; see
+//! `docs/architecture.md`):
+//!
+//! - [`window`]: the monotonic millisecond clock and sliding-window counters.
+//! - [`metrics`]: every Prometheus metric, the `status` label table.
+//! - [`errors`]: gateway errors as OpenAI-shaped JSON; rate-limit headers.
+//! - [`grpc`]: gRPC statuses and trailers-only error answers.
+//! - [`trace`]: W3C trace context; [`otel`]: OTLP span export.
+//! - [`routing`]: arm selection (A/B header, sticky rendezvous, weighted).
+//! - [`retry`]: the per-route retry budget.
+//! - [`breaker`]: per-backend circuit breakers and attempts.
+//! - [`redis_limits`]: cluster-wide tenant limits in Redis.
+//! - [`access`]: tenants, API keys, JWTs and their limits at run time.
+//! - [`filtering`]: loaded Wasm filters over request and response bodies.
+//! - [`pool`]: a pool's balancer, health checks and backend choice.
+//! - [`canary`]: canary windows ([`canary::stats`]) and rollback checks.
+//! - [`runtime`]: the routing state built from one snapshot (pure build,
+//!   then commit).
+//! - [`usage`]: token usage of answers, stream timing, token metrics.
+//! - [`route_match`]: choosing a request's route.
+//! - [`state`]: the live runtime behind one atomic swap; rollbacks held.
+//! - [`proxy`]: the Pingora `ProxyHttp` hooks, one file per concern.
+//! - [`admin`]: health, readiness, metrics, routes, rollbacks, profiles.
+//! - [`source`]: the config file watch; [`etcd`]: the etcd source.
+//! - [`server`]: process wiring; [`ctl`]: the `weirctl` operator CLI.
 
 pub mod access;
 pub mod admin;
@@ -29,8 +50,10 @@ pub mod redis_limits;
 pub mod retry;
 pub mod route_match;
 pub mod routing;
+pub mod runtime;
 pub mod server;
 pub mod source;
 pub mod state;
 pub mod trace;
 pub mod usage;
+pub mod window;

@@ -350,3 +350,34 @@ impl Metrics {
         String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
 }
+
+/// The `status` label values: the common codes, then classes for the rest.
+pub const STATUS_LABELS: [&str; 19] = [
+    "0", "200", "201", "204", "400", "401", "403", "404", "429", "499", "500", "502", "503", "504",
+    "1xx", "2xx", "3xx", "4xx", "5xx",
+];
+
+/// Index into [`STATUS_LABELS`] of a status; avoids formatting on the hot path.
+pub fn status_index(status: u16) -> usize {
+    match status {
+        0 => 0,
+        200 => 1,
+        201 => 2,
+        204 => 3,
+        400 => 4,
+        401 => 5,
+        403 => 6,
+        404 => 7,
+        429 => 8,
+        499 => 9,
+        500 => 10,
+        502 => 11,
+        503 => 12,
+        504 => 13,
+        s if s < 200 => 14,
+        s if s < 300 => 15,
+        s if s < 400 => 16,
+        s if s < 500 => 17,
+        _ => 18,
+    }
+}

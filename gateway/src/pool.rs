@@ -7,9 +7,14 @@
 //! health state lives in a Pingora `HealthRegistry` shared by the old and the
 //! new balancer, so surviving backends keep the state they had (a backend
 //! found down stays down) and only new members start out healthy.
+//!
+//! [`PoolRt::build`] changes nothing live; [`PoolRt::commit`] (after the
+//! swap) points the health gauges at the new balancer, starts the health
+//! checks of a new pool and retires the series of departed backends.
+//! [`PoolRt::pick`] chooses the backend for one attempt.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use pingora_load_balancing::health_check::{HealthCheck as Probe, HttpHealthCheck, TcpHealthCheck};
@@ -18,7 +23,7 @@ use pingora_load_balancing::{Backend, Backends, HealthRegistry, LoadBalancer, di
 use weir_conf::model::HealthCheckKind;
 use weir_conf::{HealthCheck, Pool};
 
-use crate::breaker::BreakerSet;
+use crate::breaker::{Admit, Attempt, BreakerSet};
 use crate::metrics::Metrics;
 
 /// Weighted round robin over a pool's healthy backends.
@@ -31,17 +36,22 @@ pub struct PoolHealth {
     registry: Arc<HealthRegistry>,
     /// The newest balancer, whose members the health gauges report.
     latest: Arc<Mutex<Weak<Balancer>>>,
-    task: tokio::task::AbortHandle,
+    /// The check loop, started when the first runtime using it goes live.
+    task: OnceLock<tokio::task::AbortHandle>,
+    pool: String,
 }
 
 impl Drop for PoolHealth {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = self.task.get() {
+            task.abort();
+        }
     }
 }
 
 impl PoolHealth {
-    fn start(pool: &Pool, metrics: &Metrics) -> Result<Self, String> {
+    /// The checks of `pool`, not yet running.
+    fn new(pool: &Pool) -> Result<Self, String> {
         let hc = &pool.health;
         let probe: Box<dyn Probe + Send + Sync> = match hc.kind {
             HealthCheckKind::Tcp => {
@@ -66,21 +76,31 @@ impl PoolHealth {
         };
         let registry = Arc::new(HealthRegistry::new());
         registry.set_health_check(probe);
-        let latest = Arc::new(Mutex::new(Weak::new()));
-        let task = tokio::spawn(health_loop(
-            Arc::clone(&registry),
-            Arc::clone(&latest),
-            pool.name.clone(),
-            hc.interval,
-            metrics.clone(),
-        ))
-        .abort_handle();
         Ok(Self {
             settings: hc.clone(),
             registry,
-            latest,
-            task,
+            latest: Arc::new(Mutex::new(Weak::new())),
+            task: OnceLock::new(),
+            pool: pool.name.clone(),
         })
+    }
+
+    /// Reports the members of `lb` from now on, starting the check loop on
+    /// the current tokio runtime if it is not running yet.
+    fn activate(&self, lb: &Arc<Balancer>, metrics: &Metrics) {
+        if let Ok(mut latest) = self.latest.lock() {
+            *latest = Arc::downgrade(lb);
+        }
+        self.task.get_or_init(|| {
+            tokio::spawn(health_loop(
+                Arc::clone(&self.registry),
+                Arc::clone(&self.latest),
+                self.pool.clone(),
+                self.settings.interval,
+                metrics.clone(),
+            ))
+            .abort_handle()
+        });
     }
 }
 
@@ -98,9 +118,9 @@ pub struct PoolRt {
 impl PoolRt {
     /// Builds the balancer. Its health state is `previous`'s when that is a
     /// pool of the same name with the same health-check settings; otherwise
-    /// a new health-check task starts on the current tokio runtime. Surviving
-    /// backends keep their breakers likewise.
-    pub async fn start(
+    /// new health checks are prepared (they start at [`PoolRt::commit`]).
+    /// Surviving backends keep their breakers likewise.
+    pub async fn build(
         config: Pool,
         previous: Option<&PoolRt>,
         metrics: &Metrics,
@@ -120,7 +140,7 @@ impl PoolRt {
         let health = match (inherited, config.health.kind) {
             (_, HealthCheckKind::None) => None,
             (Some(h), _) => Some(h),
-            (None, _) => Some(Arc::new(PoolHealth::start(&config, metrics)?)),
+            (None, _) => Some(Arc::new(PoolHealth::new(&config)?)),
         };
         let discovery = discovery::Static::new(set);
         let backends = match &health {
@@ -131,18 +151,61 @@ impl PoolRt {
         lb.update()
             .await
             .map_err(|e| format!("pool {}: {e}", config.name))?;
-        let lb = Arc::new(lb);
-        if let Some(h) = &health
-            && let Ok(mut latest) = h.latest.lock()
-        {
-            *latest = Arc::downgrade(&lb);
-        }
         Ok(Self {
             config,
-            lb,
+            lb: Arc::new(lb),
             breakers,
             health,
         })
+    }
+
+    /// Run once the runtime holding this pool is live; `previous` is the
+    /// pool of the same name it replaced, if any.
+    pub fn commit(&self, previous: Option<&PoolRt>, metrics: &Metrics) {
+        if let Some(h) = &self.health {
+            h.activate(&self.lb, metrics);
+        }
+        if let Some(p) = previous {
+            self.breakers
+                .retire_departed(&p.breakers, &self.config.name, metrics);
+        }
+    }
+
+    /// Chooses a healthy backend, not one of `tried`, whose breaker admits a
+    /// request at `now` ([`crate::window::now_ms`]). The [`Attempt`] (when the
+    /// pool has breakers) is to be settled with the attempt's outcome.
+    pub fn pick(
+        &self,
+        tried: &[pingora_core::protocols::l4::socket::SocketAddr],
+        now: u64,
+    ) -> Option<(Backend, Option<Attempt>)> {
+        let breakers = &self.breakers;
+        let probe = std::cell::Cell::new(false);
+        let backend = self.lb.select_with(b"", 256, |b, healthy| {
+            if !healthy || tried.contains(&b.addr) {
+                return false;
+            }
+            if !breakers.enabled() {
+                return true;
+            }
+            match b.addr.as_inet().and_then(|a| breakers.get(a)) {
+                None => true,
+                Some(breaker) => match breaker.admit(now) {
+                    Admit::No => false,
+                    Admit::Yes => true,
+                    Admit::Probe => {
+                        probe.set(true);
+                        true
+                    }
+                },
+            }
+        })?;
+        let attempt = breakers
+            .enabled()
+            .then(|| backend.addr.as_inet().and_then(|a| breakers.get(a)))
+            .flatten()
+            .map(|breaker| Attempt::new(Arc::clone(breaker), probe.get()));
+        Some((backend, attempt))
     }
 
     /// Whether `backend` currently passes health checks.

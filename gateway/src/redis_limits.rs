@@ -16,8 +16,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use weir_conf::access::RedisLimits as Settings;
 
-use crate::breaker::now_ms;
 use crate::metrics::Metrics;
+use crate::window::now_ms;
 
 /// How long Redis is left alone after a failure.
 const DOWN_FOR_MS: u64 = 1_000;

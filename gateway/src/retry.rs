@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use weir_conf::resilience::Retry;
 
-use crate::breaker::Window;
+use crate::window::Window;
 
 /// Seconds the budget looks back.
 const SPAN_SECONDS: u64 = 10;
@@ -29,7 +29,7 @@ impl Default for RetryBudget {
 }
 
 impl RetryBudget {
-    /// Counts a request (its first attempt) at `now` ([`crate::breaker::now_ms`]).
+    /// Counts a request (its first attempt) at `now` ([`crate::window::now_ms`]).
     pub fn request(&self, now: u64) {
         self.window.add(now, 1, 0);
     }

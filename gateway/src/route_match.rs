@@ -16,7 +16,7 @@ use pingora_proxy::Session;
 use weir_conf::matching::{Request, path_model};
 
 use crate::errors::GatewayError;
-use crate::state::RouteRt;
+use crate::runtime::RouteRt;
 
 /// Largest body read ahead for its `model` (Pingora's replay buffer).
 pub const MODEL_PEEK_LIMIT: usize = 64 * 1024;

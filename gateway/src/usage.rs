@@ -6,10 +6,20 @@
 //! `stream_options.include_usage = true` added on the way up
 //! ([`request_usage`]), and the usage-only chunk it produces is taken out of
 //! the stream again before the client sees it.
+//!
+//! A streamed answer's chunks are timed by a [`StreamClock`] (time to first
+//! token, time per output token); [`record_tokens`] counts an answer's
+//! tokens on its arm.
+
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::Value;
 use weir_filters::sse::SseParser;
+
+use crate::runtime::ArmRt;
 
 /// Largest JSON answer read for its usage; a larger one is not counted.
 const MAX_JSON: usize = 4 << 20;
@@ -40,6 +50,35 @@ impl Usage {
     /// All tokens: `total_tokens`, else prompt + completion.
     pub fn tokens(&self) -> Option<u64> {
         self.total.or_else(|| Some(self.prompt? + self.completion?))
+    }
+}
+
+/// What the gateway reads of an answer or a streamed chunk: its `usage`
+/// and whether it has `choices`. Every other field is skipped by the
+/// parser, never built into a document.
+#[derive(Deserialize)]
+struct UsageView {
+    #[serde(default)]
+    usage: Option<Value>,
+    #[serde(default)]
+    choices: Option<Choices>,
+}
+
+/// `choices`: a list (only its length matters) or anything else.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Choices {
+    List(Vec<IgnoredAny>),
+    Other(IgnoredAny),
+}
+
+impl UsageView {
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage.as_ref().and_then(Usage::of)
     }
 }
 
@@ -137,9 +176,7 @@ impl UsageTap {
                     }
                 }
                 if end && let Some(b) = buf.take() {
-                    *usage = serde_json::from_slice::<Value>(&b)
-                        .ok()
-                        .and_then(|v| v.get("usage").and_then(Usage::of));
+                    *usage = UsageView::parse(&b).and_then(|v| v.usage());
                 }
                 chunk
             }
@@ -174,18 +211,16 @@ impl UsageTap {
                     };
                     let with_usage = data
                         .contains("\"usage\"")
-                        .then(|| serde_json::from_str::<Value>(data).ok())
+                        .then(|| UsageView::parse(data.as_bytes()))
                         .flatten();
                     let mut keep = true;
                     let mut content = data != "[DONE]";
                     if let Some(doc) = with_usage
-                        && let Some(u) = doc.get("usage").and_then(Usage::of)
+                        && let Some(u) = doc.usage()
                     {
                         *usage = Some(u);
-                        let usage_only = doc
-                            .get("choices")
-                            .and_then(Value::as_array)
-                            .is_some_and(Vec::is_empty);
+                        let usage_only =
+                            matches!(&doc.choices, Some(Choices::List(c)) if c.is_empty());
                         content = !usage_only;
                         keep = !(*strip && usage_only);
                     }
@@ -221,6 +256,56 @@ impl UsageTap {
             UsageTap::Sse { chunks, .. } => reported.or(Some(*chunks)),
             UsageTap::Json { .. } => reported,
         }
+    }
+}
+
+/// When the chunks of a streamed answer left for the client.
+pub struct StreamClock {
+    first: Option<Instant>,
+    last: Instant,
+}
+
+impl StreamClock {
+    /// A clock for an answer whose header arrived at `now`.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            first: None,
+            last: now,
+        }
+    }
+
+    /// Records a chunk sent at `now`; `true` for the first one.
+    pub fn chunk(&mut self, now: Instant) -> bool {
+        self.last = now;
+        let first = self.first.is_none();
+        if first {
+            self.first = Some(now);
+        }
+        first
+    }
+
+    /// When the last chunk left.
+    pub fn last(&self) -> Instant {
+        self.last
+    }
+}
+
+/// Counts an answer's tokens on its arm and, for a stream, its time per
+/// output token.
+pub fn record_tokens(arm: &ArmRt, tap: &UsageTap, stream: Option<&StreamClock>) {
+    let output = tap.output_tokens();
+    if let Some(n) = tap.usage().and_then(|u| u.prompt) {
+        arm.tokens[0].inc_by(n);
+    }
+    if let Some(n) = output {
+        arm.tokens[1].inc_by(n);
+    }
+    if let (Some(clock), Some(n)) = (stream, output)
+        && let Some(first) = clock.first
+        && n >= 2
+    {
+        let per = clock.last.duration_since(first).as_secs_f64() / (n - 1) as f64;
+        arm.tpot.observe(per);
     }
 }
 

@@ -1,20 +1,14 @@
-//! Canary auto-rollback: each arm of a route with a `rollback` policy keeps
-//! a sliding window of its outcomes (errors, and latencies when the policy
-//! compares them); every quarter second at most, a finished request of the
-//! route compares every weighted arm with the fallback (stable) arm, and an
-//! arm that does clearly worse is rolled back: its effective weight becomes
-//! 0 (see [`crate::state::Shared::roll_back`]).
-//!
-//! Windows survive reloads (taken over by route and arm name), except that
-//! an arm whose rollback was cleared starts afresh, so the failures that
-//! rolled it back do not roll it back again.
+//! The outcome windows of canary arms ([`ArmStats`]: errors, and latencies
+//! when the policy compares them) and the [`verdict`] that compares an arm
+//! with the stable one. A leaf below the runtime: imports only
+//! [`crate::window`].
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use weir_conf::resilience::Rollback;
 
-use crate::breaker::Window;
+use crate::window::Window;
 
 const TIME_BUCKETS: usize = 10;
 /// Four latency buckets per power of two, from 1 µs to ~70 min.

@@ -1,0 +1,205 @@
+//! Bodies on their way through: request bodies buffered for the route's
+//! request filters (or to ask a stream for its usage) and sent filtered or
+//! refused (400 blocked, 503 filter unavailable, 413 too large); answers
+//! read for their token usage, filtered (JSON buffered, SSE chunk by chunk
+//! with a bounded hold-back) and timed (time to first token).
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use weir_conf::model::Protocol;
+
+use super::ctx::{BodyState, GatewayCtx};
+use crate::access::TenantRt;
+use crate::errors::GatewayError;
+use crate::filtering::ResponseFilter;
+use crate::route_match::{content_length, has_body};
+use crate::runtime::RouteRt;
+use crate::usage::{StreamClock, UsageTap};
+
+impl BodyState {
+    /// Decides, once the arm is chosen, whether the request body is
+    /// buffered: for the route's request filters (refusing a declared
+    /// length over their limit) or to add `include_usage` for a tenant whose
+    /// tokens are limited.
+    pub(super) fn plan(
+        &mut self,
+        route: &RouteRt,
+        req: &RequestHeader,
+        tenant: Option<&TenantRt>,
+    ) -> Result<(), GatewayError> {
+        if !has_body(req) {
+            return Ok(());
+        }
+        if !route.request_filters.is_empty() {
+            let limit = route.config.filters.max_body;
+            if content_length(req).is_some_and(|n| n > limit) {
+                return Err(GatewayError::BodyTooLarge { limit });
+            }
+            self.req = Some(BytesMut::new());
+        }
+        if tenant.is_some_and(TenantRt::counts_tokens) {
+            self.inject_usage = true;
+            self.req.get_or_insert_with(BytesMut::new);
+        }
+        Ok(())
+    }
+}
+
+/// The filtered body's length is known only after the headers have gone:
+/// a buffered request body goes upstream chunked (HTTP/2 needs no length).
+pub(super) fn upstream_headers(ctx: &GatewayCtx, req: &mut RequestHeader) -> Result<()> {
+    if ctx.body.req.is_none() {
+        return Ok(());
+    }
+    req.remove_header(&http::header::CONTENT_LENGTH);
+    if ctx
+        .arm()
+        .is_some_and(|a| a.pool.config.protocol == Protocol::H2c)
+    {
+        req.remove_header(&http::header::TRANSFER_ENCODING);
+    } else {
+        req.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(())
+}
+
+/// One piece of the request body: counted against the route's limit, and
+/// when buffered, held until the end and then sent through the filters.
+pub(super) fn request_body(
+    ctx: &mut GatewayCtx,
+    body: &mut Option<Bytes>,
+    end_of_stream: bool,
+) -> Result<(), GatewayError> {
+    let state = &mut ctx.body;
+    if let Some(chunk) = body.as_ref() {
+        state.seen += chunk.len();
+        if state.seen > state.max {
+            return Err(GatewayError::BodyTooLarge { limit: state.max });
+        }
+    }
+    let (Some(buf), Some(route)) = (
+        state.req.as_mut(),
+        ctx.routed.as_ref().and_then(|r| r.route()),
+    ) else {
+        return Ok(());
+    };
+    let limit = if route.request_filters.is_empty() {
+        state.max
+    } else {
+        route.config.filters.max_body
+    };
+    if let Some(chunk) = body.take() {
+        if buf.len() + chunk.len() > limit {
+            return Err(GatewayError::BodyTooLarge { limit });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    if !end_of_stream {
+        // Empty, not None: Pingora reads None as the end of the body.
+        *body = Some(Bytes::new());
+        return Ok(());
+    }
+    let mut whole = std::mem::take(buf).freeze();
+    state.req = None;
+    if whole.is_empty() {
+        // No body after all: nothing to filter.
+        return Ok(());
+    }
+    if state.inject_usage {
+        let (with_usage, added) = crate::usage::request_usage(whole);
+        whole = with_usage;
+        state.strip_usage = added;
+    }
+    *body = Some(crate::filtering::filter_request(
+        &route.request_filters,
+        whole,
+        route.config.filters.non_json,
+    )?);
+    Ok(())
+}
+
+/// The answer's header: sets up the response filters, the usage tap and
+/// the stream clock; a body they may rewrite loses its `Content-Length`.
+pub(super) fn response_header(
+    ctx: &mut GatewayCtx,
+    resp: &mut ResponseHeader,
+    h1: bool,
+) -> Result<()> {
+    if let Some(route) = ctx.routed.as_ref().and_then(|r| r.route())
+        && resp.status.is_success()
+    {
+        let state = &mut ctx.body;
+        let content_type = resp
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !route.response_filters.is_empty() {
+            state.resp_filter = ResponseFilter::for_content_type(
+                content_type,
+                &route.response_filters,
+                route.config.filters.max_body,
+            );
+        }
+        let sse = crate::usage::is_event_stream(content_type);
+        if sse {
+            state.stream = Some(StreamClock::new(Instant::now()));
+        }
+        if sse || ctx.openai || ctx.tenant.as_ref().is_some_and(|t| t.counts_tokens()) {
+            state.usage = UsageTap::for_content_type(content_type, state.strip_usage);
+        }
+    }
+    let state = &ctx.body;
+    if state.resp_filter.is_some() || state.usage.as_ref().is_some_and(UsageTap::rewrites) {
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+        if h1 && resp.headers.get(http::header::TRANSFER_ENCODING).is_none() {
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
+    }
+    Ok(())
+}
+
+/// One piece of the answer: the route's deadline checked, usage read (and
+/// the tenant's tokens counted at the end), filters applied, the first
+/// streamed chunk timed.
+pub(super) fn response_body(
+    ctx: &mut GatewayCtx,
+    body: &mut Option<Bytes>,
+    end_of_stream: bool,
+) -> Result<()> {
+    if let Some(deadline) = ctx.upstream.deadline
+        && !end_of_stream
+        && Instant::now() >= deadline
+    {
+        return Err(Error::explain(
+            ErrorType::ReadTimedout,
+            "the route's total timeout passed",
+        ));
+    }
+    let state = &mut ctx.body;
+    if let Some(tap) = state.usage.as_mut() {
+        *body = tap.push(body.take(), end_of_stream);
+        if end_of_stream && let (Some(tokens), Some(tenant)) = (tap.tokens(), &ctx.tenant) {
+            let redis = ctx
+                .routed
+                .as_ref()
+                .and_then(|r| r.runtime.access.redis.as_ref());
+            tenant.record_tokens(tokens, redis);
+        }
+    }
+    if let Some(filter) = state.resp_filter.as_mut() {
+        *body = filter.push(body.take(), end_of_stream);
+    }
+    if let Some(clock) = state.stream.as_mut()
+        && body.as_ref().is_some_and(|b| !b.is_empty())
+        && clock.chunk(Instant::now())
+        && let Some(arm) = ctx.routed.as_ref().and_then(|r| r.arm())
+    {
+        arm.ttft
+            .observe(clock.last().duration_since(ctx.start).as_secs_f64());
+    }
+    Ok(())
+}

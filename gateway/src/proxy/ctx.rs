@@ -1,0 +1,189 @@
+//! Per-request state: one [`GatewayCtx`] per request, holding [`Routed`],
+//! the runtime the request loaded once with the route and arm chosen from
+//! it, and one plain state struct per concern (upstream attempts, bodies,
+//! observation). Their behaviour lives with the file that works on them
+//! (`impl UpstreamState` in `upstream.rs`, and so on); this file imports
+//! none of those, so the hooks' files sit on top of it without a cycle.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderValue;
+
+use bytes::BytesMut;
+use pingora_core::protocols::l4::socket::SocketAddr;
+use pingora_load_balancing::Backend;
+
+use crate::access::{Permit, TenantRt};
+use crate::breaker::Attempt;
+use crate::errors::{GatewayError, RateHeaders};
+use crate::filtering::ResponseFilter;
+use crate::routing::Reason;
+use crate::runtime::{ArmRt, RouteRt, Runtime};
+use crate::usage::{StreamClock, UsageTap};
+
+/// The runtime a request loaded (once: a request never sees half of two
+/// configs), with the route and arm chosen in it so far.
+pub struct Routed {
+    /// The live runtime when the request arrived.
+    pub runtime: Arc<Runtime>,
+    /// Index of the matched route.
+    pub route: Option<usize>,
+    /// Index of the chosen arm of that route (the fallback arm after a
+    /// fallback).
+    pub arm: Option<usize>,
+}
+
+impl Routed {
+    /// The matched route.
+    pub fn route(&self) -> Option<&RouteRt> {
+        self.route.map(|r| &self.runtime.routes[r])
+    }
+
+    /// The chosen arm.
+    pub fn arm(&self) -> Option<&ArmRt> {
+        Some(&self.route()?.arms[self.arm?])
+    }
+}
+
+/// Per-request state shared by the hooks.
+pub struct GatewayCtx {
+    pub(super) start: Instant,
+    pub(super) request_id: Option<HeaderValue>,
+    /// Set once, when the request loads the live runtime.
+    pub(super) routed: Option<Routed>,
+    /// Why the arm was chosen.
+    pub(super) reason: Option<Reason>,
+    /// A gRPC call: gateway-made errors are answered as gRPC statuses.
+    pub(super) grpc: bool,
+    /// An OpenAI call that reports token usage (completions, embeddings).
+    pub(super) openai: bool,
+    /// The gateway-made error this request is answered with.
+    pub(super) error: Option<GatewayError>,
+    /// The authenticated tenant.
+    pub(super) tenant: Option<Arc<TenantRt>>,
+    /// The tenant's concurrency slot, held to the end of the request.
+    pub(super) permit: Option<Permit>,
+    /// `x-ratelimit-*` values for the response.
+    pub(super) rate_headers: RateHeaders,
+    pub(super) upstream: UpstreamState,
+    pub(super) body: BodyState,
+    pub(super) observe: ObserveState,
+}
+
+impl GatewayCtx {
+    pub(super) fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            request_id: None,
+            routed: None,
+            reason: None,
+            grpc: false,
+            openai: false,
+            error: None,
+            tenant: None,
+            permit: None,
+            rate_headers: RateHeaders::default(),
+            upstream: UpstreamState::default(),
+            body: BodyState::default(),
+            observe: ObserveState::default(),
+        }
+    }
+
+    /// The matched route, if any.
+    pub(super) fn route(&self) -> Option<&RouteRt> {
+        self.routed.as_ref().and_then(Routed::route)
+    }
+
+    /// The chosen arm, if any.
+    pub(super) fn arm(&self) -> Option<&ArmRt> {
+        self.routed.as_ref().and_then(Routed::arm)
+    }
+
+    /// The route's name, or `""`.
+    pub(super) fn route_name(&self) -> &str {
+        self.route().map_or("", |r| r.config.name.as_str())
+    }
+
+    /// The arm's name, or `""`.
+    pub(super) fn arm_name(&self) -> &str {
+        self.arm().map_or("", |a| a.name.as_str())
+    }
+
+    /// The request id, for logs.
+    pub(super) fn id_str(&self) -> &str {
+        self.request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// What the upstream phases keep for one request.
+#[derive(Default)]
+pub(super) struct UpstreamState {
+    /// The backend of the current attempt.
+    pub(super) backend: Option<Backend>,
+    /// Backends already tried (a retry goes elsewhere).
+    pub(super) tried: Vec<SocketAddr>,
+    /// Retries spent on this request.
+    pub(super) retries: u8,
+    /// The backend attempt whose outcome the breaker has not heard yet.
+    pub(super) attempt: Option<Attempt>,
+    /// Set when an upstream status was turned into a retry.
+    pub(super) retry_status: bool,
+    /// Status of the upstream answer, once its header arrived.
+    pub(super) status: Option<u16>,
+    /// End of the route's total timeout, from the first backend choice.
+    pub(super) deadline: Option<Instant>,
+    /// The last connect failure, reported if no other backend is left.
+    pub(super) connect_error: Option<GatewayError>,
+    /// The request went to the route's fallback arm.
+    pub(super) fallback: bool,
+}
+
+/// What the body phases keep for one request.
+pub(super) struct BodyState {
+    /// The route's largest request body.
+    pub(super) max: usize,
+    /// Request body bytes seen so far.
+    pub(super) seen: usize,
+    /// The request body being buffered (for filters or usage).
+    pub(super) req: Option<BytesMut>,
+    /// The body is buffered to add `stream_options.include_usage`.
+    pub(super) inject_usage: bool,
+    /// `include_usage` was added: its usage-only chunk is not the client's.
+    pub(super) strip_usage: bool,
+    /// The route's response filters at work on this answer.
+    pub(super) resp_filter: Option<ResponseFilter>,
+    /// Reads the answer's token usage.
+    pub(super) usage: Option<UsageTap>,
+    /// First and last streamed chunk of an SSE answer.
+    pub(super) stream: Option<StreamClock>,
+}
+
+impl Default for BodyState {
+    fn default() -> Self {
+        Self {
+            max: usize::MAX,
+            seen: 0,
+            req: None,
+            inject_usage: false,
+            strip_usage: false,
+            resp_filter: None,
+            usage: None,
+            stream: None,
+        }
+    }
+}
+
+/// What observation keeps for one request.
+#[derive(Default)]
+pub(super) struct ObserveState {
+    /// The W3C trace context sent upstream.
+    pub(super) trace: Option<crate::trace::TraceContext>,
+    /// The request's spans, when spans are exported.
+    pub(super) spans: Option<crate::otel::RequestSpans>,
+    /// The `grpc-status` the upstream ended a gRPC call with.
+    pub(super) grpc_status: Option<u16>,
+}

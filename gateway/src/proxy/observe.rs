@@ -1,0 +1,203 @@
+//! Observing a request: its spans and the W3C trace context sent upstream
+//! ([`crate::otel`], [`crate::trace`]), the gRPC status it ended with, and
+//! at the end the per-arm metrics, token counts, canary evaluation, the
+//! exported spans and the access-log line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use pingora_error::{Error, Result};
+use pingora_http::RequestHeader;
+use pingora_proxy::Session;
+
+use super::ctx::GatewayCtx;
+use crate::errors::GatewayError;
+use crate::metrics::{STATUS_LABELS, status_index};
+use crate::routing::Reason;
+use crate::state::Shared;
+
+/// Opens the request's spans, when spans are exported.
+pub(super) fn begin(shared: &Shared, req: &RequestHeader, ctx: &mut GatewayCtx) {
+    if let Some(otel) = shared.otel.get() {
+        let start = std::time::SystemTime::now()
+            .checked_sub(ctx.start.elapsed())
+            .unwrap_or_else(std::time::SystemTime::now);
+        let incoming = crate::trace::TraceContext::incoming(req);
+        ctx.observe.spans = Some(otel.begin(incoming, start));
+    }
+}
+
+/// Sends the trace context upstream: a child span's when spans are
+/// exported, else one context for every attempt of the request.
+pub(super) fn trace_upstream(
+    shared: &Shared,
+    ctx: &mut GatewayCtx,
+    req: &mut RequestHeader,
+) -> Result<()> {
+    let state = &mut ctx.observe;
+    let trace = match (shared.otel.get(), state.spans.as_mut()) {
+        (Some(otel), Some(spans)) => otel.upstream(spans),
+        _ => state
+            .trace
+            .unwrap_or_else(|| crate::trace::TraceContext::for_request(req)),
+    };
+    state.trace = Some(trace);
+    if let Some(value) = trace.header() {
+        req.insert_header("traceparent", value)?;
+    }
+    Ok(())
+}
+
+/// Reads the `grpc-status` of a gRPC answer's headers: a trailers-only
+/// answer carries it there.
+pub(super) fn grpc_status_in_headers(ctx: &mut GatewayCtx, headers: &http::HeaderMap) {
+    if ctx.grpc {
+        ctx.observe.grpc_status = crate::grpc::status_in(headers);
+    }
+}
+
+/// Reads the `grpc-status` of a gRPC answer's trailers.
+pub(super) fn grpc_status_in_trailers(ctx: &mut GatewayCtx, trailers: &http::HeaderMap) {
+    if ctx.grpc {
+        ctx.observe.grpc_status = crate::grpc::status_in(trailers).or(ctx.observe.grpc_status);
+    }
+}
+
+/// The end of a request: metrics, spans, access log.
+pub(super) fn finish(
+    shared: &Arc<Shared>,
+    session: &Session,
+    e: Option<&Error>,
+    ctx: &mut GatewayCtx,
+) {
+    // A gRPC error is written as HTTP 200: count it by what it means.
+    let grpc_error = ctx.error.as_ref().filter(|_| ctx.grpc);
+    let status = grpc_error
+        .map(GatewayError::status)
+        .or_else(|| session.response_written().map(|r| r.status.as_u16()))
+        .or_else(|| ctx.error.as_ref().map(GatewayError::status))
+        .unwrap_or(0);
+    let elapsed = ctx.start.elapsed();
+    count(shared, ctx, status, elapsed);
+    let trace_id = ctx
+        .observe
+        .trace
+        .map(|t| t.trace_id)
+        .or_else(|| ctx.observe.spans.as_ref().map(|s| s.trace_id()));
+    if let Some(spans) = ctx.observe.spans.take() {
+        let error = ctx
+            .error
+            .as_ref()
+            .map(|e| e.to_string())
+            .or_else(|| e.map(|e| e.to_string()));
+        spans.finish(span_attributes(session.req_header(), ctx), status, error);
+    }
+    let access_log = ctx
+        .routed
+        .as_ref()
+        .is_some_and(|r| r.runtime.snapshot.server.access_log);
+    if access_log {
+        log_access(session, e, ctx, status, elapsed, trace_id);
+    }
+}
+
+/// The request's per-arm metrics, token counts and canary evaluation.
+fn count(shared: &Arc<Shared>, ctx: &GatewayCtx, status: u16, elapsed: Duration) {
+    let metrics = &shared.metrics;
+    let code = status_index(status);
+    let (route, arm) = (ctx.route_name(), ctx.arm_name());
+    if let (Some(route_rt), Some(arm_rt)) = (ctx.route(), ctx.arm()) {
+        // Resolved once per arm and status, then a plain atomic add.
+        arm_rt.requests[code]
+            .get_or_init(|| {
+                metrics
+                    .requests
+                    .with_label_values(&[route, arm, STATUS_LABELS[code]])
+            })
+            .inc();
+        arm_rt.duration.observe(elapsed.as_secs_f64());
+        if let Some(tap) = &ctx.body.usage {
+            crate::usage::record_tokens(arm_rt, tap, ctx.body.stream.as_ref());
+        }
+        if let Some(stats) = &arm_rt.stats {
+            let failed = status == 0 || status >= 500;
+            for (arm, reason) in crate::canary::check(route_rt, stats, failed, elapsed) {
+                shared.roll_back(route, &arm, reason);
+            }
+        }
+    } else {
+        metrics
+            .requests
+            .with_label_values(&[route, arm, STATUS_LABELS[code]])
+            .inc();
+    }
+    if ctx.grpc {
+        let code = match (&ctx.error, ctx.observe.grpc_status) {
+            (Some(err), _) => crate::grpc::status_name(u16::from(err.grpc_status())),
+            (None, Some(code)) => crate::grpc::status_name(code),
+            (None, None) => "UNKNOWN",
+        };
+        metrics
+            .grpc_responses
+            .with_label_values(&[route, arm, code])
+            .inc();
+    }
+}
+
+/// The attributes of the request's server span.
+fn span_attributes(req: &RequestHeader, ctx: &GatewayCtx) -> Vec<KeyValue> {
+    let mut attributes = vec![
+        KeyValue::new("http.request.method", req.method.to_string()),
+        KeyValue::new("url.path", req.uri.path().to_owned()),
+        KeyValue::new("weir.route", ctx.route_name().to_owned()),
+        KeyValue::new("weir.arm", ctx.arm_name().to_owned()),
+        KeyValue::new("weir.fallback", ctx.upstream.fallback),
+    ];
+    if let Some(reason) = ctx.reason {
+        attributes.push(KeyValue::new("weir.reason", reason.as_str()));
+    }
+    if let Some(b) = ctx.upstream.backend() {
+        attributes.push(KeyValue::new("server.address", b.addr.to_string()));
+    }
+    attributes
+}
+
+/// The access-log line (`target: weir::access`).
+fn log_access(
+    session: &Session,
+    e: Option<&Error>,
+    ctx: &GatewayCtx,
+    status: u16,
+    elapsed: Duration,
+    trace_id: Option<[u8; 16]>,
+) {
+    let req = session.req_header();
+    let backend = ctx
+        .upstream
+        .backend()
+        .map(|b| b.addr.to_string())
+        .unwrap_or_default();
+    let client = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(SocketAddr::to_string)
+        .unwrap_or_default();
+    tracing::info!(
+        target: "weir::access",
+        request_id = ctx.id_str(),
+        trace_id = trace_id.map(hex::encode).unwrap_or_default(),
+        client = %client,
+        method = %req.method,
+        path = %req.uri.path(),
+        route = ctx.route_name(),
+        arm = ctx.arm_name(),
+        reason = ctx.reason.map(Reason::as_str).unwrap_or(""),
+        fallback = ctx.upstream.fallback,
+        backend = %backend,
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        error = e.map(|e| e.to_string()).unwrap_or_default(),
+    );
+}

@@ -1,0 +1,147 @@
+//! The request phase: request id, route, tenant, limits and arm.
+//!
+//! The request loads the live runtime once; the route is matched
+//! ([`crate::route_match`]: host, prefix, gRPC service or method, model);
+//! on a route with `auth = "required"` the tenant is authenticated and
+//! admitted under its limits ([`crate::access`]: 401/403/429); a declared
+//! body over the route's limit is refused (413); the arm is chosen (A/B
+//! header, sticky key, weighted random; [`crate::routing`]).
+
+use http::HeaderValue;
+use pingora_http::RequestHeader;
+use pingora_proxy::Session;
+use weir_conf::access::AuthMode;
+
+use super::ctx::{GatewayCtx, Routed};
+use crate::errors::GatewayError;
+use crate::route_match::content_length;
+use crate::state::Shared;
+use crate::window::now_ms;
+
+/// Longest accepted client-supplied `x-request-id`.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Routes and admits the request, or says which error to answer with.
+pub(super) async fn admit(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut GatewayCtx,
+) -> Result<(), GatewayError> {
+    ctx.request_id = request_id(session.req_header());
+    super::observe::begin(shared, session.req_header(), ctx);
+    let runtime = shared.current().ok_or(GatewayError::NotReady)?;
+    ctx.grpc = crate::grpc::is_grpc(session.req_header());
+    ctx.openai = is_openai_call(session.req_header());
+    let routed = ctx.routed.insert(Routed {
+        runtime,
+        route: None,
+        arm: None,
+    });
+    let route_idx =
+        crate::route_match::choose_route(session, &routed.runtime.routes, ctx.grpc).await?;
+    routed.route = Some(route_idx);
+    let route = &routed.runtime.routes[route_idx];
+    let req = session.req_header();
+    ctx.body.max = route.config.max_body;
+    if route.config.auth == AuthMode::Required {
+        let admitted = routed
+            .runtime
+            .access
+            .authorize(req, &route.config, &shared.metrics)
+            .await?;
+        ctx.tenant = Some(admitted.tenant);
+        ctx.permit = Some(admitted.permit);
+        ctx.rate_headers = admitted.headers;
+    }
+    if content_length(req).is_some_and(|n| n > route.config.max_body) {
+        let limit = route.config.max_body;
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    let ab = header(req, &route.config.ab_header);
+    let sticky = route
+        .config
+        .sticky_header
+        .as_deref()
+        .and_then(|h| header(req, h));
+    let picked = route.table.select(ab, sticky);
+    route.budget.request(now_ms());
+    let (arm, reason) = picked.ok_or_else(|| GatewayError::NoArm {
+        route: route.config.name.clone(),
+    })?;
+    routed.arm = Some(arm);
+    ctx.reason = Some(reason);
+    ctx.body.plan(route, req, ctx.tenant.as_deref())
+}
+
+/// Whether a request is an OpenAI call whose answer reports `usage`.
+fn is_openai_call(req: &RequestHeader) -> bool {
+    let path = req.uri.path();
+    req.method == http::Method::POST
+        && (path.ends_with("/completions") || path.ends_with("/embeddings"))
+}
+
+/// A header's value, when present and not empty.
+fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
+    req.headers
+        .get(name)
+        .map(|v| v.as_bytes())
+        .filter(|v| !v.is_empty())
+}
+
+/// The client's `x-request-id` when it is usable, else a new UUID.
+fn request_id(req: &RequestHeader) -> Option<HeaderValue> {
+    match req.headers.get("x-request-id") {
+        Some(id) if !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.to_str().is_ok() => {
+            Some(id.clone())
+        }
+        _ => {
+            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+            HeaderValue::from_str(text).ok()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build(method, path.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.insert_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn a_usable_request_id_is_kept_and_others_are_replaced() {
+        let kept = request_id(&req("GET", "/", &[("x-request-id", "abc-1")])).unwrap();
+        assert_eq!(kept, "abc-1");
+        let long = "x".repeat(MAX_REQUEST_ID + 1);
+        for bad in ["", long.as_str()] {
+            let made = request_id(&req("GET", "/", &[("x-request-id", bad)])).unwrap();
+            assert_eq!(made.len(), uuid::fmt::Hyphenated::LENGTH, "{bad:?}");
+        }
+        let made = request_id(&req("GET", "/", &[])).unwrap();
+        assert!(uuid::Uuid::parse_str(made.to_str().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn only_posts_to_completions_and_embeddings_are_openai_calls() {
+        assert!(is_openai_call(&req("POST", "/v1/chat/completions", &[])));
+        assert!(is_openai_call(&req("POST", "/v1/embeddings", &[])));
+        assert!(!is_openai_call(&req("GET", "/v1/chat/completions", &[])));
+        assert!(!is_openai_call(&req("POST", "/v2/models/m/infer", &[])));
+    }
+
+    #[test]
+    fn empty_headers_count_as_absent() {
+        let r = req("GET", "/", &[("x-ab-group", ""), ("x-user", "u1")]);
+        assert_eq!(header(&r, "x-ab-group"), None);
+        assert_eq!(header(&r, "x-user"), Some(&b"u1"[..]));
+        assert_eq!(header(&r, "x-none"), None);
+    }
+}

@@ -1,0 +1,108 @@
+//! What the gateway writes itself: gateway-made errors (OpenAI-shaped JSON,
+//! or a gRPC status for gRPC calls, see [`crate::grpc`]), the `x-weir-*` and
+//! `x-request-id` headers on every answer, and the answer after a failed
+//! proxy attempt.
+
+use bytes::Bytes;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::{FailToProxy, Session};
+
+use super::ctx::GatewayCtx;
+use crate::errors::GatewayError;
+
+/// Writes a gateway-made error and records it in the context. Returns the
+/// status written (200 for a gRPC status), 0 if nothing could be written.
+pub(super) async fn answer_error(
+    session: &mut Session,
+    ctx: &mut GatewayCtx,
+    err: GatewayError,
+) -> u16 {
+    let status = err.status();
+    let written = if ctx.grpc {
+        let h1 = session.req_header().version < http::Version::HTTP_2;
+        let written = async {
+            let mut resp = crate::grpc::error_response(&err, h1)?;
+            decorate(&mut resp, ctx)?;
+            // One HEADERS frame that ends the stream (trailers-only).
+            let task = pingora_core::protocols::http::HttpTask::Header(Box::new(resp), true);
+            session.write_response_tasks(vec![task]).await.map(|_| ())
+        }
+        .await;
+        written.map(|()| 200)
+    } else {
+        let body = Bytes::from(err.body());
+        let extra = err.headers();
+        async {
+            let mut resp = ResponseHeader::build(status, Some(6 + extra.len()))?;
+            resp.insert_header("content-type", "application/json")?;
+            resp.insert_header("content-length", body.len().to_string())?;
+            for (name, value) in extra {
+                resp.insert_header(name, value)?;
+            }
+            decorate(&mut resp, ctx)?;
+            session.set_keepalive(None);
+            session.write_response_header(Box::new(resp), false).await?;
+            session.write_response_body(Some(body), true).await
+        }
+        .await
+        .map(|()| status)
+    };
+    ctx.error = Some(err);
+    written.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "could not write the error response");
+        0
+    })
+}
+
+/// Records `err` as the answer and returns the error that stops proxying
+/// (`fail_to_proxy` then writes it).
+pub(super) fn refuse(ctx: &mut GatewayCtx, err: GatewayError) -> Box<Error> {
+    let status = err.status();
+    let message = err.to_string();
+    ctx.error = Some(err);
+    Error::explain(ErrorType::HTTPStatus(status), message)
+}
+
+/// Adds the `x-weir-*`, `x-ratelimit-*` and `x-request-id` headers.
+pub(super) fn decorate(resp: &mut ResponseHeader, ctx: &GatewayCtx) -> Result<()> {
+    if let Some(id) = &ctx.request_id {
+        resp.insert_header("x-request-id", id.clone())?;
+    }
+    if let Some(route) = ctx.route() {
+        resp.insert_header("x-weir-route", route.name_header.clone())?;
+        if let Some(arm) = ctx.arm() {
+            resp.insert_header("x-weir-arm", arm.name_header.clone())?;
+        }
+    }
+    if ctx.upstream.fallback {
+        resp.insert_header("x-weir-fallback", "1")?;
+    }
+    for (name, value) in ctx.rate_headers.pairs() {
+        resp.insert_header(name, value.to_string())?;
+    }
+    Ok(())
+}
+
+/// The answer after proxying failed: the recorded gateway error, else one
+/// made from Pingora's, unless an answer has already begun.
+pub(super) async fn fail_to_proxy(
+    session: &mut Session,
+    e: &Error,
+    ctx: &mut GatewayCtx,
+) -> FailToProxy {
+    let err = match ctx.error.take() {
+        Some(err) => err,
+        None => GatewayError::from_proxy_error(e),
+    };
+    let code = if session.response_written().is_some() {
+        ctx.error = Some(err);
+        0
+    } else {
+        answer_error(session, ctx, err).await
+    };
+    FailToProxy {
+        error_code: code,
+        can_reuse_downstream: false,
+    }
+}
