@@ -374,6 +374,24 @@ mod tests {
 }
 
 #[cfg(test)]
+mod clock_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_first_chunk_is_first_and_the_last_is_remembered() {
+        let t0 = Instant::now();
+        let mut clock = StreamClock::new(t0);
+        assert_eq!(clock.last(), t0);
+        let t1 = t0 + std::time::Duration::from_millis(5);
+        let t2 = t1 + std::time::Duration::from_millis(5);
+        assert!(clock.chunk(t1));
+        assert!(!clock.chunk(t2));
+        assert_eq!(clock.first, Some(t1));
+        assert_eq!(clock.last(), t2);
+    }
+}
+
+#[cfg(test)]
 mod chunk_tests {
     #![allow(clippy::unwrap_used)]
 

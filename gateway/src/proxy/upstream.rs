@@ -270,3 +270,32 @@ fn take_retry(shared: &Shared, ctx: &mut GatewayCtx, cause: &str) -> bool {
     }
     granted
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_total_deadline_starts_at_the_request_and_is_kept_across_attempts() {
+        let mut up = UpstreamState::default();
+        assert_eq!(up.remaining(None, Instant::now()), None);
+        assert!(up.deadline.is_none(), "no total timeout: no deadline");
+        let start = Instant::now();
+        let first = up.remaining(Some(Duration::from_secs(30)), start);
+        assert!(first.is_some_and(|r| r <= Duration::from_secs(30)));
+        assert_eq!(up.deadline, Some(start + Duration::from_secs(30)));
+        // A later attempt keeps the first deadline, whatever total it sees.
+        let again = up.remaining(Some(Duration::from_secs(300)), Instant::now());
+        assert!(again.is_some_and(|r| r <= Duration::from_secs(30)));
+        // A request that started long ago has nothing left.
+        let mut late = UpstreamState::default();
+        let now = Instant::now();
+        let left = late.remaining(Some(Duration::from_millis(1)), now);
+        assert!(left.is_some_and(|r| r <= Duration::from_millis(1)));
+        let later = now + Duration::from_millis(2);
+        assert_eq!(
+            late.deadline.map(|d| d.saturating_duration_since(later)),
+            Some(Duration::ZERO)
+        );
+    }
+}
