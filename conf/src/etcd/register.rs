@@ -28,11 +28,13 @@ use std::time::Duration;
 
 use etcd_client::{Client, PutOptions};
 
-use super::EtcdError;
-use super::layout::member_key;
+use super::error::EtcdError;
+use super::keys::member_key;
 use super::settings::EtcdSettings;
 use super::watch::{BACKOFF_MAX, BACKOFF_MIN};
+use crate::error::Problems;
 use crate::model::BackendConfig;
+use crate::names::is_name;
 
 /// Default lease TTL.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
@@ -78,13 +80,7 @@ impl RegistrationOptions {
         if self.address.parse::<SocketAddr>().is_err() {
             return bad(format!("{:?} is not an IP:PORT address", self.address));
         }
-        let plain = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 64
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        };
-        if !plain(&self.pool) {
+        if !is_name(&self.pool) {
             return bad(format!("{:?} is not a pool name", self.pool));
         }
         if !(1..=65_535).contains(&self.weight) {
@@ -164,7 +160,7 @@ impl RegisterFlags {
             None => bound,
         };
         let settings = EtcdSettings::new(self.register_etcd.clone(), &self.register_prefix);
-        let mut problems = crate::error::Problems::default();
+        let mut problems = Problems::default();
         settings.validate("--register-etcd", &mut problems);
         if !problems.is_empty() {
             return Err(EtcdError::Lease(problems.to_string()));

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, EventType, WatchOptions};
 use tokio::sync::watch;
 
-use super::EtcdError;
+use super::error::EtcdError;
 use super::layout::Docs;
 use super::settings::EtcdSettings;
 
