@@ -4,8 +4,6 @@
 //! Names go into headers, metric labels and etcd keys, so they are kept
 //! plain: 1-64 characters of `A-Z`, `a-z`, `0-9`, `-`, `_` or `.`.
 
-use crate::error::Problems;
-
 /// Longest name.
 pub const MAX_NAME: usize = 64;
 
@@ -19,7 +17,8 @@ pub fn is_name(name: &str) -> bool {
 }
 
 /// Records a problem at `path` unless `name` follows the rule.
-pub fn check_name(name: &str, path: &str, problems: &mut Problems) {
+#[cfg(feature = "validate")]
+pub fn check_name(name: &str, path: &str, problems: &mut crate::error::Problems) {
     if !is_name(name) {
         problems.push(
             path,

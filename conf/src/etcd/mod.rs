@@ -4,9 +4,10 @@
 //! this list, and from the lower layers of the crate):
 //! - [`settings`]: validated connection settings ([`EtcdSettings`]), from
 //!   `[source.etcd]` or from the registration flags.
-//! - `keys`: the key layout under the prefix (see `docs/etcd.md`; feature
+//! - [`keys`]: the key layout under the prefix (see `docs/etcd.md`; feature
 //!   `register`).
-//! - `error`, `client`: [`EtcdError`]; connecting and timed requests
+//! - `error`, `client`, [`backoff`]: [`EtcdError`]; connecting and timed
+//!   requests; the reconnect delay of the watch and of registrations
 //!   (feature `register`).
 //! - [`register`]: backends registering themselves in a pool with a lease
 //!   (feature `register`).
@@ -27,11 +28,13 @@
 pub mod settings;
 
 #[cfg(feature = "register")]
+pub mod backoff;
+#[cfg(feature = "register")]
 mod client;
 #[cfg(feature = "register")]
 mod error;
 #[cfg(feature = "register")]
-mod keys;
+pub mod keys;
 #[cfg(feature = "register")]
 pub mod register;
 

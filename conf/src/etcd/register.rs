@@ -28,10 +28,10 @@ use std::time::Duration;
 
 use etcd_client::{Client, PutOptions};
 
+use super::backoff::Backoff;
 use super::error::EtcdError;
 use super::keys::member_key;
 use super::settings::EtcdSettings;
-use super::watch::{BACKOFF_MAX, BACKOFF_MIN};
 use crate::error::Problems;
 use crate::model::BackendConfig;
 use crate::names::is_name;
@@ -279,7 +279,7 @@ async fn keep(
     options: RegistrationOptions,
     lease: Arc<AtomicI64>,
 ) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new();
     loop {
         let stop = keep_one(
             &settings,
@@ -294,7 +294,7 @@ async fn keep(
                 match register(&settings, &mut client, &key, &options).await {
                     Ok(id) => {
                         lease.store(id, Ordering::Release);
-                        backoff = BACKOFF_MIN;
+                        backoff.reset();
                         continue;
                     }
                     Err(e) => tracing::warn!(key, error = %e, "cannot register again"),
@@ -302,8 +302,7 @@ async fn keep(
             }
             Stop::Failed(e) => tracing::warn!(key, error = %e, "lease keep-alive failed"),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        backoff.wait().await;
         match settings.connect().await {
             Ok(c) => client = c,
             Err(e) => tracing::warn!(key, error = %e, "cannot reconnect to etcd"),
