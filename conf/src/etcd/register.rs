@@ -33,7 +33,7 @@ use super::error::EtcdError;
 use super::keys::member_key;
 use super::settings::EtcdSettings;
 use crate::error::Problems;
-use crate::model::BackendConfig;
+use crate::model::{BackendConfig, default_etcd_prefix};
 use crate::names::is_name;
 
 /// Default lease TTL.
@@ -104,37 +104,41 @@ impl RegistrationOptions {
     }
 }
 
-/// The command-line flags of a self-registering server (`weir-engine`, the
-/// demo upstream): `--register-etcd URL[,URL] --pool NAME [--advertise ADDR]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+/// The registration flags of a self-registering server (`weir-engine`, the
+/// demo upstream): `--register-etcd URL[,URL] --pool NAME [--advertise ADDR]
+/// [--register-weight N] [--register-ttl SECONDS] [--register-prefix PREFIX]`.
+/// The binaries parse the flags and hand them over as this.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegisterFlags {
-    /// Register this server as a backend of `--pool` in the gateways' etcd
-    /// at these client URLs; the key is kept alive with a lease and removed
-    /// on a clean exit.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        value_name = "URL[,URL]",
-        requires = "pool"
-    )]
+    /// The gateways' etcd client URLs (`--register-etcd`); empty: no
+    /// registration.
     pub register_etcd: Vec<String>,
-    /// The gateway pool to join.
-    #[arg(long, value_name = "NAME", requires = "register_etcd")]
+    /// The gateway pool to join (`--pool`).
     pub pool: Option<String>,
-    /// The address gateways connect to (default: the bound listen address,
-    /// which must then not be a wildcard such as 0.0.0.0).
-    #[arg(long, value_name = "IP:PORT", requires = "register_etcd")]
+    /// The address gateways connect to (`--advertise`; default: the bound
+    /// listen address, which must then not be a wildcard such as 0.0.0.0).
     pub advertise: Option<SocketAddr>,
-    /// Weight within the pool.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    /// Weight within the pool (`--register-weight`, default 1).
     pub register_weight: u32,
-    /// Lease TTL in seconds: how long after this server dies it disappears
-    /// from the pool.
-    #[arg(long, default_value_t = DEFAULT_TTL.as_secs(), value_name = "SECONDS")]
+    /// Lease TTL in seconds (`--register-ttl`, default [`DEFAULT_TTL`]).
     pub register_ttl: u64,
-    /// Key prefix of the gateways' config.
-    #[arg(long, default_value = "/weir/", value_name = "PREFIX")]
+    /// Key prefix of the gateways' config (`--register-prefix`, default
+    /// `/weir/`).
     pub register_prefix: String,
+}
+
+impl Default for RegisterFlags {
+    /// No registration; every other flag at its default.
+    fn default() -> Self {
+        Self {
+            register_etcd: Vec::new(),
+            pool: None,
+            advertise: None,
+            register_weight: 1,
+            register_ttl: DEFAULT_TTL.as_secs(),
+            register_prefix: default_etcd_prefix(),
+        }
+    }
 }
 
 impl RegisterFlags {
