@@ -1,24 +1,15 @@
 //! JWT issuers: validation of `[[auth.jwt]]` entries into [`JwtIssuer`]s,
-//! reading and checking their key files.
+//! reading their key files and checking the keys with the decoder in
+//! `keys`.
 
 use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 
+use super::keys::{JwtKeys, jwk_key, parse_jwks, pem_key};
 use super::types::JwtConfig;
 use crate::error::Problems;
 use crate::names::check_name;
-
-/// Key material of a JWT issuer, as read from its files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JwtKeys {
-    /// HS256 secret.
-    Secret(Vec<u8>),
-    /// One PEM public key.
-    Pem(Vec<u8>),
-    /// A JWKS document.
-    Jwks(String),
-}
 
 /// A validated JWT issuer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,12 +102,7 @@ pub(super) fn check_jwt(j: &JwtConfig, at: &str, problems: &mut Problems) -> Opt
         }
         (Algorithm::RS256 | Algorithm::ES256, _, Some(f), _) => {
             let pem = read_file(f, format!("{at}.public_key_file"), problems)?;
-            let parsed = if algorithm == Algorithm::RS256 {
-                DecodingKey::from_rsa_pem(&pem)
-            } else {
-                DecodingKey::from_ec_pem(&pem)
-            };
-            if let Err(e) = parsed {
+            if let Err(e) = pem_key(algorithm, &pem) {
                 problems.push(
                     format!("{at}.public_key_file"),
                     format!("not a {} public key in PEM: {e}", j.algorithm),
@@ -128,10 +114,10 @@ pub(super) fn check_jwt(j: &JwtConfig, at: &str, problems: &mut Problems) -> Opt
         (Algorithm::RS256 | Algorithm::ES256, _, _, Some(f)) => {
             let raw = read_file(f, format!("{at}.jwks_file"), problems)?;
             let text = String::from_utf8(raw).unwrap_or_default();
-            match serde_json::from_str::<jsonwebtoken::jwk::JwkSet>(&text) {
+            match parse_jwks(&text) {
                 Ok(set) if !set.keys.is_empty() => {
                     for (k, jwk) in set.keys.iter().enumerate() {
-                        if let Err(e) = DecodingKey::from_jwk(jwk) {
+                        if let Err(e) = jwk_key(jwk) {
                             problems.push(
                                 format!("{at}.jwks_file"),
                                 format!("key {k} is unusable: {e}"),

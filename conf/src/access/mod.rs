@@ -31,8 +31,9 @@
 //! - `types`: the file types (serde, unknown fields rejected).
 //! - `check`: tenants, limits and route access, validated into [`Access`]
 //!   (feature `validate`).
-//! - `jwt`: JWT issuers and their keys, validated into [`JwtIssuer`]
-//!   (feature `validate`).
+//! - `jwt`: JWT issuers, validated into [`JwtIssuer`] (feature `validate`).
+//! - `keys`: JWT key material ([`JwtKeys`]) and the one decoder of it into
+//!   verification keys, [`JwtKeys::decode`] (feature `validate`).
 
 pub(crate) mod types;
 
@@ -40,6 +41,8 @@ pub(crate) mod types;
 pub(crate) mod check;
 #[cfg(feature = "validate")]
 pub(crate) mod jwt;
+#[cfg(feature = "validate")]
+pub(crate) mod keys;
 
 #[cfg(feature = "validate")]
 pub use check::{
@@ -47,5 +50,7 @@ pub use check::{
     parse_digest,
 };
 #[cfg(feature = "validate")]
-pub use jwt::{JwtIssuer, JwtKeys};
+pub use jwt::JwtIssuer;
+#[cfg(feature = "validate")]
+pub use keys::{JwtKeys, KeyError, VerificationKey};
 pub use types::{AuthConfig, AuthMode, JwtConfig, LimitsConfig, TenantConfig};
