@@ -7,26 +7,44 @@
 //!
 //! # Layers
 //!
-//! Each module imports only from the layers below it (check with
-//! `scripts/check-module-cycles.py conf/src`):
+//! Read from the bottom up. A file imports only from the layers below its
+//! own and from the files listed above it in its own layer; nothing
+//! imports upwards, so there is no import cycle
+//! (`scripts/check-module-cycles.py conf/src` checks it). The facades
+//! ([`access`], [`filters`], [`resilience`], [`snapshot`], [`etcd`] and
+//! this root) re-export their files' public items for other crates; inside
+//! the crate, files import from the file that defines an item.
 //!
 //! | layer | module | owns | may import |
 //! |---|---|---|---|
-//! | 0 | [`error`] | [`Problem`], [`Problems`], [`ConfigError`] | nothing |
-//! | 0 | `names` | the rule for names (`check_name`, `is_name`) | `error` |
-//! | 1 | [`model`] | the TOML document: [`Config`], server, pools, routes, `[source.etcd]` | the concerns' `types` |
-//! | 1 | [`access`]`::types`, [`filters`]`::types`, [`resilience`]`::types` | each concern's serde file types | `error` |
-//! | 1 | [`etcd`]`::keys`, [`etcd::settings`] | the etcd key layout; validated connection settings | `error`, `names`, `model` |
-//! | 2 | `access::{check, jwt}`, `filters::check`, `resilience::check` | each concern's validation and runtime types | layers 0-1 |
-//! | 2 | [`matching`] | what a route matches besides host and prefix ([`matching::Matcher`], [`matching::Request`]) | layers 0-1 |
-//! | 3 | [`snapshot`] | the runtime [`Snapshot`]: server, pools, routes, and [`Snapshot::build`] | layers 0-2 |
-//! | 2 | `etcd::{error, client}`, [`etcd::register`] | etcd requests; backend registration | layers 0-1 |
-//! | 4 | `file` | the file source: [`parse_toml`], [`load_file`], [`demo`] | layers 0-3 |
-//! | 4 | [`etcd::layout`], [`etcd::cache`], [`etcd::watch`], [`etcd::store`] | the etcd source and operator writes | layers 0-3, lower etcd files |
-//!
-//! The concern modules ([`access`], [`filters`], [`resilience`]) and
-//! [`etcd`] are facades: they re-export their files' public items and hold
-//! no code of their own.
+//! | 0 names, errors | [`error`] | [`Problem`], [`Problems`], [`ConfigError`] | nothing |
+//! | 0 | `names` | the rule for names: `is_name`, `check_name` | `error` |
+//! | 1 file types | `access::types` | `[[tenants]]`, `[auth]`, `[limits]`, [`access::AuthMode`] | nothing |
+//! | 1 | `filters::types` | `[[filters]]`, a route's `filters` table | nothing |
+//! | 1 | `resilience::types` | `breaker`, `retry`, `rollback`, `[[rollbacks]]` | nothing |
+//! | 1 | [`model`] | [`Config`]: `[server]`, `[timeouts]`, `[[pools]]`, `[[routes]]`, `[source.etcd]` | the `types` above |
+//! | 1 | [`etcd::keys`] | the key layout under the etcd prefix | nothing |
+//! | 2 validation | `access::keys` | [`access::JwtKeys`] and the one JWT key decoder | nothing |
+//! | 2 | `access::jwt` | [`access::JwtIssuer`]: `[[auth.jwt]]` checked, key files read | layers 0-1, `access::keys` |
+//! | 2 | `access::check` | [`access::Access`]: tenants, API key digests, limits, route access | layers 0-1, `access::jwt` |
+//! | 2 | `filters::check` | [`filters::FilterDef`], [`filters::RouteFilters`]; reads filter files | layers 0-1 |
+//! | 2 | `resilience::check` | [`resilience::Breaker`], [`resilience::Retry`], [`resilience::Rollback`] | layers 0-1 |
+//! | 2 | [`matching`] | [`matching::Matcher`], [`matching::Request`]: what a route matches besides host and prefix | layers 0-1 |
+//! | 2 | [`etcd::settings`] | [`etcd::EtcdSettings`]: `[source.etcd]` and the registration flags, checked | layers 0-1 |
+//! | 3 snapshot | `snapshot::values` | addresses, millisecond durations, header names | layers 0-2 |
+//! | 3 | `snapshot::timeouts` | [`Timeouts`] and the built-in defaults | layers 0-2, `values` |
+//! | 3 | `snapshot::pool` | [`Pool`], [`Backend`], [`HealthCheck`] | layers 0-2, `values` |
+//! | 3 | `snapshot::server` | [`Server`], [`snapshot::TlsListener`], [`Tracing`] | layers 0-2, `values` |
+//! | 3 | `snapshot::route` | [`Route`] (and what it takes), [`Arm`], the checks across routes | layers 0-2, `values`, `timeouts`, `pool` |
+//! | 3 | [`snapshot`] | [`Snapshot`], [`Snapshot::build`], [`Snapshot::route_for`] | layers 0-2, its files |
+//! | 3 etcd client | `etcd::error`, [`etcd::backoff`], `etcd::client` | [`etcd::EtcdError`], the reconnect delay, connecting and timed requests | layers 0-2 |
+//! | 3 | [`etcd::register`] | [`etcd::Registration`]: a backend's member key kept alive with a lease | layers 0-2, the etcd files above |
+//! | 4 sources | `file` | [`DEMO_CONFIG`], [`parse_toml`], [`load_file`], [`demo`] | layers 0-3 |
+//! | 4 | [`etcd::layout`] | [`etcd::Docs`]: documents under the prefix to and from a [`Config`] | layers 0-1, `etcd::keys` |
+//! | 4 | [`etcd::cache`] | [`etcd::CacheFile`]: the last-good cache | `etcd::layout` |
+//! | 4 | [`etcd::watch`] | [`etcd::Watcher`]: read, watch, reconnect, resync | layers 0-3, `etcd::layout` |
+//! | 4 | `etcd::snapshot` | [`etcd::build`]: documents to a validated [`Snapshot`] | layers 0-3, `etcd::layout` |
+//! | 4 | [`etcd::store`] | [`etcd::Store`]: validated reads and writes for `weirctl` | layers 0-3, the etcd files above |
 //!
 //! # Features
 //!
