@@ -71,7 +71,7 @@ pub struct Args {
     /// `--pool`, `--advertise`, ...). The HTTP address is registered unless
     /// `--advertise` names another (for an h2c/gRPC pool, the gRPC address).
     #[command(flatten)]
-    pub register: weir_conf::etcd::RegisterFlags,
+    pub register: crate::register_args::RegisterArgs,
 }
 
 /// One `--model` selection.

@@ -29,6 +29,7 @@ pub mod lm;
 pub mod metrics;
 pub mod model;
 pub mod queue;
+pub mod register_args;
 pub mod repository;
 pub mod runtime;
 pub mod server;

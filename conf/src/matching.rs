@@ -1,18 +1,16 @@
 //! Which requests a route takes: host, path prefix, gRPC service or method,
 //! and the requested model.
 //!
-//! A request is described by a [`Request`]; [`Route::takes`] answers for one
-//! route, and [`crate::Snapshot::route_for`] picks the first route (in match
-//! order) that takes it. The model is only looked for when a candidate route
+//! A request is described by a [`Request`]; a route's [`Matcher`] holds what
+//! it matches besides host and prefix. [`crate::Route::takes`] answers for
+//! one route, and [`crate::Snapshot::route_for`] picks the first route (in
+//! match order) that takes it. The model is only looked for when a candidate route
 //! names models: the gateway reads it from the Open Inference Protocol path
 //! (`/v2/models/NAME/...`, see [`path_model`]) or from the `model` field of an
 //! OpenAI JSON body.
 
-use std::collections::HashMap;
-
 use crate::error::Problems;
-use crate::model::{Protocol, RouteConfig};
-use crate::snapshot::{Pool, Route};
+use crate::model::RouteConfig;
 
 /// Longest model name a route may list.
 const MAX_MODEL_NAME: usize = 256;
@@ -39,54 +37,6 @@ pub struct Request<'a> {
     pub grpc: bool,
     /// The requested model, when known.
     pub model: Option<&'a str>,
-}
-
-impl Route {
-    /// Whether the route takes the request by host, path and protocol,
-    /// whatever its model.
-    pub fn matches(&self, host: Option<&str>, path: &str, grpc: bool) -> bool {
-        let path_ok = if self.matcher.exact {
-            path == self.prefix
-        } else {
-            path.starts_with(self.prefix.as_str())
-        };
-        if !path_ok || (self.matcher.grpc && !grpc) {
-            return false;
-        }
-        match (&self.host, host) {
-            (None, _) => true,
-            (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
-            (Some(_), None) => false,
-        }
-    }
-
-    /// Whether the route names the models it serves (so the request's
-    /// model must be known to choose it).
-    pub fn needs_model(&self) -> bool {
-        !self.matcher.models.is_empty()
-    }
-
-    /// Whether the route serves `model`: `tiny-lm` in `models` serves
-    /// `tiny-lm` and every version of it (`tiny-lm:2`).
-    pub fn serves_model(&self, model: Option<&str>) -> bool {
-        if self.matcher.models.is_empty() {
-            return true;
-        }
-        let Some(model) = model else {
-            return false;
-        };
-        self.matcher.models.iter().any(|m| {
-            model == m
-                || model
-                    .strip_prefix(m.as_str())
-                    .is_some_and(|rest| rest.starts_with(':'))
-        })
-    }
-
-    /// Whether the route takes the whole request.
-    pub fn takes(&self, req: &Request<'_>) -> bool {
-        self.matches(req.host, req.path, req.grpc) && self.serves_model(req.model)
-    }
 }
 
 /// The model an Open Inference Protocol HTTP path names
@@ -172,62 +122,6 @@ pub(crate) fn check_matcher(
     }
     matcher.models = r.models.clone();
     (matcher, prefix)
-}
-
-/// Reports routes that would take the same requests: the same host, prefix
-/// and protocol with overlapping models (or both without models).
-pub(crate) fn check_overlaps(routes: &[Route], problems: &mut Problems) {
-    /// Host, prefix, gRPC-only, exact path, model.
-    type Key<'a> = (Option<&'a str>, &'a str, bool, bool, Option<&'a str>);
-    let mut seen: HashMap<Key<'_>, &str> = HashMap::new();
-    for r in routes {
-        let key = |model| {
-            (
-                r.host.as_deref(),
-                r.prefix.as_str(),
-                r.matcher.grpc,
-                r.matcher.exact,
-                model,
-            )
-        };
-        let models: Vec<Option<&str>> = if r.matcher.models.is_empty() {
-            vec![None]
-        } else {
-            r.matcher.models.iter().map(|m| Some(m.as_str())).collect()
-        };
-        for model in models {
-            if let Some(other) = seen.get(&key(model)) {
-                let what = match model {
-                    Some(m) => {
-                        format!("route {other} already serves model {m:?} on this host and prefix")
-                    }
-                    None => format!("route {other} already matches this host and prefix"),
-                };
-                problems.push(format!("routes[{}].prefix", r.name), what);
-            } else {
-                seen.insert(key(model), r.name.as_str());
-            }
-        }
-    }
-}
-
-/// Reports gRPC routes with arms on pools that do not speak `h2c`.
-pub(crate) fn check_grpc_pools(routes: &[Route], pools: &[Pool], problems: &mut Problems) {
-    for r in routes.iter().filter(|r| r.matcher.grpc) {
-        for arm in &r.arms {
-            if let Some(pool) = pools.get(arm.pool)
-                && pool.protocol != Protocol::H2c
-            {
-                problems.push(
-                    format!("routes[{}].arms[{}].pool", r.name, arm.name),
-                    format!(
-                        "gRPC needs HTTP/2: pool {:?} must have protocol = \"h2c\"",
-                        pool.name
-                    ),
-                );
-            }
-        }
-    }
 }
 
 #[cfg(test)]

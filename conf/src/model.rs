@@ -24,24 +24,27 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Sandboxed Wasm content filters that routes refer to by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub filters: Vec<crate::filters::FilterConfig>,
+    pub filters: Vec<crate::filters::types::FilterConfig>,
     /// Clients: API keys (as SHA-256 digests) and limits.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tenants: Vec<crate::access::TenantConfig>,
+    pub tenants: Vec<crate::access::types::TenantConfig>,
     /// JWT issuers.
-    #[serde(default, skip_serializing_if = "crate::access::AuthConfig::is_empty")]
-    pub auth: crate::access::AuthConfig,
+    #[serde(
+        default,
+        skip_serializing_if = "crate::access::types::AuthConfig::is_empty"
+    )]
+    pub auth: crate::access::types::AuthConfig,
     /// Where tenant limits are kept (like `[server]`, read from the file
     /// even when pools and routes come from etcd).
     #[serde(
         default,
-        skip_serializing_if = "crate::access::LimitsConfig::is_default"
+        skip_serializing_if = "crate::access::types::LimitsConfig::is_default"
     )]
-    pub limits: crate::access::LimitsConfig,
+    pub limits: crate::access::types::LimitsConfig,
     /// Arms rolled back by a gateway's canary check (kept in etcd under
     /// `rollbacks/<route>/<arm>`; cleared with `weirctl rollback clear`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub rollbacks: Vec<crate::resilience::RollbackRecord>,
+    pub rollbacks: Vec<crate::resilience::types::RollbackRecord>,
     /// Where pools, routes and timeouts come from when not from this file
     /// (read at start; changes need a restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -309,9 +312,9 @@ pub struct PoolConfig {
     /// Circuit breaker of each backend (on by default).
     #[serde(
         default,
-        skip_serializing_if = "crate::resilience::BreakerConfig::is_default"
+        skip_serializing_if = "crate::resilience::types::BreakerConfig::is_default"
     )]
-    pub breaker: crate::resilience::BreakerConfig,
+    pub breaker: crate::resilience::types::BreakerConfig,
 }
 
 /// One upstream server.
@@ -432,19 +435,22 @@ pub struct RouteConfig {
     pub timeouts: TimeoutsConfig,
     /// Automatic rollback of canary arms to the fallback arm (needs `fallback`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollback: Option<crate::resilience::RollbackConfig>,
+    pub rollback: Option<crate::resilience::types::RollbackConfig>,
     /// Retries on another backend, and their budget.
     #[serde(
         default,
-        skip_serializing_if = "crate::resilience::RetryConfig::is_default"
+        skip_serializing_if = "crate::resilience::types::RetryConfig::is_default"
     )]
-    pub retry: crate::resilience::RetryConfig,
+    pub retry: crate::resilience::types::RetryConfig,
     /// The versions traffic is split over.
     #[serde(default)]
     pub arms: Vec<ArmConfig>,
     /// Whether callers must authenticate (`"required"`) or not (`"none"`).
-    #[serde(default, skip_serializing_if = "crate::access::AuthMode::is_none")]
-    pub auth: crate::access::AuthMode,
+    #[serde(
+        default,
+        skip_serializing_if = "crate::access::types::AuthMode::is_none"
+    )]
+    pub auth: crate::access::types::AuthMode,
     /// Tenants allowed on this route (empty = every authenticated tenant).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tenants: Vec<String>,
@@ -454,9 +460,9 @@ pub struct RouteConfig {
     /// Content filters over request and response bodies.
     #[serde(
         default,
-        skip_serializing_if = "crate::filters::RouteFiltersConfig::is_empty"
+        skip_serializing_if = "crate::filters::types::RouteFiltersConfig::is_empty"
     )]
-    pub filters: crate::filters::RouteFiltersConfig,
+    pub filters: crate::filters::types::RouteFiltersConfig,
 }
 
 fn default_prefix() -> String {

@@ -31,7 +31,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{DecodingKey, Validation};
 use pingora_http::RequestHeader;
 use sha2::{Digest, Sha256};
-use weir_conf::access::{Access, JwtIssuer, JwtKeys, Limits};
+use weir_conf::access::{Access, JwtIssuer, Limits};
 
 use crate::errors::{GatewayError, LimitKind, RateHeaders};
 use crate::redis_limits::{Decision, RedisLimits};
@@ -236,30 +236,10 @@ struct Verifier {
 
 impl Verifier {
     fn new(issuer: &JwtIssuer) -> Result<Self, String> {
-        let at = format!("auth.jwt[{}]", issuer.name);
-        let keys = match &issuer.keys {
-            JwtKeys::Secret(s) => vec![(
-                None,
-                DecodingKey::from_secret(s).map_err(|e| format!("{at}: {e}"))?,
-            )],
-            JwtKeys::Pem(pem) => {
-                let key = match issuer.algorithm {
-                    jsonwebtoken::Algorithm::RS256 => DecodingKey::from_rsa_pem(pem),
-                    _ => DecodingKey::from_ec_pem(pem),
-                };
-                vec![(None, key.map_err(|e| format!("{at}: {e}"))?)]
-            }
-            JwtKeys::Jwks(text) => {
-                let set: jsonwebtoken::jwk::JwkSet =
-                    serde_json::from_str(text).map_err(|e| format!("{at}: {e}"))?;
-                let mut keys = Vec::with_capacity(set.keys.len());
-                for jwk in &set.keys {
-                    let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("{at}: {e}"))?;
-                    keys.push((jwk.common.key_id.clone(), key));
-                }
-                keys
-            }
-        };
+        let keys = issuer
+            .keys
+            .decode(issuer.algorithm)
+            .map_err(|e| format!("auth.jwt[{}]: {e}", issuer.name))?;
         let mut validation = Validation::new(issuer.algorithm);
         validation.leeway = issuer.leeway.as_secs();
         validation.validate_nbf = true;

@@ -1,79 +1,75 @@
-//! The etcd config source.
+//! The etcd config source, operator writes and backend registration.
 //!
-//! - [`layout`]: the key layout under the prefix and its conversion to and
-//!   from a [`crate::Config`] (see `docs/etcd.md`).
+//! From the bottom up (each file imports only from the ones above it in
+//! this list, and from the lower layers of the crate):
+//! - [`settings`]: validated connection settings ([`EtcdSettings`]), from
+//!   `[source.etcd]` or from the registration flags.
+//! - [`keys`]: the key layout under the prefix (see `docs/etcd.md`; feature
+//!   `register`).
+//! - `error`, `client`, [`backoff`]: [`EtcdError`]; connecting and timed
+//!   requests; the reconnect delay of the watch and of registrations
+//!   (feature `register`).
+//! - [`register`]: backends registering themselves in a pool with a lease
+//!   (feature `register`).
+//! - [`layout`]: the documents under the prefix to and from a
+//!   [`crate::Config`] (feature `etcd`).
+//! - [`cache`]: the last-good cache file (feature `etcd`).
 //! - [`watch`]: the [`Watcher`]: initial read at revision `R`, watch from
-//!   `R + 1`, reconnect with backoff, full resync after compaction.
-//! - [`cache`]: the last-good cache file.
+//!   `R + 1`, reconnect with backoff, full resync after compaction (feature
+//!   `etcd`).
+//! - `snapshot`: [`build`], documents to a validated snapshot (feature
+//!   `etcd`).
 //! - [`store`]: reads and validated writes for operators (`weirctl`):
-//!   weights with compare-and-swap, import, export, check.
-//! - [`register`]: backends registering themselves in a pool with a lease.
+//!   weights with compare-and-swap, import, export, check (feature `etcd`).
 //!
 //! The gateway turns each [`Update`] into a snapshot and publishes it; this
 //! module knows nothing about Pingora.
 
-pub mod cache;
-pub mod layout;
-pub mod register;
 pub mod settings;
+
+#[cfg(feature = "register")]
+pub mod backoff;
+#[cfg(feature = "register")]
+mod client;
+#[cfg(feature = "register")]
+mod error;
+#[cfg(feature = "register")]
+pub mod keys;
+#[cfg(feature = "register")]
+pub mod register;
+
+#[cfg(feature = "etcd")]
+pub mod cache;
+#[cfg(feature = "etcd")]
+pub mod layout;
+#[cfg(feature = "etcd")]
+mod snapshot;
+#[cfg(feature = "etcd")]
 pub mod store;
+#[cfg(feature = "etcd")]
 pub mod watch;
 
-pub use cache::{CacheError, CacheFile};
-pub use etcd_client;
-pub use layout::{Docs, KeyKind, Members, assemble};
-pub use register::{RegisterFlags, Registration, RegistrationOptions};
 pub use settings::EtcdSettings;
+
+#[cfg(feature = "register")]
+pub use error::EtcdError;
+#[cfg(feature = "register")]
+pub use etcd_client;
+#[cfg(feature = "register")]
+pub use keys::KeyKind;
+#[cfg(feature = "register")]
+pub use register::{RegisterFlags, Registration, RegistrationOptions};
+
+#[cfg(feature = "etcd")]
+pub use cache::{CacheError, CacheFile};
+#[cfg(feature = "etcd")]
+pub use layout::{Docs, Members, assemble};
+#[cfg(feature = "etcd")]
+pub use snapshot::build;
+#[cfg(feature = "etcd")]
 pub use store::{Store, StoreError};
+#[cfg(feature = "etcd")]
 pub use watch::{Update, WatchStatus, Watcher};
 
-use crate::error::ConfigError;
-use crate::model::Config;
-use crate::snapshot::Snapshot;
-
-/// A failed etcd operation.
-#[derive(Debug, thiserror::Error)]
-pub enum EtcdError {
-    /// The request failed (etcd unreachable, refused, ...).
-    #[error("etcd {op}: {source}")]
-    Request {
-        /// What was being done.
-        op: &'static str,
-        /// The client's error.
-        source: Box<etcd_client::Error>,
-    },
-    /// The request took longer than the request timeout.
-    #[error("etcd {0}: timed out")]
-    Timeout(&'static str),
-    /// The server closed the watch stream.
-    #[error("etcd closed the watch stream")]
-    Closed,
-    /// The server cancelled the watch (for a reason other than compaction).
-    #[error("etcd cancelled the watch: {0}")]
-    Cancelled(String),
-    /// The TLS files could not be used.
-    #[error("etcd TLS: {0}")]
-    Tls(String),
-    /// A lease could not be kept.
-    #[error("etcd lease: {0}")]
-    Lease(String),
-}
-
-impl EtcdError {
-    /// Wraps a client error.
-    pub fn request(op: &'static str, source: etcd_client::Error) -> Self {
-        Self::Request {
-            op,
-            source: Box::new(source),
-        }
-    }
-}
-
-/// Builds a validated snapshot from documents read under `prefix`, with
-/// registered members merged into their pools (the gateway's view).
-pub fn build(base: &Config, docs: &Docs, prefix: &str) -> Result<Snapshot, ConfigError> {
-    Snapshot::build(assemble(base, docs, prefix, Members::Merge)?)
-}
-
-#[cfg(test)]
+#[cfg(all(test, feature = "etcd"))]
 mod tests;

@@ -28,11 +28,13 @@ use std::time::Duration;
 
 use etcd_client::{Client, PutOptions};
 
-use super::EtcdError;
-use super::layout::member_key;
+use super::backoff::Backoff;
+use super::error::EtcdError;
+use super::keys::member_key;
 use super::settings::EtcdSettings;
-use super::watch::{BACKOFF_MAX, BACKOFF_MIN};
-use crate::model::BackendConfig;
+use crate::error::Problems;
+use crate::model::{BackendConfig, default_etcd_prefix};
+use crate::names::is_name;
 
 /// Default lease TTL.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
@@ -78,13 +80,7 @@ impl RegistrationOptions {
         if self.address.parse::<SocketAddr>().is_err() {
             return bad(format!("{:?} is not an IP:PORT address", self.address));
         }
-        let plain = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 64
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        };
-        if !plain(&self.pool) {
+        if !is_name(&self.pool) {
             return bad(format!("{:?} is not a pool name", self.pool));
         }
         if !(1..=65_535).contains(&self.weight) {
@@ -108,37 +104,41 @@ impl RegistrationOptions {
     }
 }
 
-/// The command-line flags of a self-registering server (`weir-engine`, the
-/// demo upstream): `--register-etcd URL[,URL] --pool NAME [--advertise ADDR]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+/// The registration flags of a self-registering server (`weir-engine`, the
+/// demo upstream): `--register-etcd URL[,URL] --pool NAME [--advertise ADDR]
+/// [--register-weight N] [--register-ttl SECONDS] [--register-prefix PREFIX]`.
+/// The binaries parse the flags and hand them over as this.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegisterFlags {
-    /// Register this server as a backend of `--pool` in the gateways' etcd
-    /// at these client URLs; the key is kept alive with a lease and removed
-    /// on a clean exit.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        value_name = "URL[,URL]",
-        requires = "pool"
-    )]
+    /// The gateways' etcd client URLs (`--register-etcd`); empty: no
+    /// registration.
     pub register_etcd: Vec<String>,
-    /// The gateway pool to join.
-    #[arg(long, value_name = "NAME", requires = "register_etcd")]
+    /// The gateway pool to join (`--pool`).
     pub pool: Option<String>,
-    /// The address gateways connect to (default: the bound listen address,
-    /// which must then not be a wildcard such as 0.0.0.0).
-    #[arg(long, value_name = "IP:PORT", requires = "register_etcd")]
+    /// The address gateways connect to (`--advertise`; default: the bound
+    /// listen address, which must then not be a wildcard such as 0.0.0.0).
     pub advertise: Option<SocketAddr>,
-    /// Weight within the pool.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    /// Weight within the pool (`--register-weight`, default 1).
     pub register_weight: u32,
-    /// Lease TTL in seconds: how long after this server dies it disappears
-    /// from the pool.
-    #[arg(long, default_value_t = DEFAULT_TTL.as_secs(), value_name = "SECONDS")]
+    /// Lease TTL in seconds (`--register-ttl`, default [`DEFAULT_TTL`]).
     pub register_ttl: u64,
-    /// Key prefix of the gateways' config.
-    #[arg(long, default_value = "/weir/", value_name = "PREFIX")]
+    /// Key prefix of the gateways' config (`--register-prefix`, default
+    /// `/weir/`).
     pub register_prefix: String,
+}
+
+impl Default for RegisterFlags {
+    /// No registration; every other flag at its default.
+    fn default() -> Self {
+        Self {
+            register_etcd: Vec::new(),
+            pool: None,
+            advertise: None,
+            register_weight: 1,
+            register_ttl: DEFAULT_TTL.as_secs(),
+            register_prefix: default_etcd_prefix(),
+        }
+    }
 }
 
 impl RegisterFlags {
@@ -164,7 +164,7 @@ impl RegisterFlags {
             None => bound,
         };
         let settings = EtcdSettings::new(self.register_etcd.clone(), &self.register_prefix);
-        let mut problems = crate::error::Problems::default();
+        let mut problems = Problems::default();
         settings.validate("--register-etcd", &mut problems);
         if !problems.is_empty() {
             return Err(EtcdError::Lease(problems.to_string()));
@@ -283,7 +283,7 @@ async fn keep(
     options: RegistrationOptions,
     lease: Arc<AtomicI64>,
 ) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new();
     loop {
         let stop = keep_one(
             &settings,
@@ -298,7 +298,7 @@ async fn keep(
                 match register(&settings, &mut client, &key, &options).await {
                     Ok(id) => {
                         lease.store(id, Ordering::Release);
-                        backoff = BACKOFF_MIN;
+                        backoff.reset();
                         continue;
                     }
                     Err(e) => tracing::warn!(key, error = %e, "cannot register again"),
@@ -306,8 +306,7 @@ async fn keep(
             }
             Stop::Failed(e) => tracing::warn!(key, error = %e, "lease keep-alive failed"),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        backoff.wait().await;
         match settings.connect().await {
             Ok(c) => client = c,
             Err(e) => tracing::warn!(key, error = %e, "cannot reconnect to etcd"),

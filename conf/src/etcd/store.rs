@@ -11,12 +11,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use serde::Serialize;
 
+use super::error::EtcdError;
 use super::layout::{self, Docs, KeyKind, Members};
 use super::settings::EtcdSettings;
-use super::{EtcdError, build};
+use super::snapshot::build;
 use crate::error::ConfigError;
 use crate::model::{Config, PoolConfig, RouteConfig, TimeoutsConfig};
-use crate::resilience::RollbackRecord;
+use crate::resilience::types::RollbackRecord;
 use crate::snapshot::Snapshot;
 
 /// etcd's default limit of operations in one transaction (`--max-txn-ops`).
@@ -128,13 +129,13 @@ pub struct Portable<'a> {
     pub routes: &'a [RouteConfig],
     /// Content filters.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    pub filters: &'a [crate::filters::FilterConfig],
+    pub filters: &'a [crate::filters::types::FilterConfig],
     /// Tenants (API key digests and limits).
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    pub tenants: &'a [crate::access::TenantConfig],
+    pub tenants: &'a [crate::access::types::TenantConfig],
     /// JWT issuers.
-    #[serde(skip_serializing_if = "crate::access::AuthConfig::is_empty")]
-    pub auth: &'a crate::access::AuthConfig,
+    #[serde(skip_serializing_if = "crate::access::types::AuthConfig::is_empty")]
+    pub auth: &'a crate::access::types::AuthConfig,
 }
 
 impl<'a> Portable<'a> {

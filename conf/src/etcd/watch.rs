@@ -13,19 +13,20 @@
 //! (a full resync) and watches on from there, so no update is lost.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use etcd_client::{Client, EventType, WatchOptions};
 use tokio::sync::watch;
 
-use super::EtcdError;
+use super::backoff::Backoff;
+pub use super::backoff::{MAX as BACKOFF_MAX, MIN as BACKOFF_MIN};
+use super::error::EtcdError;
 use super::layout::Docs;
 use super::settings::EtcdSettings;
 
-/// First reconnect delay.
-pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
-/// Longest reconnect delay.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Up to 25 % more on each reconnect delay, so that many gateways do not
+/// reconnect in lockstep.
+const JITTER: f64 = 0.25;
 
 /// One state of the documents under the prefix.
 #[derive(Debug, Clone)]
@@ -94,7 +95,7 @@ struct Tracker {
     /// The last revision whose state `docs` reflects; `None` forces a full read.
     revision: Option<i64>,
     reads: u64,
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 struct Channels {
@@ -112,7 +113,7 @@ impl Channels {
     }
 
     fn connected(&self, t: &mut Tracker) {
-        t.backoff = BACKOFF_MIN;
+        t.backoff.reset();
         self.status.send_if_modified(|s| {
             let changed = !s.connected || s.failures != 0;
             s.connected = true;
@@ -132,29 +133,18 @@ async fn run(
         docs: Docs::new(),
         revision: None,
         reads: 0,
-        backoff: BACKOFF_MIN,
+        backoff: Backoff::new().with_jitter(JITTER),
     };
     loop {
         let err = session(&settings, &mut t, &ch).await;
-        tracing::warn!(etcd = %settings, error = %err, retry_in = ?t.backoff, "etcd watch lost");
+        tracing::warn!(etcd = %settings, error = %err, retry_in = ?t.backoff.delay(), "etcd watch lost");
         ch.status.send_modify(|s| {
             s.connected = false;
             s.failures += 1;
             s.last_error = Some(err.to_string());
         });
-        // Up to 25 % jitter so many gateways do not reconnect in lockstep.
-        let jitter = t.backoff.mul_f64(f64::from(jitter_percent()) / 100.0);
-        tokio::time::sleep(t.backoff + jitter).await;
-        t.backoff = (t.backoff * 2).min(BACKOFF_MAX);
+        t.backoff.wait().await;
     }
-}
-
-fn jitter_percent() -> u32 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    nanos % 25
 }
 
 /// One connection: returns the error that ended it.

@@ -7,7 +7,12 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use weir_conf::etcd::{RegisterFlags, Registration};
+use register_args::RegisterArgs;
+use weir_conf::etcd::Registration;
+
+/// The registration flags, one definition shared with `weir-engine`.
+#[path = "../../../backend-engine/src/register_args.rs"]
+mod register_args;
 
 /// A demo upstream that names itself in every answer.
 #[derive(Parser)]
@@ -19,7 +24,7 @@ struct Args {
     #[arg(long, default_value = "v1")]
     name: String,
     #[command(flatten)]
-    register: RegisterFlags,
+    register: RegisterArgs,
 }
 
 #[tokio::main]

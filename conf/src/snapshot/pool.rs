@@ -1,0 +1,153 @@
+//! The validated pools: backends, health checks and breaker settings.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::values::{MAX_TIMEOUT_MS, parse_addr};
+use crate::error::Problems;
+use crate::model::{HealthCheckKind, PoolConfig, Protocol};
+use crate::names::check_name;
+use crate::resilience::check::{Breaker, check_breaker};
+
+/// Largest weight a backend may have.
+pub const MAX_BACKEND_WEIGHT: i64 = 65_535;
+
+/// A validated pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Pool {
+    /// Pool name.
+    pub name: String,
+    /// Protocol spoken upstream.
+    pub protocol: Protocol,
+    /// Backends with their weights.
+    pub backends: Vec<Backend>,
+    /// Health checking.
+    pub health: HealthCheck,
+    /// Circuit breaker settings of each backend.
+    pub breaker: Breaker,
+}
+
+/// A validated backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Backend {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its weight within the pool (>= 1).
+    pub weight: u32,
+}
+
+/// Validated health check settings.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    /// Probe kind.
+    pub kind: HealthCheckKind,
+    /// Probe path for HTTP checks.
+    pub path: String,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Longest a probe may take.
+    pub timeout: Duration,
+    /// Failures before unhealthy.
+    pub unhealthy_threshold: usize,
+    /// Successes before healthy.
+    pub healthy_threshold: usize,
+}
+
+pub(super) fn check_pools(pools: &[PoolConfig], problems: &mut Problems) -> Vec<Pool> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(pools.len());
+    for (i, p) in pools.iter().enumerate() {
+        let at = if p.name.is_empty() {
+            format!("pools[{i}]")
+        } else {
+            format!("pools[{}]", p.name)
+        };
+        check_name(&p.name, &format!("{at}.name"), problems);
+        if !seen.insert(p.name.as_str()) {
+            problems.push(format!("{at}.name"), "duplicate pool name");
+        }
+        if p.backends.is_empty() && !p.registered {
+            problems.push(
+                format!("{at}.backends"),
+                "needs at least one backend (or registered = true for a pool of registered members)",
+            );
+        }
+        let mut addrs = HashSet::new();
+        let mut backends = Vec::with_capacity(p.backends.len());
+        for (j, b) in p.backends.iter().enumerate() {
+            let bat = format!("{at}.backends[{j}]");
+            if !(1..=MAX_BACKEND_WEIGHT).contains(&b.weight) {
+                problems.push(
+                    format!("{bat}.weight"),
+                    format!("{} must be between 1 and {MAX_BACKEND_WEIGHT}", b.weight),
+                );
+            }
+            if let Some(addr) = parse_addr(&b.address, &format!("{bat}.address"), problems) {
+                if !addrs.insert(addr) {
+                    problems.push(format!("{bat}.address"), format!("{addr} is listed twice"));
+                }
+                backends.push(Backend {
+                    addr,
+                    weight: u32::try_from(b.weight.clamp(1, MAX_BACKEND_WEIGHT)).unwrap_or(1),
+                });
+            }
+        }
+        let h = &p.health_check;
+        if !(50..=MAX_TIMEOUT_MS).contains(&h.interval_ms) {
+            problems.push(
+                format!("{at}.health_check.interval_ms"),
+                format!("{} must be between 50 and {MAX_TIMEOUT_MS}", h.interval_ms),
+            );
+        }
+        if !(1..=MAX_TIMEOUT_MS).contains(&h.timeout_ms) {
+            problems.push(
+                format!("{at}.health_check.timeout_ms"),
+                format!("{} must be between 1 and {MAX_TIMEOUT_MS}", h.timeout_ms),
+            );
+        }
+        for (name, v) in [
+            ("unhealthy_threshold", h.unhealthy_threshold),
+            ("healthy_threshold", h.healthy_threshold),
+        ] {
+            if !(1..=100).contains(&v) {
+                problems.push(
+                    format!("{at}.health_check.{name}"),
+                    format!("{v} must be between 1 and 100"),
+                );
+            }
+        }
+        if h.kind == HealthCheckKind::Http {
+            if p.protocol != Protocol::Http1 {
+                problems.push(
+                    format!("{at}.health_check.kind"),
+                    "http checks need protocol = \"http1\"; use \"tcp\" for h2c pools",
+                );
+            }
+            if !h.path.starts_with('/') {
+                problems.push(format!("{at}.health_check.path"), "must start with '/'");
+            }
+        }
+        let breaker = check_breaker(&p.breaker, &at, problems);
+        out.push(Pool {
+            breaker,
+            name: p.name.clone(),
+            protocol: p.protocol,
+            backends,
+            health: HealthCheck {
+                kind: h.kind,
+                path: h.path.clone(),
+                interval: Duration::from_millis(
+                    h.interval_ms.clamp(50, MAX_TIMEOUT_MS).unsigned_abs(),
+                ),
+                timeout: Duration::from_millis(
+                    h.timeout_ms.clamp(1, MAX_TIMEOUT_MS).unsigned_abs(),
+                ),
+                unhealthy_threshold: usize::try_from(h.unhealthy_threshold.clamp(1, 100))
+                    .unwrap_or(1),
+                healthy_threshold: usize::try_from(h.healthy_threshold.clamp(1, 100)).unwrap_or(1),
+            },
+        });
+    }
+    out
+}

@@ -1,0 +1,161 @@
+//! The validated listener settings: `[server]`, its `tls` and `tracing`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::values::{check_ms, parse_addr};
+use crate::access::check::parse_digest;
+use crate::error::Problems;
+use crate::model::{Config, TracingConfig};
+
+/// Validated listener settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    /// Proxy listener.
+    pub proxy: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// Worker threads (0 = one per core).
+    pub threads: usize,
+    /// Graceful shutdown budget.
+    pub grace_period: Duration,
+    /// Whether to write access-log lines.
+    pub access_log: bool,
+    /// SHA-256 of the admin token, if the admin API needs one.
+    pub admin_token: Option<[u8; 32]>,
+    /// Longest wait for a request header.
+    pub header_read_timeout: Duration,
+    /// The graceful-upgrade socket.
+    pub upgrade_sock: String,
+    /// Span export, when an OTLP endpoint is configured.
+    pub tracing: Option<Tracing>,
+    /// The TLS proxy listener, if any.
+    pub tls: Option<TlsListener>,
+}
+
+/// A validated `[server.tls]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListener {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// PEM certificate chain file.
+    pub cert: String,
+    /// PEM private key file.
+    pub key: String,
+}
+
+/// Validated `[server.tracing]` with an endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    /// The OTLP/gRPC collector URL.
+    pub endpoint: String,
+    /// `service.name`.
+    pub service_name: String,
+    /// Share of new traces recorded.
+    pub sample_ratio: f64,
+}
+
+pub(super) fn check_server(config: &Config, problems: &mut Problems) -> Option<Server> {
+    let s = &config.server;
+    let proxy = parse_addr(&s.proxy, "server.proxy", problems);
+    let admin = parse_addr(&s.admin, "server.admin", problems);
+    if s.threads > 1024 {
+        problems.push("server.threads", "must be at most 1024");
+    }
+    if s.grace_period_seconds > 3600 {
+        problems.push("server.grace_period_seconds", "must be at most 3600");
+    }
+    let admin_token = match &s.admin_token_sha256 {
+        None => None,
+        Some(text) => {
+            let digest = parse_digest(text);
+            if digest.is_none() {
+                problems.push(
+                    "server.admin_token_sha256",
+                    "must be the token's SHA-256 as 64 hex digits, never the token itself",
+                );
+            }
+            digest
+        }
+    };
+    let header_read_timeout = check_ms(
+        Some(s.header_read_timeout_ms),
+        "server.header_read_timeout_ms".to_owned(),
+        Duration::from_secs(10),
+        problems,
+    );
+    if s.upgrade_sock.is_empty() {
+        problems.push("server.upgrade_sock", "must be a path");
+    }
+    let tracing = check_tracing(&s.tracing, problems);
+    let tls = s.tls.as_ref().and_then(|t| {
+        let listen = parse_addr(&t.listen, "server.tls.listen", problems);
+        for (field, path) in [("cert", &t.cert), ("key", &t.key)] {
+            if let Err(e) = std::fs::metadata(path) {
+                problems.push(
+                    format!("server.tls.{field}"),
+                    format!("cannot read {path:?}: {e}"),
+                );
+            }
+        }
+        Some(TlsListener {
+            listen: listen?,
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+        })
+    });
+    let (proxy, admin) = (proxy?, admin?);
+    if proxy == admin && proxy.port() != 0 {
+        problems.push("server.admin", "must differ from server.proxy");
+    }
+    if let Some(t) = &tls
+        && t.listen.port() != 0
+        && (t.listen == proxy || t.listen == admin)
+    {
+        problems.push(
+            "server.tls.listen",
+            "must differ from server.proxy and server.admin",
+        );
+    }
+    Some(Server {
+        proxy,
+        admin,
+        threads: s.threads,
+        grace_period: Duration::from_secs(s.grace_period_seconds),
+        access_log: s.access_log,
+        admin_token,
+        header_read_timeout,
+        upgrade_sock: s.upgrade_sock.clone(),
+        tracing,
+        tls,
+    })
+}
+
+fn check_tracing(t: &TracingConfig, problems: &mut Problems) -> Option<Tracing> {
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        problems.push(
+            "server.tracing.sample_ratio",
+            format!("{} must be between 0.0 and 1.0", t.sample_ratio),
+        );
+    }
+    if t.service_name.is_empty() {
+        problems.push("server.tracing.service_name", "must not be empty");
+    }
+    let endpoint = t.otlp_endpoint.as_ref()?;
+    let ok = ["http://", "https://"].iter().any(|scheme| {
+        endpoint
+            .strip_prefix(scheme)
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace))
+    });
+    if !ok {
+        problems.push(
+            "server.tracing.otlp_endpoint",
+            format!("{endpoint:?} must be an http:// or https:// URL of an OTLP/gRPC collector"),
+        );
+    }
+    Some(Tracing {
+        endpoint: endpoint.clone(),
+        service_name: t.service_name.clone(),
+        sample_ratio: t.sample_ratio.clamp(0.0, 1.0),
+    })
+}
