@@ -578,6 +578,9 @@ def main() -> int:
                     help="run only these scenarios; NAME also selects every scenario named NAME_* "
                          "(e.g. sse, engine, engine_stream, weir_post_1k)")
     ap.add_argument("--out", type=Path, help="results path without suffix")
+    ap.add_argument("--weir-binary", type=Path, metavar="PATH",
+                    help="the weir binary under test (default: the one just built), e.g. an "
+                         "older build for a before/after comparison")
     args = ap.parse_args()
     seconds = args.seconds or (2 if args.quick else 15)
     chosen = select(args.only)
@@ -597,7 +600,7 @@ def main() -> int:
         start_upstream(stack, ports)
         ports["sse"] = start_sse_upstream(stack, weir)
         servers = {"direct": f"http://127.0.0.1:{ports['v1']}"}
-        servers["weir"] = start_weir(stack, weir, ports)
+        servers["weir"] = start_weir(stack, args.weir_binary or weir, ports)
         servers["nginx"] = start_nginx_proxy(stack, ports)
         plan = [p for p in wrk_plan(args.connections) if p[0] in chosen]
         for name, server, script, conns, *path in plan:

@@ -49,6 +49,10 @@ pub enum GatewayError {
     /// The client sent something the gateway cannot proxy.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The client went away before its answer was complete (counted as
+    /// status 499, like nginx; nothing can be written to it).
+    #[error("the client closed the connection: {0}")]
+    ClientClosed(String),
     /// A content filter blocked the request (the word is never echoed).
     #[error("blocked by the content filter (category: {category})")]
     ContentBlocked {
@@ -159,12 +163,14 @@ impl GatewayError {
             | GatewayError::NoArm { .. }
             | GatewayError::NoHealthyBackend { .. } => 503,
             GatewayError::Internal(_) => 500,
+            GatewayError::ClientClosed(_) => 499,
         }
     }
 
     /// The gRPC status code of the error, for gRPC callers (answered in
     /// trailers-only form: HTTP 200 with `grpc-status` and `grpc-message`).
     pub fn grpc_status(&self) -> u8 {
+        const CANCELLED: u8 = 1;
         const INVALID_ARGUMENT: u8 = 3;
         const DEADLINE_EXCEEDED: u8 = 4;
         const PERMISSION_DENIED: u8 = 7;
@@ -195,6 +201,7 @@ impl GatewayError {
             | GatewayError::UpstreamConnect(_)
             | GatewayError::Upstream(_) => UNAVAILABLE,
             GatewayError::Internal(_) => INTERNAL,
+            GatewayError::ClientClosed(_) => CANCELLED,
         }
     }
 
@@ -204,6 +211,7 @@ impl GatewayError {
             GatewayError::NoRoute { .. }
             | GatewayError::NoModelRoute { .. }
             | GatewayError::BadRequest(_)
+            | GatewayError::ClientClosed(_)
             | GatewayError::ContentBlocked { .. }
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::InvalidBody(_) => "invalid_request_error",
@@ -231,6 +239,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::Upstream(_) => "upstream_failed",
             GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::ClientClosed(_) => "client_closed",
             GatewayError::ContentBlocked { .. } => "content_blocked",
             GatewayError::FilterUnavailable { .. } => "filter_unavailable",
             GatewayError::BodyTooLarge { .. } => "body_too_large",
@@ -277,9 +286,12 @@ impl GatewayError {
         .to_string()
     }
 
-    /// Classifies an error raised while proxying.
+    /// Classifies an error raised while proxying. The client is told the
+    /// kind of failure only (`ConnectRefused`, `InvalidChunk`, ...): Pingora's
+    /// context and cause name backend addresses and internals, which stay in
+    /// the log.
     pub fn from_proxy_error(e: &Error) -> Self {
-        let detail = e.to_string();
+        let detail = e.etype().as_str().to_owned();
         match e.etype() {
             ErrorType::ConnectTimedout => GatewayError::UpstreamTimeout(detail),
             ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
@@ -295,6 +307,11 @@ impl GatewayError {
             | ErrorType::SocketError => GatewayError::UpstreamConnect(detail),
             ErrorType::HTTPStatus(400) | ErrorType::InvalidHTTPHeader => {
                 GatewayError::BadRequest(detail)
+            }
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+                if *e.esource() == ErrorSource::Downstream =>
+            {
+                GatewayError::ClientClosed(detail)
             }
             _ => match e.esource() {
                 ErrorSource::Upstream => GatewayError::Upstream(detail),

@@ -11,6 +11,7 @@
 //! `docs/architecture.md`):
 //!
 //! - [`window`]: the monotonic millisecond clock and sliding-window counters.
+//! - [`normalize`]: request paths and hosts as routes see them.
 //! - [`metrics`]: every Prometheus metric, the `status` label table.
 //! - [`errors`]: gateway errors as OpenAI-shaped JSON; rate-limit headers.
 //! - [`grpc`]: gRPC statuses and trailers-only error answers.
@@ -43,6 +44,7 @@ pub mod etcd;
 pub mod filtering;
 pub mod grpc;
 pub mod metrics;
+pub mod normalize;
 pub mod otel;
 pub mod pool;
 pub mod proxy;

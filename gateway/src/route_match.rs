@@ -10,6 +10,8 @@
 //! [`MODEL_PEEK_LIMIT`] bytes: a larger body on a path whose routes choose
 //! by model is refused with 413. Nothing is read for any other route.
 
+use std::borrow::Cow;
+
 use bytes::BytesMut;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
@@ -28,7 +30,8 @@ pub async fn choose_route(
     grpc: bool,
 ) -> Result<usize, GatewayError> {
     let req = session.req_header();
-    let host = request_host(req);
+    let host = request_host(req)?;
+    let host = host.as_deref();
     let path = req.uri.path();
     let Some(first) = routes
         .iter()
@@ -133,16 +136,20 @@ pub fn has_body(req: &RequestHeader) -> bool {
             || (req.version == http::Version::HTTP_2 && content_length(req).is_none()))
 }
 
-/// Host without port, from the `Host` header or the URI authority.
-pub fn request_host(req: &RequestHeader) -> Option<&str> {
+/// The host routes compare ([`crate::normalize::host`]: lower-case, no
+/// port, no trailing dot), from the `Host` header or the URI authority; a
+/// host no host name looks like is refused (400).
+pub fn request_host(req: &RequestHeader) -> Result<Option<Cow<'_, str>>, GatewayError> {
     let raw = req
         .headers
         .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))?;
-    let host = match raw.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => raw.split(':').next().unwrap_or(raw),
-    };
-    Some(host)
+        .map(|v| v.to_str().map_err(|_| crate::normalize::Refused::BadHost))
+        .or_else(|| req.uri.authority().map(|a| Ok(a.as_str())));
+    match raw {
+        None => Ok(None),
+        Some(raw) => raw
+            .and_then(crate::normalize::host)
+            .map(Some)
+            .map_err(|e| GatewayError::BadRequest(e.to_string())),
+    }
 }

@@ -148,8 +148,13 @@ struct ListenPort {
 }
 
 impl ListenPort {
-    fn reserve(addr: SocketAddr) -> anyhow::Result<Self> {
-        if addr.port() != 0 {
+    /// Holds `addr` (a port-0 address: an OS-chosen port) until Pingora
+    /// listens on it. A port another process listens on is refused here,
+    /// with a clear error, instead of Pingora retrying its bind for ever
+    /// while readiness sees the other process. During an `upgrade` an
+    /// explicit port belongs to the old process, whose socket is taken over.
+    fn reserve(addr: SocketAddr, upgrade: bool) -> anyhow::Result<Self> {
+        if upgrade && addr.port() != 0 {
             return Ok(Self { addr, _hold: None });
         }
         let socket = socket2::Socket::new(
@@ -160,7 +165,7 @@ impl ListenPort {
         socket.set_reuse_address(true)?;
         socket
             .bind(&addr.into())
-            .with_context(|| format!("cannot bind {addr}"))?;
+            .with_context(|| format!("cannot bind {addr}: is another process listening on it?"))?;
         let addr = socket
             .local_addr()?
             .as_socket()
@@ -174,9 +179,10 @@ impl ListenPort {
 
 /// The proxy's listener app: Pingora's HTTP proxy, with the wait for a
 /// client's request header bounded by `[server] header_read_timeout_ms`
-/// rather than Pingora's fixed 60 s. Pingora applies the bound to each read
-/// of the header (and to the idle time of a kept-alive connection before its
-/// next request), in whole seconds.
+/// rather than Pingora's fixed 60 s: the whole header (all its reads
+/// together, and the idle time of a kept-alive connection before its next
+/// request) and, on a new connection, the first bytes that tell HTTP/2 from
+/// HTTP/1.x (patched Pingora, see `third_party/pingora/PATCHES.md`).
 ///
 /// At shutdown, Pingora closes the client connections that sit idle between
 /// two requests at once; a client that is just sending its next request on
@@ -201,6 +207,7 @@ impl HttpServerApp for Listener {
             session.set_keepalive(Some(secs));
         }
         session.set_read_timeout(Some(self.header_timeout));
+        session.set_request_header_timeout(Some(self.header_timeout));
         self.proxy.process_new_http(session, shutdown).await
     }
 
@@ -246,7 +253,7 @@ pub fn serve(source: ConfigSource, upgrade: bool) -> anyhow::Result<()> {
     let snapshot = source
         .load()
         .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
-    let proxy_port = ListenPort::reserve(snapshot.server.proxy)?;
+    let proxy_port = ListenPort::reserve(snapshot.server.proxy, upgrade)?;
     let proxy_addr = proxy_port.addr;
     let mut listeners = vec![proxy_port];
     let (admin, admin_addr) = bind_admin(snapshot.server.admin, upgrade)?;
@@ -280,8 +287,12 @@ pub fn serve(source: ConfigSource, upgrade: bool) -> anyhow::Result<()> {
     let grace = snapshot.server.grace_period.as_secs();
     let conf = ServerConf {
         threads,
+        // The grace period is the whole budget: Pingora waits all of it for
+        // what is in flight, then stops its runtimes; a second wait of the
+        // same length for tasks still running (a stream longer than the
+        // grace period) would double the time to exit.
         grace_period_seconds: Some(grace),
-        graceful_shutdown_timeout_seconds: Some(grace),
+        graceful_shutdown_timeout_seconds: Some(0),
         upgrade_sock: snapshot.server.upgrade_sock.clone(),
         ..ServerConf::default()
     };
@@ -297,8 +308,11 @@ pub fn serve(source: ConfigSource, upgrade: bool) -> anyhow::Result<()> {
     // HTTP/1.1 and HTTP/2 with prior knowledge (h2c, what gRPC clients
     // speak in plaintext) on the same port: a connection that opens with the
     // HTTP/2 preface is served as HTTP/2.
+    // The first bytes of a connection must arrive within the header
+    // timeout too: before them Pingora cannot tell HTTP/2 from HTTP/1.x.
     let mut options = HttpServerOptions::default();
     options.h2c = true;
+    options.h2c_preface_timeout = Some(snapshot.server.header_read_timeout);
     http.server_options = Some(options);
     let app = Listener {
         proxy: Arc::new(http),
@@ -306,10 +320,16 @@ pub fn serve(source: ConfigSource, upgrade: bool) -> anyhow::Result<()> {
         drain: snapshot.server.grace_period / 2,
     };
     let mut proxy = pingora_core::services::listening::Service::new("weir proxy".to_owned(), app);
-    proxy.add_tcp(&proxy_addr.to_string());
+    // No L4 read buffer on plaintext connections: Pingora reads request
+    // headers and bodies into buffers of its own, and a 64 KiB buffer per
+    // accepted connection is what an idle or slow client costs the most.
+    proxy.add_listener(
+        pingora_core::listeners::ListenerConfig::tcp(proxy_addr.to_string())
+            .l4_buffer(pingora_core::protocols::l4::stream::L4BufferSettings::default().read(0)),
+    );
     let mut tls_addr = None;
     if let Some(tls) = &snapshot.server.tls {
-        let port = ListenPort::reserve(tls.listen)?;
+        let port = ListenPort::reserve(tls.listen, upgrade)?;
         let addr = port.addr;
         listeners.push(port);
         tls_addr = Some(addr);
@@ -464,7 +484,7 @@ mod tests {
     /// Pingora binds (`SO_REUSEADDR`) takes it over while it is held.
     #[tokio::test]
     async fn a_held_port_refuses_connections_until_pingora_style_listener_binds_it() {
-        let held = ListenPort::reserve("127.0.0.1:0".parse().unwrap()).unwrap();
+        let held = ListenPort::reserve("127.0.0.1:0".parse().unwrap(), false).unwrap();
         assert_ne!(held.addr.port(), 0);
         assert!(
             TcpStream::connect(held.addr).is_err(),
@@ -483,10 +503,20 @@ mod tests {
     }
 
     #[test]
-    fn an_explicit_port_is_not_held() {
-        let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let port = ListenPort::reserve(addr).unwrap();
-        assert_eq!(port.addr, addr);
+    fn an_explicit_port_is_held_and_a_taken_one_refused() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = ListenPort::reserve(addr, false).err().unwrap();
+        assert!(
+            format!("{err:#}").contains(&format!("cannot bind {addr}")),
+            "{err:#}"
+        );
+        // During an upgrade the old process holds it: not ours to check.
+        let port = ListenPort::reserve(addr, true).unwrap();
         assert!(port._hold.is_none());
+        drop(taken);
+        let free = ListenPort::reserve(addr, false).unwrap();
+        assert_eq!(free.addr, addr);
+        assert!(free._hold.is_some());
     }
 }

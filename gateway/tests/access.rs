@@ -685,3 +685,49 @@ fn bad_access_values_are_refused_with_their_paths() {
         ],
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_name_its_own_tenant() {
+    let (_up, weir, _dir) = gateway(&[]).await;
+    let spoof = || vec![("x-weir-tenant", "acme".to_owned())];
+    // A route without auth: the client's header never reaches the upstream.
+    let (status, _, body) = call(&weir, "/open/x", &spoof()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["tenant"], serde_json::Value::Null, "{body}");
+    // A route with auth: only the authenticated tenant is sent.
+    let mut headers = spoof();
+    headers.push(("x-api-key", "acme-key".into()));
+    headers[0].1 = "beta".into();
+    let (status, _, body) = call(&weir, "/v1/x", &headers).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["tenant"], "acme", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_token_without_a_required_claim_is_refused() {
+    let up = Upstream::local("v1").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let k = keys(dir.path());
+    let weir = Weir::start(weir_bin(), &config(&up, dir.path(), ""))
+        .await
+        .unwrap();
+    let rsa = EncodingKey::from_rsa_pem(&k.rsa_private).unwrap();
+    let later = now() + 600;
+    // Issuer "idp" names both an issuer and an audience: both are required.
+    for missing in ["aud", "iss"] {
+        let mut c = claims("acme", "weir", later);
+        c.as_object_mut().unwrap().remove(missing);
+        let token = sign(Algorithm::RS256, &rsa, &c);
+        let (status, _, body) = call(&weir, "/v1/x", &bearer(&token)).await;
+        assert_eq!(
+            status, 401,
+            "a token without {missing:?} was accepted: {body}"
+        );
+        assert_eq!(body["error"]["code"], "invalid_credentials", "{body}");
+    }
+    // With every claim it is accepted.
+    let token = sign(Algorithm::RS256, &rsa, &claims("acme", "weir", later));
+    let (status, _, body) = call(&weir, "/v1/x", &bearer(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(up.hits(), 1);
+}

@@ -64,3 +64,35 @@ async fn sigterm_lets_requests_and_streams_in_flight_finish() {
     let code = weir.wait_exit(Duration::from_secs(20)).await.unwrap();
     assert_eq!(code, Some(0), "{}", weir.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_longer_than_the_grace_period_does_not_delay_the_exit() {
+    let up = Upstream::local("v1").await.unwrap();
+    let grace = Duration::from_secs(2);
+    let cfg = config(&[("v1", &up, 1)], "")
+        .replace("grace_period_seconds = 0", "grace_period_seconds = 2");
+    let mut weir = Weir::start(weir_bin(), &cfg).await.unwrap();
+    let client = weir_test_support::client();
+    // 2,000 chunks 5 ms apart: about 10 s, far past the grace period.
+    let stream = client
+        .post(weir.url("/v1/chat/completions"))
+        .header(SSE_HEADER, "x".repeat(2_000))
+        .header(weir_test_support::upstream::SSE_GAP_HEADER, "5")
+        .body(r#"{"stream":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let started = std::time::Instant::now();
+    weir.signal("TERM").unwrap();
+    let code = weir.wait_exit(Duration::from_secs(20)).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(code, Some(0), "{}", weir.log());
+    // The grace period is the budget (plus a little for the process to go);
+    // before, Pingora waited a second grace period for the stream's task.
+    assert!(
+        took < grace + Duration::from_millis(1_200),
+        "exit took {took:?} with a grace period of {grace:?}"
+    );
+    drop(stream);
+}

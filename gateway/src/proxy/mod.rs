@@ -38,6 +38,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 pub use ctx::{GatewayCtx, Routed};
 
+use crate::errors::GatewayError;
 use crate::state::Shared;
 
 /// The proxy application.
@@ -114,6 +115,8 @@ impl ProxyHttp for Gateway {
             upstream_request.insert_header("x-request-id", id.clone())?;
         }
         observe::trace_upstream(&self.shared, ctx, upstream_request)?;
+        // Only authentication names the tenant, never the client.
+        upstream_request.remove_header("x-weir-tenant");
         if let Some(tenant) = &ctx.tenant {
             // The gateway consumed the credentials; the upstream learns who
             // is calling, not how they proved it.
@@ -184,6 +187,16 @@ impl ProxyHttp for Gateway {
         ctx: &mut GatewayCtx,
     ) -> FailToProxy {
         respond::fail_to_proxy(session, e, ctx).await
+    }
+
+    /// A client that went away is not the gateway's error: it is counted
+    /// (status 499, outcome `client_closed`) and logged at INFO, not ERROR.
+    fn suppress_error_log(&self, _session: &Session, ctx: &GatewayCtx, e: &Error) -> bool {
+        let gone = matches!(ctx.error, Some(GatewayError::ClientClosed(_)));
+        if gone {
+            tracing::info!(request_id = ctx.id_str(), error = %e, "the client closed the connection");
+        }
+        gone
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut GatewayCtx) {

@@ -7,6 +7,8 @@
 //! body over the route's limit is refused (413); the arm is chosen (A/B
 //! header, sticky key, weighted random; [`crate::routing`]).
 
+use std::borrow::Cow;
+
 use http::HeaderValue;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
@@ -30,6 +32,7 @@ pub(super) async fn admit(
     ctx.request_id = request_id(session.req_header());
     super::observe::begin(shared, session.req_header(), ctx);
     let runtime = shared.current().ok_or(GatewayError::NotReady)?;
+    normalize_path(session.req_header_mut())?;
     ctx.grpc = crate::grpc::is_grpc(session.req_header());
     ctx.openai = is_openai_call(session.req_header());
     let routed = ctx.routed.insert(Routed {
@@ -71,6 +74,27 @@ pub(super) async fn admit(
     routed.arm = Some(arm);
     ctx.reason = Some(reason);
     ctx.body.plan(route, req, ctx.tenant.as_deref())
+}
+
+/// Replaces the request's path with its normalised form
+/// ([`crate::normalize::path`]): what routes match and what the upstream
+/// receives. Refused paths answer 400.
+fn normalize_path(req: &mut RequestHeader) -> Result<(), GatewayError> {
+    let refused = |e: &dyn std::fmt::Display| GatewayError::BadRequest(e.to_string());
+    let normal = match crate::normalize::path(req.uri.path()) {
+        Ok(Cow::Borrowed(_)) => return Ok(()),
+        Ok(Cow::Owned(normal)) => normal,
+        Err(e) => return Err(refused(&e)),
+    };
+    let target = match req.uri.query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal,
+    };
+    let mut parts = req.uri.clone().into_parts();
+    parts.path_and_query = Some(target.parse().map_err(|e| refused(&e))?);
+    let uri = http::Uri::from_parts(parts).map_err(|e| refused(&e))?;
+    req.set_uri(uri);
+    Ok(())
 }
 
 /// Whether a request is an OpenAI call whose answer reports `usage`.

@@ -85,7 +85,8 @@ pub(super) fn decorate(resp: &mut ResponseHeader, ctx: &GatewayCtx) -> Result<()
 }
 
 /// The answer after proxying failed: the recorded gateway error, else one
-/// made from Pingora's, unless an answer has already begun.
+/// made from Pingora's, unless an answer has already begun or the client is
+/// gone.
 pub(super) async fn fail_to_proxy(
     session: &mut Session,
     e: &Error,
@@ -95,7 +96,8 @@ pub(super) async fn fail_to_proxy(
         Some(err) => err,
         None => GatewayError::from_proxy_error(e),
     };
-    let code = if session.response_written().is_some() {
+    let gone = matches!(err, GatewayError::ClientClosed(_));
+    let code = if gone || session.response_written().is_some() {
         ctx.error = Some(err);
         0
     } else {
