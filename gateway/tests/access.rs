@@ -705,13 +705,9 @@ async fn a_client_cannot_name_its_own_tenant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_token_without_a_required_claim_is_refused() {
-    let up = Upstream::local("v1").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let k = keys(dir.path());
-    let weir = Weir::start(weir_bin(), &config(&up, dir.path(), ""))
-        .await
-        .unwrap();
-    let rsa = EncodingKey::from_rsa_pem(&k.rsa_private).unwrap();
+    let (up, weir, dir) = gateway(&[]).await;
+    let rsa =
+        EncodingKey::from_rsa_pem(&std::fs::read(dir.path().join("rsa.pem")).unwrap()).unwrap();
     let later = now() + 600;
     // Issuer "idp" names both an issuer and an audience: both are required.
     for missing in ["aud", "iss"] {
