@@ -1,7 +1,8 @@
 //! Scan throughput of the Wasm sensitive-word filter against the native
 //! `aho-corasick` crate on the same deterministic 1k-word mixed
 //! Chinese/English dictionary and text, and the added cost of one request
-//! (1 KiB body) and of one streamed answer.
+//! (1 KiB body) and of one streamed answer (alone, and after a usage
+//! reader's parse: re-read as bytes, or taken as events).
 //!
 //! `cargo bench -p weir-filters --bench scan`
 #![allow(clippy::expect_used)]
@@ -14,6 +15,7 @@ use std::hint::black_box;
 use aho_corasick::{AhoCorasick, MatchKind};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use weir_filters::openai::filter_request;
+use weir_filters::sse::SseParser;
 use weir_filters::{Filter, FilterSpec, StreamFilter};
 
 fn benches(c: &mut Criterion) {
@@ -84,6 +86,15 @@ fn benches(c: &mut Criterion) {
             forwarded + filter.finish().len()
         })
     });
+    // After a usage reader's parse, the filter parses again or not.
+    for (name, on_events) in [
+        ("reader_then_filter_on_bytes", false),
+        ("reader_then_filter_on_events", true),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| reader_then_filter(&filter, black_box(&events), on_events))
+        });
+    }
     group.bench_function("sse_parse_only", |b| {
         b.iter(|| {
             weir_filters::sse::parse_all(black_box(stream.as_bytes()), 1 << 20)
@@ -92,6 +103,25 @@ fn benches(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// An answer through a usage reader's parse and one filter, which re-reads
+/// the reader's bytes (parsing the answer twice) or takes its events (once).
+fn reader_then_filter(filter: &Filter, chunks: &[&[u8]], on_events: bool) -> usize {
+    let mut reader = SseParser::default();
+    let mut stream = StreamFilter::new(filter);
+    let mut forwarded = 0;
+    for (i, chunk) in chunks.iter().enumerate() {
+        let piece = reader.read(chunk, i + 1 == chunks.len());
+        forwarded += match on_events {
+            true => stream.push_events(piece).into_bytes().len(),
+            false => stream.push(&piece.into_bytes()).len(),
+        };
+    }
+    match on_events {
+        true => forwarded,
+        false => forwarded + stream.finish().len(),
+    }
 }
 
 criterion_group!(scan, benches);

@@ -29,10 +29,14 @@
 //!   [`Verdict::Blocked`] → 400 naming the category, [`Verdict::Unavailable`]
 //!   → 503, [`openai::BodyError`] → 400 (or skip, per route).
 //! - non-streamed response body: [`openai::filter_response`], alike.
-//! - streamed response: one [`StreamFilter`] per filter and response;
-//!   [`StreamFilter::push`] each upstream chunk, forward what it returns,
-//!   [`StreamFilter::finish`] at the end; [`StreamFilter::held_bytes`] feeds
-//!   the hold-back histogram, [`StreamFilter::report`] the counters.
+//! - streamed response: one [`StreamFilter`] per filter and response, and
+//!   one parse: [`sse::SseParser::read`] each upstream chunk (the last with
+//!   `end`), pass the piece through the filters in order
+//!   ([`StreamFilter::push_events`], each taking the previous one's
+//!   output) and forward [`sse::SseChunk::into_bytes`]. A single filter on
+//!   bytes: [`StreamFilter::push`] each chunk, [`StreamFilter::finish`] at
+//!   the end. [`StreamFilter::held_bytes`] feeds the hold-back histogram,
+//!   [`StreamFilter::report`] the counters.
 //!
 //! ```no_run
 //! use weir_filters::{Action, Filter, FilterSpec, Verdict};

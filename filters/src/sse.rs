@@ -7,11 +7,22 @@
 //! comments; a leading byte-order mark is skipped. Each event keeps its
 //! exact bytes (`raw`), so a block can be forwarded unchanged: the `raw` of
 //! all events plus [`SseParser::finish`]'s remainder is the input.
+//!
+//! A stream is parsed once: [`SseParser::read`] turns each upstream chunk
+//! into an [`SseChunk`], which the stages of a chain (the gateway's usage
+//! reader, then each [`crate::StreamFilter`]) pass on as events; bytes are
+//! made once, at the end ([`SseChunk::into_bytes`]). An event a stage writes
+//! itself is built with [`SseEvent::written`], so it carries the fields a
+//! parser would read from its bytes.
 
 /// Default bound on one event's bytes.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+mod line_ends;
+
+pub use line_ends::LineEnds;
 
 /// One block of an event stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -36,6 +47,83 @@ impl SseEvent {
     /// Whether the block has no field at all (blank lines, comments).
     pub fn is_empty(&self) -> bool {
         self.event.is_none() && self.data.is_none() && self.id.is_none() && self.retry.is_none()
+    }
+
+    /// The event [`write_event`] writes, with the fields a parser reads
+    /// back from its bytes.
+    pub fn written(event: Option<&str>, id: Option<&str>, data: &str) -> Self {
+        let mut raw = Vec::with_capacity(data.len() + 16);
+        write_event(&mut raw, event, id, data);
+        let data = if data.contains(['\r', '\n']) {
+            data_lines(data).collect::<Vec<_>>().join("\n")
+        } else {
+            data.to_owned()
+        };
+        Self {
+            raw,
+            event: event.map(|e| first_line(e).to_owned()),
+            // A parser ignores an `id` holding NUL.
+            id: id
+                .map(first_line)
+                .filter(|id| !id.contains('\0'))
+                .map(str::to_owned),
+            data: Some(data),
+            retry: None,
+            lossy: false,
+        }
+    }
+}
+
+/// One piece of a parsed stream: what [`SseParser::read`] made of an
+/// upstream chunk, and what each stage of a chain hands the next. Its bytes
+/// ([`SseChunk::into_bytes`]) are the `raw` of `events`, then `unparsed`,
+/// then the `raw` of `last`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SseChunk {
+    /// Complete events, in order.
+    pub events: Vec<SseEvent>,
+    /// The parser gave up after `events` (for good: it fails every later
+    /// chunk too).
+    pub failed: Option<SseError>,
+    /// The bytes after the failure, unparsed.
+    pub unparsed: Vec<u8>,
+    /// At the end of the stream, its unterminated last block (see
+    /// [`SseParser::finish`]).
+    pub last: Option<SseEvent>,
+    /// Whether the stream ends with this piece.
+    pub end: bool,
+}
+
+impl SseChunk {
+    /// An empty piece, the last of the stream when `end`.
+    pub fn empty(end: bool) -> Self {
+        Self {
+            end,
+            ..Self::default()
+        }
+    }
+
+    /// Whether the piece has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.events.iter().all(|e| e.raw.is_empty())
+            && self.unparsed.is_empty()
+            && self.last.as_ref().is_none_or(|e| e.raw.is_empty())
+    }
+
+    /// The piece's bytes, written once.
+    pub fn into_bytes(self) -> bytes::Bytes {
+        let len = self.events.iter().map(|e| e.raw.len()).sum::<usize>()
+            + self.unparsed.len()
+            + self.last.as_ref().map_or(0, |e| e.raw.len());
+        let mut out = Vec::with_capacity(len);
+        for event in &self.events {
+            out.extend_from_slice(&event.raw);
+        }
+        out.extend_from_slice(&self.unparsed);
+        if let Some(last) = &self.last {
+            out.extend_from_slice(&last.raw);
+        }
+        bytes::Bytes::from(out)
     }
 }
 
@@ -78,10 +166,28 @@ impl SseParser {
         }
     }
 
+    /// Parses `chunk` into a piece of the stream; at `end`, with the
+    /// unterminated last block. After an error the pending bytes are
+    /// handed back unparsed, in this piece and every later one.
+    pub fn read(&mut self, chunk: &[u8], end: bool) -> SseChunk {
+        let mut out = SseChunk::empty(end);
+        match self.push(chunk, &mut out.events) {
+            Ok(()) if end => out.last = self.finish(),
+            Ok(()) => {}
+            Err(error) => {
+                out.failed = Some(error);
+                out.unparsed = self.take_pending();
+            }
+        }
+        out
+    }
+
     /// Parses `chunk`, appending every completed block to `out`. After an
     /// error the rest of the chunk is kept unparsed, and so is everything
     /// pushed afterwards.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+        #[cfg(test)]
+        parse_count::add(chunk.len());
         let mut rest = chunk;
         let mut dispatched = false;
         while !rest.is_empty() {
@@ -232,13 +338,6 @@ fn apply_field(event: &mut SseEvent, name: &[u8], value: &[u8]) {
 /// per line of `data`, then the blank line. Line breaks in `event`/`id`
 /// end the value.
 pub fn write_event(out: &mut Vec<u8>, event: Option<&str>, id: Option<&str>, data: &str) {
-    let first_line = |value: &str| {
-        value
-            .split(['\r', '\n'])
-            .next()
-            .unwrap_or_default()
-            .to_owned()
-    };
     if let Some(event) = event {
         out.extend_from_slice(b"event: ");
         out.extend_from_slice(first_line(event).as_bytes());
@@ -249,15 +348,23 @@ pub fn write_event(out: &mut Vec<u8>, event: Option<&str>, id: Option<&str>, dat
         out.extend_from_slice(first_line(id).as_bytes());
         out.push(b'\n');
     }
-    for line in data.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        for part in line.split('\r') {
-            out.extend_from_slice(b"data: ");
-            out.extend_from_slice(part.as_bytes());
-            out.push(b'\n');
-        }
+    for part in data_lines(data) {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(part.as_bytes());
+        out.push(b'\n');
     }
     out.push(b'\n');
+}
+
+/// A field value up to its first line break.
+fn first_line(value: &str) -> &str {
+    value.split(['\r', '\n']).next().unwrap_or_default()
+}
+
+/// The `data:` lines that carry `data` (any line break splits it).
+fn data_lines(data: &str) -> impl Iterator<Item = &str> {
+    data.split('\n')
+        .flat_map(|line| line.strip_suffix('\r').unwrap_or(line).split('\r'))
 }
 
 /// Parses a complete stream at once (tests and fuzzing use it as the
@@ -268,6 +375,25 @@ pub fn parse_all(input: &[u8], max_event_bytes: usize) -> (Vec<SseEvent>, Result
     let result = parser.push(input, &mut events);
     events.extend(parser.finish());
     (events, result)
+}
+
+/// Bytes parsed on this thread, for tests that count parses.
+#[cfg(test)]
+pub(crate) mod parse_count {
+    use std::cell::Cell;
+
+    thread_local! {
+        static PARSED: Cell<usize> = const { Cell::new(0) };
+    }
+
+    pub(crate) fn add(n: usize) {
+        PARSED.with(|p| p.set(p.get() + n));
+    }
+
+    /// Bytes parsed on this thread so far.
+    pub(crate) fn get() -> usize {
+        PARSED.with(Cell::get)
+    }
 }
 
 #[cfg(test)]

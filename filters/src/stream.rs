@@ -1,7 +1,12 @@
 //! Filtering a streamed OpenAI answer (SSE) with a bounded hold-back.
 //!
-//! [`StreamFilter`] takes the upstream's byte chunks and returns the bytes
-//! to forward. It parses the events incrementally and scans each choice's
+//! [`StreamFilter`] takes the upstream's parsed events
+//! ([`StreamFilter::push_events`]: a piece of the stream as
+//! [`SseParser::read`] made it, or as the previous filter of a chain passed
+//! it on) and returns the events to forward: so a chain parses a stream
+//! once and writes its bytes once. [`StreamFilter::push`] and
+//! [`StreamFilter::finish`] do the same on bytes, with a parser of their
+//! own. The filter scans each choice's
 //! text (`choices[i].delta.content`, or `choices[i].text` for completions)
 //! as one continuous text, so words split across chunks and events are
 //! found. Only the tail that could still be the beginning of a word is held
@@ -17,7 +22,9 @@
 //! `event: error` whose data is an OpenAI-style error object (naming the
 //! category, never the word) and no `[DONE]`. A failure under `fail_open`
 //! releases the held text unfiltered and forwards the rest of the stream
-//! unchanged.
+//! unchanged. An event the parser refused (too large) is such a failure;
+//! under `fail_open` the failure and the unparsed rest go on to the next
+//! filter, which decides for itself.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -31,9 +38,13 @@ use serde_json::value::RawValue;
 use crate::abi::Match;
 use crate::json::{splice, text_field};
 use crate::spec::{Action, Policy};
-use crate::sse::{DEFAULT_MAX_EVENT_BYTES, SseEvent, SseParser, write_event};
+use crate::sse::{DEFAULT_MAX_EVENT_BYTES, LineEnds, SseChunk, SseEvent, SseParser};
 use crate::verdict::mask;
 use crate::{Filter, FilterError, Session};
+
+mod written;
+
+use written::forward;
 
 /// What a stream filter saw, for metrics and logs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -85,7 +96,7 @@ pub struct StreamFilter {
     last_chunk: Option<(String, Option<String>)>,
     mode: Mode,
     report: StreamReport,
-    events: Vec<SseEvent>,
+    line_ends: LineEnds,
 }
 
 #[derive(Deserialize)]
@@ -138,7 +149,7 @@ impl StreamFilter {
             last_chunk: None,
             mode: Mode::Filtering,
             report: StreamReport::default(),
-            events: Vec::new(),
+            line_ends: LineEnds::default(),
         }
     }
 
@@ -150,42 +161,72 @@ impl StreamFilter {
             Mode::PassThrough => return Bytes::copy_from_slice(chunk),
             Mode::Filtering => {}
         }
-        let mut out = Vec::with_capacity(chunk.len() + 64);
-        let mut events = std::mem::take(&mut self.events);
-        let parsed = self.parser.push(chunk, &mut events);
-        for event in events.drain(..) {
-            self.process(event, false, &mut out);
-        }
-        self.events = events;
-        if let Err(error) = parsed
-            && self.mode == Mode::Filtering
-            && self.fail(FilterError::Sse(error.to_string())).is_err()
-        {
-            self.write_stop(&mut out);
-        }
+        let piece = self.parser.read(chunk, false);
+        let mut out = self.push_events(piece);
         if self.mode == Mode::PassThrough {
-            out.extend_from_slice(&self.parser.take_pending());
+            out.unparsed.extend_from_slice(&self.parser.take_pending());
         }
-        Bytes::from(out)
+        out.into_bytes()
     }
 
     /// Ends the stream (the upstream finished): returns the last bytes to
     /// forward, with any held text released.
     pub fn finish(&mut self) -> Bytes {
-        let mut out = Vec::new();
         match self.mode {
-            Mode::Ended => return Bytes::new(),
-            Mode::PassThrough => out.extend_from_slice(&self.parser.take_pending()),
+            Mode::Ended => Bytes::new(),
+            Mode::PassThrough => Bytes::from(self.parser.take_pending()),
             Mode::Filtering => {
-                if let Some(event) = self.parser.finish() {
-                    self.process(event, true, &mut out);
-                }
-                if self.mode != Mode::Ended {
-                    let _ = self.flush_all(&mut out);
-                }
+                let piece = self.parser.read(&[], true);
+                self.push_events(piece).into_bytes()
             }
         }
-        Bytes::from(out)
+    }
+
+    /// Takes the next piece of the parsed stream; returns the piece to
+    /// forward (to the client, or to the next filter of a chain). Its
+    /// events are the input's, moved, where they pass unchanged. A parser
+    /// failure (`input.failed`) is a failure of this filter: under
+    /// `fail_closed` the stream ends here, under `fail_open` the failure and
+    /// the unparsed bytes are forwarded. At `input.end`, the held text is
+    /// released.
+    pub fn push_events(&mut self, input: SseChunk) -> SseChunk {
+        let mut out = SseChunk::empty(input.end);
+        if self.mode == Mode::Ended {
+            return out;
+        }
+        out.events.reserve(input.events.len());
+        for event in input.events {
+            self.process(event, false, &mut out.events);
+        }
+        if let Some(error) = input.failed {
+            match self.mode {
+                Mode::Filtering => match self.fail(FilterError::Sse(error.to_string())) {
+                    Ok(()) => out.failed = Some(error),
+                    Err(Stop) => self.write_stop(&mut out.events),
+                },
+                Mode::PassThrough => out.failed = Some(error),
+                Mode::Ended => {}
+            }
+        }
+        if self.mode == Mode::PassThrough {
+            out.unparsed = input.unparsed;
+        }
+        if input.end {
+            match self.mode {
+                Mode::Filtering => {
+                    if let Some(last) = input.last {
+                        self.process(last, true, &mut out.events);
+                    }
+                    if self.mode != Mode::Ended {
+                        let _ = self.flush_all(&mut out.events);
+                    }
+                }
+                Mode::PassThrough => out.last = input.last,
+                Mode::Ended => {}
+            }
+        }
+        self.line_ends.align(&mut out);
+        out
     }
 
     /// The name of the filter this stream runs.
@@ -208,20 +249,20 @@ impl StreamFilter {
         &self.report
     }
 
-    fn process(&mut self, event: SseEvent, last: bool, out: &mut Vec<u8>) {
+    fn process(&mut self, event: SseEvent, last: bool, out: &mut Vec<SseEvent>) {
         match self.mode {
             Mode::Ended => return,
-            Mode::PassThrough => return forward(&event, last, out),
+            Mode::PassThrough => return forward(event, last, out),
             Mode::Filtering => {}
         }
         let is_message = event.event.as_deref().is_none_or(|name| name == "message");
         let Some(data) = event.data.as_deref().filter(|_| is_message) else {
-            forward(&event, last, out);
+            forward(event, last, out);
             return;
         };
         if data.trim() == "[DONE]" {
             if self.flush_all(out).is_ok() {
-                forward(&event, last, out);
+                forward(event, last, out);
             }
             return;
         }
@@ -235,10 +276,10 @@ impl StreamFilter {
                 {
                     self.write_stop(out);
                 } else {
-                    forward(&event, last, out);
+                    forward(event, last, out);
                 }
             } else {
-                forward(&event, last, out);
+                forward(event, last, out);
             }
             return;
         };
@@ -269,23 +310,24 @@ impl StreamFilter {
                     None => Ok(()),
                 };
                 if step.is_err() {
-                    out.extend_from_slice(&before);
+                    out.append(&mut before);
                     self.write_stop(out);
                     return;
                 }
             }
         }
         self.last_chunk = Some((data.to_owned(), event.event.clone()));
-        out.extend_from_slice(&before);
+        out.append(&mut before);
         if edits.is_empty() && !event.lossy {
-            forward(&event, last, out);
+            forward(event, last, out);
         } else {
+            let data = splice(data, &mut edits);
+            let mut written = SseEvent::written(event.event.as_deref(), event.id.as_deref(), &data);
             if event.raw.first() == Some(&b'\n') {
                 // The LF of the previous block's CRLF.
-                out.push(b'\n');
+                written.raw.insert(0, b'\n');
             }
-            let data = splice(data, &mut edits);
-            write_event(out, event.event.as_deref(), event.id.as_deref(), &data);
+            out.push(written);
         }
         if self.mode == Mode::PassThrough {
             let _ = self.flush_all(out);
@@ -362,7 +404,7 @@ impl StreamFilter {
     }
 
     /// Releases the held text of `key` in a chunk of its own.
-    fn release(&mut self, key: (u64, Field), out: &mut Vec<u8>) -> Result<(), Stop> {
+    fn release(&mut self, key: (u64, Field), out: &mut Vec<SseEvent>) -> Result<(), Stop> {
         if !self.held.contains_key(&key) {
             return Ok(());
         }
@@ -373,7 +415,7 @@ impl StreamFilter {
         Ok(())
     }
 
-    fn flush_all(&mut self, out: &mut Vec<u8>) -> Result<(), Stop> {
+    fn flush_all(&mut self, out: &mut Vec<SseEvent>) -> Result<(), Stop> {
         let keys: Vec<(u64, Field)> = self.held.keys().copied().collect();
         for key in keys {
             if let Err(stop) = self.release(key, out) {
@@ -403,57 +445,6 @@ impl StreamFilter {
         }
     }
 
-    /// Writes the error event that ends the stream.
-    fn write_stop(&mut self, out: &mut Vec<u8>) {
-        let error = match &self.report.blocked {
-            Some(category) => serde_json::json!({"error": {
-                "message": format!("The response was blocked by a content filter (category: {category})."),
-                "type": "content_filter",
-                "code": "content_blocked",
-                "param": null,
-                "category": category.as_ref(),
-            }}),
-            None => serde_json::json!({"error": {
-                "message": "The content filter is unavailable.",
-                "type": "content_filter",
-                "code": "filter_unavailable",
-                "param": null,
-            }}),
-        };
-        write_event(out, Some("error"), None, &error.to_string());
-        self.held.clear();
-    }
-
-    fn write_flush_chunk(&self, (index, field): (u64, Field), text: &str, out: &mut Vec<u8>) {
-        let (mut envelope, event) = match &self.last_chunk {
-            Some((data, event)) => (
-                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(data)
-                    .unwrap_or_default(),
-                event.as_deref(),
-            ),
-            None => (serde_json::Map::new(), None),
-        };
-        envelope.remove("usage");
-        let choice = match field {
-            Field::Content => serde_json::json!(
-                {"index": index, "delta": {"content": text}, "finish_reason": null}
-            ),
-            Field::Reasoning => serde_json::json!(
-                {"index": index, "delta": {"reasoning_content": text}, "finish_reason": null}
-            ),
-            Field::Text => {
-                serde_json::json!({"index": index, "text": text, "finish_reason": null})
-            }
-        };
-        envelope.insert("choices".to_owned(), serde_json::json!([choice]));
-        write_event(
-            out,
-            event,
-            None,
-            &serde_json::Value::Object(envelope).to_string(),
-        );
-    }
-
     fn category(&self, m: &Match) -> Arc<str> {
         self.filter
             .category(m.category)
@@ -462,14 +453,5 @@ impl StreamFilter {
     }
 }
 
-/// Forwards a block as received; the stream's unterminated last block gets
-/// its blank line so that what follows stays a separate event.
-fn forward(event: &SseEvent, last: bool, out: &mut Vec<u8>) {
-    out.extend_from_slice(&event.raw);
-    if last && !event.is_empty() {
-        if !event.raw.ends_with(b"\n") && !event.raw.ends_with(b"\r") {
-            out.push(b'\n');
-        }
-        out.push(b'\n');
-    }
-}
+#[cfg(test)]
+mod tests;

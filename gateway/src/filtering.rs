@@ -9,7 +9,9 @@
 //! - [`filter_request`]: a buffered request body through the route's chain.
 //! - [`ResponseFilter`]: a non-streamed JSON answer (buffered) or an SSE
 //!   stream (chunk by chunk, with the bounded hold-back of
-//!   [`weir_filters::StreamFilter`]) through the route's chain.
+//!   [`weir_filters::StreamFilter`]) through the route's chain. A stream
+//!   comes parsed, by the usage tap ([`ResponseFilter::push_events`]): its
+//!   events go from filter to filter and become bytes once, at the end.
 //!
 //! Every call is recorded in `weir_filter_*` metrics, through handles
 //! resolved when the filter is loaded (so a call costs atomic adds, not
@@ -22,6 +24,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 use weir_conf::filters::{FilterAction, FilterDef, FilterModule, FilterPolicy, NonJson};
+use weir_filters::sse::{SseChunk, SseParser};
 use weir_filters::{Action, Filter, FilterSpec, Outcome, Policy, StreamFilter, Verdict, openai};
 
 use crate::errors::GatewayError;
@@ -275,7 +278,14 @@ pub enum ResponseFilter {
         overflowed: bool,
     },
     /// An SSE stream: one stream filter per filter of the chain.
-    Stream(Vec<(StreamFilter, Arc<LoadedFilter>)>),
+    Stream {
+        /// The chain.
+        chain: Vec<(StreamFilter, Arc<LoadedFilter>)>,
+        /// Parses the answer when it comes as bytes
+        /// ([`ResponseFilter::push`]); idle when it comes parsed
+        /// ([`ResponseFilter::push_events`]).
+        parser: SseParser,
+    },
 }
 
 impl ResponseFilter {
@@ -293,12 +303,13 @@ impl ResponseFilter {
             .trim()
             .to_ascii_lowercase();
         match essence.as_str() {
-            "text/event-stream" => Some(Self::Stream(
-                chain
+            "text/event-stream" => Some(Self::Stream {
+                chain: chain
                     .iter()
                     .map(|f| (StreamFilter::new(&f.filter), Arc::clone(f)))
                     .collect(),
-            )),
+                parser: SseParser::default(),
+            }),
             "application/json" => Some(Self::Json {
                 chain: chain.to_vec(),
                 buf: BytesMut::new(),
@@ -339,34 +350,38 @@ impl ResponseFilter {
                 let body = std::mem::take(buf).freeze();
                 Some(filter_response_json(chain, body))
             }
-            Self::Stream(filters) => {
-                let mut out = chunk.unwrap_or_default();
-                for (f, loaded) in filters.iter_mut() {
-                    let started = Instant::now();
-                    if !out.is_empty() {
-                        out = f.push(&out);
-                    }
-                    if end {
-                        let mut tail = out.to_vec();
-                        tail.extend_from_slice(&f.finish());
-                        out = Bytes::from(tail);
-                    }
-                    loaded.metrics.duration[Direction::Response as usize]
-                        .observe(started.elapsed().as_secs_f64());
-                }
-                let held: usize = filters.iter().map(|(f, _)| f.held_bytes()).sum();
-                if let Some((_, loaded)) = filters.first() {
-                    loaded.metrics.holdback.observe(held as f64);
-                }
-                if end {
-                    for (f, loaded) in filters.iter() {
-                        let r = f.report();
-                        report(loaded, Direction::Response, &r.hits, r.error.as_ref());
-                    }
-                }
-                Some(out)
+            Self::Stream { parser, .. } => {
+                let piece = parser.read(chunk.as_deref().unwrap_or_default(), end);
+                self.push_events(piece)
             }
         }
+    }
+
+    /// Takes one piece of a parsed SSE answer and returns what to send
+    /// downstream now: the events through each filter in turn, written
+    /// once. A JSON filter takes the piece's bytes.
+    pub fn push_events(&mut self, mut piece: SseChunk) -> Option<Bytes> {
+        let end = piece.end;
+        let Self::Stream { chain, .. } = self else {
+            return self.push(Some(piece.into_bytes()), end);
+        };
+        for (f, loaded) in chain.iter_mut() {
+            let started = Instant::now();
+            piece = f.push_events(piece);
+            loaded.metrics.duration[Direction::Response as usize]
+                .observe(started.elapsed().as_secs_f64());
+        }
+        let held: usize = chain.iter().map(|(f, _)| f.held_bytes()).sum();
+        if let Some((_, loaded)) = chain.first() {
+            loaded.metrics.holdback.observe(held as f64);
+        }
+        if end {
+            for (f, loaded) in chain.iter() {
+                let r = f.report();
+                report(loaded, Direction::Response, &r.hits, r.error.as_ref());
+            }
+        }
+        Some(piece.into_bytes())
     }
 }
 

@@ -7,6 +7,10 @@
 //! ([`request_usage`]), and the usage-only chunk it produces is taken out of
 //! the stream again before the client sees it.
 //!
+//! The tap of an SSE answer is where the answer is parsed, once
+//! ([`UsageTap::read_events`]): the events it leaves go on to the route's
+//! stream filters, and become bytes only after them.
+//!
 //! A streamed answer's chunks are timed by a [`StreamClock`] (time to first
 //! token, time per output token); [`record_tokens`] counts an answer's
 //! tokens on its arm.
@@ -17,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
-use weir_filters::sse::SseParser;
+use weir_filters::sse::{LineEnds, SseChunk, SseEvent, SseParser};
 
 use crate::runtime::ArmRt;
 
@@ -128,6 +132,8 @@ pub enum UsageTap {
         usage: Option<Usage>,
         /// Data events with choices (content chunks) seen.
         chunks: u64,
+        /// Where a stripped chunk leaves a split CRLF's LF.
+        line_ends: LineEnds,
     },
 }
 
@@ -148,6 +154,7 @@ impl UsageTap {
                 strip,
                 usage: None,
                 chunks: 0,
+                line_ends: LineEnds::default(),
             })
         } else if ct.starts_with("application/json") {
             Some(UsageTap::Json {
@@ -166,74 +173,74 @@ impl UsageTap {
 
     /// Passes one chunk through; what comes out goes to the client.
     pub fn push(&mut self, chunk: Option<Bytes>, end: bool) -> Option<Bytes> {
-        match self {
-            UsageTap::Json { buf, usage } => {
-                if let (Some(b), Some(c)) = (buf.as_mut(), chunk.as_ref()) {
-                    if b.len() + c.len() > MAX_JSON {
-                        *buf = None;
-                    } else {
-                        b.extend_from_slice(c);
-                    }
+        if let Some(piece) = self.read_events(chunk.as_deref(), end) {
+            return sse_body(piece);
+        }
+        if let UsageTap::Json { buf, usage } = self {
+            if let (Some(b), Some(c)) = (buf.as_mut(), chunk.as_ref()) {
+                if b.len() + c.len() > MAX_JSON {
+                    *buf = None;
+                } else {
+                    b.extend_from_slice(c);
                 }
-                if end && let Some(b) = buf.take() {
-                    *usage = UsageView::parse(&b).and_then(|v| v.usage());
-                }
-                chunk
             }
-            UsageTap::Sse {
-                parser,
-                strip,
-                usage,
-                chunks,
-            } => {
-                let mut events = Vec::new();
-                let broken = chunk
-                    .as_ref()
-                    .is_some_and(|c| parser.push(c, &mut events).is_err());
-                if broken {
-                    // An oversized event: stop reading, pass the rest as is.
-                    let mut out = BytesMut::new();
-                    for e in &events {
-                        out.extend_from_slice(&e.raw);
-                    }
-                    out.extend_from_slice(&parser.take_pending());
-                    *strip = false;
-                    return Some(out.freeze());
-                }
-                if end && let Some(last) = parser.finish() {
-                    events.push(last);
-                }
-                let mut out = BytesMut::new();
-                for e in events {
-                    let Some(data) = e.data.as_deref() else {
-                        out.extend_from_slice(&e.raw);
-                        continue;
-                    };
-                    let with_usage = data
-                        .contains("\"usage\"")
-                        .then(|| UsageView::parse(data.as_bytes()))
-                        .flatten();
-                    let mut keep = true;
-                    let mut content = data != "[DONE]";
-                    if let Some(doc) = with_usage
-                        && let Some(u) = doc.usage()
-                    {
-                        *usage = Some(u);
-                        let usage_only =
-                            matches!(&doc.choices, Some(Choices::List(c)) if c.is_empty());
-                        content = !usage_only;
-                        keep = !(*strip && usage_only);
-                    }
-                    if content {
-                        *chunks += 1;
-                    }
-                    if keep {
-                        out.extend_from_slice(&e.raw);
-                    }
-                }
-                (!out.is_empty() || end).then(|| out.freeze())
+            if end && let Some(b) = buf.take() {
+                *usage = UsageView::parse(&b).and_then(|v| v.usage());
             }
         }
+        chunk
+    }
+
+    /// Reads one chunk of an SSE answer, the answer's one parse: takes the
+    /// usage from its events, counts content chunks and drops the
+    /// usage-only chunk when asked to. Returns the events left for the
+    /// client (or the stream filters); `None` for a JSON answer.
+    pub fn read_events(&mut self, chunk: Option<&[u8]>, end: bool) -> Option<SseChunk> {
+        let UsageTap::Sse {
+            parser,
+            strip,
+            usage,
+            chunks,
+            line_ends,
+        } = self
+        else {
+            return None;
+        };
+        let mut piece = parser.read(chunk.unwrap_or_default(), end);
+        if piece.failed.is_some() {
+            // An oversized event: stop reading, pass the rest as is.
+            *strip = false;
+            return Some(piece);
+        }
+        let mut keep = |e: &SseEvent| {
+            let Some(data) = e.data.as_deref() else {
+                return true;
+            };
+            let with_usage = data
+                .contains("\"usage\"")
+                .then(|| UsageView::parse(data.as_bytes()))
+                .flatten();
+            let mut keep = true;
+            let mut content = data != "[DONE]";
+            if let Some(doc) = with_usage
+                && let Some(u) = doc.usage()
+            {
+                *usage = Some(u);
+                let usage_only = matches!(&doc.choices, Some(Choices::List(c)) if c.is_empty());
+                content = !usage_only;
+                keep = !(*strip && usage_only);
+            }
+            if content {
+                *chunks += 1;
+            }
+            keep
+        };
+        piece.events.retain(&mut keep);
+        piece.last = piece.last.take().filter(keep);
+        if *strip {
+            line_ends.align(&mut piece);
+        }
+        Some(piece)
     }
 
     /// Tokens the answer reported, once it has ended.
@@ -257,6 +264,12 @@ impl UsageTap {
             UsageTap::Json { .. } => reported,
         }
     }
+}
+
+/// What a piece of an SSE answer sends the client: its bytes; nothing for
+/// an empty piece in mid-stream.
+pub fn sse_body(piece: SseChunk) -> Option<Bytes> {
+    (!piece.is_empty() || piece.end || piece.failed.is_some()).then(|| piece.into_bytes())
 }
 
 /// When the chunks of a streamed answer left for the client.

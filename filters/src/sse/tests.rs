@@ -88,31 +88,33 @@ fn writer_round_trip() {
     assert_eq!(events[0].data.as_deref(), Some("a\n b\nc\nd"));
 }
 
+/// Bits of SSE that random tests put together.
+const PIECES: &[&[u8]] = &[
+    b"data:",
+    b"data: ",
+    b"event: x",
+    b"id: 1",
+    b"retry: 5",
+    b": c",
+    b"\n",
+    b"\r",
+    b"\r\n",
+    b"a",
+    b" ",
+    b":",
+    "你".as_bytes(),
+    b"\xE4\xBD",
+    b"\xFF",
+    b"[DONE]",
+    b"{\"k\":1}",
+    b"\xEF\xBB\xBF",
+];
+
 /// The fuzz target's property over random inputs with a fixed seed:
 /// chunked parsing yields the same fields as whole parsing (where a split
 /// CRLF's LF lands may differ), and the raw bytes add up to the input.
 #[test]
 fn random_chunking_matches_whole_parse() {
-    const PIECES: &[&[u8]] = &[
-        b"data:",
-        b"data: ",
-        b"event: x",
-        b"id: 1",
-        b"retry: 5",
-        b": c",
-        b"\n",
-        b"\r",
-        b"\r\n",
-        b"a",
-        b" ",
-        b":",
-        "你".as_bytes(),
-        b"\xE4\xBD",
-        b"\xFF",
-        b"[DONE]",
-        b"{\"k\":1}",
-        b"\xEF\xBB\xBF",
-    ];
     let mut rng = fastrand::Rng::with_seed(0x5EED);
     for _ in 0..3000 {
         let mut input = Vec::new();
@@ -155,4 +157,67 @@ pub(crate) fn check_chunking(input: &[u8], rng: &mut fastrand::Rng) {
     }
     let raw: Vec<u8> = events.iter().flat_map(|e| e.raw.clone()).collect();
     assert_eq!(raw, input, "raw bytes lost");
+}
+
+/// A stage that drops and adds events as the stages of a chain do, then
+/// aligns them: the next stage
+/// gets exactly the events a parser reads from the stage's bytes, piece by
+/// piece, CRLFs split between pieces included.
+#[test]
+fn aligned_events_are_what_a_parser_reads_from_their_bytes() {
+    // Text without line ends (nor a BOM); each stream has one kind of
+    // line end, as upstreams write them.
+    let pieces: Vec<&[u8]> = PIECES
+        .iter()
+        .copied()
+        .filter(|p| !p.starts_with(b"\xEF") && !p.contains(&b'\n') && !p.contains(&b'\r'))
+        .collect();
+    let mut rng = fastrand::Rng::with_seed(0xA11E);
+    for _ in 0..3000 {
+        let eol: &[u8] = [&b"\n"[..], b"\r\n", b"\r"][rng.usize(..3)];
+        let mut input = Vec::new();
+        for _ in 0..rng.usize(0..40) {
+            match rng.u8(..3) {
+                0 => input.extend_from_slice(eol),
+                _ => input.extend_from_slice(pieces[rng.usize(..pieces.len())]),
+            }
+        }
+        let mut parser = SseParser::default();
+        let mut again = SseParser::default();
+        let mut line_ends = LineEnds::default();
+        let mut at = 0;
+        loop {
+            let end = (at + rng.usize(1..8)).min(input.len());
+            let mut piece = parser.read(&input[at..end], end == input.len());
+            // Stages drop data events (the usage chunk) and add their own.
+            piece
+                .events
+                .retain(|e| e.data.is_none() || rng.u8(..4) != 0);
+            if rng.u8(..4) == 0 {
+                let at = rng.usize(..=piece.events.len());
+                piece.events.insert(at, SseEvent::written(None, None, "x"));
+            }
+            line_ends.align(&mut piece);
+            let reread = again.read(&piece.clone().into_bytes(), piece.end);
+            assert_eq!(reread.events, piece.events, "{input:?}");
+            assert_eq!(reread.last, piece.last, "{input:?}");
+            if piece.end {
+                break;
+            }
+            at = end;
+        }
+    }
+}
+
+#[test]
+fn written_events_carry_the_fields_a_parser_reads() {
+    for (event, id, data) in [
+        (None, None, "{\"a\":1}"),
+        (Some("error"), Some("7"), "a\n b\r\nc\rd"),
+        (Some("two\nlines"), Some("with\0nul"), ""),
+    ] {
+        let written = SseEvent::written(event, id, data);
+        let parsed = parse_all(&written.raw, DEFAULT_MAX_EVENT_BYTES).0;
+        assert_eq!(parsed, [written]);
+    }
 }

@@ -2,7 +2,8 @@
 //! request filters (or to ask a stream for its usage) and sent filtered or
 //! refused (400 blocked, 503 filter unavailable, 413 too large); answers
 //! read for their token usage, filtered (JSON buffered, SSE chunk by chunk
-//! with a bounded hold-back) and timed (time to first token).
+//! with a bounded hold-back, parsed once for both) and timed (time to first
+//! token).
 
 use std::time::Instant;
 
@@ -180,18 +181,16 @@ pub(super) fn response_body(
         ));
     }
     let state = &mut ctx.body;
-    if let Some(tap) = state.usage.as_mut() {
-        *body = tap.push(body.take(), end_of_stream);
-        if end_of_stream && let (Some(tokens), Some(tenant)) = (tap.tokens(), &ctx.tenant) {
-            let redis = ctx
-                .routed
-                .as_ref()
-                .and_then(|r| r.runtime.access.redis.as_ref());
-            tenant.record_tokens(tokens, redis);
-        }
-    }
-    if let Some(filter) = state.resp_filter.as_mut() {
-        *body = filter.push(body.take(), end_of_stream);
+    *body = pass_answer(state, body.take(), end_of_stream);
+    if end_of_stream
+        && let Some(tap) = &state.usage
+        && let (Some(tokens), Some(tenant)) = (tap.tokens(), &ctx.tenant)
+    {
+        let redis = ctx
+            .routed
+            .as_ref()
+            .and_then(|r| r.runtime.access.redis.as_ref());
+        tenant.record_tokens(tokens, redis);
     }
     if let Some(clock) = state.stream.as_mut()
         && body.as_ref().is_some_and(|b| !b.is_empty())
@@ -202,4 +201,159 @@ pub(super) fn response_body(
             .observe(clock.last().duration_since(ctx.start).as_secs_f64());
     }
     Ok(())
+}
+
+/// One piece of the answer through the usage tap, then the response
+/// filters. An SSE answer is parsed once, by the tap; the events it leaves
+/// go through the stream filters and become bytes after them.
+fn pass_answer(state: &mut BodyState, chunk: Option<Bytes>, end: bool) -> Option<Bytes> {
+    let events = state
+        .usage
+        .as_mut()
+        .and_then(|tap| tap.read_events(chunk.as_deref(), end));
+    if let Some(piece) = events {
+        return match state.resp_filter.as_mut() {
+            Some(filter) => filter.push_events(piece),
+            None => crate::usage::sse_body(piece),
+        };
+    }
+    let mut body = chunk;
+    if let Some(tap) = state.usage.as_mut() {
+        body = tap.push(body, end);
+    }
+    if let Some(filter) = state.resp_filter.as_mut() {
+        body = filter.push(body, end);
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use weir_conf::filters::{FilterAction, FilterDef, FilterModule, FilterPolicy};
+    use weir_filters::StreamFilter;
+
+    use super::*;
+    use crate::filtering::LoadedFilter;
+
+    async fn chain() -> Vec<Arc<LoadedFilter>> {
+        let def = |name: &str, word: &str, mask_char| FilterDef {
+            name: name.to_owned(),
+            module: FilterModule::Bundled,
+            words: vec![(word.to_owned(), "abuse".to_owned())],
+            action: FilterAction::Mask,
+            mask_char,
+            policy: FilterPolicy::FailClosed,
+            memory_limit: 16 << 20,
+        };
+        let defs = [def("en", "badword", '*'), def("zh", "坏词", '#')];
+        let metrics = crate::metrics::Metrics::new().unwrap();
+        crate::filtering::load(&defs, &[], &metrics).await.unwrap()
+    }
+
+    fn chat(content: &str) -> String {
+        let data = serde_json::json!({"choices": [{"index": 0, "delta": {"content": content}}]});
+        format!("data: {data}\n\n")
+    }
+
+    fn answer(eol: &str) -> String {
+        [
+            chat("a bad"),
+            chat("word, 坏"),
+            chat("词 and bad"),
+            "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n"
+                .to_owned(),
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n"
+                .to_owned(),
+            "data: [DONE]\n\n".to_owned(),
+        ]
+        .concat()
+        .replace('\n', eol)
+    }
+
+    /// The answer as the tap and the filters passed it before they shared
+    /// one parse: bytes from the tap, then through each filter's own parser.
+    fn on_bytes(chain: &[Arc<LoadedFilter>], strip: bool, chunks: &[&[u8]]) -> Vec<Vec<u8>> {
+        let mut tap = UsageTap::for_content_type("text/event-stream", strip).unwrap();
+        let mut filters: Vec<StreamFilter> =
+            chain.iter().map(|f| StreamFilter::new(&f.filter)).collect();
+        feed(chunks, |chunk, end| {
+            let mut out = tap.push(chunk, end).unwrap_or_default();
+            for f in &mut filters {
+                if !out.is_empty() {
+                    out = f.push(&out);
+                }
+                if end {
+                    out = [&out[..], &f.finish()].concat().into();
+                }
+            }
+            Some(out)
+        })
+    }
+
+    /// Passes `chunks`, then the end of the answer, through `step`; returns
+    /// what each call sent.
+    fn feed(
+        chunks: &[&[u8]],
+        mut step: impl FnMut(Option<Bytes>, bool) -> Option<Bytes>,
+    ) -> Vec<Vec<u8>> {
+        let chunks = chunks.iter().map(|c| Some(Bytes::copy_from_slice(c)));
+        let count = chunks.len();
+        chunks
+            .chain([None])
+            .enumerate()
+            .map(|(i, chunk)| step(chunk, i == count).unwrap_or_default().to_vec())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_sse_answer_passes_the_tap_and_the_filters_as_before() {
+        let chain = chain().await;
+        for eol in ["\n", "\r\n", "\r"] {
+            let input = answer(eol);
+            let bytes = input.as_bytes();
+            for strip in [false, true] {
+                for size in [1, 2, 5, 64, bytes.len()] {
+                    let chunks: Vec<&[u8]> = bytes.chunks(size).collect();
+                    let mut state = BodyState {
+                        usage: UsageTap::for_content_type("text/event-stream", strip),
+                        resp_filter: ResponseFilter::for_content_type(
+                            "text/event-stream",
+                            &chain,
+                            1 << 20,
+                        ),
+                        ..BodyState::default()
+                    };
+                    let pieces = feed(&chunks, |chunk, end| pass_answer(&mut state, chunk, end));
+                    assert_eq!(
+                        pieces,
+                        on_bytes(&chain, strip, &chunks),
+                        "{input:?} in {size}"
+                    );
+                    let text = String::from_utf8(pieces.concat()).unwrap();
+                    assert!(text.contains("*******") && text.contains("##"), "{text}");
+                    assert_eq!(text.contains("usage"), !strip);
+                    let tap = state.usage.as_ref().unwrap();
+                    assert_eq!((tap.tokens(), tap.output_tokens()), (Some(7), Some(4)));
+                }
+            }
+        }
+    }
+
+    /// The filters read the events the tap parsed, not bytes: an event
+    /// whose fields say other than its bytes is filtered by its fields.
+    #[tokio::test]
+    async fn the_filters_take_the_parsed_events() {
+        let chain = chain().await;
+        let mut filter =
+            ResponseFilter::for_content_type("text/event-stream", &chain, 1 << 20).unwrap();
+        let mut piece = weir_filters::sse::SseParser::default().read(chat("fine").as_bytes(), true);
+        let said = chat("a badword");
+        piece.events[0].data = Some(said["data: ".len()..].trim_end().to_owned());
+        let out = filter.push_events(piece).unwrap();
+        assert_eq!(&out[..], chat("a *******").as_bytes());
+    }
 }
