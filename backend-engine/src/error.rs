@@ -90,6 +90,14 @@ pub enum Error {
     /// The model version is shutting down (swapped out and drained).
     #[error("model '{0}' is unavailable (being replaced); retry")]
     Unavailable(String),
+    /// The request declares a body larger than the engine accepts.
+    #[error("the request body ({declared} bytes) is larger than the {limit} bytes accepted")]
+    BodyTooLarge {
+        /// The declared `Content-Length`.
+        declared: u64,
+        /// The largest body accepted.
+        limit: usize,
+    },
 }
 
 /// Result with the engine's error.
@@ -131,6 +139,7 @@ impl Error {
             Error::InvalidRequest(_) | Error::NotLanguageModel(_) => StatusCode::BAD_REQUEST,
             Error::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Verification { .. } | Error::ModelConfig { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -150,7 +159,7 @@ impl Error {
             | Error::TaskNotFound(_)
             | Error::RouteNotFound(_) => tonic::Code::NotFound,
             Error::InvalidRequest(_) | Error::NotLanguageModel(_) => tonic::Code::InvalidArgument,
-            Error::QueueFull { .. } => tonic::Code::ResourceExhausted,
+            Error::QueueFull { .. } | Error::BodyTooLarge { .. } => tonic::Code::ResourceExhausted,
             Error::Unavailable(_) => tonic::Code::Unavailable,
             Error::Verification { .. } | Error::ModelConfig { .. } => {
                 tonic::Code::FailedPrecondition
@@ -174,6 +183,7 @@ impl Error {
             Error::InvalidRequest(_) => ("invalid_request_error", "invalid_request"),
             Error::NotLanguageModel(_) => ("invalid_request_error", "model_not_supported"),
             Error::QueueFull { .. } => ("rate_limit_error", "queue_full"),
+            Error::BodyTooLarge { .. } => ("invalid_request_error", "body_too_large"),
             Error::Unavailable(_) => ("server_error", "unavailable"),
             Error::Verification { .. } => ("invalid_request_error", "model_verification_failed"),
             Error::ModelConfig { .. } => ("invalid_request_error", "model_config_invalid"),

@@ -32,6 +32,7 @@
 //! - [`proxy`]: the Pingora `ProxyHttp` hooks, one file per concern.
 //! - [`admin`]: health, readiness, metrics, routes, rollbacks, profiles.
 //! - [`source`]: the config file watch; [`etcd`]: the etcd source.
+//! - [`listen`]: holding the proxy ports until Pingora listens on them.
 //! - [`server`]: process wiring; [`ctl`]: the `weirctl` operator CLI.
 
 pub mod access;
@@ -43,6 +44,7 @@ pub mod errors;
 pub mod etcd;
 pub mod filtering;
 pub mod grpc;
+pub mod listen;
 pub mod metrics;
 pub mod normalize;
 pub mod otel;

@@ -16,6 +16,7 @@ use weir_conf::etcd::EtcdSettings;
 use weir_conf::model::EtcdConfig;
 use weir_conf::{Config, ConfigError, Snapshot};
 
+use crate::listen::ListenPort;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::state::{Origin, Shared};
@@ -129,51 +130,6 @@ async fn bind_when_free(addr: SocketAddr) -> tokio::net::TcpListener {
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
-    }
-}
-
-/// A listen address with a concrete port, and for a port-0 address the
-/// socket that holds the chosen port until Pingora listens on it.
-///
-/// Pingora binds its own socket when its service starts, after the address
-/// has been announced. A port only probed and released could be taken by
-/// another process in between, and readiness would then mistake that
-/// process's listener for ours. The held socket is bound with
-/// `SO_REUSEADDR` and never listens: Linux lets Pingora's `SO_REUSEADDR`
-/// listener bind the same address, while no other bind to port 0 and no
-/// outgoing connection is given the port.
-struct ListenPort {
-    addr: SocketAddr,
-    _hold: Option<socket2::Socket>,
-}
-
-impl ListenPort {
-    /// Holds `addr` (a port-0 address: an OS-chosen port) until Pingora
-    /// listens on it. A port another process listens on is refused here,
-    /// with a clear error, instead of Pingora retrying its bind for ever
-    /// while readiness sees the other process. During an `upgrade` an
-    /// explicit port belongs to the old process, whose socket is taken over.
-    fn reserve(addr: SocketAddr, upgrade: bool) -> anyhow::Result<Self> {
-        if upgrade && addr.port() != 0 {
-            return Ok(Self { addr, _hold: None });
-        }
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            None,
-        )?;
-        socket.set_reuse_address(true)?;
-        socket
-            .bind(&addr.into())
-            .with_context(|| format!("cannot bind {addr}: is another process listening on it?"))?;
-        let addr = socket
-            .local_addr()?
-            .as_socket()
-            .context("not an IP address")?;
-        Ok(Self {
-            addr,
-            _hold: Some(socket),
-        })
     }
 }
 
@@ -472,51 +428,4 @@ fn wait_for_listener(addr: SocketAddr) -> bool {
         delay = (delay * 2).min(Duration::from_millis(50));
     }
     false
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-
-    /// The held port accepts nothing itself, and a listener bound the way
-    /// Pingora binds (`SO_REUSEADDR`) takes it over while it is held.
-    #[tokio::test]
-    async fn a_held_port_refuses_connections_until_pingora_style_listener_binds_it() {
-        let held = ListenPort::reserve("127.0.0.1:0".parse().unwrap(), false).unwrap();
-        assert_ne!(held.addr.port(), 0);
-        assert!(
-            TcpStream::connect(held.addr).is_err(),
-            "the hold must not listen"
-        );
-
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_reuseaddr(true).unwrap();
-        socket.bind(held.addr).unwrap();
-        let listener = socket.listen(16).unwrap();
-        let (client, accepted) =
-            tokio::join!(tokio::net::TcpStream::connect(held.addr), listener.accept());
-        client.unwrap();
-        accepted.unwrap();
-        drop(held);
-    }
-
-    #[test]
-    fn an_explicit_port_is_held_and_a_taken_one_refused() {
-        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = taken.local_addr().unwrap();
-        let err = ListenPort::reserve(addr, false).err().unwrap();
-        assert!(
-            format!("{err:#}").contains(&format!("cannot bind {addr}")),
-            "{err:#}"
-        );
-        // During an upgrade the old process holds it: not ours to check.
-        let port = ListenPort::reserve(addr, true).unwrap();
-        assert!(port._hold.is_none());
-        drop(taken);
-        let free = ListenPort::reserve(addr, false).unwrap();
-        assert_eq!(free.addr, addr);
-        assert!(free._hold.is_some());
-    }
 }

@@ -59,6 +59,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(refuse_declared_oversize))
         .layer(axum::middleware::map_response_with_state(
             engine.clone(),
             add_queue_depth,
@@ -85,6 +86,37 @@ async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
         )
             .into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+/// Answers 413 at once to a request whose `Content-Length` is over the
+/// limit, before any handler waits for a body it would refuse anyway.
+async fn refuse_declared_oversize(request: Request, next: axum::middleware::Next) -> Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > BODY_LIMIT as u64 => {
+            let protocol = if request.uri().path().starts_with("/v2") {
+                crate::error::Protocol::V2
+            } else {
+                crate::error::Protocol::OpenAi
+            };
+            let mut response = Error::BodyTooLarge {
+                declared: n,
+                limit: BODY_LIMIT,
+            }
+            .into_http(protocol);
+            // The body is never read: the connection cannot be reused.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
+            response
+        }
+        _ => next.run(request).await,
     }
 }
 
