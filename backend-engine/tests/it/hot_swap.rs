@@ -7,13 +7,17 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use base64::Engine as _;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use weir_test_support::eventually;
 
-use crate::common::{Engine, TempRepo, client, copy_version, lm_context, models_dir, sse_data};
+use crate::common::{
+    Engine, TempRepo, client, copy_version, lm_context, models_dir, sse_data, start_engine,
+};
 
 /// Rewrites a version folder's manifest, signed with the key from `seed`;
 /// returns the public key as hex.
@@ -66,7 +70,7 @@ async fn served_versions(engine: &Engine) -> Value {
 #[tokio::test]
 async fn swap_under_concurrent_load_fails_nothing() {
     let repo = TempRepo::with(&[("tiny-lm", "1")]);
-    let engine = Arc::new(Engine::start(&repo, &[]));
+    let engine = Arc::new(start_engine(&repo, &[]).await);
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicUsize::new(0));
     let after_swap_v2 = Arc::new(AtomicUsize::new(0));
@@ -135,12 +139,15 @@ async fn swap_under_concurrent_load_fails_nothing() {
     assert_eq!(report["retired"], json!(["1"]));
     assert_eq!(served_versions(&engine).await, json!(["2"]));
 
-    // Keep the load on until the new version has answered plenty.
-    while after_swap_v2.load(Ordering::Relaxed) < 50 {
-        tokio::task::yield_now().await;
-        assert_eq!(failures.load(Ordering::Relaxed), 0);
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    // Keep the load on until the new version has answered plenty (or a
+    // request failed, which the assertion below reports).
+    eventually(Duration::from_secs(60), || {
+        let answered = after_swap_v2.load(Ordering::Relaxed);
+        let failed = failures.load(Ordering::Relaxed);
+        std::future::ready((answered >= 50 || failed > 0).then_some(()))
+    })
+    .await
+    .unwrap();
     stop.store(true, Ordering::Relaxed);
     let mut total = 0;
     for w in workers {
@@ -173,7 +180,7 @@ async fn swap_under_concurrent_load_fails_nothing() {
 #[tokio::test]
 async fn unverified_loads_are_refused_and_the_old_version_serves_on() {
     let repo = TempRepo::with(&[("tiny-lm", "1")]);
-    let engine = Engine::start(&repo, &[]);
+    let engine = start_engine(&repo, &[]).await;
     let v2 = repo.version_dir("tiny-lm", "2");
     let shipped_v2 = models_dir().join("repo/tiny-lm/2");
 
@@ -268,7 +275,7 @@ async fn loads_that_do_not_fit_are_refused() {
     resign(&repo.version_dir("mlp", "1"), "mlp", "1", 7);
     let key = repo.dir.path().join("keys/test.pub");
     std::fs::write(&key, key_hex).unwrap();
-    let engine = Engine::start(&repo, &["--public-key", key.to_str().unwrap()]);
+    let engine = start_engine(&repo, &["--public-key", key.to_str().unwrap()]).await;
 
     // Not ONNX at all.
     let v2 = repo.version_dir("tiny-lm", "2");
@@ -313,20 +320,16 @@ async fn loads_that_do_not_fit_are_refused() {
 #[tokio::test]
 async fn watch_mode_swaps_in_a_new_version() {
     let repo = TempRepo::with(&[("tiny-lm", "1")]);
-    let engine = Engine::start(&repo, &["--watch"]);
+    let engine = start_engine(&repo, &["--watch"]).await;
     assert_eq!(served_versions(&engine).await, json!(["1"]));
     repo.add("tiny-lm", "2");
-    let mut swapped = false;
-    for _ in 0..600 {
-        if served_versions(&engine).await == json!(["2"]) {
-            swapped = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let swapped = eventually(Duration::from_secs(30), || async {
+        (served_versions(&engine).await == json!(["2"])).then_some(())
+    })
+    .await;
     assert!(
-        swapped,
+        swapped.is_ok(),
         "watch mode did not load version 2:\n{}",
-        engine.stderr()
+        engine.log()
     );
 }
