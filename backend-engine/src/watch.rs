@@ -6,44 +6,54 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::RecursiveMode;
+use notify_debouncer_full::{DebounceEventResult, DebouncedEvent};
+use tokio::sync::mpsc;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 
-/// Quiet time after the last change before a model is reloaded.
+/// Quiet time after the last change to a file before its model is reloaded.
 const SETTLE: Duration = Duration::from_millis(500);
+
+/// Batches of changed models waiting for the reload task; past this the
+/// debouncer's thread waits (its events keep gathering meanwhile).
+const PENDING: usize = 16;
 
 /// Starts watching the engine's repository.
 pub fn spawn(engine: Arc<Engine>) -> Result<()> {
     let root = engine.repository().root().to_path_buf();
     let canonical = root.canonicalize().unwrap_or_else(|_| root.clone());
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (tx, mut rx) = mpsc::channel::<BTreeSet<String>>(PENDING);
     let watch_root = canonical.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            for path in &event.paths {
-                if let Some(model) = model_of(&watch_root, path) {
-                    let _ = tx.send(model);
+    let watch_error = |e: notify::Error| Error::Config(format!("--watch {}: {e}", root.display()));
+    let mut debouncer =
+        notify_debouncer_full::new_debouncer(SETTLE, None, move |result: DebounceEventResult| {
+            match result {
+                Ok(events) => {
+                    let models = changed_models(&watch_root, &events);
+                    if !models.is_empty() {
+                        // The debouncer's own thread: blocking here is allowed.
+                        let _ = tx.blocking_send(models);
+                    }
+                }
+                Err(errors) => {
+                    for e in errors {
+                        tracing::warn!(error = %e, "watch: file events lost");
+                    }
                 }
             }
-        }
-    })
-    .map_err(|e| Error::Config(format!("--watch {}: {e}", root.display())))?;
-    watcher
+        })
+        .map_err(watch_error)?;
+    debouncer
         .watch(&canonical, RecursiveMode::Recursive)
-        .map_err(|e| Error::Config(format!("--watch {}: {e}", root.display())))?;
+        .map_err(watch_error)?;
     tracing::info!(repository = %root.display(), "watching the repository for changes");
     tokio::spawn(async move {
-        // The watcher lives as long as this task.
-        let _watcher = watcher;
-        while let Some(first) = rx.recv().await {
-            let mut pending = BTreeSet::from([first]);
-            // Collect until the repository has been quiet for SETTLE.
-            while let Ok(Some(next)) = tokio::time::timeout(SETTLE, rx.recv()).await {
-                pending.insert(next);
-            }
-            for model in pending {
+        // The debouncer (and its watcher) lives as long as this task.
+        let _debouncer = debouncer;
+        while let Some(models) = rx.recv().await {
+            for model in models {
                 let served = engine.models().contains_key(&model);
                 if !served && !engine.serves_all() {
                     continue;
@@ -56,6 +66,15 @@ pub fn spawn(engine: Arc<Engine>) -> Result<()> {
         }
     });
     Ok(())
+}
+
+/// The models under whose folders `events` happened.
+fn changed_models(root: &Path, events: &[DebouncedEvent]) -> BTreeSet<String> {
+    events
+        .iter()
+        .flat_map(|e| &e.paths)
+        .filter_map(|path| model_of(root, path))
+        .collect()
 }
 
 fn model_of(root: &Path, path: &Path) -> Option<String> {
