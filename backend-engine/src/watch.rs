@@ -1,5 +1,9 @@
-//! Repository watch mode: file changes under `<repo>/<model>/` reload that
-//! model (verify, then swap) after the changes settle.
+//! Repository watch mode: a change under `<repo>/<model>/` reloads that
+//! model (verify, then swap) once the change has settled.
+//!
+//! Only changes count. Reading a file is an event too (inotify reports every
+//! open), and the engine reads the files of each model it loads: were reads
+//! taken for changes, every reload would cause the next, forever.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -68,10 +72,12 @@ pub fn spawn(engine: Arc<Engine>) -> Result<()> {
     Ok(())
 }
 
-/// The models under whose folders `events` happened.
+/// The models whose files changed in `events`; reads (open, access, close
+/// without writing) are not changes.
 fn changed_models(root: &Path, events: &[DebouncedEvent]) -> BTreeSet<String> {
     events
         .iter()
+        .filter(|e| !e.kind.is_access())
         .flat_map(|e| &e.paths)
         .filter_map(|path| model_of(root, path))
         .collect()
@@ -82,4 +88,42 @@ fn model_of(root: &Path, path: &Path) -> Option<String> {
     let first = rel.components().next()?;
     let name = first.as_os_str().to_str()?;
     (!name.starts_with('.')).then(|| name.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
+
+    use super::*;
+
+    fn event(kind: EventKind, path: &str) -> DebouncedEvent {
+        DebouncedEvent::new(
+            notify::Event::new(kind).add_path(path.into()),
+            std::time::Instant::now(),
+        )
+    }
+
+    #[test]
+    fn reads_are_not_changes_and_each_change_names_its_model() {
+        let events = [
+            event(
+                EventKind::Access(AccessKind::Open(AccessMode::Read)),
+                "/r/mlp/1/model.onnx",
+            ),
+            event(
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                "/r/mlp/1/model.toml",
+            ),
+            event(
+                EventKind::Modify(ModifyKind::Any),
+                "/r/tiny-lm/2/model.toml",
+            ),
+            event(EventKind::Create(CreateKind::Folder), "/r/.tmp123"),
+            event(EventKind::Create(CreateKind::Folder), "/elsewhere/x"),
+        ];
+        assert_eq!(
+            changed_models(Path::new("/r"), &events),
+            BTreeSet::from(["tiny-lm".to_string()])
+        );
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! The parent directory is watched (editors and `mv` replace the file rather
 //! than write it in place). Bursts of events are coalesced by the debouncer;
-//! a change whose parsed document equals the live one is ignored.
+//! reads of the file (ours included) are not changes; a change whose parsed
+//! document equals the live one is ignored.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -67,10 +68,12 @@ pub async fn watch_file(shared: Arc<Shared>, path: PathBuf) -> Result<(), String
                     return;
                 }
             };
-            let changed = events
-                .iter()
-                .flat_map(|e| &e.paths)
-                .any(|p| p.file_name() == file_name.as_deref());
+            let changed = events.iter().any(|e| {
+                !e.kind.is_access()
+                    && e.paths
+                        .iter()
+                        .any(|p| p.file_name() == file_name.as_deref())
+            });
             if changed {
                 let _ = tx.try_send(());
             }
