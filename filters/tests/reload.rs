@@ -8,10 +8,12 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use common::words;
 use weir_filters::{Action, Filter, FilterSpec, Verdict};
+use weir_test_support::eventually_sync;
 
 fn load(pairs: &[(&str, &str)]) -> Filter {
     Filter::sensitive_words(FilterSpec::new("words", words(pairs)).with_action(Action::Mask('*')))
@@ -40,9 +42,13 @@ fn dictionary_swap_under_load() {
             })
         })
         .collect();
-    while calls.load(Ordering::Relaxed) < 200 {
-        std::thread::yield_now();
-    }
+    let calls_reach = |n: usize| {
+        eventually_sync(Duration::from_secs(30), || {
+            (calls.load(Ordering::Relaxed) >= n).then_some(())
+        })
+        .unwrap();
+    };
+    calls_reach(200);
     // a bad module is refused; the old filter keeps serving
     let bad = Filter::load(
         b"(module)",
@@ -61,9 +67,7 @@ fn dictionary_swap_under_load() {
         Verdict::Masked("旧词 and **".into())
     );
     let swapped_at = calls.load(Ordering::Relaxed);
-    while calls.load(Ordering::Relaxed) < swapped_at + 200 {
-        std::thread::yield_now();
-    }
+    calls_reach(swapped_at + 200);
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
         worker.join().unwrap();

@@ -2,14 +2,16 @@
 //! valid change.
 //!
 //! The parent directory is watched (editors and `mv` replace the file rather
-//! than write it in place). Bursts of events are coalesced; a change whose
-//! parsed document equals the live one is ignored.
+//! than write it in place). Bursts of events are coalesced by the debouncer;
+//! reads of the file (ours included) are not changes; a change whose parsed
+//! document equals the live one is ignored.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::RecursiveMode;
+use notify_debouncer_full::DebounceEventResult;
 use tokio::sync::mpsc;
 
 use crate::state::{Origin, Shared};
@@ -53,27 +55,37 @@ pub async fn watch_file(shared: Arc<Shared>, path: PathBuf) -> Result<(), String
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let file_name = path.file_name().map(|n| n.to_os_string());
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            && event
-                .paths
-                .iter()
-                .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name)
-        {
-            let _ = tx.send(());
-        }
-    })
-    .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
-    watcher
+    // One pending reload is enough: it reads the file as it is by then.
+    let (tx, mut rx) = mpsc::channel(1);
+    let mut debouncer =
+        notify_debouncer_full::new_debouncer(COALESCE, None, move |result: DebounceEventResult| {
+            let events = match result {
+                Ok(events) => events,
+                Err(errors) => {
+                    for e in errors {
+                        tracing::warn!(error = %e, "config watch: file events lost");
+                    }
+                    return;
+                }
+            };
+            let changed = events.iter().any(|e| {
+                !e.kind.is_access()
+                    && e.paths
+                        .iter()
+                        .any(|p| p.file_name() == file_name.as_deref())
+            });
+            if changed {
+                let _ = tx.try_send(());
+            }
+        })
+        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    debouncer
         .watch(&dir, RecursiveMode::NonRecursive)
         .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
     tracing::info!(path = %path.display(), "watching config file");
     while rx.recv().await.is_some() {
-        // Coalesce a burst (write + rename + chmod ...) into one reload.
-        while let Ok(Some(())) = tokio::time::timeout(COALESCE, rx.recv()).await {}
         reload_file(&shared, &path).await;
     }
-    drop(watcher);
+    drop(debouncer);
     Ok(())
 }

@@ -1,12 +1,19 @@
-//! Launching the real `weir-engine` binary (beside the `weir` binary under
-//! test, in the same target folder) over the shipped model repository.
+//! Launching the real `weir-engine` binary on OS-chosen ports: over the
+//! shipped model repository (the gateway's tests, with the binary beside
+//! `weir`) or over any repository with any flags (the engine's own tests).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+
+use crate::process;
+
+/// How long an engine may take to load its models and bind (failure
+/// detection only; readiness is the "listening" line).
+const START_LIMIT: Duration = Duration::from_secs(120);
 
 /// A running `weir-engine`; killed on drop.
 pub struct Engine {
@@ -15,7 +22,8 @@ pub struct Engine {
     /// Its gRPC listener (Open Inference Protocol).
     pub grpc: SocketAddr,
     child: Child,
-    _log: tempfile::NamedTempFile,
+    log_path: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 /// The repository's folder (above `test-support/`).
@@ -37,43 +45,52 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Starts `binary` on OS-chosen ports serving `models` (e.g.
-    /// `["tiny-lm:1", "mlp"]`) from the shipped repository, and waits for
-    /// its "listening" line (printed once every model is loaded).
+    /// The shipped model repository (`backend-engine/models/repo`).
+    pub fn shipped_repository() -> PathBuf {
+        repo_root().join("backend-engine/models/repo")
+    }
+
+    /// The ONNX Runtime library: `ORT_DYLIB_PATH`, else `<repo>/.ort/`.
+    pub fn ort_lib() -> PathBuf {
+        std::env::var_os("ORT_DYLIB_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join(".ort/libonnxruntime.so.1.31.1"))
+    }
+
+    /// Starts `binary` serving `models` (e.g. `["tiny-lm:1", "mlp"]`) from
+    /// the shipped repository.
     pub async fn start(binary: &Path, models: &[&str]) -> anyhow::Result<Self> {
-        let log = tempfile::NamedTempFile::new()?;
-        let mut cmd = Command::new(binary);
-        cmd.arg("--models")
-            .arg(repo_root().join("backend-engine/models/repo"))
-            .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]);
-        for m in models {
-            cmd.args(["--model", m]);
-        }
-        if std::env::var_os("ORT_DYLIB_PATH").is_none() {
-            cmd.env(
-                "ORT_DYLIB_PATH",
-                repo_root().join(".ort/libonnxruntime.so.1.31.1"),
-            );
-        }
-        let mut child = cmd
+        let args: Vec<&str> = models.iter().flat_map(|m| ["--model", m]).collect();
+        Self::launch(binary, &Self::shipped_repository(), &args).await
+    }
+
+    /// Starts `binary --models REPOSITORY` on OS-chosen ports with extra
+    /// `args`, and waits for its "listening" line (printed once every model
+    /// is loaded and both listeners are bound). The error carries the log
+    /// when the engine exits first.
+    pub async fn launch(binary: &Path, repository: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let log_path = dir.path().join("weir-engine.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut child = Command::new(binary)
+            .arg("--models")
+            .arg(repository)
+            .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+            .args(args)
+            .env("ORT_DYLIB_PATH", Self::ort_lib())
+            .env("RUST_LOG", "info,ort=warn")
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(log.reopen()?))
+            .stderr(Stdio::from(log))
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
         let stdout = child.stdout.take().context("no stdout")?;
-        let line = tokio::task::spawn_blocking(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .find(|l| l.starts_with("weir-engine listening "))
-        })
-        .await?;
-        let Some(line) = line else {
-            let _ = child.kill();
-            let _ = child.wait();
+        let Some(line) = process::launch_line(stdout, "weir-engine listening ", START_LIMIT).await
+        else {
+            process::kill(&mut child);
             bail!(
-                "weir-engine exited before listening:\n{}",
-                std::fs::read_to_string(log.path()).unwrap_or_default()
+                "weir-engine did not start:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
             );
         };
         let field = |key: &str| crate::launch_addr(&line, key);
@@ -81,14 +98,44 @@ impl Engine {
             http: field("http=")?,
             grpc: field("grpc=")?,
             child,
-            _log: log,
+            log_path,
+            _dir: dir,
         })
+    }
+
+    /// `http://HTTP{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// `http://GRPC`.
+    pub fn grpc_url(&self) -> String {
+        crate::base_url(self.grpc)
+    }
+
+    /// What the engine logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Sends `signal` (e.g. `"TERM"`) to the process.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        process::signal(&self.child, signal)
+    }
+
+    /// Waits (at most `limit`) for the process to exit; its exit code.
+    pub async fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<Option<i32>> {
+        process::wait_exit(&mut self.child, limit).await
+    }
+
+    /// SIGKILL: the engine vanishes without any cleanup.
+    pub fn kill(&mut self) {
+        process::kill(&mut self.child);
     }
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        process::kill(&mut self.child);
     }
 }

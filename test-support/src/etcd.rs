@@ -257,33 +257,35 @@ impl Etcd {
     async fn wait_healthy(&mut self) -> anyhow::Result<()> {
         let http = crate::client();
         let url = format!("http://{}/health", self.client);
-        let secure = self.secure;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let mut delay = Duration::from_millis(10);
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
+        let healthy = crate::eventually(Duration::from_secs(20), || {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            if exited.is_some() {
                 self.child = None;
-                bail!("etcd exited with {status}");
             }
-            if secure {
-                // The test client speaks no TLS: ask etcdctl.
-                let health = ["endpoint", "health"];
-                if self.etcdctl(&health, false).is_ok() || self.etcdctl(&health, true).is_ok() {
-                    return Ok(());
+            // The test client speaks no TLS: ask etcdctl.
+            let health = ["endpoint", "health"];
+            let secure_ok = self.secure
+                && exited.is_none()
+                && (self.etcdctl(&health, false).is_ok() || self.etcdctl(&health, true).is_ok());
+            let request = (!self.secure).then(|| http.get(&url).send());
+            async move {
+                if let Some(status) = exited {
+                    return Some(Err(anyhow::anyhow!("etcd exited with {status}")));
                 }
-            } else if let Ok(resp) = http.get(&url).send().await
-                && let Ok(text) = resp.text().await
-                && text.contains("\"health\":\"true\"")
-            {
-                return Ok(());
+                if secure_ok {
+                    return Some(Ok(()));
+                }
+                let text = request?.await.ok()?.text().await.ok()?;
+                text.contains("\"health\":\"true\"").then_some(Ok(()))
             }
-            if tokio::time::Instant::now() >= deadline {
-                bail!("etcd not healthy within 20 s");
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(100));
+        })
+        .await;
+        match healthy {
+            Ok(outcome) => outcome,
+            Err(_) => bail!("etcd not healthy within 20 s"),
         }
     }
 }

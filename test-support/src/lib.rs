@@ -6,8 +6,9 @@
 //! - [`Weir`]: starts the real `weir` binary with a config in a temp dir on
 //!   OS-chosen ports, waits for its launch line and for `/readyz`, and kills it
 //!   when dropped.
-//! - [`Engine`]: the real `weir-engine` over the shipped models, on
-//!   OS-chosen ports.
+//! - [`Engine`]: the real `weir-engine` on OS-chosen ports, over the shipped
+//!   models or any repository, waited for by its "listening" line and killed
+//!   when dropped.
 //! - [`Etcd`]: a real single-member etcd in a temp dir on OS-chosen ports,
 //!   which can be stopped and resumed to simulate an outage.
 //! - [`Redis`]: a real Redis on an OS-chosen port, which can be stopped and
@@ -26,6 +27,7 @@ pub mod engine;
 pub mod etcd;
 pub mod load;
 pub mod otlp;
+mod process;
 pub mod redis;
 pub mod relay;
 pub mod upstream;
@@ -58,17 +60,55 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut delay = Duration::from_millis(5);
+    let mut backoff = Backoff::new(limit);
     loop {
         if let Some(v) = check().await {
             return Ok(v);
         }
-        if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!("condition not met within {limit:?}");
+        tokio::time::sleep(backoff.next()?).await;
+    }
+}
+
+/// [`eventually`] for tests without a runtime (plain threads): polls `check`
+/// until it returns `Some`, at most `limit`, with the same backoff.
+pub fn eventually_sync<T>(
+    limit: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let mut backoff = Backoff::new(limit);
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(100));
+        std::thread::sleep(backoff.next()?);
+    }
+}
+
+/// The pauses between the checks of [`eventually`]: 5 ms, doubling up to
+/// 100 ms, until the limit.
+struct Backoff {
+    limit: Duration,
+    deadline: std::time::Instant,
+    delay: Duration,
+}
+
+impl Backoff {
+    fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            deadline: std::time::Instant::now() + limit,
+            delay: Duration::from_millis(5),
+        }
+    }
+
+    /// The next pause, or an error once the limit has passed.
+    fn next(&mut self) -> anyhow::Result<Duration> {
+        if std::time::Instant::now() >= self.deadline {
+            anyhow::bail!("condition not met within {:?}", self.limit);
+        }
+        let delay = self.delay;
+        self.delay = (delay * 2).min(Duration::from_millis(100));
+        Ok(delay)
     }
 }
 

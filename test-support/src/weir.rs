@@ -1,12 +1,17 @@
 //! Launching the real `weir` binary for black-box tests.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+
+use crate::process;
+
+/// How long `weir` may take to print its launch line (failure detection
+/// only).
+const START_LIMIT: Duration = Duration::from_secs(60);
 
 /// A running `weir` process with its temp dir; killed on drop.
 pub struct Weir {
@@ -56,14 +61,8 @@ impl Weir {
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
         let stdout = child.stdout.take().context("no stdout")?;
-        let line = tokio::task::spawn_blocking(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            lines.next().transpose()
-        })
-        .await??;
-        let Some(line) = line else {
-            let _ = child.kill();
-            let _ = child.wait();
+        let Some(line) = process::launch_line(stdout, "weir listening ", START_LIMIT).await else {
+            process::kill(&mut child);
             bail!(
                 "weir exited before listening:\n{}",
                 std::fs::read_to_string(&log_path).unwrap_or_default()
@@ -185,35 +184,18 @@ impl Weir {
 
     /// Sends `signal` (e.g. `"TERM"`) to the process.
     pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()?;
-        if !status.success() {
-            bail!("kill -{signal} {} failed", self.child.id());
-        }
-        Ok(())
+        process::signal(&self.child, signal)
     }
 
     /// Waits (at most `limit`) for the process to exit; its exit code.
     pub async fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<Option<i32>> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status.code());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                bail!("weir still running after {limit:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        process::wait_exit(&mut self.child, limit).await
     }
 }
 
 impl Drop for Weir {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        process::kill(&mut self.child);
     }
 }
 

@@ -1,16 +1,9 @@
-//! Starting the real `weir-engine` binary on OS-chosen ports over a
-//! temporary copy of the model repository, and small client helpers.
+//! Starting the real `weir-engine` binary (through the launcher in
+//! `weir-test-support`) over a temporary copy of the model repository, and
+//! small client helpers.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
-
-/// How long an engine may take to load its models and bind (failure
-/// detection only; readiness is the "listening" line).
-const START_LIMIT: Duration = Duration::from_secs(120);
+use std::process::{Command, Stdio};
 
 /// The crate's folder.
 pub fn crate_dir() -> PathBuf {
@@ -23,13 +16,6 @@ pub fn models_dir() -> PathBuf {
     std::env::var_os("WEIR_TEST_MODELS")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate_dir().join("models"))
-}
-
-/// The ONNX Runtime library: `ORT_DYLIB_PATH`, else `<repo>/.ort/`.
-pub fn ort_lib() -> PathBuf {
-    std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate_dir().join("../.ort/libonnxruntime.so.1.31.1"))
 }
 
 /// A temporary repository: `<tmp>/repo/<model>/<version>` copied from the
@@ -96,137 +82,32 @@ pub fn copy_version(from: &Path, to: &Path) {
     std::fs::rename(&staged, to).unwrap();
 }
 
-/// A running engine; killed when dropped.
-pub struct Engine {
-    child: Child,
-    pub http: SocketAddr,
-    pub grpc: SocketAddr,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+pub use weir_test_support::Engine;
+
+/// The engine binary under test.
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_weir-engine"))
 }
 
-impl Engine {
-    /// Starts the engine over `repo` with extra flags; panics with its
-    /// stderr if it does not come up.
-    pub fn start(repo: &TempRepo, extra: &[&str]) -> Engine {
-        Engine::try_start(repo, extra)
-            .unwrap_or_else(|stderr| panic!("engine did not start:\n{stderr}"))
-    }
-
-    /// Starts the engine; `Err(stderr)` if it exits before listening.
-    pub fn try_start(repo: &TempRepo, extra: &[&str]) -> Result<Engine, String> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir-engine"));
-        cmd.arg("--models")
-            .arg(repo.repo())
-            .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
-            .args(extra)
-            .env("ORT_DYLIB_PATH", ort_lib())
-            .env("RUST_LOG", "info,ort=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn weir-engine");
-        let stdout = child.stdout.take().unwrap();
-        let stderr_pipe = child.stderr.take().unwrap();
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let stderr_reader = std::thread::spawn(move || {
-            let mut reader = BufReader::new(stderr_pipe);
-            let mut line = String::new();
-            while reader.read_line(&mut line).unwrap_or(0) > 0 {
-                sink.lock().unwrap().push_str(&line);
-                line.clear();
-            }
-        });
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let found = reader.read_line(&mut line).unwrap_or(0) > 0
-                && line.starts_with("weir-engine listening ");
-            let _ = tx.send(found.then(|| line.trim().to_string()));
-            // Keep draining so the engine never blocks on stdout.
-            let mut rest = Vec::new();
-            let _ = reader.read_to_end(&mut rest);
-        });
-        let line = match rx.recv_timeout(START_LIMIT) {
-            Ok(Some(line)) => line,
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                // The pipe closed with the process: the reader ends.
-                let _ = stderr_reader.join();
-                return Err(stderr.lock().unwrap().clone());
-            }
-        };
-        let addr = |key: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .unwrap()
-                .parse()
-                .unwrap()
-        };
-        Ok(Engine {
-            http: addr("http="),
-            grpc: addr("grpc="),
-            child,
-            stderr,
-        })
-    }
-
-    /// `http://ADDR{path}`.
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
-    }
-
-    /// `http://ADDR` of the gRPC listener.
-    pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc)
-    }
-
-    /// Sends SIGTERM (a clean shutdown) and waits for the exit; true when
-    /// the engine exited successfully.
-    pub fn terminate(&mut self) -> bool {
-        let sent = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .is_ok_and(|s| s.success());
-        sent && self.wait_success()
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits for the exit; true when it was successful.
-    pub fn wait_success(&mut self) -> bool {
-        self.child.wait().is_ok_and(|s| s.success())
-    }
-
-    /// SIGKILL: the engine vanishes without any cleanup.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// What the engine logged so far.
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+/// Starts the engine over `repo` with extra flags; panics with its log if
+/// it does not come up.
+pub async fn start_engine(repo: &TempRepo, extra: &[&str]) -> Engine {
+    match try_start_engine(repo, extra).await {
+        Ok(engine) => engine,
+        Err(e) => panic!("{e:#}"),
     }
 }
 
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts the engine over `repo`; the error carries its log if it exits
+/// before listening.
+pub async fn try_start_engine(repo: &TempRepo, extra: &[&str]) -> anyhow::Result<Engine> {
+    Engine::launch(binary(), &repo.repo(), extra).await
 }
 
 /// Runs the engine to its exit and returns (success, stderr): for startup
 /// failures.
 pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir-engine"));
+    let mut cmd = Command::new(binary());
     cmd.args(args)
         .env_remove("ORT_DYLIB_PATH")
         .env("RUST_LOG", "info,ort=warn");

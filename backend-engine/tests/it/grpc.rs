@@ -11,7 +11,7 @@ use weir_engine::grpc::proto::{
     ServerLiveRequest, ServerMetadataRequest, ServerReadyRequest,
 };
 
-use crate::common::{Engine, TempRepo, golden};
+use crate::common::{TempRepo, golden, start_engine};
 
 fn f32s(v: &serde_json::Value) -> Vec<f32> {
     match v {
@@ -51,7 +51,7 @@ fn mlp_request(
 async fn inference_service_through_tonic() {
     let g = golden("mlp", "1");
     let repo = TempRepo::with(&[("mlp", "1"), ("tiny-lm", "1")]);
-    let engine = Engine::start(&repo, &[]);
+    let engine = start_engine(&repo, &[]).await;
     let mut c = GrpcInferenceServiceClient::connect(engine.grpc_url())
         .await
         .unwrap();
@@ -164,7 +164,7 @@ async fn inference_service_through_tonic() {
 #[tokio::test]
 async fn grpc_health_reports_serving() {
     let repo = TempRepo::with(&[("mlp", "1")]);
-    let engine = Engine::start(&repo, &[]);
+    let engine = start_engine(&repo, &[]).await;
     let channel = tonic::transport::Endpoint::from_shared(engine.grpc_url())
         .unwrap()
         .connect()

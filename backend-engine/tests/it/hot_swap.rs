@@ -7,13 +7,17 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use base64::Engine as _;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use weir_test_support::eventually;
 
-use crate::common::{Engine, TempRepo, client, copy_version, lm_context, models_dir, sse_data};
+use crate::common::{
+    Engine, TempRepo, client, copy_version, lm_context, models_dir, sse_data, start_engine,
+};
 
 /// Rewrites a version folder's manifest, signed with the key from `seed`;
 /// returns the public key as hex.
@@ -51,9 +55,28 @@ async fn load(engine: &Engine, model: &str) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
-async fn served_versions(engine: &Engine) -> Value {
+/// Re-signs every version in `repo` with a test key (seed 7) and writes
+/// that key to `keys/test.pub`; returns its path, for `--public-key`. New
+/// versions can then be signed with `resign(.., 7)`.
+fn sign_with_test_key(repo: &TempRepo) -> std::path::PathBuf {
+    let mut key_hex = String::new();
+    for model in std::fs::read_dir(repo.repo()).unwrap() {
+        let model = model.unwrap();
+        let name = model.file_name().to_string_lossy().into_owned();
+        for version in std::fs::read_dir(model.path()).unwrap() {
+            let version = version.unwrap();
+            let number = version.file_name().to_string_lossy().into_owned();
+            key_hex = resign(&version.path(), &name, &number, 7);
+        }
+    }
+    let key = repo.dir.path().join("keys/test.pub");
+    std::fs::write(&key, key_hex).unwrap();
+    key
+}
+
+async fn served_versions(engine: &Engine, model: &str) -> Value {
     let v: Value = client()
-        .get(engine.url("/v2/models/tiny-lm"))
+        .get(engine.url(&format!("/v2/models/{model}")))
         .send()
         .await
         .unwrap()
@@ -66,7 +89,7 @@ async fn served_versions(engine: &Engine) -> Value {
 #[tokio::test]
 async fn swap_under_concurrent_load_fails_nothing() {
     let repo = TempRepo::with(&[("tiny-lm", "1")]);
-    let engine = Arc::new(Engine::start(&repo, &[]));
+    let engine = Arc::new(start_engine(&repo, &[]).await);
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicUsize::new(0));
     let after_swap_v2 = Arc::new(AtomicUsize::new(0));
@@ -133,14 +156,17 @@ async fn swap_under_concurrent_load_fails_nothing() {
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["versions"], json!(["2"]));
     assert_eq!(report["retired"], json!(["1"]));
-    assert_eq!(served_versions(&engine).await, json!(["2"]));
+    assert_eq!(served_versions(&engine, "tiny-lm").await, json!(["2"]));
 
-    // Keep the load on until the new version has answered plenty.
-    while after_swap_v2.load(Ordering::Relaxed) < 50 {
-        tokio::task::yield_now().await;
-        assert_eq!(failures.load(Ordering::Relaxed), 0);
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    // Keep the load on until the new version has answered plenty (or a
+    // request failed, which the assertion below reports).
+    eventually(Duration::from_secs(60), || {
+        let answered = after_swap_v2.load(Ordering::Relaxed);
+        let failed = failures.load(Ordering::Relaxed);
+        std::future::ready((answered >= 50 || failed > 0).then_some(()))
+    })
+    .await
+    .unwrap();
     stop.store(true, Ordering::Relaxed);
     let mut total = 0;
     for w in workers {
@@ -167,13 +193,13 @@ async fn swap_under_concurrent_load_fails_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(served_versions(&engine).await, json!(["1"]));
+    assert_eq!(served_versions(&engine, "tiny-lm").await, json!(["1"]));
 }
 
 #[tokio::test]
 async fn unverified_loads_are_refused_and_the_old_version_serves_on() {
     let repo = TempRepo::with(&[("tiny-lm", "1")]);
-    let engine = Engine::start(&repo, &[]);
+    let engine = start_engine(&repo, &[]).await;
     let v2 = repo.version_dir("tiny-lm", "2");
     let shipped_v2 = models_dir().join("repo/tiny-lm/2");
 
@@ -237,7 +263,7 @@ async fn unverified_loads_are_refused_and_the_old_version_serves_on() {
     );
 
     // Through all of it, version 1 answered.
-    assert_eq!(served_versions(&engine).await, json!(["1"]));
+    assert_eq!(served_versions(&engine, "tiny-lm").await, json!(["1"]));
     let r = client()
         .post(engine.url("/v1/completions"))
         .json(&json!({"model": "tiny-lm", "prompt": "x", "max_tokens": 3}))
@@ -246,29 +272,15 @@ async fn unverified_loads_are_refused_and_the_old_version_serves_on() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-weir-model-version"], "1");
-    let metrics = client()
-        .get(engine.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains(r#"weir_engine_model_loads_total{model="tiny-lm",result="error"} 4"#),
-        "{metrics}"
-    );
+    assert_eq!(loads(&engine, "tiny-lm", "error").await, 4);
 }
 
 #[tokio::test]
 async fn loads_that_do_not_fit_are_refused() {
     // A repository signed with a test key, so broken models can be signed.
     let repo = TempRepo::with(&[("tiny-lm", "1"), ("mlp", "1")]);
-    let key_hex = resign(&repo.version_dir("tiny-lm", "1"), "tiny-lm", "1", 7);
-    resign(&repo.version_dir("mlp", "1"), "mlp", "1", 7);
-    let key = repo.dir.path().join("keys/test.pub");
-    std::fs::write(&key, key_hex).unwrap();
-    let engine = Engine::start(&repo, &["--public-key", key.to_str().unwrap()]);
+    let key = sign_with_test_key(&repo);
+    let engine = start_engine(&repo, &["--public-key", key.to_str().unwrap()]).await;
 
     // Not ONNX at all.
     let v2 = repo.version_dir("tiny-lm", "2");
@@ -281,7 +293,7 @@ async fn loads_that_do_not_fit_are_refused() {
         err["error"].as_str().unwrap().contains("onnx runtime"),
         "{err}"
     );
-    assert_eq!(served_versions(&engine).await, json!(["1"]));
+    assert_eq!(served_versions(&engine, "tiny-lm").await, json!(["1"]));
 
     // Real ONNX, but model.toml declares an output type the graph lacks.
     let m2 = repo.version_dir("mlp", "2");
@@ -299,34 +311,91 @@ async fn loads_that_do_not_fit_are_refused() {
     assert_eq!(status, 422, "{err}");
     let msg = err["error"].as_str().unwrap();
     assert!(msg.contains("OUTPUT0") && msg.contains("FP64"), "{err}");
-    let meta: Value = client()
-        .get(engine.url("/v2/models/mlp"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(meta["versions"], json!(["1"]));
+    assert_eq!(served_versions(&engine, "mlp").await, json!(["1"]));
 }
 
 #[tokio::test]
 async fn watch_mode_swaps_in_a_new_version() {
     let repo = TempRepo::with(&[("tiny-lm", "1")]);
-    let engine = Engine::start(&repo, &["--watch"]);
-    assert_eq!(served_versions(&engine).await, json!(["1"]));
+    let engine = start_engine(&repo, &["--watch"]).await;
+    assert_eq!(served_versions(&engine, "tiny-lm").await, json!(["1"]));
     repo.add("tiny-lm", "2");
-    let mut swapped = false;
-    for _ in 0..600 {
-        if served_versions(&engine).await == json!(["2"]) {
-            swapped = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let swapped = eventually(Duration::from_secs(30), || async {
+        (served_versions(&engine, "tiny-lm").await == json!(["2"])).then_some(())
+    })
+    .await;
     assert!(
-        swapped,
+        swapped.is_ok(),
         "watch mode did not load version 2:\n{}",
-        engine.stderr()
+        engine.log()
     );
+}
+
+/// `weir_engine_model_loads_total` for `model` and `result` (0 when absent).
+async fn loads(engine: &Engine, model: &str, result: &str) -> u64 {
+    let scrape = client().get(engine.url("/metrics")).send().await.unwrap();
+    let text = scrape.text().await.unwrap();
+    let series = format!(r#"weir_engine_model_loads_total{{model="{model}",result="{result}"}} "#);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// Signs `from` (a version folder) as `model` version 2 with the test key in
+/// a folder outside the repository, then moves it into `repo` at once.
+fn move_in_version_2(repo: &TempRepo, model: &str, from: &Path) {
+    let staging = tempfile::tempdir().unwrap();
+    let staged = staging.path().join(model);
+    copy_version(from, &staged);
+    let toml = std::fs::read_to_string(staged.join("model.toml")).unwrap();
+    std::fs::write(
+        staged.join("model.toml"),
+        toml.replace("version = \"1\"", "version = \"2\""),
+    )
+    .unwrap();
+    resign(&staged, model, "2", 7);
+    copy_version(&staged, &repo.version_dir(model, "2"));
+}
+
+/// Waits until `model` serves version 2 and its load has been counted.
+async fn wait_for_version_2(engine: &Engine, model: &str) {
+    let swapped = eventually(Duration::from_secs(30), || async {
+        let served = served_versions(engine, model).await == json!(["2"]);
+        (served && loads(engine, model, "ok").await >= 2).then_some(())
+    })
+    .await;
+    assert!(
+        swapped.is_ok(),
+        "watch mode did not load {model} version 2:\n{}",
+        engine.log()
+    );
+}
+
+/// One change, one reload, of the changed model only: the engine's own
+/// reads of the model files it loads are not changes (they once made every
+/// model reload twice a second, forever).
+#[tokio::test]
+async fn watch_mode_reloads_only_the_changed_model_once() {
+    let repo = TempRepo::with(&[("mlp", "1"), ("tiny-lm", "1")]);
+    let key = sign_with_test_key(&repo);
+    let engine = start_engine(&repo, &["--watch", "--public-key", key.to_str().unwrap()]).await;
+
+    move_in_version_2(&repo, "mlp", &repo.version_dir("mlp", "1"));
+    wait_for_version_2(&engine, "mlp").await;
+    move_in_version_2(&repo, "tiny-lm", &models_dir().join("repo/tiny-lm/2"));
+    wait_for_version_2(&engine, "tiny-lm").await;
+
+    // Each model loaded at the start and once for its own change: not again
+    // for the reads of its own reload, nor for the other model's change.
+    for model in ["mlp", "tiny-lm"] {
+        assert_eq!(
+            (
+                loads(&engine, model, "ok").await,
+                loads(&engine, model, "error").await
+            ),
+            (2, 0),
+            "{model} loads (ok, error):\n{}",
+            engine.log()
+        );
+    }
 }

@@ -1,9 +1,12 @@
 //! Startup checks (library, device, refused models), async tasks and
 //! metrics.
 
-use serde_json::{Value, json};
+use std::time::Duration;
 
-use crate::common::{Engine, TempRepo, client, ort_lib, run_to_exit};
+use serde_json::{Value, json};
+use weir_test_support::eventually;
+
+use crate::common::{Engine, TempRepo, client, run_to_exit, start_engine, try_start_engine};
 
 #[test]
 fn missing_onnx_runtime_names_both_ways_to_give_it() {
@@ -31,11 +34,11 @@ fn missing_onnx_runtime_names_both_ways_to_give_it() {
     );
 }
 
-#[test]
-fn cuda_on_a_cpu_library_is_a_clear_error_unless_auto() {
+#[tokio::test]
+async fn cuda_on_a_cpu_library_is_a_clear_error_unless_auto() {
     let repo = TempRepo::with(&[("mlp", "1")]);
     let models = repo.repo();
-    let lib = ort_lib();
+    let lib = Engine::ort_lib();
     let (ok, stderr) = run_to_exit(
         &[
             "--models",
@@ -55,24 +58,20 @@ fn cuda_on_a_cpu_library_is_a_clear_error_unless_auto() {
         "{stderr}"
     );
 
-    let engine = Engine::start(&repo, &["--device", "auto"]);
-    assert!(
-        engine.stderr().contains("using the CPU"),
-        "{}",
-        engine.stderr()
-    );
+    let engine = start_engine(&repo, &["--device", "auto"]).await;
+    assert!(engine.log().contains("using the CPU"), "{}", engine.log());
 }
 
-#[test]
-fn a_tampered_model_is_refused_at_startup_naming_the_file() {
+#[tokio::test]
+async fn a_tampered_model_is_refused_at_startup_naming_the_file() {
     let repo = TempRepo::with(&[("mlp", "1")]);
     let toml = repo.version_dir("mlp", "1").join("model.toml");
     let mut text = std::fs::read_to_string(&toml).unwrap();
     text.push('\n');
     std::fs::write(&toml, text).unwrap();
-    let err = match Engine::try_start(&repo, &[]) {
+    let err = match try_start_engine(&repo, &[]).await {
         Ok(_) => panic!("a tampered model was served"),
-        Err(stderr) => stderr,
+        Err(e) => format!("{e:#}"),
     };
     assert!(
         err.contains("mlp/1 refused") && err.contains("model.toml: sha256"),
@@ -83,7 +82,7 @@ fn a_tampered_model_is_refused_at_startup_naming_the_file() {
 #[tokio::test]
 async fn async_tasks_run_and_expire() {
     let repo = TempRepo::with(&[("tiny-lm", "1")]);
-    let engine = Engine::start(&repo, &[]);
+    let engine = start_engine(&repo, &[]).await;
     let c = client();
     let body = json!({"model": "tiny-lm", "prompt": "Shall I compare thee", "max_tokens": 20, "temperature": 0});
     let r = c
@@ -96,9 +95,8 @@ async fn async_tasks_run_and_expire() {
     let created: Value = r.json().await.unwrap();
     assert_eq!(created["status"], "queued");
     let id = created["task_id"].as_str().unwrap().to_string();
-    let mut task = Value::Null;
-    for _ in 0..500 {
-        task = c
+    let task: Value = eventually(Duration::from_secs(10), || async {
+        let task: Value = c
             .get(engine.url(&format!("/v1/tasks/{id}")))
             .send()
             .await
@@ -106,11 +104,10 @@ async fn async_tasks_run_and_expire() {
             .json()
             .await
             .unwrap();
-        if task["status"] == "succeeded" || task["status"] == "failed" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+        (task["status"] == "succeeded" || task["status"] == "failed").then_some(task)
+    })
+    .await
+    .unwrap();
     assert_eq!(task["status"], "succeeded", "{task}");
     let direct: Value = c
         .post(engine.url("/v1/completions"))
@@ -155,7 +152,7 @@ async fn async_tasks_run_and_expire() {
 #[tokio::test]
 async fn finished_tasks_expire_after_the_ttl() {
     let repo = TempRepo::with(&[("tiny-lm", "1")]);
-    let engine = Engine::start(&repo, &["--task-ttl-secs", "0"]);
+    let engine = start_engine(&repo, &["--task-ttl-secs", "0"]).await;
     let c = client();
     let r = c
         .post(engine.url("/v1/tasks"))
@@ -167,28 +164,27 @@ async fn finished_tasks_expire_after_the_ttl() {
         .as_str()
         .unwrap()
         .to_string();
-    let mut gone = false;
-    for _ in 0..500 {
+    let gone = eventually(Duration::from_secs(10), || async {
         let r = c
             .get(engine.url(&format!("/v1/tasks/{id}")))
             .send()
             .await
             .unwrap();
         if r.status() == 404 {
-            gone = true;
-            break;
+            return Some(());
         }
         let v: Value = r.json().await.unwrap();
         assert!(v["status"] == "queued" || v["status"] == "running", "{v}");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(gone, "a finished task outlived a zero ttl");
+        None
+    })
+    .await;
+    assert!(gone.is_ok(), "a finished task outlived a zero ttl");
 }
 
 #[tokio::test]
 async fn metrics_cover_queue_batches_latency_and_tokens() {
     let repo = TempRepo::with(&[("tiny-lm", "1"), ("mlp", "1")]);
-    let engine = Engine::start(&repo, &[]);
+    let engine = start_engine(&repo, &[]).await;
     let c = client();
     let r = c
         .post(engine.url("/v1/completions"))
@@ -228,7 +224,7 @@ async fn metrics_cover_queue_batches_latency_and_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_streams_in_flight_finish() {
     let repo = TempRepo::with(&[("tiny-lm", "1"), ("mlp", "1")]);
-    let mut engine = Engine::start(&repo, &["--model", "tiny-lm:1", "--model", "mlp"]);
+    let mut engine = start_engine(&repo, &["--model", "tiny-lm:1", "--model", "mlp"]).await;
     // Long streams (the model slides over its context), so that all of them
     // are still generating when the signal comes.
     let max_tokens = 3000;
@@ -251,12 +247,7 @@ async fn sigterm_lets_streams_in_flight_finish() {
     for s in &mut streams {
         firsts.push(s.chunk().await.unwrap().unwrap());
     }
-    let pid = engine.pid().to_string();
-    let signalled = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(signalled.success());
+    engine.signal("TERM").unwrap();
     for (s, first) in streams.into_iter().zip(firsts) {
         let rest = s.text().await.unwrap();
         let body = String::from_utf8_lossy(&first).into_owned() + &rest;
@@ -268,5 +259,6 @@ async fn sigterm_lets_streams_in_flight_finish() {
         // the signal.
         assert!(body.contains("\"finish_reason\":\"length\""), "{body}");
     }
-    assert!(engine.wait_success(), "{}", engine.stderr());
+    let code = engine.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(code.unwrap(), Some(0), "{}", engine.log());
 }

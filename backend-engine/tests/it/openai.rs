@@ -4,11 +4,11 @@
 
 use serde_json::{Value, json};
 
-use crate::common::{Engine, TempRepo, client, golden, sse_data};
+use crate::common::{Engine, TempRepo, client, golden, sse_data, start_engine};
 
-fn lm_engine() -> (TempRepo, Engine) {
+async fn lm_engine() -> (TempRepo, Engine) {
     let repo = TempRepo::with(&[("tiny-lm", "1"), ("tiny-lm", "2"), ("mlp", "1")]);
-    let engine = Engine::start(
+    let engine = start_engine(
         &repo,
         &[
             "--model",
@@ -18,7 +18,8 @@ fn lm_engine() -> (TempRepo, Engine) {
             "--model",
             "mlp",
         ],
-    );
+    )
+    .await;
     (repo, engine)
 }
 
@@ -35,7 +36,7 @@ async fn post(engine: &Engine, path: &str, body: Value) -> (u16, Value) {
 
 #[tokio::test]
 async fn greedy_completions_match_goldens_even_when_batched() {
-    let (_repo, engine) = lm_engine();
+    let (_repo, engine) = lm_engine().await;
     for version in ["1", "2"] {
         let g = golden("tiny-lm", version);
         let steps = g["steps"].as_u64().unwrap();
@@ -70,7 +71,7 @@ async fn greedy_completions_match_goldens_even_when_batched() {
 
 #[tokio::test]
 async fn same_seed_same_text() {
-    let (_repo, engine) = lm_engine();
+    let (_repo, engine) = lm_engine().await;
     let body = |seed: u64| {
         json!({"model": "tiny-lm", "prompt": "The Fox and the ", "max_tokens": 40,
                "temperature": 0.9, "top_p": 0.95, "seed": seed})
@@ -88,7 +89,7 @@ async fn same_seed_same_text() {
 
 #[tokio::test]
 async fn streaming_matches_non_streaming_and_ends_with_done() {
-    let (_repo, engine) = lm_engine();
+    let (_repo, engine) = lm_engine().await;
     let g = golden("tiny-lm", "2");
     let case = &g["greedy"][0];
     for path in ["/v1/completions", "/v1/chat/completions"] {
@@ -147,7 +148,7 @@ async fn streaming_matches_non_streaming_and_ends_with_done() {
 
 #[tokio::test]
 async fn stop_sequences_cut_the_text() {
-    let (_repo, engine) = lm_engine();
+    let (_repo, engine) = lm_engine().await;
     let g = golden("tiny-lm", "1");
     let case = &g["greedy"][4];
     let full = case["generated_text"].as_str().unwrap();
@@ -191,7 +192,7 @@ async fn stop_sequences_cut_the_text() {
 
 #[tokio::test]
 async fn chat_template_joins_messages_with_newlines() {
-    let (_repo, engine) = lm_engine();
+    let (_repo, engine) = lm_engine().await;
     let (s1, chat) = post(&engine, "/v1/chat/completions", json!({
         "model": "tiny-lm:1", "max_tokens": 24, "temperature": 0,
         "messages": [{"role": "system", "content": "Fables."},
@@ -214,7 +215,7 @@ async fn chat_template_joins_messages_with_newlines() {
 
 #[tokio::test]
 async fn errors_use_the_openai_shape() {
-    let (_repo, engine) = lm_engine();
+    let (_repo, engine) = lm_engine().await;
     let cases = [
         (
             json!({"model": "nosuch", "prompt": "x"}),
@@ -288,7 +289,7 @@ async fn errors_use_the_openai_shape() {
 
 #[tokio::test]
 async fn models_are_listed() {
-    let (_repo, engine) = lm_engine();
+    let (_repo, engine) = lm_engine().await;
     let v: Value = client()
         .get(engine.url("/v1/models"))
         .send()

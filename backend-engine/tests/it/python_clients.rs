@@ -4,10 +4,10 @@
 
 use std::process::Command;
 
-use crate::common::{Engine, TempRepo, crate_dir, models_dir};
+use crate::common::{TempRepo, crate_dir, models_dir, start_engine};
 
-#[test]
-fn stock_python_clients_work_unmodified() {
+#[tokio::test]
+async fn stock_python_clients_work_unmodified() {
     let python = std::env::var_os("WEIR_PYTHON")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| crate_dir().join("../.venv/bin/python"));
@@ -17,7 +17,7 @@ fn stock_python_clients_work_unmodified() {
         python.display()
     );
     let repo = TempRepo::all();
-    let engine = Engine::start(
+    let engine = start_engine(
         &repo,
         &[
             "--model",
@@ -27,7 +27,8 @@ fn stock_python_clients_work_unmodified() {
             "--model",
             "tiny-lm:2",
         ],
-    );
+    )
+    .await;
     let out = Command::new(&python)
         .arg(crate_dir().join("tests/python/test_clients.py"))
         .env("WEIR_HTTP", engine.http.to_string())

@@ -7,7 +7,7 @@ use std::time::Duration;
 use weir_conf::etcd::etcd_client::{Client, GetOptions};
 use weir_test_support::{Etcd, eventually};
 
-use crate::common::{Engine, TempRepo, run_to_exit};
+use crate::common::{Engine, TempRepo, run_to_exit, start_engine};
 
 const MEMBERS: &str = "/weir/pools/engines/members/";
 
@@ -42,8 +42,8 @@ async fn engines_register_with_a_lease_and_leave_on_exit_or_expiry() {
         "--register-ttl",
         "2",
     ];
-    let mut a = Engine::start(&repo, &flags);
-    let mut b = Engine::start(&repo, &flags);
+    let mut a = start_engine(&repo, &flags).await;
+    let mut b = start_engine(&repo, &flags).await;
 
     // Both are members, each under its own lease, before the listening line.
     let now = members(&mut client).await;
@@ -62,7 +62,9 @@ async fn engines_register_with_a_lease_and_leave_on_exit_or_expiry() {
     }
 
     // A clean shutdown removes the member at once.
-    assert!(a.terminate(), "{}", a.stderr());
+    a.signal("TERM").unwrap();
+    let code = a.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(code.unwrap(), Some(0), "{}", a.log());
     let now = members(&mut client).await;
     assert_eq!(now.len(), 1, "{now:?}");
     assert!(now[0].0.ends_with(&b.http.to_string()));
@@ -91,7 +93,7 @@ fn registration_flags_are_checked() {
     // stops the start with a clear error.
     let repo = TempRepo::with(&[("mlp", "1")]);
     let repo_dir = repo.repo();
-    let ort = crate::common::ort_lib();
+    let ort = Engine::ort_lib();
     for (http, error) in [
         ("0.0.0.0:0", "--advertise"),
         ("127.0.0.1:0", "--register-etcd"),

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::common::{Engine, TempRepo, client, golden};
+use crate::common::{TempRepo, client, golden, start_engine};
 
 fn close(a: &[f64], b: &[f64], atol: f64) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= atol)
@@ -28,7 +28,7 @@ fn flat(v: &Value) -> Vec<f64> {
 #[tokio::test]
 async fn metadata_readiness_and_headers() {
     let repo = TempRepo::with(&[("mlp", "1"), ("tiny-lm", "1")]);
-    let engine = Engine::start(&repo, &[]);
+    let engine = start_engine(&repo, &[]).await;
     let c = client();
     for path in [
         "/v2/health/live",
@@ -92,7 +92,7 @@ async fn metadata_readiness_and_headers() {
 async fn mlp_matches_golden_over_json() {
     let g = golden("mlp", "1");
     let repo = TempRepo::with(&[("mlp", "1")]);
-    let engine = Engine::start(&repo, &[]);
+    let engine = start_engine(&repo, &[]).await;
     let c = client();
     let atol = g["atol"].as_f64().unwrap();
     for case in g["cases"].as_array().unwrap() {
@@ -129,7 +129,7 @@ async fn binary_tensor_extension_round_trips() {
     let g = golden("mlp", "1");
     let case = &g["cases"][2];
     let repo = TempRepo::with(&[("mlp", "1")]);
-    let engine = Engine::start(&repo, &[]);
+    let engine = start_engine(&repo, &[]).await;
     let input: Vec<f32> = flat(&case["input"]).iter().map(|x| *x as f32).collect();
     let raw: Vec<u8> = input.iter().flat_map(|x| x.to_le_bytes()).collect();
     let header = json!({
@@ -176,7 +176,7 @@ async fn tiny_lm_logits_match_golden() {
     for version in ["1", "2"] {
         let g = golden("tiny-lm", version);
         let repo = TempRepo::with(&[("tiny-lm", version)]);
-        let engine = Engine::start(&repo, &[]);
+        let engine = start_engine(&repo, &[]).await;
         let c = client();
         let fl = &g["first_step_logits"];
         let ids = fl["input_ids"].as_array().unwrap();
@@ -239,7 +239,7 @@ async fn tiny_lm_logits_match_golden() {
 #[tokio::test]
 async fn bad_requests_get_clear_errors_and_never_crash() {
     let repo = TempRepo::with(&[("mlp", "1")]);
-    let engine = Engine::start(&repo, &[]);
+    let engine = start_engine(&repo, &[]).await;
     let c = client();
     let infer = engine.url("/v2/models/mlp/infer");
     let good_input =
