@@ -282,3 +282,36 @@ async fn bad_requests_get_clear_errors_and_never_crash() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_body_over_the_limit_is_refused_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let repo = TempRepo::with(&[("mlp", "1"), ("tiny-lm", "1")]);
+    let engine = start_engine(&repo, &[]).await;
+    for (path, shape) in [
+        ("/v2/models/mlp/infer", "v2"),
+        ("/v1/chat/completions", "openai"),
+    ] {
+        let mut conn = tokio::net::TcpStream::connect(engine.http).await.unwrap();
+        // Ten gigabytes declared, none sent: the answer must not wait for them.
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: e\r\ncontent-type: application/json\r\ncontent-length: 10000000000\r\n\r\n"
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            conn.read_to_end(&mut answer),
+        )
+        .await;
+        assert!(read.is_ok(), "{path}: no answer while the body was awaited");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 413"), "{path}: {text}");
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        let err: Value = serde_json::from_str(body).unwrap();
+        match shape {
+            "v2" => assert!(err["error"].as_str().unwrap().contains("10000000000")),
+            _ => assert_eq!(err["error"]["code"], "body_too_large", "{err}"),
+        }
+    }
+}
