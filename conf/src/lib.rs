@@ -43,8 +43,9 @@
 //! | 4 | [`etcd::layout`] | [`etcd::Docs`]: documents under the prefix to and from a [`Config`] | layers 0-1, `etcd::keys` |
 //! | 4 | [`etcd::cache`] | [`etcd::CacheFile`]: the last-good cache | `etcd::layout` |
 //! | 4 | [`etcd::watch`] | [`etcd::Watcher`]: read, watch, reconnect, resync | layers 0-3, `etcd::layout` |
-//! | 4 | `etcd::snapshot` | [`etcd::build`]: documents to a validated [`Snapshot`] | layers 0-3, `etcd::layout` |
+//! | 4 | `etcd::snapshot` | [`etcd::build`]: documents to a validated [`Snapshot`], problems named by key; [`etcd::invalid_keys`] | layers 0-3, `etcd::layout` |
 //! | 4 | [`etcd::store`] | [`etcd::Store`]: validated reads and writes for `weirctl` | layers 0-3, the etcd files above |
+//! | 4 | `etcd::store::import` | [`etcd::Store::import`], [`etcd::Prune`] | layers 0-3, the etcd files above, `etcd::store` |
 //!
 //! # Features
 //!
