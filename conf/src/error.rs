@@ -53,6 +53,20 @@ impl fmt::Display for Problems {
     }
 }
 
+/// Longest part of a value that a problem message repeats.
+const QUOTED: usize = 64;
+
+/// `value` quoted for a problem message; a long value is cut after
+/// [`QUOTED`] bytes and its length given, so a megabyte value never ends up
+/// in a log line whole.
+pub fn quoted(value: &str) -> String {
+    if value.len() <= QUOTED {
+        return format!("{value:?}");
+    }
+    let cut = value.floor_char_boundary(QUOTED);
+    format!("{:?}… ({} bytes)", &value[..cut], value.len())
+}
+
 /// Why a config could not be turned into a [`crate::Snapshot`].
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

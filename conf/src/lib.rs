@@ -17,12 +17,12 @@
 //!
 //! | layer | module | owns | may import |
 //! |---|---|---|---|
-//! | 0 names, errors | [`error`] | [`Problem`], [`Problems`], [`ConfigError`] | nothing |
-//! | 0 | `names` | the rule for names: `is_name`, `check_name` | `error` |
+//! | 0 names, errors | [`error`] | [`Problem`], [`Problems`], [`ConfigError`], [`error::quoted`] | nothing |
+//! | 0 | `names` | the rule for names: `is_name`, `check_name`, `entry_path` | `error` |
 //! | 1 file types | `access::types` | `[[tenants]]`, `[auth]`, `[limits]`, [`access::AuthMode`] | nothing |
 //! | 1 | `filters::types` | `[[filters]]`, a route's `filters` table | nothing |
 //! | 1 | `resilience::types` | `breaker`, `retry`, `rollback`, `[[rollbacks]]` | nothing |
-//! | 1 | [`model`] | [`Config`]: `[server]`, `[timeouts]`, `[[pools]]`, `[[routes]]`, `[source.etcd]` | the `types` above |
+//! | 1 | [`model`] | [`Config`]: `[server]`, `[timeouts]`, `[[pools]]`, `[[routes]]`, `[source.etcd]`; [`model::MAX_DOCUMENT`] | the `types` above |
 //! | 1 | [`etcd::keys`] | the key layout under the etcd prefix | nothing |
 //! | 2 validation | `access::keys` | [`access::JwtKeys`] and the one JWT key decoder | nothing |
 //! | 2 | `access::jwt` | [`access::JwtIssuer`]: `[[auth.jwt]]` checked, key files read | layers 0-1, `access::keys` |
@@ -31,7 +31,7 @@
 //! | 2 | `resilience::check` | [`resilience::Breaker`], [`resilience::Retry`], [`resilience::Rollback`] | layers 0-1 |
 //! | 2 | [`matching`] | [`matching::Matcher`], [`matching::Request`]: what a route matches besides host and prefix | layers 0-1 |
 //! | 2 | [`etcd::settings`] | [`etcd::EtcdSettings`]: `[source.etcd]` and the registration flags, checked | layers 0-1 |
-//! | 3 snapshot | `snapshot::values` | addresses, millisecond durations, header names | layers 0-2 |
+//! | 3 snapshot | `snapshot::values` | addresses, millisecond durations, header names, length limits | layers 0-2 |
 //! | 3 | `snapshot::timeouts` | [`Timeouts`] and the built-in defaults | layers 0-2, `values` |
 //! | 3 | `snapshot::pool` | [`Pool`], [`Backend`], [`HealthCheck`] | layers 0-2, `values` |
 //! | 3 | `snapshot::server` | [`Server`], [`snapshot::TlsListener`], [`Tracing`] | layers 0-2, `values` |
@@ -43,8 +43,9 @@
 //! | 4 | [`etcd::layout`] | [`etcd::Docs`]: documents under the prefix to and from a [`Config`] | layers 0-1, `etcd::keys` |
 //! | 4 | [`etcd::cache`] | [`etcd::CacheFile`]: the last-good cache | `etcd::layout` |
 //! | 4 | [`etcd::watch`] | [`etcd::Watcher`]: read, watch, reconnect, resync | layers 0-3, `etcd::layout` |
-//! | 4 | `etcd::snapshot` | [`etcd::build`]: documents to a validated [`Snapshot`] | layers 0-3, `etcd::layout` |
+//! | 4 | `etcd::snapshot` | [`etcd::build`]: documents to a validated [`Snapshot`], problems named by key; [`etcd::invalid_keys`] | layers 0-3, `etcd::layout` |
 //! | 4 | [`etcd::store`] | [`etcd::Store`]: validated reads and writes for `weirctl` | layers 0-3, the etcd files above |
+//! | 4 | `etcd::store::import` | [`etcd::Store::import`], [`etcd::Prune`] | layers 0-3, the etcd files above, `etcd::store` |
 //!
 //! # Features
 //!

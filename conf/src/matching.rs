@@ -84,7 +84,8 @@ pub(crate) fn check_matcher(
             problems.push(
                 format!("{at}.grpc"),
                 format!(
-                    "{target:?} must be a gRPC service (`package.Service`) or method (`package.Service/Method`)"
+                    "{} must be a gRPC service (`package.Service`) or method (`package.Service/Method`)",
+                    crate::error::quoted(target)
                 ),
             );
         }
@@ -104,7 +105,10 @@ pub(crate) fn check_matcher(
         {
             problems.push(
                 format!("{at}.models[{i}]"),
-                format!("{m:?} must be 1-{MAX_MODEL_NAME} characters without spaces"),
+                format!(
+                    "{} must be 1-{MAX_MODEL_NAME} characters without spaces",
+                    crate::error::quoted(m)
+                ),
             );
         }
         if r.models[..i].contains(m) {

@@ -6,6 +6,17 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Largest config document, in bytes: a config file, and each document under
+/// the etcd prefix. Larger ones are refused before they are parsed.
+pub const MAX_DOCUMENT: usize = 1 << 20;
+
+/// Why a document of `len` bytes is refused, if it is.
+pub fn oversized(len: usize) -> Option<String> {
+    (len > MAX_DOCUMENT).then(|| {
+        format!("the document is {len} bytes, larger than the limit of {MAX_DOCUMENT} bytes")
+    })
+}
+
 /// A whole Weir config document.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

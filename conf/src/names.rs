@@ -16,13 +16,27 @@ pub fn is_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// The path of the `i`th entry of `table` called `name`: `routes[chat]`, or
+/// `routes[3]` when the name is empty or too long to repeat.
+#[cfg(feature = "validate")]
+pub fn entry_path(table: &str, i: usize, name: &str) -> String {
+    if name.is_empty() || name.len() > MAX_NAME {
+        format!("{table}[{i}]")
+    } else {
+        format!("{table}[{name}]")
+    }
+}
+
 /// Records a problem at `path` unless `name` follows the rule.
 #[cfg(feature = "validate")]
 pub fn check_name(name: &str, path: &str, problems: &mut crate::error::Problems) {
     if !is_name(name) {
         problems.push(
             path,
-            format!("{name:?} must be 1-64 characters of A-Z, a-z, 0-9, '-', '_' or '.'"),
+            format!(
+                "{} must be 1-{MAX_NAME} characters of A-Z, a-z, 0-9, '-', '_' or '.'",
+                crate::error::quoted(name)
+            ),
         );
     }
 }

@@ -418,3 +418,70 @@ fn a_tls_listener_needs_an_address_and_readable_files() {
     .unwrap();
     assert_eq!(ok.server.tls.unwrap().listen.port(), 8443);
 }
+
+#[test]
+fn long_values_are_refused_and_never_repeated_whole() {
+    let long = "a".repeat(5_000);
+    let text = DEMO_CONFIG
+        .replacen("prefix = \"/\"", &format!("prefix = \"/{long}\""), 1)
+        .replacen("\"x-ab-group\"", &format!("\"x-{long}\""), 1)
+        .replacen(
+            "name = \"chat\"",
+            &format!("name = \"chat\"\nhost = \"{long}\""),
+            1,
+        )
+        .replacen("name = \"chat-v2\"", &format!("name = \"{long}\""), 1);
+    let got = problems(&text);
+    for want in [
+        "routes[chat].prefix: 5001 bytes, longer than the limit of 1024",
+        "routes[chat].ab_header: 5002 bytes, longer than the limit of 128",
+        "routes[chat].host: 5000 bytes, longer than the limit of 253",
+    ] {
+        assert!(
+            got.iter().any(|g| g == want),
+            "missing {want:?} in {got:#?}"
+        );
+    }
+    assert!(
+        got.iter()
+            .any(|g| g.contains("… (5000 bytes) must be 1-64")),
+        "{got:#?}"
+    );
+    assert!(got.iter().all(|g| g.len() < 600), "{got:#?}");
+
+    let huge = format!("# {}\n{DEMO_CONFIG}", " ".repeat(model::MAX_DOCUMENT));
+    let err = parse_toml(&huge, "big.toml").unwrap_err().to_string();
+    assert!(err.starts_with("big.toml: the document is"), "{err}");
+    assert!(
+        err.contains("larger than the limit of 1048576 bytes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_file_without_routes_is_refused_unless_routes_come_from_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, "[server]\nproxy = \"127.0.0.1:0\"\n").unwrap();
+    let err = load_file(&path).unwrap_err().to_string();
+    assert!(err.contains("routes: the config holds no routes"), "{err}");
+    std::fs::write(
+        &path,
+        "[source.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n",
+    )
+    .unwrap();
+    assert!(load_file(&path).unwrap().routes.is_empty());
+}
+
+#[test]
+fn a_missing_pool_on_a_grpc_route_is_reported_once() {
+    let text = GRPC_AND_MODELS.replacen(
+        r#"pool = "grpc", weight = 1 }]"#,
+        r#"pool = "engine-v3", weight = 1 }]"#,
+        1,
+    );
+    assert_eq!(
+        problems(&text),
+        ["routes[oip-grpc].arms[a].pool: no pool named \"engine-v3\""]
+    );
+}

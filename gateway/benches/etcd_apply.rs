@@ -52,7 +52,10 @@ async fn main() {
     let settings = EtcdSettings::new(vec![etcd.endpoint()], "/weir/");
     let mut store = Store::connect(settings).await.unwrap();
     store
-        .import(&weir_conf::parse_toml(&text, "bench").unwrap())
+        .import(
+            &weir_conf::parse_toml(&text, "bench").unwrap(),
+            weir_conf::etcd::Prune::Delete,
+        )
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -5,15 +5,18 @@
 //!
 //! Each applied config is also written to the last-good cache (when one is
 //! configured) by a separate task, so the fsync never delays the next update.
-//! While etcd cannot be reached and nothing has been applied yet, the cache
-//! is served instead; `/readyz` says so.
+//! While nothing has been applied yet and etcd cannot be reached, or holds
+//! an invalid config (one bad raw write), the cache is served instead.
+//! `/readyz` says so, and while etcd's newest state is invalid it names the
+//! revision served, etcd's revision and the invalid keys
+//! (`weir_config_invalid_keys` counts them).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use weir_conf::Config;
 use weir_conf::etcd::{CacheFile, EtcdSettings, Update, WatchStatus, Watcher};
+use weir_conf::{Config, ConfigError, Problems};
 
 use crate::state::{Origin, Shared};
 
@@ -38,6 +41,7 @@ pub async fn run(shared: Arc<Shared>, base: Config, settings: EtcdSettings) {
         cache,
         cache_tried: false,
         resyncs_seen: 0,
+        invalid: None,
     };
     source
         .shared
@@ -73,7 +77,13 @@ struct Source {
     cache: Option<CacheWriter>,
     cache_tried: bool,
     resyncs_seen: u64,
+    /// etcd's newest state, when it is invalid: its revision and its
+    /// invalid keys in one line.
+    invalid: Option<(i64, String)>,
 }
+
+/// Longest list of invalid keys in `/readyz`.
+const SUMMARY: usize = 400;
 
 impl Source {
     /// Builds and publishes one state of the prefix.
@@ -85,21 +95,20 @@ impl Source {
             Ok(s) => s,
             Err(e) => {
                 self.shared.reject(&origin_text, &e);
-                if self.shared.current().is_none() {
-                    let mut why = e.to_string().lines().collect::<Vec<_>>().join(" ");
-                    why.truncate(why.floor_char_boundary(500));
-                    self.shared
-                        .set_note(Some(format!("no config: {origin_text} is invalid: {why}")));
-                }
+                self.rejected(update.revision, &e).await;
                 return;
             }
         };
+        self.invalid = None;
+        metrics.invalid_keys.set(0);
         let unchanged = self.shared.current().is_some_and(|rt| {
             matches!(rt.origin, Origin::Etcd { .. }) && rt.snapshot.source == snapshot.source
         });
         if unchanged {
-            // Same config at a newer revision (e.g. an identical put).
+            // Same config at a newer revision (e.g. an identical put, or
+            // an invalid key deleted again).
             metrics.revision.set(update.revision);
+            self.shared.set_note(None);
             tracing::debug!(origin = origin_text, "config unchanged");
             return;
         }
@@ -126,6 +135,51 @@ impl Source {
         }
     }
 
+    /// Records an invalid state of etcd: counts its invalid keys, serves the
+    /// last-good cache when nothing is live yet, and says what is served.
+    async fn rejected(&mut self, revision: i64, error: &ConfigError) {
+        let problems = match error {
+            ConfigError::Invalid { problems } => problems.clone(),
+            other => {
+                let mut p = Problems::default();
+                p.push(self.settings.prefix.clone(), other.to_string());
+                p
+            }
+        };
+        let summary = weir_conf::etcd::summary(&problems, SUMMARY);
+        self.invalid = Some((revision, summary.clone()));
+        if self.shared.current().is_none() && !self.cache_tried {
+            self.cache_tried = true;
+            let why = format!("etcd revision {revision} is invalid ({summary})");
+            self.serve_cache(&why).await;
+        } else {
+            self.shared.set_note(self.invalid_note());
+        }
+        // Last, so that whoever sees the count also finds the note.
+        let keys = weir_conf::etcd::invalid_keys(&problems).len();
+        self.shared
+            .metrics
+            .invalid_keys
+            .set(i64::try_from(keys).unwrap_or(i64::MAX));
+    }
+
+    /// What is served while etcd's newest state is invalid, and why.
+    fn invalid_note(&self) -> Option<String> {
+        let (revision, summary) = self.invalid.as_ref()?;
+        let current = self.shared.current();
+        let serving = match current.as_deref().map(|rt| &rt.origin) {
+            Some(Origin::Etcd { revision, .. }) => format!("serving etcd revision {revision}"),
+            Some(Origin::EtcdCache { path, revision }) => {
+                format!("serving the last-good cache {path} (etcd revision {revision})")
+            }
+            Some(other) => format!("serving {}", other.kind()),
+            None => "no config".to_owned(),
+        };
+        Some(format!(
+            "{serving}; etcd is at revision {revision}, which is invalid: {summary}"
+        ))
+    }
+
     /// Tracks the connection; serves the cache when etcd is unreachable and
     /// nothing else has been applied.
     async fn on_status(&mut self, st: &WatchStatus) {
@@ -141,7 +195,7 @@ impl Source {
                 .current()
                 .is_some_and(|rt| matches!(rt.origin, Origin::Etcd { .. }));
             if from_etcd {
-                self.shared.set_note(None);
+                self.shared.set_note(self.invalid_note());
             }
             return;
         }
@@ -157,7 +211,8 @@ impl Source {
             Some(_) => {}
             None if !self.cache_tried => {
                 self.cache_tried = true;
-                self.serve_cache(error).await;
+                self.serve_cache(&format!("etcd unreachable ({error})"))
+                    .await;
             }
             None => self.shared.set_note(Some(format!(
                 "no config: etcd unreachable ({error}) and no usable last-good cache"
@@ -165,15 +220,16 @@ impl Source {
         }
     }
 
-    async fn serve_cache(&mut self, error: &str) {
+    /// Serves the last-good cache while etcd has no config to give, `why`.
+    async fn serve_cache(&mut self, why: &str) {
         let Some(path) = self.settings.cache.clone() else {
             self.shared.set_note(Some(format!(
-                "no config: etcd unreachable ({error}) and no last-good cache configured"
+                "no config: {why} and no last-good cache configured"
             )));
             tracing::error!(
                 etcd = self.location,
-                error,
-                "etcd unreachable and no cache configured; not ready"
+                why,
+                "no config from etcd and no cache configured; not ready"
             );
             return;
         };
@@ -182,9 +238,9 @@ impl Source {
             Ok(c) => c,
             Err(e) => {
                 self.shared.set_note(Some(format!(
-                    "no config: etcd unreachable ({error}) and the last-good cache is unusable ({e})"
+                    "no config: {why} and the last-good cache is unusable ({e})"
                 )));
-                tracing::error!(etcd = self.location, error, cache = %e, "no config to serve; not ready");
+                tracing::error!(etcd = self.location, why, cache = %e, "no config to serve; not ready");
                 return;
             }
         };
@@ -194,7 +250,7 @@ impl Source {
                 Err(e) => {
                     self.shared.reject(&shown, &e);
                     self.shared.set_note(Some(format!(
-                        "no config: etcd unreachable ({error}) and the last-good cache is invalid"
+                        "no config: {why} and the last-good cache is invalid"
                     )));
                     return;
                 }
@@ -209,11 +265,11 @@ impl Source {
                     cache = shown,
                     revision = cache.revision,
                     generation,
-                    error,
-                    "etcd unreachable: serving the last-good cache until it is back"
+                    why,
+                    "serving the last-good cache until etcd gives a valid config"
                 );
                 self.shared.set_note(Some(format!(
-                    "serving the last-good cache {shown} (etcd revision {}); etcd unreachable: {error}",
+                    "serving the last-good cache {shown} (etcd revision {}); {why}",
                     cache.revision
                 )));
             }

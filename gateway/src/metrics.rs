@@ -33,6 +33,9 @@ pub struct Metrics {
     pub etcd_connected: IntGauge,
     /// `weir_etcd_resyncs_total`: full re-reads after a compaction or cancelled watch.
     pub etcd_resyncs: IntCounter,
+    /// `weir_config_invalid_keys`: keys under the etcd prefix that problems
+    /// of the newest etcd state name (0 when it is valid).
+    pub invalid_keys: IntGauge,
     /// `weir_filter_matches_total{filter,category,direction}`.
     pub filter_matches: IntCounterVec,
     /// `weir_filter_errors_total{filter,kind}`.
@@ -170,6 +173,10 @@ impl Metrics {
             "weir_etcd_resyncs_total",
             "Full re-reads of the etcd prefix after a compacted revision or a cancelled watch.",
         )?;
+        let invalid_keys = IntGauge::new(
+            "weir_config_invalid_keys",
+            "Keys under the etcd prefix that problems of the newest etcd state name (0 when it is valid); until they are fixed the last good config serves.",
+        )?;
         let filter_matches = IntCounterVec::new(
             Opts::new(
                 "weir_filter_matches_total",
@@ -266,6 +273,7 @@ impl Metrics {
         registry.register(Box::new(apply_seconds.clone()))?;
         registry.register(Box::new(etcd_connected.clone()))?;
         registry.register(Box::new(etcd_resyncs.clone()))?;
+        registry.register(Box::new(invalid_keys.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(connect_failures.clone()))?;
@@ -324,6 +332,7 @@ impl Metrics {
             apply_seconds,
             etcd_connected,
             etcd_resyncs,
+            invalid_keys,
             filter_matches,
             filter_errors,
             filter_duration,

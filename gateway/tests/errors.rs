@@ -307,3 +307,28 @@ async fn a_client_that_goes_away_is_counted_as_499_and_not_logged_as_an_error() 
     assert!(!log.contains("ERROR"), "{log}");
     assert!(log.contains("the client closed the connection"), "{log}");
 }
+
+#[test]
+fn check_refuses_a_config_without_routes() {
+    let refused = "holds no routes: every request would get 404 no_route";
+    common::assert_check_refuses("", &[refused]);
+    common::assert_check_refuses(common::SERVER, &[refused]);
+}
+
+#[test]
+fn a_missing_pool_on_a_grpc_route_is_the_only_problem_reported() {
+    // Before the fix the missing pool's arm pointed at the first pool, and
+    // a second problem said that "web" must speak h2c.
+    let config = concat!(
+        "pools = [{ name = \"web\", backends = [{ address = \"127.0.0.1:9001\" }] }]\n",
+        "routes = [{ name = \"infer\", grpc = \"inference.GRPCInferenceService\", ",
+        "arms = [{ name = \"a\", pool = \"engine-v3\", weight = 1 }] }]\n",
+    );
+    common::assert_check_refuses(
+        config,
+        &[
+            "1 problem(s)",
+            "routes[infer].arms[a].pool: no pool named \"engine-v3\"",
+        ],
+    );
+}

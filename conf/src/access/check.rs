@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::jwt::{JwtIssuer, check_jwt};
 use super::types::{AuthConfig, AuthMode, LimitsConfig, TenantConfig};
 use crate::error::Problems;
-use crate::names::check_name;
+use crate::names::{check_name, entry_path};
 
 /// Largest request, token or concurrency limit.
 const MAX_LIMIT: i64 = 1_000_000_000;
@@ -119,11 +119,7 @@ pub fn check_access(
     let mut out = Access::default();
     let mut names = HashSet::new();
     for (i, t) in tenants.iter().enumerate() {
-        let at = if t.name.is_empty() {
-            format!("tenants[{i}]")
-        } else {
-            format!("tenants[{}]", t.name)
-        };
+        let at = entry_path("tenants", i, &t.name);
         check_name(&t.name, &format!("{at}.name"), problems);
         if !names.insert(t.name.as_str()) {
             problems.push(format!("{at}.name"), "duplicate tenant name");
@@ -174,11 +170,7 @@ pub fn check_access(
         });
     }
     for (i, j) in auth.jwt.iter().enumerate() {
-        let at = if j.name.is_empty() {
-            format!("auth.jwt[{i}]")
-        } else {
-            format!("auth.jwt[{}]", j.name)
-        };
+        let at = entry_path("auth.jwt", i, &j.name);
         if let Some(issuer) = check_jwt(j, &at, problems) {
             out.jwt.push(issuer);
         }

@@ -26,7 +26,7 @@ impl EtcdSettings {
         let connect = Client::connect(self.endpoints.clone(), Some(opts));
         match tokio::time::timeout(self.request_timeout, connect).await {
             Ok(Ok(client)) => Ok(client),
-            Ok(Err(e)) => Err(EtcdError::request("connect", e)),
+            Ok(Err(e)) => Err(EtcdError::request("connect", &self.endpoints, e)),
             Err(_) => Err(EtcdError::Timeout("connect")),
         }
     }
@@ -39,7 +39,7 @@ impl EtcdSettings {
     ) -> Result<T, EtcdError> {
         match tokio::time::timeout(self.request_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(EtcdError::request(op, e)),
+            Ok(Err(e)) => Err(EtcdError::request(op, &self.endpoints, e)),
             Err(_) => Err(EtcdError::Timeout(op)),
         }
     }

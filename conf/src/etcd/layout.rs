@@ -4,7 +4,11 @@
 //! Values are JSON objects; a value that does not start with `{` is read as
 //! TOML. `name` may be left out of a pool or route document (the key names
 //! it); when present it must equal the key's name. Any other key under the
-//! prefix is an error, so a typo cannot be silently ignored.
+//! prefix is an error, so a typo cannot be silently ignored, and so is a
+//! document larger than [`MAX_DOCUMENT`].
+//!
+//! [`gather`] reads every document it can and names each one it cannot (an
+//! invalid key); [`assemble`] is the strict form that fails on any.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -16,16 +20,21 @@ pub use super::keys::{
     weights_key,
 };
 use crate::access::types::{AuthConfig, TenantConfig};
-use crate::error::{ConfigError, Problems};
+use crate::error::{ConfigError, Problems, quoted};
 use crate::filters::types::FilterConfig;
-use crate::model::{BackendConfig, Config, PoolConfig, RouteConfig, TimeoutsConfig};
+pub use crate::model::MAX_DOCUMENT;
+use crate::model::{BackendConfig, Config, PoolConfig, RouteConfig, TimeoutsConfig, oversized};
 use crate::resilience::types::RollbackRecord;
 
 /// Documents under the prefix: relative key → raw value.
 pub type Docs = BTreeMap<String, Vec<u8>>;
 
-/// Reads a document: JSON when it starts with `{`, else TOML.
+/// Reads a document: JSON when it starts with `{`, else TOML. A document
+/// larger than [`MAX_DOCUMENT`] is refused unread.
 pub fn parse_doc(raw: &[u8]) -> Result<Value, String> {
+    if let Some(message) = oversized(raw.len()) {
+        return Err(message);
+    }
     let text = std::str::from_utf8(raw).map_err(|e| format!("not UTF-8 text: {e}"))?;
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') {
@@ -68,16 +77,20 @@ pub fn parse_weights(raw: &[u8]) -> Result<BTreeMap<String, i64>, String> {
     let mut bad = Vec::new();
     for (arm, w) in map {
         match w.as_i64() {
-            Some(w) => {
+            Some(w) if w >= 0 => {
                 out.insert(arm, w);
             }
-            None => bad.push(format!("{arm:?}: {w} is not an integer")),
+            Some(w) => bad.push(format!("{}: {w} must be >= 0", quoted(&arm))),
+            None => bad.push(format!("{}: {w} is not an integer", quoted(&arm))),
         }
     }
     if bad.is_empty() {
         Ok(out)
     } else {
-        Err(format!("weights must be integers ({})", bad.join(", ")))
+        Err(format!(
+            "weights must be integers >= 0 ({})",
+            bad.join(", ")
+        ))
     }
 }
 
@@ -90,17 +103,31 @@ pub enum Members {
     Ignore,
 }
 
-/// Builds a whole [`Config`] from the documents under the prefix: `server`
-/// and `source` from `base`, `timeouts` from the `timeouts` key (else from
-/// `base`), pools and routes from their keys, with weights overrides applied
-/// to the arms and registered members added to their pools. Every problem is
-/// reported, named by its full key (`prefix` + relative key).
+/// Like [`gather`], but fails when any document cannot be read.
 pub fn assemble(
     base: &Config,
     docs: &Docs,
     prefix: &str,
     members: Members,
 ) -> Result<Config, ConfigError> {
+    let (config, problems) = gather(base, docs, prefix, members);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid { problems })
+    }
+}
+
+/// Builds a whole [`Config`] from the documents under the prefix: `server`
+/// and `source` from `base`, `timeouts` from the `timeouts` key (else from
+/// `base`), pools and routes from their keys, with weights overrides applied
+/// to the arms and registered members added to their pools.
+///
+/// A document that cannot be read on its own (unknown key, too large, not
+/// JSON or TOML, wrong fields, a name that differs from its key's) is left
+/// out, and its problem is returned named by its full key (`prefix` +
+/// relative key); so is a weights override naming an unknown route or arm.
+pub fn gather(base: &Config, docs: &Docs, prefix: &str, members: Members) -> (Config, Problems) {
     let mut problems = Problems::default();
     let mut config = Config {
         server: base.server.clone(),
@@ -193,11 +220,7 @@ pub fn assemble(
             "holds no routes; write a config with `weirctl config import FILE`",
         );
     }
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigError::Invalid { problems })
-    }
+    (config, problems)
 }
 
 fn apply_weights(

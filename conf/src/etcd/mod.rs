@@ -17,10 +17,11 @@
 //! - [`watch`]: the [`Watcher`]: initial read at revision `R`, watch from
 //!   `R + 1`, reconnect with backoff, full resync after compaction (feature
 //!   `etcd`).
-//! - `snapshot`: [`build`], documents to a validated snapshot (feature
-//!   `etcd`).
+//! - `snapshot`: [`build`], documents to a validated snapshot, every problem
+//!   named by its key (the invalid keys, [`invalid_keys`]) (feature `etcd`).
 //! - [`store`]: reads and validated writes for operators (`weirctl`):
-//!   weights with compare-and-swap, import, export, check (feature `etcd`).
+//!   weights with compare-and-swap, import (`store::import`), export, check
+//!   (feature `etcd`).
 //!
 //! The gateway turns each [`Update`] into a snapshot and publishes it; this
 //! module knows nothing about Pingora.
@@ -63,11 +64,13 @@ pub use register::{RegisterFlags, Registration, RegistrationOptions};
 #[cfg(feature = "etcd")]
 pub use cache::{CacheError, CacheFile};
 #[cfg(feature = "etcd")]
-pub use layout::{Docs, Members, assemble};
+pub use layout::{Docs, Members, assemble, gather};
 #[cfg(feature = "etcd")]
-pub use snapshot::build;
+pub use snapshot::{build, invalid_keys, summary};
 #[cfg(feature = "etcd")]
-pub use store::{Store, StoreError};
+pub use store::import::{ImportReport, Prune};
+#[cfg(feature = "etcd")]
+pub use store::{Exported, Store, StoreError};
 #[cfg(feature = "etcd")]
 pub use watch::{Update, WatchStatus, Watcher};
 

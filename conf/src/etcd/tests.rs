@@ -363,3 +363,62 @@ fn register_flags_resolve_to_a_registration() {
     };
     assert!(bad.resolve(bound).unwrap_err().to_string().contains("TTL"));
 }
+
+#[test]
+fn every_problem_names_the_key_of_its_document() {
+    let config = demo_config();
+    let route = &config.routes[0];
+    let mut d = docs(&config);
+    let key = format!("routes/{}", route.name);
+    let pool = format!("\"pool\":\"{}\"", route.arms[0].pool);
+    let value = String::from_utf8(d[&key].clone()).unwrap();
+    d.insert(
+        key.clone(),
+        value
+            .replacen(&pool, "\"pool\":\"engine-v3\"", 1)
+            .into_bytes(),
+    );
+    let padded = format!("{{}}{}", " ".repeat(crate::model::MAX_DOCUMENT));
+    d.insert("timeouts".into(), padded.into_bytes());
+    d.insert("rotues/x".into(), b"{}".to_vec());
+    let Err(ConfigError::Invalid { problems }) = super::build(&Config::default(), &d, PREFIX)
+    else {
+        panic!("expected invalid");
+    };
+    let got: Vec<String> = problems.0.iter().map(ToString::to_string).collect();
+    for want in [
+        format!(
+            "/weir/{key}: arms[{}].pool: no pool named \"engine-v3\"",
+            route.arms[0].name
+        ),
+        "/weir/rotues/x: unknown key".to_owned(),
+        "/weir/timeouts: the document is".to_owned(),
+    ] {
+        assert!(
+            got.iter().any(|g| g.starts_with(&want)),
+            "missing {want:?} in {got:#?}"
+        );
+    }
+    let keys = super::invalid_keys(&problems);
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    let line = super::summary(&problems, 80);
+    assert!(line.starts_with("3 invalid key(s): /weir/"), "{line}");
+    assert!(line.len() <= 80 && line.ends_with("..."), "{line}");
+}
+
+#[test]
+fn negative_weights_are_a_problem_of_the_weights_key() {
+    let config = demo_config();
+    let mut d = docs(&config);
+    let route = &config.routes[0];
+    let key = format!("routes/{}/weights", route.name);
+    d.insert(
+        key.clone(),
+        format!("{{\"{}\":-5}}", route.arms[0].name).into_bytes(),
+    );
+    let got = problems(&d);
+    assert!(
+        got[0].starts_with(&format!("/weir/{key}: weights must be integers >= 0")),
+        "{got:?}"
+    );
+}

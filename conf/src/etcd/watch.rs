@@ -175,7 +175,7 @@ async fn session(settings: &EtcdSettings, t: &mut Tracker, ch: &Channels) -> Etc
             let msg = match stream.message().await {
                 Ok(Some(m)) => m,
                 Ok(None) => return EtcdError::Closed,
-                Err(e) => return EtcdError::request("watch", e),
+                Err(e) => return EtcdError::request("watch", &settings.endpoints, e),
             };
             let received = Instant::now();
             if msg.compact_revision() > 0 {

@@ -10,7 +10,7 @@ use super::types::{
     NonJson, RouteFiltersConfig,
 };
 use crate::error::Problems;
-use crate::names::check_name;
+use crate::names::{check_name, entry_path};
 
 /// Where a filter's code comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -64,11 +64,7 @@ pub fn check_filters(filters: &[FilterConfig], problems: &mut Problems) -> Vec<F
     let mut names = HashSet::new();
     let mut out = Vec::with_capacity(filters.len());
     for (i, f) in filters.iter().enumerate() {
-        let at = if f.name.is_empty() {
-            format!("filters[{i}]")
-        } else {
-            format!("filters[{}]", f.name)
-        };
+        let at = entry_path("filters", i, &f.name);
         check_name(&f.name, &format!("{at}.name"), problems);
         if !names.insert(f.name.as_str()) {
             problems.push(format!("{at}.name"), "duplicate filter name");

@@ -25,9 +25,10 @@ mod values;
 use std::collections::HashMap;
 
 pub use pool::{Backend, HealthCheck, MAX_BACKEND_WEIGHT, Pool};
-pub use route::{Arm, DEFAULT_MAX_BODY, MAX_ARM_WEIGHT, Route};
+pub use route::{Arm, DEFAULT_MAX_BODY, MAX_ARM_WEIGHT, MAX_HOST, MAX_PREFIX, Route};
 pub use server::{Server, TlsListener, Tracing};
 pub use timeouts::{DEFAULT_CONNECT, DEFAULT_READ, DEFAULT_WRITE, Timeouts};
+pub use values::MAX_HEADER_NAME;
 
 use crate::access::check::{Access, check_access, check_limits};
 use crate::error::{ConfigError, Problems};
@@ -101,7 +102,7 @@ impl Snapshot {
             EtcdSettings::from_config(etcd, "source.etcd", &mut problems);
         }
         check_overlaps(&routes, &mut problems);
-        check_grpc_pools(&routes, &pools, &mut problems);
+        check_grpc_pools(&config.routes, &pool_index, &pools, &mut problems);
         apply_rollbacks(&config, &mut routes);
         match (server, problems.is_empty()) {
             (Some(server), true) => {

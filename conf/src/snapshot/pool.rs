@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::values::{MAX_TIMEOUT_MS, parse_addr};
 use crate::error::Problems;
 use crate::model::{HealthCheckKind, PoolConfig, Protocol};
-use crate::names::check_name;
+use crate::names::{check_name, entry_path};
 use crate::resilience::check::{Breaker, check_breaker};
 
 /// Largest weight a backend may have.
@@ -58,11 +58,7 @@ pub(super) fn check_pools(pools: &[PoolConfig], problems: &mut Problems) -> Vec<
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(pools.len());
     for (i, p) in pools.iter().enumerate() {
-        let at = if p.name.is_empty() {
-            format!("pools[{i}]")
-        } else {
-            format!("pools[{}]", p.name)
-        };
+        let at = entry_path("pools", i, &p.name);
         check_name(&p.name, &format!("{at}.name"), problems);
         if !seen.insert(p.name.as_str()) {
             problems.push(format!("{at}.name"), "duplicate pool name");

@@ -6,20 +6,24 @@ use std::collections::{HashMap, HashSet};
 
 use super::pool::Pool;
 use super::timeouts::{Timeouts, check_timeouts};
-use super::values::check_header;
+use super::values::{check_header, check_len};
 use crate::access::check::{Access, check_route_access};
 use crate::access::types::AuthMode;
-use crate::error::Problems;
+use crate::error::{Problems, quoted};
 use crate::filters::check::{RouteFilters, check_route_filters};
 use crate::matching::{Matcher, Request, check_matcher};
 use crate::model::{Protocol, RouteConfig};
-use crate::names::check_name;
+use crate::names::{check_name, entry_path};
 use crate::resilience::check::{Retry, Rollback, check_retry, check_rollback};
 
 /// Largest weight an arm may have.
 pub const MAX_ARM_WEIGHT: i64 = 1_000_000;
 /// Default largest request body of a route.
 pub const DEFAULT_MAX_BODY: usize = 32 << 20;
+/// Longest path prefix (and gRPC service or method) of a route, bytes.
+pub const MAX_PREFIX: usize = 1024;
+/// Longest host name (DNS allows 253).
+pub const MAX_HOST: usize = 253;
 /// Largest `max_body_bytes` of a route.
 const MAX_BODY: i64 = 1 << 30;
 
@@ -136,11 +140,7 @@ pub(super) fn check_routes(
     let mut names = HashSet::new();
     let mut out = Vec::with_capacity(routes.len());
     for (i, r) in routes.iter().enumerate() {
-        let at = if r.name.is_empty() {
-            format!("routes[{i}]")
-        } else {
-            format!("routes[{}]", r.name)
-        };
+        let at = entry_path("routes", i, &r.name);
         check_name(&r.name, &format!("{at}.name"), problems);
         if !names.insert(r.name.as_str()) {
             problems.push(format!("{at}.name"), "duplicate route name");
@@ -148,8 +148,13 @@ pub(super) fn check_routes(
         if !r.prefix.starts_with('/') {
             problems.push(format!("{at}.prefix"), "must start with '/'");
         }
+        check_len(&r.prefix, MAX_PREFIX, &format!("{at}.prefix"), problems);
+        if let Some(g) = &r.grpc {
+            check_len(g, MAX_PREFIX, &format!("{at}.grpc"), problems);
+        }
         let host = r.host.as_ref().map(|h| h.to_ascii_lowercase());
         if let Some(h) = &host
+            && check_len(h, MAX_HOST, &format!("{at}.host"), problems)
             && (h.is_empty() || h.contains(':') || h.contains('/'))
         {
             problems.push(
@@ -170,7 +175,10 @@ pub(super) fn check_routes(
             Some(f) => {
                 let idx = arms.iter().position(|a| a.name == *f);
                 if idx.is_none() {
-                    problems.push(format!("{at}.fallback"), format!("no arm named {f:?}"));
+                    problems.push(
+                        format!("{at}.fallback"),
+                        format!("no arm named {}", quoted(f)),
+                    );
                 }
                 idx
             }
@@ -234,18 +242,17 @@ fn check_arms(
     let mut total: i64 = 0;
     let mut arms = Vec::with_capacity(r.arms.len());
     for (j, a) in r.arms.iter().enumerate() {
-        let aat = if a.name.is_empty() {
-            format!("{at}.arms[{j}]")
-        } else {
-            format!("{at}.arms[{}]", a.name)
-        };
+        let aat = entry_path(&format!("{at}.arms"), j, &a.name);
         check_name(&a.name, &format!("{aat}.name"), problems);
         if !seen.insert(a.name.as_str()) {
             problems.push(format!("{aat}.name"), "duplicate arm name");
         }
         let pool = pool_index.get(a.pool.as_str()).copied();
         if pool.is_none() {
-            problems.push(format!("{aat}.pool"), format!("no pool named {:?}", a.pool));
+            problems.push(
+                format!("{aat}.pool"),
+                format!("no pool named {}", quoted(&a.pool)),
+            );
         }
         if a.weight < 0 {
             problems.push(format!("{aat}.weight"), "must be >= 0");
@@ -310,11 +317,20 @@ pub(super) fn check_overlaps(routes: &[Route], problems: &mut Problems) {
     }
 }
 
-/// Reports gRPC routes with arms on pools that do not speak `h2c`.
-pub(super) fn check_grpc_pools(routes: &[Route], pools: &[Pool], problems: &mut Problems) {
-    for r in routes.iter().filter(|r| r.matcher.grpc) {
+/// Reports gRPC routes with arms on pools that do not speak `h2c`. An arm
+/// whose pool does not exist is left to the check of the arms, which names
+/// the missing pool.
+pub(super) fn check_grpc_pools(
+    routes: &[RouteConfig],
+    pool_index: &HashMap<&str, usize>,
+    pools: &[Pool],
+    problems: &mut Problems,
+) {
+    for r in routes.iter().filter(|r| r.grpc.is_some()) {
         for arm in &r.arms {
-            if let Some(pool) = pools.get(arm.pool)
+            if let Some(pool) = pool_index
+                .get(arm.pool.as_str())
+                .and_then(|&i| pools.get(i))
                 && pool.protocol != Protocol::H2c
             {
                 problems.push(

@@ -4,7 +4,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::error::Problems;
+use crate::error::{Problems, quoted};
+
+/// Longest header name (`ab_header`, `sticky_header`), bytes.
+pub const MAX_HEADER_NAME: usize = 128;
 
 /// Longest timeout or probe interval, milliseconds.
 pub(super) const MAX_TIMEOUT_MS: i64 = 3_600_000;
@@ -20,14 +23,30 @@ pub(super) fn parse_addr(value: &str, path: &str, problems: &mut Problems) -> Op
 }
 
 pub(super) fn check_header(name: &str, path: &str, problems: &mut Problems) -> String {
+    if !check_len(name, MAX_HEADER_NAME, path, problems) {
+        return String::new();
+    }
     let ok = !name.is_empty()
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
     if !ok {
-        problems.push(path, format!("{name:?} is not a valid header name"));
+        problems.push(path, format!("{} is not a valid header name", quoted(name)));
     }
     name.to_ascii_lowercase()
+}
+
+/// Records a problem at `path` when `value` is longer than `max` bytes;
+/// true when it is not.
+pub(super) fn check_len(value: &str, max: usize, path: &str, problems: &mut Problems) -> bool {
+    if value.len() <= max {
+        return true;
+    }
+    problems.push(
+        path,
+        format!("{} bytes, longer than the limit of {max}", value.len()),
+    );
+    false
 }
 
 pub(super) fn check_ms(

@@ -9,6 +9,8 @@ mod common;
 mod support;
 
 mod invalid;
+mod limits;
+mod lockout;
 mod outage;
 mod registration;
 mod rollback;

@@ -118,10 +118,12 @@ async fn without_etcd_or_cache_the_gateway_is_not_ready_until_etcd_answers() {
     weir.wait_ready().await.unwrap();
     wait_revision(&weir, imported).await;
     assert_eq!(support::v2_share(&weir, 200).await, 0.0);
-    assert!(
-        cache.exists(),
-        "the cache is written once a config is applied"
-    );
+    // The cache is written off the apply path, once a config is applied.
+    eventually(Duration::from_secs(15), || async {
+        cache.exists().then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("no cache written: {e}\n{}", weir.log()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

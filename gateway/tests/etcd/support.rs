@@ -2,10 +2,12 @@
 //! a `weir` following it, raw puts, and a load that records every failure.
 
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
+use serde_json::Value;
 use weir_conf::etcd::etcd_client::{Client, PutOptions};
-use weir_conf::etcd::{EtcdSettings, Store};
+use weir_conf::etcd::{EtcdSettings, Prune, Store};
 pub use weir_test_support::Load;
 use weir_test_support::{Etcd, Upstream, Weir, eventually};
 
@@ -43,7 +45,7 @@ pub fn settings(endpoint: &str) -> EtcdSettings {
 pub async fn import(etcd: &Etcd, text: &str) -> i64 {
     let config = weir_conf::parse_toml(text, "test config").unwrap();
     let mut store = Store::connect(settings(&etcd.endpoint())).await.unwrap();
-    store.import(&config).await.unwrap().revision
+    store.import(&config, Prune::Delete).await.unwrap().revision
 }
 
 /// A raw etcd client.
@@ -78,6 +80,42 @@ pub fn weir_args<'a>(endpoint: &'a str, cache: &'a Path) -> [&'a str; 4] {
     ["--etcd", endpoint, "--etcd-cache", cache.to_str().unwrap()]
 }
 
+/// A real etcd holding the two-arm config, and a `weir` following it (its
+/// last-good cache in `dir`) with that config applied.
+pub struct Following {
+    pub etcd: Etcd,
+    /// The upstreams, kept running.
+    pub _arms: Arms,
+    pub weir: Weir,
+    /// The revision of the import.
+    pub imported: i64,
+    pub dir: tempfile::TempDir,
+}
+
+impl Following {
+    /// Weights `w1`/`w2` imported, the gateway at that revision.
+    pub async fn start(w1: u32, w2: u32) -> Self {
+        let etcd = Etcd::start().await.unwrap();
+        let arms = Arms::start().await;
+        let imported = import(&etcd, &arms.config(w1, w2)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let weir = weir(&etcd.endpoint(), &dir.path().join("cache.json")).await;
+        wait_revision(&weir, imported).await;
+        Self {
+            etcd,
+            _arms: arms,
+            weir,
+            imported,
+            dir,
+        }
+    }
+
+    /// The gateway's last-good cache file.
+    pub fn cache(&self) -> std::path::PathBuf {
+        self.dir.path().join("cache.json")
+    }
+}
+
 /// Waits until the live config is at etcd revision `rev` or newer.
 pub async fn wait_revision(weir: &Weir, rev: i64) {
     eventually(Duration::from_secs(15), || async {
@@ -102,4 +140,57 @@ pub async fn wait_metric(weir: &Weir, series: &str, n: f64) {
 pub async fn v2_share(weir: &Weir, n: usize) -> f64 {
     let counts = crate::common::split(weir, n, 32, &[]).await;
     counts.get("v2").copied().unwrap_or(0) as f64 * 100.0 / n as f64
+}
+
+/// `weirctl` against one etcd.
+pub struct Ctl {
+    pub endpoint: String,
+}
+
+/// One run: (exit code, stdout, stderr).
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+impl Ctl {
+    pub fn new(etcd: &Etcd) -> Self {
+        Self {
+            endpoint: etcd.endpoint(),
+        }
+    }
+
+    /// `weirctl --etcd ENDPOINT`, to add arguments to.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weirctl"));
+        cmd.arg("--etcd").arg(&self.endpoint);
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Out {
+        let out = self.command().args(args).output().unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn ok(&self, args: &[&str]) -> Out {
+        let out = self.run(args);
+        assert_eq!(
+            out.code, 0,
+            "weirctl {args:?}: {}{}",
+            out.stdout, out.stderr
+        );
+        out
+    }
 }

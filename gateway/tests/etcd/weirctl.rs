@@ -2,56 +2,9 @@
 //! live gateway following it), validation refusals, compare-and-swap
 //! conflicts, export → import round trip, check.
 
-use std::process::Command;
-
-use serde_json::Value;
 use weir_test_support::Etcd;
 
-use crate::support::{self, Arms, wait_revision};
-
-struct Ctl {
-    endpoint: String,
-}
-
-/// One run: (exit code, stdout, stderr).
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
-    }
-}
-
-impl Ctl {
-    fn run(&self, args: &[&str]) -> Out {
-        let out = Command::new(env!("CARGO_BIN_EXE_weirctl"))
-            .arg("--etcd")
-            .arg(&self.endpoint)
-            .args(args)
-            .output()
-            .unwrap();
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    fn ok(&self, args: &[&str]) -> Out {
-        let out = self.run(args);
-        assert_eq!(
-            out.code, 0,
-            "weirctl {args:?}: {}{}",
-            out.stdout, out.stderr
-        );
-        out
-    }
-}
+use crate::support::{self, Arms, Ctl, wait_revision};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weirctl_round_trips_refuses_bad_writes_and_reports_conflicts() {
@@ -104,7 +57,6 @@ async fn weirctl_round_trips_refuses_bad_writes_and_reports_conflicts() {
             vec!["weights", "set", "chat", "v1=0", "v2=0"],
             "at least one arm needs a weight > 0",
         ),
-        (vec!["weights", "set", "chat", "v1=lots"], "whole number"),
         (
             vec!["weights", "set", "nope", "v1=1"],
             "no route named \"nope\"",
@@ -168,7 +120,13 @@ async fn weirctl_round_trips_refuses_bad_writes_and_reports_conflicts() {
     let again = dir.path().join("exported.toml");
     std::fs::write(&again, format!("{}\n{exported}", crate::common::SERVER)).unwrap();
     let report = ctl
-        .ok(&["--json", "config", "import", again.to_str().unwrap()])
+        .ok(&[
+            "--json",
+            "config",
+            "import",
+            "--prune",
+            again.to_str().unwrap(),
+        ])
         .json();
     assert_eq!(
         report["import"]["written"],
@@ -212,11 +170,85 @@ async fn weirctl_round_trips_refuses_bad_writes_and_reports_conflicts() {
     let out = ctl.run(&["config", "import", bad.to_str().unwrap()]);
     assert_eq!(out.code, 1, "an invalid file is not imported");
 
-    // etcd unreachable: a clear error, not a hang.
+    // etcd unreachable: one clear line, not a hang.
     let dead = Ctl {
         endpoint: "http://127.0.0.1:1".to_owned(),
     };
     let out = dead.run(&["weights", "get", "chat"]);
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("etcd"), "{}", out.stderr);
+    assert_eq!(
+        out.stderr.trim_end(),
+        "weirctl: cannot reach etcd at http://127.0.0.1:1: connection refused",
+    );
+    let out = dead.run(&["--json", "weights", "get", "chat"]);
+    assert_eq!(out.code, 1);
+    assert_eq!(out.json()["error"]["kind"], "etcd");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_deletes_only_with_prune_and_weirctl_exits_as_documented() {
+    let etcd = Etcd::start().await.unwrap();
+    let arms = Arms::start().await;
+    let ctl = Ctl::new(&etcd);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("weir.toml");
+    std::fs::write(&file, arms.config(91, 9)).unwrap();
+    let file = file.to_str().unwrap();
+    ctl.ok(&["config", "import", file]);
+    ctl.ok(&["weights", "set", "chat", "v1=50", "v2=50"]);
+    let before = ctl.ok(&["--json", "weights", "get", "chat"]).json();
+
+    // Re-importing the file would delete the live weights override: refused,
+    // with the key named, and nothing written.
+    let out = ctl.run(&["config", "import", file]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("routes/chat/weights"), "{}", out.stderr);
+    assert!(out.stderr.contains("--prune"), "{}", out.stderr);
+    let out = ctl.run(&["--json", "config", "import", file]);
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        out.json()["error"]["deletes"],
+        serde_json::json!(["routes/chat/weights"])
+    );
+    let after = ctl.ok(&["--json", "weights", "get", "chat"]).json();
+    assert_eq!(after["weights"], before["weights"]);
+    assert_eq!(
+        after["revision"], before["revision"],
+        "something was written"
+    );
+
+    // With --prune it goes ahead and says what it deleted.
+    let out = ctl.ok(&["config", "import", "--prune", file]);
+    assert!(out.stdout.contains("routes/chat/weights"), "{}", out.stdout);
+    let after = ctl.ok(&["--json", "weights", "get", "chat"]).json();
+    assert_eq!(after["weights"]["v1"], 91);
+
+    // Usage errors exit 2.
+    for args in [
+        vec!["weights", "set", "chat", "v1:80"],
+        vec!["weights", "set", "chat", "v1=lots"],
+        vec!["weights", "set", "chat", "=5"],
+    ] {
+        let out = ctl.run(&args);
+        assert_eq!(out.code, 2, "{args:?}: {}{}", out.stdout, out.stderr);
+        assert!(
+            out.stderr.contains("ARM=WEIGHT"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+
+    // A reader that goes away early is not an error.
+    let mut child = ctl
+        .command()
+        .args(["config", "export"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
 }

@@ -4,7 +4,15 @@
 //!
 //! Every write is validated the way the gateway validates: the documents
 //! after the write are assembled and built into a snapshot first, and a write
-//! that would be rejected is refused with the problem list instead.
+//! that would add a problem is refused with the problem list instead.
+//!
+//! An invalid key under the prefix (a bad raw `etcdctl put`) does not lock
+//! operators out: reads leave it out and return it with the result
+//! ([`Weights::problems`], [`Exported::problems`]), and writes that add no
+//! problem of their own go ahead. Gateways apply the result once the invalid
+//! key is fixed or deleted.
+
+pub mod import;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,8 +22,8 @@ use serde::Serialize;
 use super::error::EtcdError;
 use super::layout::{self, Docs, KeyKind, Members};
 use super::settings::EtcdSettings;
-use super::snapshot::build;
-use crate::error::ConfigError;
+use super::snapshot::{build, summary};
+use crate::error::{ConfigError, Problems};
 use crate::model::{Config, PoolConfig, RouteConfig, TimeoutsConfig};
 use crate::resilience::types::RollbackRecord;
 use crate::snapshot::Snapshot;
@@ -35,6 +43,17 @@ pub enum StoreError {
     /// The write would make the config invalid, or the config in etcd already is.
     #[error("refused, the config would be invalid: {0}")]
     Invalid(ConfigError),
+    /// An import would delete keys the config does not hold, and deleting
+    /// was not asked for ([`import::Prune::Refuse`]).
+    #[error(
+        "refused: the import would delete {} key(s) that the config does not hold: {}",
+        keys.len(),
+        keys.join(", ")
+    )]
+    WouldDelete {
+        /// The relative keys it would delete.
+        keys: Vec<String>,
+    },
     /// Someone else changed a key between our read and our write.
     #[error("{}", conflict_message(key, *expected, *actual))]
     Conflict {
@@ -103,19 +122,23 @@ pub struct Weights {
     pub mod_revision: i64,
     /// The store revision these weights were read at.
     pub revision: i64,
+    /// Problems of the config in etcd at that revision, each named by its
+    /// key (the invalid keys); gateways apply nothing newer until they are
+    /// fixed.
+    #[serde(skip)]
+    pub problems: Problems,
 }
 
-/// What an import did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ImportReport {
-    /// Keys written (new or changed).
-    pub written: Vec<String>,
-    /// Keys left as they were.
-    pub unchanged: usize,
-    /// Keys deleted (no longer in the config).
-    pub deleted: Vec<String>,
-    /// The store revision after the import (unchanged when nothing was written).
+/// The operator's config in etcd, as export reads it.
+#[derive(Debug, Clone)]
+pub struct Exported {
+    /// The readable documents, weights applied, members left out.
+    pub config: Config,
+    /// The store revision of the read.
     pub revision: i64,
+    /// Problems of the config at that revision, each named by its key; the
+    /// documents of invalid keys are not in `config`.
+    pub problems: Problems,
 }
 
 /// The operator's part of a config, as export writes it.
@@ -195,6 +218,25 @@ impl Store {
         })
     }
 
+    /// The config that the readable documents of `docs` make (invalid
+    /// documents left out; [`Store::problems`] names them).
+    fn readable(&self, docs: &Docs, members: Members) -> Config {
+        layout::gather(&Config::default(), docs, &self.settings.prefix, members).0
+    }
+
+    /// Every problem a gateway would report for `docs` (none when valid).
+    fn problems(&self, docs: &Docs) -> Problems {
+        match build(&Config::default(), docs, &self.settings.prefix) {
+            Ok(_) => Problems::default(),
+            Err(ConfigError::Invalid { problems }) => problems,
+            Err(e) => {
+                let mut problems = Problems::default();
+                problems.push(self.settings.prefix.clone(), e.to_string());
+                problems
+            }
+        }
+    }
+
     /// Builds what a gateway would build from etcd now.
     pub async fn check(&mut self) -> Result<(Snapshot, i64), StoreError> {
         let read = self.read().await?;
@@ -203,17 +245,16 @@ impl Store {
         Ok((snapshot, read.revision))
     }
 
-    /// The operator's config in etcd (weights applied, members left out).
-    pub async fn export(&mut self) -> Result<(Config, i64), StoreError> {
+    /// The operator's config in etcd (weights applied, members left out);
+    /// the documents of invalid keys are left out and named.
+    pub async fn export(&mut self) -> Result<Exported, StoreError> {
         let read = self.read().await?;
-        let config = layout::assemble(
-            &Config::default(),
-            &read.docs(),
-            &self.settings.prefix,
-            Members::Ignore,
-        )
-        .map_err(StoreError::Invalid)?;
-        Ok((config, read.revision))
+        let docs = read.docs();
+        Ok(Exported {
+            config: self.readable(&docs, Members::Ignore),
+            revision: read.revision,
+            problems: self.problems(&docs),
+        })
     }
 
     /// The effective weights of `route`.
@@ -223,14 +264,10 @@ impl Store {
     }
 
     fn weights_in(&self, read: &Read, route: &str) -> Result<Weights, StoreError> {
-        let config = layout::assemble(
-            &Config::default(),
-            &read.docs(),
-            &self.settings.prefix,
-            Members::Merge,
-        )
-        .map_err(StoreError::Invalid)?;
-        let r = find_route(&config, route)?;
+        let docs = read.docs();
+        let problems = self.problems(&docs);
+        let config = self.readable(&docs, Members::Merge);
+        let r = find_route(&config, route, &problems)?;
         let key = layout::weights_key(route);
         Ok(Weights {
             route: route.to_owned(),
@@ -238,13 +275,16 @@ impl Store {
             overridden: read.entries.contains_key(&key),
             mod_revision: read.mod_revision(&key),
             revision: read.revision,
+            problems,
         })
     }
 
     /// Sets arm weights of `route` (arms not named keep their weight).
     ///
     /// Refused, with nothing written, when the route or an arm is unknown, a
-    /// weight is negative, or the resulting config would be invalid. The
+    /// weight is negative, or the write would add a problem to the config
+    /// (problems it already has, such as an invalid key elsewhere, do not
+    /// refuse it). The
     /// write is a compare-and-swap on the weights key's modification
     /// revision (`expect`, or the one just read) and on the route document's:
     /// if either changed meanwhile the result is [`StoreError::Conflict`].
@@ -256,10 +296,9 @@ impl Store {
     ) -> Result<Weights, StoreError> {
         let read = self.read().await?;
         let docs = read.docs();
-        let base = Config::default();
-        let current = layout::assemble(&base, &docs, &self.settings.prefix, Members::Merge)
-            .map_err(StoreError::Invalid)?;
-        let r = find_route(&current, route)?;
+        let before = self.problems(&docs);
+        let current = self.readable(&docs, Members::Merge);
+        let r = find_route(&current, route, &before)?;
         let arms: BTreeSet<&str> = r.arms.iter().map(|a| a.name.as_str()).collect();
         let mut refusals = Vec::new();
         if changes.is_empty() {
@@ -295,7 +334,18 @@ impl Store {
             .map_err(|e| StoreError::Refused(format!("cannot encode weights: {e}")))?;
         let mut next = docs;
         next.insert(key.clone(), value.clone().into_bytes());
-        build(&base, &next, &self.settings.prefix).map_err(StoreError::Invalid)?;
+        let added = Problems(
+            self.problems(&next)
+                .0
+                .into_iter()
+                .filter(|p| !before.0.contains(p))
+                .collect(),
+        );
+        if !added.is_empty() {
+            return Err(StoreError::Invalid(ConfigError::Invalid {
+                problems: added,
+            }));
+        }
 
         let expected = expect.unwrap_or_else(|| read.mod_revision(&key));
         let route_key = layout::route_key(route);
@@ -373,100 +423,29 @@ impl Store {
             .await?;
         Ok(resp.deleted() > 0)
     }
-
-    /// Replaces the operator config under the prefix with `config` in one
-    /// transaction: one document per pool and route (and `timeouts`), every
-    /// other config key deleted (stale weights overrides included).
-    /// Registered members are kept. `[server]` and `[source]` are not stored.
-    pub async fn import(&mut self, config: &Config) -> Result<ImportReport, StoreError> {
-        Snapshot::build(config.clone()).map_err(StoreError::Invalid)?;
-        let docs = layout::explode(config)
-            .map_err(|e| StoreError::Refused(format!("cannot encode the config: {e}")))?;
-        let read = self.read().await?;
-        let new_keys: BTreeSet<&str> = docs.iter().map(|(k, _)| k.as_str()).collect();
-        let mut next: Docs = read
-            .entries
-            .iter()
-            .filter(|(k, _)| kept_on_import(k))
-            .map(|(k, e)| (k.clone(), e.value.clone()))
-            .collect();
-        let mut report = ImportReport {
-            revision: read.revision,
-            ..ImportReport::default()
-        };
-        let mut ops = Vec::new();
-        for (k, v) in &docs {
-            next.insert(k.clone(), v.clone().into_bytes());
-            if read.entries.get(k).map(|e| e.value.as_slice()) == Some(v.as_bytes()) {
-                report.unchanged += 1;
-            } else {
-                ops.push(TxnOp::put(self.key(k), v.clone(), None));
-                report.written.push(k.clone());
-            }
-        }
-        for k in read.entries.keys() {
-            if !kept_on_import(k) && !new_keys.contains(k.as_str()) {
-                ops.push(TxnOp::delete(self.key(k), None));
-                report.deleted.push(k.clone());
-            }
-        }
-        build(config, &next, &self.settings.prefix).map_err(StoreError::Invalid)?;
-        if ops.is_empty() {
-            return Ok(report);
-        }
-        if ops.len() > MAX_TXN_OPS {
-            return Err(StoreError::Refused(format!(
-                "the import needs {} writes; etcd allows {MAX_TXN_OPS} in one transaction",
-                ops.len()
-            )));
-        }
-        // Nothing may have changed since the read: compare the prefix's newest
-        // modification against the read revision.
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                self.settings.prefix.clone(),
-                CompareOp::Less,
-                read.revision + 1,
-            )
-            .with_prefix()])
-            .and_then(ops);
-        let resp = self.settings.timed("txn", self.client.txn(txn)).await?;
-        if !resp.succeeded() {
-            return Err(StoreError::Conflict {
-                key: self.settings.prefix.clone(),
-                expected: read.revision,
-                actual: None,
-            });
-        }
-        report.revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        Ok(report)
-    }
 }
 
-/// Registered members and rollback records are gateway and engine state, not
-/// the operator's documents: an import keeps them (a rollback is cleared
-/// with `weirctl rollback clear`, never by re-importing the config).
-fn kept_on_import(key: &str) -> bool {
-    matches!(
-        KeyKind::parse(key),
-        Some(KeyKind::Member { .. } | KeyKind::Rollback { .. })
-    )
-}
-
-fn find_route<'a>(config: &'a Config, route: &str) -> Result<&'a RouteConfig, StoreError> {
+/// The route called `route`; when there is none, the refusal names the
+/// routes there are and, when the config has problems, its invalid keys
+/// (the route's document may be one of them).
+fn find_route<'a>(
+    config: &'a Config,
+    route: &str,
+    problems: &Problems,
+) -> Result<&'a RouteConfig, StoreError> {
     config
         .routes
         .iter()
         .find(|r| r.name == route)
         .ok_or_else(|| {
-            StoreError::Refused(format!(
-                "no route named {route:?} (routes: {})",
-                config
-                    .routes
-                    .iter()
-                    .map(|r| r.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
+            let names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+            let mut message = format!("no route named {route:?} (routes: {})", names.join(", "));
+            if !problems.is_empty() {
+                message.push_str(&format!(
+                    "; the config in etcd has {}",
+                    summary(problems, 500)
+                ));
+            }
+            StoreError::Refused(message)
         })
 }

@@ -1,0 +1,301 @@
+//! `weirctl`: the operator CLI for the config in etcd.
+//!
+//! ```text
+//! weirctl [--etcd URL[,URL]] [--prefix /weir/] [--json] weights get ROUTE
+//! weirctl ... weights set ROUTE ARM=WEIGHT... [--expect-revision N]
+//! weirctl ... config import [--prune] FILE | config export | config check [FILE]
+//! ```
+//!
+//! Every write is validated the way the gateway validates (see
+//! [`weir_conf::etcd::store`]); invalid keys under the prefix are named as
+//! a warning and do not stop reads or writes of the valid ones. Exit
+//! status: 0 done, 1 refused or failed, 2 bad usage, 3 compare-and-swap
+//! conflict. `output` prints the results.
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use weir_conf::etcd::settings::TlsFiles;
+use weir_conf::etcd::store::Portable;
+use weir_conf::etcd::{EtcdSettings, Prune, Store, StoreError};
+use weir_conf::{ConfigError, Problems};
+
+use self::output::{Done, Output};
+
+/// Reads and writes Weir's config in etcd, validated the way the gateway
+/// validates it.
+#[derive(Parser, Debug)]
+#[command(name = "weirctl", version)]
+pub struct Cli {
+    /// etcd client URLs.
+    #[arg(
+        long,
+        global = true,
+        env = "WEIR_ETCD",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379",
+        value_name = "URL[,URL]"
+    )]
+    etcd: Vec<String>,
+    /// Key prefix of the config.
+    #[arg(long, global = true, default_value = "/weir/")]
+    prefix: String,
+    /// etcd user as NAME:PASSWORD.
+    #[arg(
+        long,
+        global = true,
+        env = "WEIRCTL_USER",
+        value_name = "NAME:PASSWORD"
+    )]
+    user: Option<String>,
+    /// CA certificate of the etcd servers (PEM), for https:// endpoints.
+    #[arg(long, global = true, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    /// Client certificate (PEM).
+    #[arg(long, global = true, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Client key (PEM).
+    #[arg(long, global = true, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Arm weights of a route.
+    #[command(subcommand)]
+    Weights(WeightsCmd),
+    /// The whole config.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Canary arms that gateways rolled back.
+    #[command(subcommand)]
+    Rollback(RollbackCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum RollbackCmd {
+    /// List the rolled-back arms, with when, why and by which gateway.
+    List,
+    /// Give a rolled-back arm its weight again, on every gateway.
+    Clear {
+        /// The route.
+        route: String,
+        /// The arm.
+        arm: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WeightsCmd {
+    /// Show a route's effective weights and the revision to pass to `set`.
+    Get {
+        /// The route.
+        route: String,
+    },
+    /// Set arm weights (arms not named keep theirs).
+    Set {
+        /// The route.
+        route: String,
+        /// ARM=WEIGHT pairs, e.g. `v1=80 v2=20`.
+        #[arg(required = true, value_name = "ARM=WEIGHT", value_parser = parse_pair)]
+        weights: Vec<(String, i64)>,
+        /// Write only if the weights key is still at this revision (from
+        /// `weights get`; 0 = the key must not exist). Without it, the
+        /// revision just read is used.
+        #[arg(long, value_name = "REVISION")]
+        expect_revision: Option<i64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Replace the config in etcd with a TOML file's pools, routes and
+    /// timeouts. Refused, naming them, when it would delete keys the file
+    /// does not hold (a weights override, say), unless --prune is given.
+    Import {
+        /// The config file.
+        file: PathBuf,
+        /// Delete the config keys the file does not hold (weights
+        /// overrides, keys of pools and routes it no longer has, invalid keys).
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Print the config in etcd as TOML (or JSON with --json).
+    Export,
+    /// Validate the config in etcd, or FILE, and list every problem.
+    Check {
+        /// A config file to check instead of etcd.
+        file: Option<PathBuf>,
+    },
+}
+
+/// Runs a parsed command line and prints its result; returns the exit
+/// status (0 done, 1 refused or failed, 3 compare-and-swap conflict; clap
+/// exits with 2 on bad usage before this runs).
+pub async fn run(cli: Cli) -> ExitCode {
+    let json = cli.json;
+    output::finish(execute(cli).await, json)
+}
+
+/// `v1=80` → `("v1", 80)`: the syntax of a weight change, checked while the
+/// command line is parsed (a mistake there is bad usage, exit status 2).
+fn parse_pair(pair: &str) -> Result<(String, i64), String> {
+    let Some((arm, weight)) = pair.split_once('=') else {
+        return Err(format!("{pair:?} is not ARM=WEIGHT"));
+    };
+    if arm.is_empty() {
+        return Err(format!("{pair:?} names no arm (ARM=WEIGHT)"));
+    }
+    weight
+        .trim()
+        .parse::<i64>()
+        .map(|w| (arm.to_owned(), w))
+        .map_err(|_| format!("{pair:?}: ARM=WEIGHT needs a whole number as the weight"))
+}
+
+fn settings(cli: &Cli) -> Result<EtcdSettings, StoreError> {
+    let mut s = EtcdSettings::new(cli.etcd.clone(), &cli.prefix);
+    if let Some(user) = &cli.user {
+        let (name, password) = user.split_once(':').unwrap_or((user.as_str(), ""));
+        s.user = Some((name.to_owned(), password.to_owned()));
+    }
+    if cli.cacert.is_some() || cli.cert.is_some() {
+        s.tls = Some(TlsFiles {
+            ca: cli.cacert.clone(),
+            identity: cli.cert.clone().zip(cli.key.clone()),
+            domain: None,
+        });
+    }
+    let mut problems = Problems::default();
+    s.validate("--etcd", &mut problems);
+    if problems.is_empty() {
+        Ok(s)
+    } else {
+        Err(StoreError::Invalid(ConfigError::Invalid { problems }))
+    }
+}
+
+fn summary(snapshot: &weir_conf::Snapshot) -> String {
+    format!(
+        "{} route(s), {} pool(s)",
+        snapshot.routes.len(),
+        snapshot.pools.len()
+    )
+}
+
+fn check_file(file: &std::path::Path) -> Result<Output, StoreError> {
+    let snapshot = weir_conf::load_file(file).map_err(StoreError::Invalid)?;
+    let text = format!("ok: {}: {}", file.display(), summary(&snapshot));
+    let v = json!({
+        "ok": true,
+        "file": file.display().to_string(),
+        "routes": snapshot.routes.len(),
+        "pools": snapshot.pools.len(),
+    });
+    Ok(Output::Checked(text, v))
+}
+
+/// A result read from a config without problems.
+fn clean(output: Output) -> Done {
+    Done {
+        output,
+        problems: Problems::default(),
+    }
+}
+
+async fn execute(cli: Cli) -> Result<Done, StoreError> {
+    let settings = settings(&cli);
+    let connect = || async { Store::connect(settings?).await };
+    match cli.command {
+        Command::Weights(WeightsCmd::Get { route }) => {
+            let mut w = connect().await?.weights(&route).await?;
+            let problems = std::mem::take(&mut w.problems);
+            Ok(Done {
+                output: Output::Weights(w, None),
+                problems,
+            })
+        }
+        Command::Weights(WeightsCmd::Set {
+            route,
+            weights,
+            expect_revision,
+        }) => {
+            let mut w = connect()
+                .await?
+                .set_weights(&route, &weights, expect_revision)
+                .await?;
+            let problems = std::mem::take(&mut w.problems);
+            Ok(Done {
+                output: Output::Weights(w, Some("set")),
+                problems,
+            })
+        }
+        Command::Config(ConfigCmd::Import { file, prune }) => {
+            let text = std::fs::read_to_string(&file).map_err(|source| {
+                StoreError::Invalid(ConfigError::Io {
+                    path: file.display().to_string(),
+                    source,
+                })
+            })?;
+            let config = weir_conf::parse_toml(&text, &file.display().to_string())
+                .map_err(StoreError::Invalid)?;
+            let prune = if prune { Prune::Delete } else { Prune::Refuse };
+            let report = connect().await?.import(&config, prune).await?;
+            Ok(clean(Output::Imported(file, report)))
+        }
+        Command::Config(ConfigCmd::Export) => {
+            let mut store = connect().await?;
+            let exported = store.export().await?;
+            let portable = Portable::of(&exported.config);
+            let toml = toml::to_string(&portable)
+                .map_err(|e| StoreError::Refused(format!("cannot write TOML: {e}")))?;
+            let body = serde_json::to_value(&portable)
+                .map_err(|e| StoreError::Refused(format!("cannot write JSON: {e}")))?;
+            let revision = exported.revision;
+            let header = format!(
+                "# exported from {} at revision {revision}\n",
+                store.settings()
+            );
+            Ok(Done {
+                output: Output::Exported(
+                    header + &toml,
+                    json!({ "revision": revision, "config": body }),
+                ),
+                problems: exported.problems,
+            })
+        }
+        Command::Rollback(RollbackCmd::List) => Ok(clean(Output::Rollbacks(
+            connect().await?.rollbacks().await?,
+        ))),
+        Command::Rollback(RollbackCmd::Clear { route, arm }) => {
+            let cleared = connect().await?.clear_rollback(&route, &arm).await?;
+            Ok(clean(Output::Cleared(route, arm, cleared)))
+        }
+        Command::Config(ConfigCmd::Check { file: Some(file) }) => check_file(&file).map(clean),
+        Command::Config(ConfigCmd::Check { file: None }) => {
+            let mut store = connect().await?;
+            let (snapshot, revision) = store.check().await?;
+            let text = format!(
+                "ok: {} at revision {revision}: {}",
+                store.settings(),
+                summary(&snapshot)
+            );
+            let v = json!({
+                "ok": true,
+                "revision": revision,
+                "routes": snapshot.routes.len(),
+                "pools": snapshot.pools.len(),
+            });
+            Ok(clean(Output::Checked(text, v)))
+        }
+    }
+}

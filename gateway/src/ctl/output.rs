@@ -1,0 +1,243 @@
+//! What `weirctl` prints: a command's result for people or as JSON, its
+//! warnings (the invalid keys under the prefix), its errors, and the exit
+//! status that goes with each.
+//!
+//! Output goes through [`emit`], which treats a reader that went away
+//! (`weirctl config export | head`) as the end of the output, not an error.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde_json::{Value, json};
+use weir_conf::etcd::store::Weights;
+use weir_conf::etcd::{ImportReport, StoreError};
+use weir_conf::{ConfigError, Problems};
+
+/// Exit status of a compare-and-swap conflict.
+const CONFLICT: u8 = 3;
+
+/// A command's result, with the problems of the config it read (the
+/// invalid keys under the prefix; empty when it is valid).
+pub(super) struct Done {
+    pub output: Output,
+    pub problems: Problems,
+}
+
+/// A command's result, shown for people or as JSON.
+pub(super) enum Output {
+    Weights(Weights, Option<&'static str>),
+    Imported(PathBuf, ImportReport),
+    Exported(String, Value),
+    Checked(String, Value),
+    Rollbacks(Vec<weir_conf::resilience::RollbackRecord>),
+    Cleared(String, String, bool),
+}
+
+/// Prints a result (and its warnings) or an error; returns the exit status.
+pub(super) fn finish(result: Result<Done, StoreError>, json: bool) -> ExitCode {
+    match result {
+        Ok(done) => {
+            if json {
+                let mut v = done.output.json();
+                if !done.problems.is_empty() {
+                    v["invalid_keys"] = invalid_keys_json(&done.problems);
+                }
+                emit(&mut std::io::stdout(), &v.to_string());
+            } else {
+                if !done.problems.is_empty() {
+                    emit(&mut std::io::stderr(), &warning(&done.problems));
+                }
+                emit(&mut std::io::stdout(), &done.output.text());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let code = match &e {
+                StoreError::Conflict { .. } => CONFLICT,
+                _ => 1,
+            };
+            if json {
+                emit(&mut std::io::stdout(), &error_json(&e).to_string());
+            } else {
+                emit(&mut std::io::stderr(), &format!("weirctl: {}", message(&e)));
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Writes `text` and a newline. A closed reader (broken pipe) ends the
+/// output quietly; other write errors cannot be reported anywhere better.
+fn emit(out: &mut dyn Write, text: &str) {
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+}
+
+/// An error for people: one line, plus the problem list of an invalid
+/// config.
+fn message(e: &StoreError) -> String {
+    match e {
+        StoreError::WouldDelete { .. } => {
+            format!("{e}; run again with --prune to delete them")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The warning printed before a result read from a config with problems.
+fn warning(problems: &Problems) -> String {
+    let keys = weir_conf::etcd::invalid_keys(problems);
+    let mut text = format!(
+        "weirctl: warning: {} invalid key(s) under the prefix; gateways keep serving \
+         their last good config until they are fixed or deleted:",
+        keys.len()
+    );
+    for (key, messages) in keys {
+        for m in messages {
+            text.push_str(&format!("\n  {key}: {m}"));
+        }
+    }
+    text
+}
+
+impl Output {
+    fn text(&self) -> String {
+        match self {
+            Output::Weights(w, verb) => {
+                let total: i64 = w.arms.iter().map(|(_, w)| *w).sum::<i64>().max(1);
+                let mut s = format!(
+                    "route {}{} (store revision {}; weights {})",
+                    w.route,
+                    verb.map(|v| format!(" {v}")).unwrap_or_default(),
+                    w.revision,
+                    if w.overridden {
+                        format!("key at revision {}", w.mod_revision)
+                    } else {
+                        "from the route document; no weights key".to_owned()
+                    }
+                );
+                for (arm, weight) in &w.arms {
+                    let share = *weight as f64 * 100.0 / total as f64;
+                    s.push_str(&format!("\n  {arm:<16} {weight:>8}  {share:5.1} %"));
+                }
+                s
+            }
+            Output::Imported(file, r) => {
+                let mut s = format!(
+                    "imported {}: {} written, {} unchanged, {} deleted (revision {})",
+                    file.display(),
+                    r.written.len(),
+                    r.unchanged,
+                    r.deleted.len(),
+                    r.revision
+                );
+                for key in &r.deleted {
+                    s.push_str(&format!("\n  deleted {key}"));
+                }
+                s
+            }
+            Output::Exported(toml, _) => toml.trim_end().to_owned(),
+            Output::Checked(text, _) => text.clone(),
+            Output::Rollbacks(list) => {
+                if list.is_empty() {
+                    return "no arm is rolled back".to_owned();
+                }
+                list.iter()
+                    .map(|r| {
+                        format!(
+                            "{}/{}: rolled back at {} by {}: {}",
+                            r.route, r.arm, r.at, r.by, r.reason
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+            Output::Cleared(route, arm, cleared) => {
+                if *cleared {
+                    format!("{route}/{arm}: rollback cleared; the arm has its weight again")
+                } else {
+                    format!("{route}/{arm}: was not rolled back")
+                }
+            }
+        }
+    }
+
+    fn json(&self) -> Value {
+        match self {
+            Output::Weights(w, verb) => {
+                let mut v = weights_json(w);
+                if let Some(verb) = verb {
+                    v["result"] = json!(verb);
+                }
+                v
+            }
+            Output::Imported(file, r) => {
+                json!({ "file": file.display().to_string(), "import": r })
+            }
+            Output::Exported(_, v) | Output::Checked(_, v) => v.clone(),
+            Output::Rollbacks(list) => json!({ "rollbacks": list }),
+            Output::Cleared(route, arm, cleared) => {
+                json!({ "route": route, "arm": arm, "cleared": cleared })
+            }
+        }
+    }
+}
+
+fn weights_json(w: &Weights) -> Value {
+    let weights: serde_json::Map<String, Value> =
+        w.arms.iter().map(|(a, v)| (a.clone(), json!(v))).collect();
+    json!({
+        "route": w.route,
+        "weights": weights,
+        "overridden": w.overridden,
+        "mod_revision": w.mod_revision,
+        "revision": w.revision,
+    })
+}
+
+fn problems_json(problems: &Problems) -> Value {
+    json!(
+        problems
+            .0
+            .iter()
+            .map(|p| json!({ "path": p.path, "message": p.message }))
+            .collect::<Vec<_>>()
+    )
+}
+
+/// `[{"key": "/weir/...", "problems": ["..."]}]`.
+fn invalid_keys_json(problems: &Problems) -> Value {
+    json!(
+        weir_conf::etcd::invalid_keys(problems)
+            .into_iter()
+            .map(|(key, messages)| json!({ "key": key, "problems": messages }))
+            .collect::<Vec<_>>()
+    )
+}
+
+fn error_json(e: &StoreError) -> Value {
+    let kind = match e {
+        StoreError::Etcd(_) => "etcd",
+        StoreError::Refused(_) | StoreError::WouldDelete { .. } => "refused",
+        StoreError::Invalid(_) => "invalid",
+        StoreError::Conflict { .. } => "conflict",
+    };
+    let mut v = json!({ "error": { "kind": kind, "message": message(e) } });
+    match e {
+        StoreError::Invalid(ConfigError::Invalid { problems }) => {
+            v["error"]["problems"] = problems_json(problems);
+        }
+        StoreError::WouldDelete { keys } => v["error"]["deletes"] = json!(keys),
+        StoreError::Conflict {
+            key,
+            expected,
+            actual,
+        } => {
+            v["error"]["key"] = json!(key);
+            v["error"]["expected"] = json!(expected);
+            v["error"]["actual"] = json!(actual);
+        }
+        _ => {}
+    }
+    v
+}
