@@ -278,7 +278,7 @@ pub struct TimeoutsConfig {
     /// TCP connect timeout to one backend (default 1000 ms).
     pub connect_ms: Option<i64>,
     /// Longest wait for the next bytes from the upstream, which bounds the gap
-    /// between streamed chunks (default 60000 ms).
+    /// between streamed chunks (default 30000 ms).
     pub read_ms: Option<i64>,
     /// Longest time to write the request to the upstream (default 60000 ms).
     pub write_ms: Option<i64>,

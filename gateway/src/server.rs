@@ -164,6 +164,10 @@ impl HttpServerApp for Listener {
         }
         session.set_read_timeout(Some(self.header_timeout));
         session.set_request_header_timeout(Some(self.header_timeout));
+        // Pipelined HTTP/1.1 requests are answered one after the other, in
+        // order (RFC 9112 §9.3.2); without this Pingora answers the first
+        // and closes the connection on the rest.
+        session.set_pipelining_enabled(true);
         self.proxy.process_new_http(session, shutdown).await
     }
 

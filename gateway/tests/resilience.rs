@@ -275,6 +275,115 @@ async fn total_timeout_bounds_the_whole_exchange() {
     assert_eq!(resp.status(), 200);
 }
 
+/// A backend that accepts connections and never answers; it holds what it
+/// accepted until the returned task is aborted.
+async fn blackhole() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackhole_backend_is_cut_off_by_its_breaker_within_the_route_budget() {
+    let (hole, task) = blackhole().await;
+    let good = Upstream::local("good").await.unwrap();
+    let cfg = one_pool(
+        &[hole, good.addr],
+        "breaker = { consecutive_failures = 3, open_ms = 60000, max_open_ms = 60000 }",
+        "timeouts = { total_ms = 300 }",
+    );
+    let weir = Weir::start(weir_bin(), &cfg).await.unwrap();
+    let routes = weir.admin_json("/admin/routes").await.unwrap();
+    let timeouts = &routes["routes"][0]["timeouts"];
+    assert_eq!(timeouts["total_ms"], 300, "{timeouts}");
+    assert_eq!(timeouts["read_ms"], 30_000, "the built-in read budget");
+    let client = weir_test_support::client();
+    // POSTs: never retried once sent, so every request the blackhole takes
+    // is one the client sees fail.
+    let mut timeouts_seen = 0;
+    for _ in 0..40 {
+        let started = std::time::Instant::now();
+        let resp = client.post(weir.url("/")).body("{}").send().await.unwrap();
+        let status = resp.status().as_u16();
+        assert!(status == 200 || status == 504, "unexpected {status}");
+        if status == 504 {
+            timeouts_seen += 1;
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "held {:?}, past the 300 ms budget",
+                started.elapsed()
+            );
+        }
+        if breaker_state(&weir, hole).await == Some(1.0) {
+            break;
+        }
+    }
+    assert_eq!(
+        breaker_state(&weir, hole).await,
+        Some(1.0),
+        "the blackhole's breaker never opened\n{}",
+        weir.log()
+    );
+    assert_eq!(timeouts_seen, 3, "one failure per request past the budget");
+    // Open: the good backend serves everything, at once.
+    for _ in 0..10 {
+        let resp = client.post(weir.url("/")).body("{}").send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_running_past_the_route_budget_counts_as_a_breaker_failure() {
+    let slow = Upstream::local("slow").await.unwrap();
+    let cfg = one_pool(
+        &[slow.addr],
+        "breaker = { consecutive_failures = 2, open_ms = 60000, max_open_ms = 60000 }",
+        "timeouts = { total_ms = 400 }",
+    );
+    let weir = Weir::start(weir_bin(), &cfg).await.unwrap();
+    let client = weir_test_support::client();
+    for _ in 0..2 {
+        // Lively (a chunk every 50 ms) but 3 s long: cut at the budget.
+        let resp = client
+            .post(weir.url("/v1/chat/completions"))
+            .header(weir_test_support::upstream::SSE_HEADER, "x".repeat(60))
+            .header(weir_test_support::upstream::SSE_GAP_HEADER, "50")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.bytes().await.is_err(), "the stream was not cut");
+    }
+    wait_breaker(&weir, slow.addr, 1.0).await;
+    let resp = client.post(weir.url("/")).body("{}").send().await.unwrap();
+    assert_eq!(resp.status(), 503, "the open breaker admits nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_health_check_marks_a_blackhole_down() {
+    let (hole, task) = blackhole().await;
+    let cfg = one_pool(&[hole], "", "").replace(
+        "health_check = { kind = \"none\" }",
+        "health_check = { kind = \"http\", path = \"/healthz\", interval_ms = 100, timeout_ms = 200, unhealthy_threshold = 2 }",
+    );
+    let weir = Weir::start(weir_bin(), &cfg).await.unwrap();
+    eventually(WAIT, || async {
+        let routes = weir.admin_json("/admin/routes").await.ok()?;
+        (routes["pools"][0]["backends"][0]["healthy"] == false).then_some(())
+    })
+    .await
+    .unwrap();
+    task.abort();
+}
+
 #[test]
 fn bad_resilience_values_are_refused_with_their_paths() {
     let cfg = one_pool(

@@ -9,8 +9,10 @@ use crate::model::TimeoutsConfig;
 
 /// Built-in connect timeout.
 pub const DEFAULT_CONNECT: Duration = Duration::from_millis(1_000);
-/// Built-in read timeout.
-pub const DEFAULT_READ: Duration = Duration::from_millis(60_000);
+/// Built-in read timeout: the longest wait for the next upstream byte,
+/// which for a non-streaming answer is the wait for the whole answer
+/// (see `docs/resilience.md` § Timeouts for the choice).
+pub const DEFAULT_READ: Duration = Duration::from_millis(30_000);
 /// Built-in write timeout.
 pub const DEFAULT_WRITE: Duration = Duration::from_millis(60_000);
 

@@ -76,7 +76,12 @@ pub(super) fn finish(
     let grpc_error = ctx.error.as_ref().filter(|_| ctx.grpc);
     let status = grpc_error
         .map(GatewayError::status)
-        .or_else(|| session.response_written().map(|r| r.status.as_u16()))
+        .or_else(|| {
+            session
+                .response_written()
+                .filter(|r| !r.status.is_informational())
+                .map(|r| r.status.as_u16())
+        })
         .or_else(|| ctx.error.as_ref().map(GatewayError::status))
         .unwrap_or(0);
     let elapsed = ctx.start.elapsed();

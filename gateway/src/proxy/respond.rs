@@ -97,7 +97,11 @@ pub(super) async fn fail_to_proxy(
         None => GatewayError::from_proxy_error(e),
     };
     let gone = matches!(err, GatewayError::ClientClosed(_));
-    let code = if gone || session.response_written().is_some() {
+    // An interim answer (`100 Continue`) does not stop the final one.
+    let answered = session
+        .response_written()
+        .is_some_and(|r| !r.status.is_informational());
+    let code = if gone || answered {
         ctx.error = Some(err);
         0
     } else {
