@@ -299,6 +299,19 @@ pub enum Protocol {
     H2c,
 }
 
+/// How a pool spreads requests over its backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Power of two choices (drawn by weight) on a peak-EWMA load estimate:
+    /// requests in flight (and their age) times latency, plus the queue
+    /// depth the backend reports.
+    #[default]
+    LeastRequest,
+    /// Weighted round robin, blind to load.
+    RoundRobin,
+}
+
 /// A named set of backends that serve one model version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -308,6 +321,9 @@ pub struct PoolConfig {
     /// Protocol spoken to every backend of the pool.
     #[serde(default)]
     pub protocol: Protocol,
+    /// How requests are spread over the backends (default least request).
+    #[serde(default, skip_serializing_if = "is_default_balance")]
+    pub balance: Balance,
     /// The backends; traffic is spread by their weights.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
@@ -337,6 +353,10 @@ pub struct BackendConfig {
     /// Relative share of the pool's traffic (default 1, must be >= 1).
     #[serde(default = "default_backend_weight")]
     pub weight: i64,
+}
+
+fn is_default_balance(b: &Balance) -> bool {
+    *b == Balance::default()
 }
 
 fn default_backend_weight() -> i64 {

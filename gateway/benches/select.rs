@@ -8,6 +8,9 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::{Backend, Backends, LoadBalancer, discovery};
+use std::sync::Arc;
+
+use weir_gateway::balance::{self, Load};
 use weir_gateway::routing::ArmTable;
 
 fn arms(c: &mut Criterion) {
@@ -48,5 +51,40 @@ fn backends(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, arms, backends);
+/// Least request over 4 backends (weights 1-4): the power of two choices
+/// on the load estimates, then the same with the in-flight bookkeeping of
+/// one request (start, answer, end) that every pick brings.
+fn least_request(c: &mut Criterion) {
+    let loads: Vec<Arc<Load>> = (0..4).map(|_| Arc::new(Load::default())).collect();
+    let weights = [1.0, 2.0, 3.0, 4.0];
+    let cumulative = [1, 3, 6, 10];
+    // Some history and some requests in flight.
+    let _held: Vec<_> = loads.iter().map(|l| l.start(balance::now_ns())).collect();
+    for l in &loads {
+        let mut f = l.start(balance::now_ns());
+        f.answered(balance::now_ns() + 1_000_000, true);
+    }
+    c.bench_function("backend/least_request/4", |b| {
+        b.iter(|| {
+            let now = balance::now_ns();
+            black_box(balance::pick(
+                &cumulative,
+                |i| loads[i].cost(now) / weights[i],
+                |_| true,
+            ))
+        })
+    });
+    c.bench_function("backend/least_request+in_flight/4", |b| {
+        b.iter(|| {
+            let now = balance::now_ns();
+            let i = balance::pick(&cumulative, |i| loads[i].cost(now) / weights[i], |_| true)
+                .unwrap_or(0);
+            let mut f = loads[i].start(now);
+            f.answered(balance::now_ns(), true);
+            black_box(f)
+        })
+    });
+}
+
+criterion_group!(benches, arms, backends, least_request);
 criterion_main!(benches);

@@ -11,7 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
-use weir_conf::model::Protocol;
+use weir_conf::model::{Balance, Protocol};
 
 use crate::runtime::Runtime;
 use crate::state::Shared;
@@ -242,6 +242,7 @@ fn ms(d: std::time::Duration) -> u64 {
 /// JSON view of the live routes (with their effective timeouts), arms,
 /// weights and backend health.
 pub fn describe(rt: &Runtime) -> Value {
+    let now = crate::balance::now_ns();
     let routes: Vec<Value> = rt
         .routes
         .iter()
@@ -295,16 +296,20 @@ pub fn describe(rt: &Runtime) -> Value {
                         .and_then(|a| p.breakers.get(a))
                         .filter(|_| p.breakers.enabled())
                         .map(|br| br.state().as_str());
+                    let load = p.members.iter().find(|m| m.backend.addr == b.addr).map(|m| &m.load);
                     json!({
                         "address": b.addr.to_string(),
                         "weight": b.weight,
                         "healthy": p.healthy(b),
                         "breaker": breaker,
+                        "in_flight": load.map(|l| l.in_flight()),
+                        "latency_ms": load.map(|l| (l.latency_ns(now) / 1e4).round() / 100.0),
                     })
                 })
                 .collect();
             json!({
                 "name": p.config.name,
+                "balance": match p.config.balance { Balance::LeastRequest => "least_request", Balance::RoundRobin => "round_robin" },
                 "protocol": match p.config.protocol { Protocol::Http1 => "http1", Protocol::H2c => "h2c" },
                 "backends": backends,
             })

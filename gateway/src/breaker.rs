@@ -135,6 +135,18 @@ impl Breaker {
         &self.settings
     }
 
+    /// Whether [`Breaker::admit`] could let a request through at `now`,
+    /// without taking a probe slot: for comparing backends before choosing.
+    pub fn may_admit(&self, now: u64) -> bool {
+        match self.state() {
+            State::Closed => true,
+            State::Open => now >= self.open_until.load(Ordering::Acquire),
+            State::HalfOpen => {
+                self.probes_out.load(Ordering::Acquire) < self.settings.half_open_probes
+            }
+        }
+    }
+
     /// Whether a request may go to this backend now; a `Probe` answer holds a
     /// probe slot until [`Breaker::record`] is called with `probe = true`.
     pub fn admit(&self, now: u64) -> Admit {

@@ -37,6 +37,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod balance;
 pub mod breaker;
 pub mod canary;
 pub mod ctl;

@@ -11,7 +11,10 @@
 //! [`PoolRt::build`] changes nothing live; [`PoolRt::commit`] (after the
 //! swap) points the health gauges at the new balancer, starts the health
 //! checks of a new pool and retires the series of departed backends.
-//! [`PoolRt::pick`] chooses the backend for one attempt.
+//! [`PoolRt::pick`] chooses the backend for one attempt: by least request
+//! ([`crate::balance`], the default) or weighted round robin, among healthy
+//! backends whose breaker admits the request. Each backend's load estimate
+//! survives reloads like its breaker.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -20,14 +23,26 @@ use std::time::Duration;
 use pingora_load_balancing::health_check::{HealthCheck as Probe, HttpHealthCheck, TcpHealthCheck};
 use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::{Backend, Backends, HealthRegistry, LoadBalancer, discovery};
-use weir_conf::model::HealthCheckKind;
+use weir_conf::model::{Balance, HealthCheckKind};
 use weir_conf::{HealthCheck, Pool};
 
-use crate::breaker::{Admit, Attempt, BreakerSet};
+use crate::balance::{self, InFlight, Load};
+use crate::breaker::{Admit, Attempt, Breaker, BreakerSet};
 use crate::metrics::Metrics;
 
-/// Weighted round robin over a pool's healthy backends.
+/// A pool's backends with their health; its weighted round robin serves
+/// pools with `balance = "round_robin"`.
 pub type Balancer = LoadBalancer<RoundRobin>;
+
+/// One backend of a pool with what choosing it needs.
+pub struct Member {
+    /// The backend.
+    pub backend: Backend,
+    /// Its load estimate.
+    pub load: Arc<Load>,
+    /// Its breaker (when breakers are on).
+    breaker: Option<Arc<Breaker>>,
+}
 
 /// The active health checks of one pool, shared by the balancers of
 /// consecutive runtimes while the settings stay the same.
@@ -112,6 +127,10 @@ pub struct PoolRt {
     pub lb: Arc<Balancer>,
     /// The backends' circuit breakers.
     pub breakers: BreakerSet,
+    /// The backends in the config's order, with their load estimates.
+    pub members: Vec<Member>,
+    /// Running sums of the members' weights, for drawing by weight.
+    cumulative: Vec<u64>,
     health: Option<Arc<PoolHealth>>,
 }
 
@@ -151,10 +170,33 @@ impl PoolRt {
         lb.update()
             .await
             .map_err(|e| format!("pool {}: {e}", config.name))?;
+        let mut members = Vec::with_capacity(config.backends.len());
+        let mut cumulative = Vec::with_capacity(config.backends.len());
+        let mut total = 0u64;
+        for b in &config.backends {
+            let backend = Backend::new_with_weight(&b.addr.to_string(), b.weight as usize)
+                .map_err(|e| format!("pool {}: backend {}: {e}", config.name, b.addr))?;
+            let load = previous
+                .and_then(|p| p.members.iter().find(|m| m.backend.addr == backend.addr))
+                .map_or_else(|| Arc::new(Load::default()), |m| Arc::clone(&m.load));
+            total += u64::from(b.weight);
+            cumulative.push(total);
+            members.push(Member {
+                breaker: breakers
+                    .enabled()
+                    .then(|| breakers.get(&b.addr))
+                    .flatten()
+                    .cloned(),
+                backend,
+                load,
+            });
+        }
         Ok(Self {
             config,
             lb: Arc::new(lb),
             breakers,
+            members,
+            cumulative,
             health,
         })
     }
@@ -173,8 +215,66 @@ impl PoolRt {
 
     /// Chooses a healthy backend, not one of `tried`, whose breaker admits a
     /// request at `now` ([`crate::window::now_ms`]). The [`Attempt`] (when the
-    /// pool has breakers) is to be settled with the attempt's outcome.
+    /// pool has breakers) is to be settled with the attempt's outcome; the
+    /// [`InFlight`] counts the request in the backend's load until dropped.
     pub fn pick(
+        &self,
+        tried: &[pingora_core::protocols::l4::socket::SocketAddr],
+        now: u64,
+    ) -> Option<(Backend, Option<Attempt>, InFlight)> {
+        let (backend, attempt) = match self.config.balance {
+            Balance::LeastRequest => self.least_request(tried, now)?,
+            Balance::RoundRobin => self.round_robin(tried, now)?,
+        };
+        let load = self
+            .members
+            .iter()
+            .find(|m| m.backend.addr == backend.addr)
+            .map_or_else(|| Arc::new(Load::default()), |m| Arc::clone(&m.load));
+        let in_flight = load.start(balance::now_ns());
+        Some((backend, attempt, in_flight))
+    }
+
+    /// Power of two choices on the members' load ([`balance::pick`]).
+    fn least_request(
+        &self,
+        tried: &[pingora_core::protocols::l4::socket::SocketAddr],
+        now: u64,
+    ) -> Option<(Backend, Option<Attempt>)> {
+        let now_ns = balance::now_ns();
+        // Members whose breaker said no after all (a race for the last
+        // half-open probe); allocated only then.
+        let mut refused: Vec<usize> = Vec::new();
+        loop {
+            let i = balance::pick(
+                &self.cumulative,
+                |i| self.members[i].load.cost(now_ns) / f64::from(self.config.backends[i].weight),
+                |i| {
+                    let m = &self.members[i];
+                    !refused.contains(&i)
+                        && !tried.contains(&m.backend.addr)
+                        && m.breaker.as_ref().is_none_or(|b| b.may_admit(now))
+                        && self.healthy(&m.backend)
+                },
+            )?;
+            let m = &self.members[i];
+            let attempt = match &m.breaker {
+                None => None,
+                Some(breaker) => match breaker.admit(now) {
+                    Admit::No => {
+                        refused.push(i);
+                        continue;
+                    }
+                    Admit::Yes => Some(Attempt::new(Arc::clone(breaker), false)),
+                    Admit::Probe => Some(Attempt::new(Arc::clone(breaker), true)),
+                },
+            };
+            return Some((m.backend.clone(), attempt));
+        }
+    }
+
+    /// Weighted round robin over the healthy backends.
+    fn round_robin(
         &self,
         tried: &[pingora_core::protocols::l4::socket::SocketAddr],
         now: u64,

@@ -133,10 +133,11 @@ async fn killed_backend_trips_its_breaker_and_half_open_probes_bring_it_back() {
 async fn connect_failures_retry_on_another_backend_within_the_budget() {
     let live = Upstream::local("v1").await.unwrap();
     let dead = dead_addr();
-    // No breaker: every request that picks the dead backend needs a retry.
+    // No breaker and round robin: every other request picks the dead
+    // backend and needs a retry.
     let generous = one_pool(
         &[dead, live.addr],
-        "breaker = { enabled = false }",
+        "balance = \"round_robin\"\nbreaker = { enabled = false }",
         "retry = { attempts = 1, budget_ratio = 1.0 }",
     );
     let weir = Weir::start(weir_bin(), &generous).await.unwrap();
@@ -153,7 +154,7 @@ async fn connect_failures_retry_on_another_backend_within_the_budget() {
     // A tight budget: 1 retry a second (10 in the window) and no share.
     let tight = one_pool(
         &[dead, live.addr],
-        "breaker = { enabled = false }",
+        "balance = \"round_robin\"\nbreaker = { enabled = false }",
         "retry = { attempts = 1, budget_ratio = 0.0, min_per_second = 1 }",
     );
     let weir = Weir::start(weir_bin(), &tight).await.unwrap();
@@ -187,9 +188,11 @@ async fn configured_statuses_are_retried_for_idempotent_requests_only() {
     let failing = Upstream::local("failing").await.unwrap();
     failing.fail_share(100, 503);
     let good = Upstream::local("good").await.unwrap();
+    // Round robin and no breaker: half the first attempts meet the failing
+    // backend, whatever it answered before.
     let cfg = one_pool(
         &[failing.addr, good.addr],
-        "breaker = { enabled = false }",
+        "balance = \"round_robin\"\nbreaker = { enabled = false }",
         "retry = { attempts = 1, on_statuses = [503], budget_ratio = 1.0 }",
     );
     let weir = Weir::start(weir_bin(), &cfg).await.unwrap();
@@ -276,26 +279,36 @@ async fn total_timeout_bounds_the_whole_exchange() {
 }
 
 /// A backend that accepts connections and never answers; it holds what it
-/// accepted until the returned task is aborted.
-async fn blackhole() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+/// accepted until the returned task is aborted. The counter says how many
+/// connections it took: one per request sent to it, since none is answered.
+async fn blackhole() -> (
+    SocketAddr,
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&taken);
     let task = tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((conn, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             held.push(conn);
         }
     });
-    (addr, task)
+    (addr, task, taken)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackhole_backend_is_cut_off_by_its_breaker_within_the_route_budget() {
-    let (hole, task) = blackhole().await;
+    let (hole, task, _) = blackhole().await;
     let good = Upstream::local("good").await.unwrap();
+    // Round robin keeps sending to the blackhole: the breaker is what stops it
+    // here (least request, the default, stops it sooner: the next test).
     let cfg = one_pool(
         &[hole, good.addr],
-        "breaker = { consecutive_failures = 3, open_ms = 60000, max_open_ms = 60000 }",
+        "balance = \"round_robin\"\nbreaker = { consecutive_failures = 3, open_ms = 60000, max_open_ms = 60000 }",
         "timeouts = { total_ms = 300 }",
     );
     let weir = Weir::start(weir_bin(), &cfg).await.unwrap();
@@ -340,6 +353,57 @@ async fn a_blackhole_backend_is_cut_off_by_its_breaker_within_the_route_budget()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_backend_gets_almost_no_new_requests_under_least_request() {
+    let (hole, task, taken) = blackhole().await;
+    let good = Upstream::local("good").await.unwrap();
+    // No breaker: the balancer alone keeps traffic off the hung backend.
+    let cfg = one_pool(
+        &[hole, good.addr],
+        "breaker = { enabled = false }",
+        "timeouts = { read_ms = 3000 }",
+    );
+    let weir = Weir::start(weir_bin(), &cfg).await.unwrap();
+    // 16 closed-loop clients: blind round robin would leave 8 of them
+    // waiting on the blackhole at any time.
+    let load = Load::start(&weir, 16);
+    // The first burst finds two backends with no history and splits; from
+    // then on the blackhole's waiting requests make it the costly one.
+    load.advance(200).await.unwrap();
+    let early = taken.load(std::sync::atomic::Ordering::Relaxed);
+    load.advance(2_000).await.unwrap();
+    let later = taken.load(std::sync::atomic::Ordering::Relaxed) - early;
+    assert!(
+        later <= 2,
+        "the blackhole took {later} new requests after the first burst ({early})"
+    );
+    let routes = weir.admin_json("/admin/routes").await.unwrap();
+    let pool = &routes["pools"][0];
+    assert_eq!(pool["balance"], "least_request");
+    // The admin view shows what the balancer sees: the blackhole holds
+    // what it took and looks slow.
+    let hole_view = pool["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["address"] == hole.to_string())
+        .unwrap();
+    assert!(hole_view["in_flight"].as_u64().unwrap() >= 1, "{hole_view}");
+    assert!(
+        hole_view["latency_ms"].as_f64().unwrap() > 1.0,
+        "{hole_view}"
+    );
+    let report = load.finish().await;
+    assert_eq!(
+        report.failures.len(),
+        early + later,
+        "{:?}",
+        report.failures
+    );
+    assert!(report.served.get("good").copied().unwrap_or(0) >= 2_000);
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_running_past_the_route_budget_counts_as_a_breaker_failure() {
     let slow = Upstream::local("slow").await.unwrap();
     let cfg = one_pool(
@@ -369,7 +433,7 @@ async fn a_stream_running_past_the_route_budget_counts_as_a_breaker_failure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_health_check_marks_a_blackhole_down() {
-    let (hole, task) = blackhole().await;
+    let (hole, task, _) = blackhole().await;
     let cfg = one_pool(&[hole], "", "").replace(
         "health_check = { kind = \"none\" }",
         "health_check = { kind = \"http\", path = \"/healthz\", interval_ms = 100, timeout_ms = 200, unhealthy_threshold = 2 }",

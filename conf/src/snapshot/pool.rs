@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::values::{MAX_TIMEOUT_MS, parse_addr};
 use crate::error::Problems;
-use crate::model::{HealthCheckKind, PoolConfig, Protocol};
+use crate::model::{Balance, HealthCheckKind, PoolConfig, Protocol};
 use crate::names::{check_name, entry_path};
 use crate::resilience::check::{Breaker, check_breaker};
 
@@ -20,6 +20,8 @@ pub struct Pool {
     pub name: String,
     /// Protocol spoken upstream.
     pub protocol: Protocol,
+    /// How requests are spread over the backends.
+    pub balance: Balance,
     /// Backends with their weights.
     pub backends: Vec<Backend>,
     /// Health checking.
@@ -129,6 +131,7 @@ pub(super) fn check_pools(pools: &[PoolConfig], problems: &mut Problems) -> Vec<
             breaker,
             name: p.name.clone(),
             protocol: p.protocol,
+            balance: p.balance,
             backends,
             health: HealthCheck {
                 kind: h.kind,

@@ -15,6 +15,7 @@ use pingora_core::protocols::l4::socket::SocketAddr;
 use pingora_load_balancing::Backend;
 
 use crate::access::{Permit, TenantRt};
+use crate::balance::InFlight;
 use crate::breaker::Attempt;
 use crate::errors::{GatewayError, RateHeaders};
 use crate::filtering::ResponseFilter;
@@ -130,6 +131,8 @@ pub(super) struct UpstreamState {
     pub(super) retries: u8,
     /// The backend attempt whose outcome the breaker has not heard yet.
     pub(super) attempt: Option<Attempt>,
+    /// The current attempt, counted in its backend's load until dropped.
+    pub(super) in_flight: Option<InFlight>,
     /// Set when an upstream status was turned into a retry.
     pub(super) retry_status: bool,
     /// Status of the upstream answer, once its header arrived.

@@ -55,6 +55,9 @@ impl UpstreamState {
     }
 }
 
+/// The header in which weir-engine reports the requests it holds.
+const QUEUE_DEPTH: &str = "x-weir-queue-depth";
+
 /// Failures a breaker may count besides statuses.
 #[derive(Clone, Copy)]
 enum FailureKind {
@@ -104,8 +107,10 @@ pub(super) fn choose_peer(
     let now = now_ms();
     loop {
         let arm = &route.arms[*arm_idx];
-        if let Some((backend, attempt)) = arm.pool.pick(&up.tried, now) {
+        if let Some((backend, attempt, in_flight)) = arm.pool.pick(&up.tried, now) {
             up.attempt = attempt;
+            // Ends the previous attempt's count, if any.
+            up.in_flight = Some(in_flight);
             let peer = route.peer(&backend, arm.pool.config.protocol, remaining);
             up.backend = Some(backend);
             return Ok(peer);
@@ -177,6 +182,17 @@ pub(super) fn answered(
 ) -> Result<()> {
     let status = resp.status.as_u16();
     ctx.upstream.status = Some(status);
+    if let Some(f) = ctx.upstream.in_flight.as_mut() {
+        f.answered(crate::balance::now_ns(), status < 500);
+        if let Some(depth) = resp
+            .headers
+            .get(QUEUE_DEPTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            f.load().set_queue(depth);
+        }
+    }
     if ctx
         .upstream
         .attempt
