@@ -309,6 +309,52 @@ def start_engine(stack: Stack, weir: Path) -> str:
     return url
 
 
+def start_blackhole() -> int:
+    """A backend that accepts connections and never answers (kept for the
+    runner's lifetime); returns its port."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
+    held = []
+
+    def hold() -> None:
+        while True:
+            conn, _ = listener.accept()
+            held.append(conn)
+
+    threading.Thread(target=hold, daemon=True).start()
+    return listener.getsockname()[1]
+
+
+def start_pool_weir(stack: Stack, weir: Path, name: str, backends: list[str], balance: str) -> str:
+    """A weir whose one route goes to one pool of `backends`."""
+    cfg = stack.tmp / f"{name}.toml"
+    listed = ", ".join(f'{{ address = "{b}" }}' for b in backends)
+    cfg.write_text(f"""
+[server]
+proxy = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+threads = 1
+access_log = false
+grace_period_seconds = 0
+
+[[pools]]
+name = "p"
+balance = "{balance}"
+backends = [{listed}]
+
+[[routes]]
+name = "chat"
+arms = [{{ name = "v1", pool = "p", weight = 1 }}]
+""")
+    env = {**os.environ, "WEIR_LOG": "error"}
+    proc = stack.spawn(name, pin(1) + [str(weir), "--config", str(cfg)], env=env, stdout=subprocess.PIPE)
+    line = proc.stdout.readline().decode() if proc.stdout else ""
+    fields = dict(w.split("=", 1) for w in line.split() if "=" in w)
+    if "proxy" not in fields:
+        raise RuntimeError(f"{name} did not start: {line!r}; see {stack.tmp / f'{name}.log'}")
+    wait_http(f"http://{fields['admin']}/readyz")
+    return f"http://{fields['proxy']}"
+
+
 def start_etcd_weir(stack: Stack, weir: Path, ports: dict) -> tuple[str, str]:
     """A real etcd holding the weir config (imported with weirctl) and a
     second weir following it; returns (weir URL, etcd endpoint)."""
@@ -458,6 +504,11 @@ def evaluate(results: dict, targets: dict, quick: bool) -> list[str]:
             results["ratios"]["filter_1k_added_p99_one_in_flight_us"] = added
             checks.append(("added P99 at 1 in flight, Wasm filter (us)", added, "<=",
                            t["added_p99_one_in_flight_filter_us_max"]))
+    # Scenario 9: a blackhole beside the healthy backend.
+    if "weir_blackhole" in r and "weir_one_backend" in r:
+        ratio = r["weir_blackhole"]["rps"] / max(r["weir_one_backend"]["rps"], 1)
+        results["ratios"]["blackhole_rps_over_alone"] = ratio
+        checks.append(("rps beside a blackhole / alone", ratio, ">=", t["blackhole_rps_ratio_min"]))
     if "weir_half_rate" in r and "nginx_half_rate" in r:
         p99r = r["weir_half_rate"]["p99"] / max(r["nginx_half_rate"]["p99"], 1)
         results["ratios"]["p99_weir_over_nginx_half_rate"] = p99r
@@ -467,7 +518,9 @@ def evaluate(results: dict, targets: dict, quick: bool) -> list[str]:
     if "weir_half_own_rate" in r and "nginx_half_rate" in r:
         results["ratios"]["p99_weir_over_nginx_half_own_rate"] = (
             r["weir_half_own_rate"]["p99"] / max(r["nginx_half_rate"]["p99"], 1))
-    errors = sum(s.get("errors", 0) for s in r.values())
+    # The requests the blackhole swallowed before the balancer learnt are
+    # timeouts by design; that scenario's errors are reported, not counted.
+    errors = sum(s.get("errors", 0) for n, s in r.items() if n != "weir_blackhole")
     checks.append(("errors (all scenarios)", errors, "<=", t["errors_max"]))
     missed = []
     results["targets"] = []
@@ -547,8 +600,14 @@ ENGINE_PLAN = [(f"engine_infer_c{c}", "infer", c) for c in ENGINE_CONCURRENCY] +
     (f"engine_stream_c{c}", "stream", c) for c in ENGINE_CONCURRENCY]
 
 
+# Scenario 9: (name, backends): the healthy upstream alone, and beside a
+# backend that accepts connections and never answers.
+BLACKHOLE_PLAN = [("weir_one_backend", False), ("weir_blackhole", True)]
+
+
 def scenario_names() -> list[str]:
-    return ([p[0] for p in wrk_plan(1)] + ["weir_etcd_flips"] + [p[0] for p in SSE_PLAN]
+    return ([p[0] for p in wrk_plan(1)] + ["weir_etcd_flips"] + [p[0] for p in BLACKHOLE_PLAN]
+            + [p[0] for p in SSE_PLAN]
             + [p[0] for p in ENGINE_PLAN] + [p[0] for p in HALF_RATE_PLAN])
 
 
@@ -628,6 +687,23 @@ def main() -> int:
             flipper.join()
             sc["weir_etcd_flips"]["flips"] = flipper.flips
             sc["weir_etcd_flips"]["errors"] += flipper.failed
+        # Scenario 9: least request keeps a blackhole from soaking up the
+        # connections; alone and beside it, interleaved rounds.
+        blackhole = [p for p in BLACKHOLE_PLAN if p[0] in chosen]
+        if blackhole:
+            hole = start_blackhole()
+            urls = {name: start_pool_weir(stack, args.weir_binary or weir, name,
+                                          [f"127.0.0.1:{ports['v1']}"] + ([f"127.0.0.1:{hole}"] if with_hole else []),
+                                          "least_request")
+                    for name, with_hole in blackhole}
+            slice_s = max(1, round(seconds / ROUNDS))
+            log(f"{', '.join(urls)}: {args.connections} connection(s), {ROUNDS} interleaved rounds of {slice_s}s")
+            rows = {name: [] for name in urls}
+            for _ in range(ROUNDS):
+                for name, url in urls.items():
+                    rows[name].append(wrk(url, "plain.lua", slice_s, args.connections))
+            for name, got in rows.items():
+                sc[name] = merge_rounds(got)
         half_rate = [p for p in HALF_RATE_PLAN if p[0] in chosen]
         if half_rate and not oha:
             log("oha not installed: skipping the constant-rate scenarios")
