@@ -297,6 +297,54 @@ pub enum Protocol {
     Http1,
     /// HTTP/2 over cleartext with prior knowledge (gRPC backends).
     H2c,
+    /// HTTP/2 over TLS, negotiated with ALPN (needs `tls`).
+    H2,
+}
+
+/// TLS to a pool's backends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// Server name sent (SNI) and verified; default: the backend's host
+    /// name, or its IP address (verified against the certificate's IP
+    /// addresses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// PEM file of the CAs that may sign the backends' certificates;
+    /// default: the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Verify the backends' certificates (default true; false logs a
+    /// warning at every load).
+    #[serde(default = "default_true")]
+    pub verify: bool,
+    /// PEM file of a client certificate chain (with `client_key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// PEM file of the client certificate's private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+}
+
+/// Headers the gateway sets on, or removes from, every request it sends to
+/// a pool's backends. Values may name secrets: `${env:NAME}` (an
+/// environment variable of the gateway) or `${file:PATH}` (a file's
+/// contents, without a trailing newline), read when the config is loaded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolHeadersConfig {
+    /// Header name → value.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub set: std::collections::BTreeMap<String, String>,
+    /// Header names removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+impl PoolHeadersConfig {
+    fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
 }
 
 /// How a pool spreads requests over its backends.
@@ -324,6 +372,17 @@ pub struct PoolConfig {
     /// How requests are spread over the backends (default least request).
     #[serde(default, skip_serializing_if = "is_default_balance")]
     pub balance: Balance,
+    /// TLS to the backends (none: plaintext).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsConfig>,
+    /// Headers set on or removed from every request to the backends
+    /// (credentials of a provider, say).
+    #[serde(default, skip_serializing_if = "PoolHeadersConfig::is_empty")]
+    pub headers: PoolHeadersConfig,
+    /// Send the client's `Host` upstream; by default the backend's host
+    /// name (or `tls.sni`) replaces it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preserve_host: bool,
     /// The backends; traffic is spread by their weights.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,

@@ -349,7 +349,7 @@ models = ["m"]"#,
         );
     let got = problems(&text);
     for want in [
-        r#"routes[oip-grpc].arms[a].pool: gRPC needs HTTP/2: pool "http" must have protocol = "h2c""#,
+        r#"routes[oip-grpc].arms[a].pool: gRPC needs HTTP/2: pool "http" must have protocol = "h2c" (or "h2" with tls)"#,
         r#"routes[mlp].models[1]: "" must be 1-256 characters without spaces"#,
         r#"routes[mlp].models[3]: "x" is listed twice"#,
         r#"routes[infer-grpc].grpc: a gRPC route matches by service or method, not by prefix: drop `prefix`"#,

@@ -310,7 +310,10 @@ pub fn describe(rt: &Runtime) -> Value {
             json!({
                 "name": p.config.name,
                 "balance": match p.config.balance { Balance::LeastRequest => "least_request", Balance::RoundRobin => "round_robin" },
-                "protocol": match p.config.protocol { Protocol::Http1 => "http1", Protocol::H2c => "h2c" },
+                "protocol": match p.config.protocol { Protocol::Http1 => "http1", Protocol::H2c => "h2c", Protocol::H2 => "h2" },
+                "tls": p.config.tls.as_ref().map(|t| json!({ "sni": t.sni, "verify": t.verify, "ca_file": t.ca_file.is_some(), "client_cert": t.client.is_some() })),
+                "headers": { "set": p.config.headers.set.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), "remove": &p.config.headers.remove },
+                "preserve_host": p.config.preserve_host,
                 "backends": backends,
             })
         })

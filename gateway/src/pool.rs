@@ -20,6 +20,8 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
+use pingora_core::protocols::tls::CaType;
+use pingora_core::utils::tls::{CertKey, WrappedX509, parse_x509};
 use pingora_load_balancing::health_check::{HealthCheck as Probe, HttpHealthCheck, TcpHealthCheck};
 use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::{Backend, Backends, HealthRegistry, LoadBalancer, discovery};
@@ -119,6 +121,77 @@ impl PoolHealth {
     }
 }
 
+/// A pool's upstream TLS, parsed once per pool build.
+pub struct PoolTls {
+    /// The server name to send and verify (`None`: the backend's address).
+    pub sni: Option<String>,
+    /// Verify the backends' certificates.
+    pub verify: bool,
+    /// The CAs that may sign them (`None`: the system's roots).
+    pub ca: Option<Arc<CaType>>,
+    /// The client certificate and key.
+    pub client: Option<Arc<CertKey>>,
+}
+
+impl PoolTls {
+    fn build(pool: &Pool) -> Result<Option<Self>, String> {
+        let Some(t) = &pool.tls else {
+            return Ok(None);
+        };
+        let at = |what: &str| format!("pool {}: tls.{what}", pool.name);
+        let ca = match &t.ca_pem {
+            Some(pem) => {
+                let certs = certificates(pem).map_err(|e| format!("{}: {e}", at("ca_file")))?;
+                Some(Arc::from(certs.into_boxed_slice()))
+            }
+            None => None,
+        };
+        let client = match &t.client {
+            Some((cert, key)) => {
+                let chain: Vec<Vec<u8>> = certificates(cert)
+                    .map_err(|e| format!("{}: {e}", at("client_cert")))?
+                    .iter()
+                    .map(|c| c.borrow_raw_cert().clone())
+                    .collect();
+                let key = rustls_pemfile::private_key(&mut &key[..])
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| format!("{}: no private key", at("client_key")))?;
+                Some(Arc::new(CertKey::new(chain, key.secret_der().to_vec())))
+            }
+            None => None,
+        };
+        if !t.verify {
+            tracing::warn!(
+                pool = %pool.name,
+                "tls.verify = false: the backends' certificates are NOT verified; anyone on the path can impersonate them"
+            );
+        }
+        Ok(Some(Self {
+            sni: t.sni.clone(),
+            verify: t.verify,
+            ca,
+            client,
+        }))
+    }
+}
+
+/// The certificates of a PEM text, each checked to parse (Pingora's own
+/// parse of them panics on a bad one).
+fn certificates(pem: &[u8]) -> Result<Vec<WrappedX509>, String> {
+    let mut out = Vec::new();
+    for der in rustls_pemfile::certs(&mut &pem[..]) {
+        let der = der.map_err(|e| format!("bad PEM: {e}"))?;
+        x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|e| format!("a certificate does not parse: {e}"))?;
+        out.push(WrappedX509::new(der.as_ref().to_vec(), parse_x509));
+    }
+    if out.is_empty() {
+        return Err("no certificate".to_owned());
+    }
+    Ok(out)
+}
+
 /// A pool with its balancer and health checks.
 pub struct PoolRt {
     /// The validated pool definition.
@@ -131,6 +204,8 @@ pub struct PoolRt {
     pub members: Vec<Member>,
     /// Running sums of the members' weights, for drawing by weight.
     cumulative: Vec<u64>,
+    /// Upstream TLS, when the pool has it.
+    pub tls: Option<PoolTls>,
     health: Option<Arc<PoolHealth>>,
 }
 
@@ -151,6 +226,7 @@ impl PoolRt {
             set.insert(backend);
         }
         let previous = previous.filter(|p| p.config.name == config.name);
+        let tls = PoolTls::build(&config)?;
         let breakers = BreakerSet::build(&config, previous.map(|p| &p.breakers), metrics);
         let inherited = previous
             .and_then(|p| p.health.as_ref())
@@ -197,6 +273,7 @@ impl PoolRt {
             breakers,
             members,
             cumulative,
+            tls,
             health,
         })
     }

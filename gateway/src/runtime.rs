@@ -102,26 +102,51 @@ pub struct RouteRt {
 }
 
 impl RouteRt {
-    /// Peer options for this route's upstream connections; `remaining` (of
-    /// the route's total timeout) caps the connect and read timeouts.
+    /// Peer options for this route's upstream connections to a backend of
+    /// `pool`; `remaining` (of the route's total timeout) caps the connect
+    /// and read timeouts. With TLS, the server name is the pool's
+    /// `tls.sni`, else the backend's host (an IP address is verified
+    /// against the certificate's IP addresses: verification is never
+    /// skipped for want of a name).
     pub fn peer(
         &self,
         backend: &Backend,
-        protocol: Protocol,
+        pool: &PoolRt,
         remaining: Option<Duration>,
     ) -> Box<HttpPeer> {
-        let mut peer = Box::new(HttpPeer::new(backend.clone(), false, String::new()));
+        let protocol = pool.config.protocol;
+        let mut peer = match &pool.tls {
+            None => Box::new(HttpPeer::new(backend.clone(), false, String::new())),
+            Some(tls) => {
+                let sni = tls.sni.clone().unwrap_or_else(|| host_of(backend));
+                let mut p = Box::new(HttpPeer::new(backend.clone(), true, sni));
+                p.options.verify_cert = tls.verify;
+                p.options.verify_hostname = tls.verify;
+                p.options.ca = tls.ca.clone();
+                p.client_cert_key = tls.client.clone();
+                p
+            }
+        };
         let t = self.config.timeouts;
         let cap = |d: Duration| remaining.map_or(d, |r| d.min(r));
         peer.options.connection_timeout = Some(cap(t.connect));
         peer.options.read_timeout = Some(cap(t.read));
         peer.options.write_timeout = Some(cap(t.write));
         peer.options.idle_timeout = Some(Duration::from_secs(60));
-        if protocol == Protocol::H2c {
+        if protocol != Protocol::Http1 {
+            // h2c: prior knowledge; h2: ALPN "h2" in the TLS handshake.
             peer.options.set_http_version(2, 2);
             peer.options.max_h2_streams = 128;
         }
         peer
+    }
+}
+
+/// A backend's host: its address without the port.
+fn host_of(backend: &Backend) -> String {
+    match backend.addr.as_inet() {
+        Some(a) => a.ip().to_string(),
+        None => backend.addr.to_string(),
     }
 }
 

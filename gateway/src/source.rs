@@ -30,7 +30,9 @@ pub async fn reload_file(shared: &Shared, path: &Path) {
         }
     };
     if let Some(rt) = shared.current() {
-        if rt.snapshot.source == snapshot.source {
+        // The built snapshots, not the documents: files they read (word
+        // lists, CA bundles, secrets) may have changed under the same text.
+        if *rt.snapshot == snapshot {
             tracing::debug!(origin, "config unchanged");
             return;
         }

@@ -17,7 +17,8 @@ use tokio::task::JoinSet;
 
 /// Header a test sets to make the upstream wait before answering.
 pub const DELAY_HEADER: &str = "x-test-delay-ms";
-/// Header that makes the upstream echo the request body (`"body"` field).
+/// Header that makes the upstream echo the request body (`"body"` field)
+/// and its headers (`"headers"`: lower-case name → value).
 pub const ECHO_HEADER: &str = "x-test-echo";
 /// Header whose value the upstream answers as a non-streamed chat completion.
 pub const REPLY_HEADER: &str = "x-test-reply";
@@ -209,6 +210,17 @@ async fn answer(
     };
     let delay = text_header(DELAY_HEADER).and_then(|v| v.parse::<u64>().ok());
     let echo = req.headers().contains_key(ECHO_HEADER);
+    // Echo mode also returns every request header (lower-case name → value).
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
+            )
+        })
+        .collect();
     let reply = text_header(REPLY_HEADER);
     let sse = text_header(SSE_HEADER);
     let sse_chunk = text_header(SSE_CHUNK_HEADER)
@@ -285,6 +297,7 @@ async fn answer(
             "traceparent": traceparent,
         });
         if echo {
+            answer["headers"] = headers.into();
             answer["body"] = String::from_utf8_lossy(&body).into_owned().into();
             answer["content_length"] = content_length.into();
             answer["transfer_encoding"] = transfer_encoding.into();

@@ -43,9 +43,29 @@ impl Weir {
         Ok(weir)
     }
 
+    /// Like [`Weir::start`], with extra environment variables.
+    pub async fn start_with_env(
+        binary: &Path,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let weir = Self::spawn_env(binary, config, &[], env).await?;
+        weir.wait_ready().await?;
+        Ok(weir)
+    }
+
     /// Starts `binary --config FILE ARGS...` and waits for its launch line
     /// only (the gateway may not be ready: see [`Weir::wait_ready`]).
     pub async fn spawn(binary: &Path, config: &str, args: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn_env(binary, config, args, &[]).await
+    }
+
+    async fn spawn_env(
+        binary: &Path,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join("weir.toml");
         std::fs::write(&config_path, config)?;
@@ -56,6 +76,7 @@ impl Weir {
             .arg(&config_path)
             .args(args)
             .env("WEIR_LOG", "info,weir::access=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()

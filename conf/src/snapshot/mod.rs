@@ -8,6 +8,8 @@
 //! The parts, each with its types and their validation:
 //! - `server`: [`Server`] from `[server]` (listeners, TLS, tracing).
 //! - `pool`: [`Pool`] from `[[pools]]` (backends, health checks, breakers).
+//! - `upstream`: a pool's TLS, the headers it sets or removes and the
+//!   secrets they read ([`UpstreamTls`], [`PoolHeaders`], [`Secret`]).
 //! - `timeouts`: a route's effective [`Timeouts`].
 //! - `route`: [`Route`] from `[[routes]]` (matching, arms, policies), and the
 //!   checks across routes (overlaps, gRPC pools).
@@ -20,6 +22,7 @@ mod pool;
 mod route;
 mod server;
 mod timeouts;
+mod upstream;
 mod values;
 
 use std::collections::HashMap;
@@ -28,6 +31,7 @@ pub use pool::{Backend, HealthCheck, MAX_BACKEND_WEIGHT, Pool};
 pub use route::{Arm, DEFAULT_MAX_BODY, MAX_ARM_WEIGHT, MAX_HOST, MAX_PREFIX, Route};
 pub use server::{Server, TlsListener, Tracing};
 pub use timeouts::{DEFAULT_CONNECT, DEFAULT_READ, DEFAULT_WRITE, Timeouts};
+pub use upstream::{PoolHeaders, Secret, UpstreamTls};
 pub use values::MAX_HEADER_NAME;
 
 use crate::access::check::{Access, check_access, check_limits};

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::upstream::{PoolHeaders, UpstreamTls, check_headers, check_tls};
 use super::values::{MAX_TIMEOUT_MS, parse_addr};
 use crate::error::Problems;
 use crate::model::{Balance, HealthCheckKind, PoolConfig, Protocol};
@@ -28,6 +29,12 @@ pub struct Pool {
     pub health: HealthCheck,
     /// Circuit breaker settings of each backend.
     pub breaker: Breaker,
+    /// TLS to the backends.
+    pub tls: Option<UpstreamTls>,
+    /// Headers set on or removed from requests to the backends.
+    pub headers: PoolHeaders,
+    /// Keep the client's `Host`.
+    pub preserve_host: bool,
 }
 
 /// A validated backend.
@@ -127,8 +134,13 @@ pub(super) fn check_pools(pools: &[PoolConfig], problems: &mut Problems) -> Vec<
             }
         }
         let breaker = check_breaker(&p.breaker, &at, problems);
+        let tls = check_tls(p.tls.as_ref(), p.protocol, &at, problems);
+        let headers = check_headers(&p.headers, &at, problems);
         out.push(Pool {
             breaker,
+            tls,
+            headers,
+            preserve_host: p.preserve_host,
             name: p.name.clone(),
             protocol: p.protocol,
             balance: p.balance,

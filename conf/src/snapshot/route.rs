@@ -331,12 +331,12 @@ pub(super) fn check_grpc_pools(
             if let Some(pool) = pool_index
                 .get(arm.pool.as_str())
                 .and_then(|&i| pools.get(i))
-                && pool.protocol != Protocol::H2c
+                && pool.protocol == Protocol::Http1
             {
                 problems.push(
                     format!("routes[{}].arms[{}].pool", r.name, arm.name),
                     format!(
-                        "gRPC needs HTTP/2: pool {:?} must have protocol = \"h2c\"",
+                        "gRPC needs HTTP/2: pool {:?} must have protocol = \"h2c\" (or \"h2\" with tls)",
                         pool.name
                     ),
                 );

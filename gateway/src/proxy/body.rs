@@ -58,7 +58,7 @@ pub(super) fn upstream_headers(ctx: &GatewayCtx, req: &mut RequestHeader) -> Res
     req.remove_header(&http::header::CONTENT_LENGTH);
     if ctx
         .arm()
-        .is_some_and(|a| a.pool.config.protocol == Protocol::H2c)
+        .is_some_and(|a| a.pool.config.protocol != Protocol::Http1)
     {
         req.remove_header(&http::header::TRANSFER_ENCODING);
     } else {

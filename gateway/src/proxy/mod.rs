@@ -124,6 +124,7 @@ impl ProxyHttp for Gateway {
             upstream_request.remove_header("x-api-key");
             upstream_request.insert_header("x-weir-tenant", tenant.header.clone())?;
         }
+        respond::pool_headers(ctx, upstream_request)?;
         body::upstream_headers(ctx, upstream_request)
     }
 

@@ -195,6 +195,7 @@ fn log_access(
         trace_id = trace_id.map(hex::encode).unwrap_or_default(),
         client = %client,
         method = %req.method,
+        version = ?req.version,
         path = %req.uri.path(),
         route = ctx.route_name(),
         arm = ctx.arm_name(),

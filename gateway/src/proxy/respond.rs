@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use pingora_error::{Error, ErrorType, Result};
-use pingora_http::ResponseHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, Session};
 
 use super::ctx::GatewayCtx;
@@ -111,4 +111,26 @@ pub(super) async fn fail_to_proxy(
         error_code: code,
         can_reuse_downstream: false,
     }
+}
+
+/// What the arm's pool says about the request it is sent: headers removed,
+/// then headers set (credentials of a provider, say); and `Host`, which
+/// becomes the pool's `tls.sni` unless the pool preserves the client's.
+pub(super) fn pool_headers(ctx: &GatewayCtx, req: &mut RequestHeader) -> Result<()> {
+    let Some(pool) = ctx.arm().map(|a| &a.pool) else {
+        return Ok(());
+    };
+    let h = &pool.config.headers;
+    for name in &h.remove {
+        req.remove_header(name.as_str());
+    }
+    for (name, value) in &h.set {
+        req.insert_header(name.clone(), value.expose())?;
+    }
+    if !pool.config.preserve_host
+        && let Some(sni) = pool.tls.as_ref().and_then(|t| t.sni.as_deref())
+    {
+        req.insert_header(http::header::HOST, sni)?;
+    }
+    Ok(())
 }

@@ -111,7 +111,7 @@ pub(super) fn choose_peer(
             up.attempt = attempt;
             // Ends the previous attempt's count, if any.
             up.in_flight = Some(in_flight);
-            let peer = route.peer(&backend, arm.pool.config.protocol, remaining);
+            let peer = route.peer(&backend, &arm.pool, remaining);
             up.backend = Some(backend);
             return Ok(peer);
         }
