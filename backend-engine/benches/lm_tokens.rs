@@ -24,9 +24,13 @@ async fn generate(model: &ModelVersion, max_tokens: usize, seed: u64) {
         stop: Vec::new(),
     };
     let mut rx = model
-        .generate(b"The Fox and the ".to_vec(), params)
+        .generate(
+            "The Fox and the ",
+            params,
+            weir_engine::model::GenOptions::default(),
+        )
         .unwrap();
-    while let Some(event) = rx.recv().await {
+    while let Some(event) = rx.events.recv().await {
         match event {
             GenEvent::Finished { .. } => return,
             GenEvent::Failed(m) => panic!("{m}"),

@@ -67,6 +67,16 @@ pub struct Args {
     #[arg(long)]
     pub no_batching: bool,
 
+    /// Longest context (prompt + generated tokens) of a causal-lm sequence;
+    /// a model.toml `context` below it wins.
+    #[arg(long, default_value_t = 2048, value_name = "TOKENS")]
+    pub max_context: usize,
+
+    /// KV-cache budget per causal-lm version in MiB (overrides model.toml's
+    /// `kv_cache_mb`; default 512 when neither is set).
+    #[arg(long, value_name = "MB")]
+    pub kv_cache_mb: Option<usize>,
+
     /// Self-registration in a gateway pool through etcd (`--register-etcd`,
     /// `--pool`, `--advertise`, ...). The HTTP address is registered unless
     /// `--advertise` names another (for an h2c/gRPC pool, the gRPC address).

@@ -100,6 +100,8 @@ impl Engine {
             settings: VersionSettings {
                 queue_capacity: args.queue_capacity,
                 batching: !args.no_batching,
+                max_context: args.max_context,
+                kv_cache_mb: args.kv_cache_mb,
             },
             metrics: Metrics::new()?,
             policies: Mutex::new(BTreeMap::new()),

@@ -27,7 +27,9 @@ pub enum Error {
     #[error("{0}")]
     InvalidRequest(String),
     /// A text-generation API was called on a model that is not a language model.
-    #[error("model '{0}' is not a language model (kind = \"tensor\"); use /v2/models/{0}/infer")]
+    #[error(
+        "model '{0}' does not generate text; use /v2/models/{0}/infer (tensor) or /v1/embeddings (embedding)"
+    )]
     NotLanguageModel(String),
     /// The model version's bounded queue is full.
     #[error(
@@ -40,6 +42,18 @@ pub enum Error {
         version: String,
         /// The queue's capacity.
         capacity: usize,
+    },
+    /// The model version's KV-cache budget cannot hold the request now.
+    #[error(
+        "model '{model}' has no room in its KV cache for this request now ({needed_mb} MiB needed, {free_mb} MiB free); retry later"
+    )]
+    KvCacheFull {
+        /// Model name.
+        model: String,
+        /// What the request needs.
+        needed_mb: usize,
+        /// What is free.
+        free_mb: usize,
     },
     /// No async task with this id (never created, or expired).
     #[error("task '{0}' not found (unknown or expired)")]
@@ -137,7 +151,7 @@ impl Error {
             | Error::TaskNotFound(_)
             | Error::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Error::InvalidRequest(_) | Error::NotLanguageModel(_) => StatusCode::BAD_REQUEST,
-            Error::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::QueueFull { .. } | Error::KvCacheFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Verification { .. } | Error::ModelConfig { .. } => {
@@ -159,7 +173,9 @@ impl Error {
             | Error::TaskNotFound(_)
             | Error::RouteNotFound(_) => tonic::Code::NotFound,
             Error::InvalidRequest(_) | Error::NotLanguageModel(_) => tonic::Code::InvalidArgument,
-            Error::QueueFull { .. } | Error::BodyTooLarge { .. } => tonic::Code::ResourceExhausted,
+            Error::QueueFull { .. } | Error::KvCacheFull { .. } | Error::BodyTooLarge { .. } => {
+                tonic::Code::ResourceExhausted
+            }
             Error::Unavailable(_) => tonic::Code::Unavailable,
             Error::Verification { .. } | Error::ModelConfig { .. } => {
                 tonic::Code::FailedPrecondition
@@ -183,6 +199,7 @@ impl Error {
             Error::InvalidRequest(_) => ("invalid_request_error", "invalid_request"),
             Error::NotLanguageModel(_) => ("invalid_request_error", "model_not_supported"),
             Error::QueueFull { .. } => ("rate_limit_error", "queue_full"),
+            Error::KvCacheFull { .. } => ("rate_limit_error", "kv_cache_full"),
             Error::BodyTooLarge { .. } => ("invalid_request_error", "body_too_large"),
             Error::Unavailable(_) => ("server_error", "unavailable"),
             Error::Verification { .. } => ("invalid_request_error", "model_verification_failed"),
@@ -215,7 +232,7 @@ impl Error {
             tracing::debug!(error = %self, "request rejected");
         }
         let mut response = (self.http_status(), axum::Json(self.body(protocol))).into_response();
-        if matches!(self, Error::QueueFull { .. }) {
+        if matches!(self, Error::QueueFull { .. } | Error::KvCacheFull { .. }) {
             response.headers_mut().insert(
                 http::header::RETRY_AFTER,
                 HeaderValue::from(RETRY_AFTER.as_secs()),

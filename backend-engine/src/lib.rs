@@ -20,10 +20,13 @@
 //! The binary is a thin wrapper over [`server::run`].
 
 pub mod batcher;
+pub mod causal;
 pub mod config;
+pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod grpc;
+pub mod hf;
 pub mod http;
 pub mod lm;
 pub mod metrics;

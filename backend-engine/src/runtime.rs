@@ -207,6 +207,22 @@ fn probe_cuda(device: i32) -> std::result::Result<(), String> {
 /// `model.toml` declares, with the same element types and compatible shapes.
 pub fn check_session(session: &Session, config: &ModelConfig) -> Result<()> {
     let mut problems = Vec::new();
+    if let Some(names) = fixed_names(config) {
+        for (side, wanted, outlets) in [
+            ("input", &names.0, session.inputs()),
+            ("output", &names.1, session.outputs()),
+        ] {
+            for name in wanted {
+                if !outlets.iter().any(|o| o.name() == name) {
+                    problems.push(format!(
+                        "the ONNX graph has no {side} '{name}' (kind = \"{}\")",
+                        config.kind.as_str()
+                    ));
+                }
+            }
+        }
+        return finish(config, problems);
+    }
     let sides = [
         ("input", &config.inputs, session.inputs()),
         ("output", &config.outputs, session.outputs()),
@@ -231,6 +247,10 @@ pub fn check_session(session: &Session, config: &ModelConfig) -> Result<()> {
             ));
         }
     }
+    finish(config, problems)
+}
+
+fn finish(config: &ModelConfig, problems: Vec<String>) -> Result<()> {
     if problems.is_empty() {
         Ok(())
     } else {
@@ -240,6 +260,29 @@ pub fn check_session(session: &Session, config: &ModelConfig) -> Result<()> {
             reason: problems.join("; "),
         })
     }
+}
+
+/// The inputs and outputs the causal-lm and embedding kinds need by name.
+fn fixed_names(config: &ModelConfig) -> Option<(Vec<String>, Vec<String>)> {
+    if let Some(lm) = &config.causal_lm {
+        let mut inputs: Vec<String> = ["input_ids", "attention_mask", "position_ids"]
+            .map(String::from)
+            .to_vec();
+        let mut outputs = vec!["logits".to_string()];
+        for i in 0..lm.num_layers {
+            for k in ["key", "value"] {
+                inputs.push(format!("past_key_values.{i}.{k}"));
+                outputs.push(format!("present.{i}.{k}"));
+            }
+        }
+        return Some((inputs, outputs));
+    }
+    config.embedding.as_ref().map(|_| {
+        (
+            vec!["input_ids".to_string(), "attention_mask".to_string()],
+            vec!["last_hidden_state".to_string()],
+        )
+    })
 }
 
 fn check_outlet(side: &str, spec: &TensorSpec, dtype: &ValueType, problems: &mut Vec<String>) {

@@ -2,6 +2,7 @@
 //! Protocol's `/v2`, async tasks, repository control and `/metrics`.
 //! Every response carries `x-weir-queue-depth`.
 
+mod embeddings;
 mod openai;
 mod tasks;
 mod v2;
@@ -34,6 +35,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/models", get(openai::list_models))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/tasks", post(tasks::create))
         .route("/v1/tasks/{id}", get(tasks::get))
         .route("/v2", get(v2::server_metadata))

@@ -19,8 +19,8 @@ use super::{MODEL_VERSION_HEADER, parse_json};
 use crate::engine::Engine;
 use crate::error::{Error, Protocol, Result};
 use crate::lm::scheduler::GenEvent;
-use crate::lm::{ChatMessage, render_chat, sampling::SamplingParams};
-use crate::model::ModelVersion;
+use crate::lm::{ChatMessage, sampling::SamplingParams};
+use crate::model::{GenOptions, Generation, ModelVersion};
 use crate::tasks::unix_now;
 
 /// Default `max_tokens` for `/v1/completions` (as OpenAI's).
@@ -68,6 +68,84 @@ pub struct CompletionRequest {
     /// Only 1 is supported.
     #[serde(default)]
     pub n: Option<u64>,
+    /// Also return the prompt's and the answer's token ids (causal-lm; as vLLM).
+    #[serde(default)]
+    pub return_token_ids: Option<bool>,
+    /// Generate past stop tokens until `max_tokens` (as vLLM).
+    #[serde(default)]
+    pub ignore_eos: Option<bool>,
+    /// Parameters the engine does not support: a request that sets them is
+    /// refused with a 400 naming the parameter rather than half-served.
+    #[serde(default)]
+    pub tools: Option<Value>,
+    /// Not supported (see `tools`).
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    /// Not supported (see `tools`).
+    #[serde(default)]
+    pub functions: Option<Value>,
+    /// Not supported (see `tools`).
+    #[serde(default)]
+    pub function_call: Option<Value>,
+    /// Only `{"type": "text"}` is supported.
+    #[serde(default)]
+    pub response_format: Option<Value>,
+    /// Not supported (false, 0 or null accepted).
+    #[serde(default)]
+    pub logprobs: Option<Value>,
+    /// Not supported.
+    #[serde(default)]
+    pub top_logprobs: Option<Value>,
+    /// Not supported (an empty map is accepted).
+    #[serde(default)]
+    pub logit_bias: Option<Value>,
+    /// Not supported (1 accepted).
+    #[serde(default)]
+    pub best_of: Option<Value>,
+    /// Not supported (false accepted).
+    #[serde(default)]
+    pub echo: Option<Value>,
+    /// Not supported.
+    #[serde(default)]
+    pub suffix: Option<Value>,
+}
+
+/// Refuses parameters the engine does not implement, naming them.
+fn refuse_unsupported(req: &CompletionRequest) -> Result<()> {
+    let set = |v: &Option<Value>| match v {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(o)) => !o.is_empty(),
+        Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+        Some(_) => true,
+    };
+    let text_format = req
+        .response_format
+        .as_ref()
+        .is_some_and(|f| f.get("type").and_then(Value::as_str) == Some("text"));
+    let best_of_one = req.best_of.as_ref().and_then(Value::as_u64) == Some(1);
+    for (name, value) in [
+        ("tools", &req.tools),
+        ("tool_choice", &req.tool_choice),
+        ("functions", &req.functions),
+        ("function_call", &req.function_call),
+        ("response_format", &req.response_format),
+        ("logprobs", &req.logprobs),
+        ("top_logprobs", &req.top_logprobs),
+        ("logit_bias", &req.logit_bias),
+        ("best_of", &req.best_of),
+        ("echo", &req.echo),
+        ("suffix", &req.suffix),
+    ] {
+        let allowed =
+            (name == "response_format" && text_format) || (name == "best_of" && best_of_one);
+        if set(value) && !allowed {
+            return Err(Error::InvalidRequest(format!(
+                "{name}: not supported by this engine"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A prompt: one string, or an array holding one string.
@@ -119,6 +197,8 @@ pub enum Endpoint {
 
 struct Prepared {
     model: Arc<ModelVersion>,
+    options: GenOptions,
+    token_ids: bool,
     label: String,
     prompt: String,
     params: SamplingParams,
@@ -161,6 +241,13 @@ fn prepare(engine: &Engine, req: CompletionRequest, endpoint: Endpoint) -> Resul
     if !model.is_lm() {
         return Err(Error::NotLanguageModel(model.name().to_string()));
     }
+    refuse_unsupported(&req)?;
+    let explicit = req.max_completion_tokens.or(req.max_tokens).is_some();
+    let options = GenOptions {
+        explicit_max_tokens: explicit,
+        ignore_eos: req.ignore_eos.unwrap_or(false),
+    };
+    let token_ids = req.return_token_ids.unwrap_or(false);
     let params = sampling(
         engine,
         req.max_completion_tokens.or(req.max_tokens),
@@ -196,7 +283,7 @@ fn prepare(engine: &Engine, req: CompletionRequest, endpoint: Endpoint) -> Resul
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            render_chat(&rendered)
+            model.render_chat(&rendered)?
         }
         (Endpoint::Chat, _, None) => {
             return Err(Error::InvalidRequest("messages: required".to_string()));
@@ -214,6 +301,8 @@ fn prepare(engine: &Engine, req: CompletionRequest, endpoint: Endpoint) -> Resul
     Ok(Prepared {
         label: format!("{}:{}", model.name(), model.version()),
         model,
+        options,
+        token_ids,
         prompt,
         params,
         stream,
@@ -307,13 +396,15 @@ pub async fn complete(
     endpoint: Endpoint,
 ) -> Result<Value> {
     let p = prepare(engine, req, endpoint)?;
-    let rx = p
-        .model
-        .generate(p.prompt.clone().into_bytes(), p.params.clone())?;
-    collect(p, rx).await
+    let generation = p.model.generate(&p.prompt, p.params.clone(), p.options)?;
+    collect(p, generation).await
 }
 
-async fn collect(p: Prepared, mut rx: mpsc::Receiver<GenEvent>) -> Result<Value> {
+async fn collect(p: Prepared, generation: Generation) -> Result<Value> {
+    let Generation {
+        events: mut rx,
+        prompt_ids,
+    } = generation;
     let mut text = String::new();
     loop {
         match rx.recv().await {
@@ -324,8 +415,9 @@ async fn collect(p: Prepared, mut rx: mpsc::Receiver<GenEvent>) -> Result<Value>
                 reason,
                 prompt_tokens,
                 completion_tokens,
+                token_ids,
             }) => {
-                let choice = match p.endpoint {
+                let mut choice = match p.endpoint {
                     Endpoint::Completions => json!({
                         "index": 0, "text": text, "logprobs": null, "finish_reason": reason.as_str(),
                     }),
@@ -336,7 +428,10 @@ async fn collect(p: Prepared, mut rx: mpsc::Receiver<GenEvent>) -> Result<Value>
                         "finish_reason": reason.as_str(),
                     }),
                 };
-                return Ok(json!({
+                if p.token_ids {
+                    choice["token_ids"] = json!(token_ids);
+                }
+                let mut body = json!({
                     "id": p.id,
                     "object": match p.endpoint {
                         Endpoint::Completions => "text_completion",
@@ -346,7 +441,11 @@ async fn collect(p: Prepared, mut rx: mpsc::Receiver<GenEvent>) -> Result<Value>
                     "model": p.label,
                     "choices": [choice],
                     "usage": usage_json(prompt_tokens, completion_tokens),
-                }));
+                });
+                if p.token_ids {
+                    body["prompt_token_ids"] = json!(prompt_ids);
+                }
+                return Ok(body);
             }
         }
     }
@@ -364,14 +463,12 @@ async fn handle(engine: &Engine, body: &[u8], endpoint: Endpoint) -> Response {
     let result = async {
         let req: CompletionRequest = parse_json(body)?;
         let p = prepare(engine, req, endpoint)?;
-        let rx = p
-            .model
-            .generate(p.prompt.clone().into_bytes(), p.params.clone())?;
+        let generation = p.model.generate(&p.prompt, p.params.clone(), p.options)?;
         let version = HeaderValue::from_str(p.model.version()).ok();
         let mut response = if p.stream {
-            Sse::new(sse_stream(p, rx)).into_response()
+            Sse::new(sse_stream(p, generation.events)).into_response()
         } else {
-            Json(collect(p, rx).await?).into_response()
+            Json(collect(p, generation).await?).into_response()
         };
         if let Some(v) = version {
             response.headers_mut().insert(MODEL_VERSION_HEADER, v);
@@ -447,6 +544,7 @@ impl StreamState {
                         reason,
                         prompt_tokens,
                         completion_tokens,
+                        ..
                     }) => {
                         self.phase = Phase::Usage(usage_json(prompt_tokens, completion_tokens));
                         return Some(self.chunk(self.choice(None, Some(reason.as_str()))));
@@ -518,14 +616,14 @@ pub(super) async fn list_models(State(engine): State<Arc<Engine>>) -> Json<Value
         if let Some(default) = set.default_version() {
             data.push(json!({
                 "id": name, "object": "model", "created": created, "owned_by": "weir",
-                "version": default.version(), "kind": if default.is_lm() { "lm" } else { "tensor" },
+                "version": default.version(), "kind": default.config.kind.as_str(),
             }));
         }
         for v in set.versions.values() {
             data.push(json!({
                 "id": format!("{name}:{}", v.version()), "object": "model", "created": created,
                 "owned_by": "weir", "version": v.version(),
-                "kind": if v.is_lm() { "lm" } else { "tensor" },
+                "kind": v.config.kind.as_str(),
             }));
         }
     }

@@ -64,6 +64,8 @@ pub enum GenEvent {
         prompt_tokens: usize,
         /// Generated tokens (bytes), a stop sequence included.
         completion_tokens: usize,
+        /// The generated token ids (causal-lm models; empty for byte-level ones).
+        token_ids: Vec<u32>,
     },
     /// The model failed; the last event.
     Failed(String),
@@ -247,6 +249,7 @@ impl Sequence {
             reason,
             prompt_tokens: self.job.prompt.len(),
             completion_tokens: self.detok.generated().len(),
+            token_ids: Vec::new(),
         });
         self.done = true;
     }

@@ -23,23 +23,158 @@ pub struct ModelToml {
     /// How long the batcher may hold the first request of a batch waiting for more.
     #[serde(default)]
     pub max_queue_delay_ms: u64,
-    /// The graph's inputs.
+    /// The graph's inputs (tensor and lm kinds; the others have fixed names).
+    #[serde(default)]
     pub inputs: Vec<TensorSpecToml>,
-    /// The graph's outputs.
+    /// The graph's outputs (tensor and lm kinds).
+    #[serde(default)]
     pub outputs: Vec<TensorSpecToml>,
     /// Language-model settings; required when `kind = "lm"`.
     #[serde(default)]
     pub lm: Option<LmToml>,
+    /// Decoder settings; required when `kind = "causal-lm"`.
+    #[serde(default)]
+    pub causal_lm: Option<CausalLmToml>,
+    /// Encoder settings; required when `kind = "embedding"`.
+    #[serde(default)]
+    pub embedding: Option<EmbeddingToml>,
+}
+
+/// The `[causal_lm]` table: an Optimum-style decoder with KV cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CausalLmToml {
+    /// Hugging Face `tokenizer.json` in the version folder.
+    pub tokenizer: String,
+    /// Optional Jinja chat template file in the version folder.
+    #[serde(default)]
+    pub chat_template: Option<String>,
+    /// Most positions (prompt + generated) a sequence may use.
+    pub context: usize,
+    /// Decoder layers (`past_key_values.0` .. `{L-1}`).
+    pub num_layers: usize,
+    /// Key/value heads of each past tensor.
+    pub num_kv_heads: usize,
+    /// Size of each head.
+    pub head_dim: usize,
+    /// Last dimension of `logits`.
+    pub vocab_size: usize,
+    /// Beginning-of-sequence token (handed to the chat template).
+    #[serde(default)]
+    pub bos_token: Option<String>,
+    /// End-of-sequence token (handed to the chat template).
+    #[serde(default)]
+    pub eos_token: Option<String>,
+    /// Generation stops after any of these tokens (not part of the text).
+    #[serde(default)]
+    pub stop_tokens: Vec<String>,
+    /// Memory for cached keys/values across all sequences, in MiB.
+    #[serde(default)]
+    pub kv_cache_mb: Option<usize>,
+}
+
+/// The `[embedding]` table: an encoder with `last_hidden_state`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingToml {
+    /// Hugging Face `tokenizer.json` in the version folder.
+    pub tokenizer: String,
+    /// `mean`, `cls` or `last`.
+    pub pooling: Pooling,
+    /// L2-normalise the pooled vector.
+    #[serde(default)]
+    pub normalize: bool,
+    /// Length of the returned vector (the hidden size).
+    pub dimensions: usize,
+    /// Longest input in tokens, special tokens included.
+    pub max_tokens: usize,
+}
+
+/// How token vectors become one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// Average of the rows whose attention mask is 1.
+    Mean,
+    /// Row 0.
+    Cls,
+    /// The last row whose attention mask is 1.
+    Last,
+}
+
+/// Validated `[causal_lm]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CausalLmConfig {
+    /// Tokenizer file.
+    pub tokenizer: String,
+    /// Chat template file.
+    pub chat_template: Option<String>,
+    /// Context from the file (the engine may cap it lower).
+    pub context: usize,
+    /// Layers.
+    pub num_layers: usize,
+    /// KV heads.
+    pub num_kv_heads: usize,
+    /// Head size.
+    pub head_dim: usize,
+    /// Logits per position.
+    pub vocab_size: usize,
+    /// BOS token text.
+    pub bos_token: String,
+    /// EOS token text.
+    pub eos_token: String,
+    /// Stop tokens (text).
+    pub stop_tokens: Vec<String>,
+    /// KV-cache budget in MiB, if the file sets one.
+    pub kv_cache_mb: Option<usize>,
+}
+
+impl CausalLmConfig {
+    /// Bytes of cached keys and values per token (FP32).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.num_layers * 2 * self.num_kv_heads * self.head_dim * 4
+    }
+}
+
+/// Validated `[embedding]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddingConfig {
+    /// Tokenizer file.
+    pub tokenizer: String,
+    /// Pooling.
+    pub pooling: Pooling,
+    /// L2 normalisation.
+    pub normalize: bool,
+    /// Vector length.
+    pub dimensions: usize,
+    /// Longest input in tokens.
+    pub max_tokens: usize,
 }
 
 /// What kind of model a version holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum ModelKind {
     /// A plain tensor model.
     Tensor,
     /// A byte-level language model: token ids in, next-token logits out.
     Lm,
+    /// A decoder with KV cache (Optimum names) and a Hugging Face tokenizer.
+    CausalLm,
+    /// A sentence encoder (`last_hidden_state`) and a Hugging Face tokenizer.
+    Embedding,
+}
+
+impl ModelKind {
+    /// The name used in `model.toml` and `/v1/models`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::Tensor => "tensor",
+            ModelKind::Lm => "lm",
+            ModelKind::CausalLm => "causal-lm",
+            ModelKind::Embedding => "embedding",
+        }
+    }
 }
 
 /// One input or output in `model.toml`.
@@ -111,6 +246,10 @@ pub struct ModelConfig {
     pub outputs: Vec<TensorSpec>,
     /// Present for language models.
     pub lm: Option<LmConfig>,
+    /// Present for causal-lm models.
+    pub causal_lm: Option<CausalLmConfig>,
+    /// Present for embedding models.
+    pub embedding: Option<EmbeddingConfig>,
 }
 
 impl ModelConfig {
@@ -148,10 +287,17 @@ impl ModelToml {
                 self.version
             ));
         }
-        if self.inputs.is_empty() {
+        let fixed_names = matches!(self.kind, ModelKind::CausalLm | ModelKind::Embedding);
+        if fixed_names && !(self.inputs.is_empty() && self.outputs.is_empty()) {
+            problems.push(format!(
+                "inputs/outputs: kind = \"{}\" has fixed tensor names; leave them out",
+                self.kind.as_str()
+            ));
+        }
+        if !fixed_names && self.inputs.is_empty() {
             problems.push("inputs: at least one input is required".to_string());
         }
-        if self.outputs.is_empty() {
+        if !fixed_names && self.outputs.is_empty() {
             problems.push("outputs: at least one output is required".to_string());
         }
         let inputs = specs("inputs", &self.inputs, self.max_batch_size, &mut problems);
@@ -161,12 +307,38 @@ impl ModelToml {
                 problems.push("lm: kind = \"lm\" needs an [lm] table".to_string());
                 None
             }
-            (ModelKind::Tensor, Some(_)) => {
+            (_, None) => None,
+            (ModelKind::Lm, Some(lm)) => lm_config(&lm, &inputs, &outputs, &mut problems),
+            (_, Some(_)) => {
                 problems.push("lm: only kind = \"lm\" takes an [lm] table".to_string());
                 None
             }
-            (ModelKind::Tensor, None) => None,
-            (ModelKind::Lm, Some(lm)) => lm_config(&lm, &inputs, &outputs, &mut problems),
+        };
+        let causal_lm = match (self.kind, self.causal_lm) {
+            (ModelKind::CausalLm, None) => {
+                problems.push("causal_lm: kind = \"causal-lm\" needs a [causal_lm] table".into());
+                None
+            }
+            (_, None) => None,
+            (ModelKind::CausalLm, Some(c)) => causal_lm_config(c, &mut problems),
+            (_, Some(_)) => {
+                problems
+                    .push("causal_lm: only kind = \"causal-lm\" takes a [causal_lm] table".into());
+                None
+            }
+        };
+        let embedding = match (self.kind, self.embedding) {
+            (ModelKind::Embedding, None) => {
+                problems.push("embedding: kind = \"embedding\" needs an [embedding] table".into());
+                None
+            }
+            (_, None) => None,
+            (ModelKind::Embedding, Some(e)) => embedding_config(e, &mut problems),
+            (_, Some(_)) => {
+                problems
+                    .push("embedding: only kind = \"embedding\" takes an [embedding] table".into());
+                None
+            }
         };
         if !problems.is_empty() {
             return Err(problems);
@@ -180,8 +352,73 @@ impl ModelToml {
             inputs,
             outputs,
             lm,
+            causal_lm,
+            embedding,
         })
     }
+}
+
+fn causal_lm_config(c: CausalLmToml, problems: &mut Vec<String>) -> Option<CausalLmConfig> {
+    let before = problems.len();
+    for (key, value) in [
+        ("context", c.context),
+        ("num_layers", c.num_layers),
+        ("num_kv_heads", c.num_kv_heads),
+        ("head_dim", c.head_dim),
+        ("vocab_size", c.vocab_size),
+    ] {
+        if value == 0 {
+            problems.push(format!("causal_lm.{key}: must be > 0"));
+        }
+    }
+    if c.tokenizer.is_empty() {
+        problems.push("causal_lm.tokenizer: must name a file".into());
+    }
+    if c.stop_tokens.is_empty() && c.eos_token.is_none() {
+        problems.push("causal_lm.stop_tokens: give at least one (or eos_token)".into());
+    }
+    if c.kv_cache_mb == Some(0) {
+        problems.push("causal_lm.kv_cache_mb: must be > 0".into());
+    }
+    let mut stop_tokens = c.stop_tokens;
+    if let Some(eos) = &c.eos_token
+        && !stop_tokens.contains(eos)
+    {
+        stop_tokens.push(eos.clone());
+    }
+    (problems.len() == before).then(|| CausalLmConfig {
+        tokenizer: c.tokenizer,
+        chat_template: c.chat_template,
+        context: c.context,
+        num_layers: c.num_layers,
+        num_kv_heads: c.num_kv_heads,
+        head_dim: c.head_dim,
+        vocab_size: c.vocab_size,
+        bos_token: c.bos_token.unwrap_or_default(),
+        eos_token: c.eos_token.unwrap_or_default(),
+        stop_tokens,
+        kv_cache_mb: c.kv_cache_mb,
+    })
+}
+
+fn embedding_config(e: EmbeddingToml, problems: &mut Vec<String>) -> Option<EmbeddingConfig> {
+    let before = problems.len();
+    if e.dimensions == 0 {
+        problems.push("embedding.dimensions: must be > 0".into());
+    }
+    if e.max_tokens == 0 {
+        problems.push("embedding.max_tokens: must be > 0".into());
+    }
+    if e.tokenizer.is_empty() {
+        problems.push("embedding.tokenizer: must name a file".into());
+    }
+    (problems.len() == before).then_some(EmbeddingConfig {
+        tokenizer: e.tokenizer,
+        pooling: e.pooling,
+        normalize: e.normalize,
+        dimensions: e.dimensions,
+        max_tokens: e.max_tokens,
+    })
 }
 
 fn specs(
@@ -320,6 +557,65 @@ pad_id = 256
         for part in ["name: 'other'", "first dimension must be -1", "FP16"] {
             assert!(err.contains(part), "missing {part:?} in {err}");
         }
+    }
+
+    const CAUSAL: &str = r#"
+name = "smol"
+version = "1"
+kind = "causal-lm"
+max_batch_size = 16
+[causal_lm]
+tokenizer = "tokenizer.json"
+chat_template = "chat_template.jinja"
+context = 8192
+num_layers = 30
+num_kv_heads = 3
+head_dim = 64
+vocab_size = 49152
+bos_token = "<|im_start|>"
+eos_token = "<|im_end|>"
+stop_tokens = ["<|im_end|>", "<|endoftext|>"]
+kv_cache_mb = 512
+"#;
+
+    #[test]
+    fn parses_causal_lm_and_embedding() {
+        let c = ModelConfig::parse(CAUSAL, "smol", "1").unwrap();
+        assert_eq!(c.kind, ModelKind::CausalLm);
+        let cl = c.causal_lm.unwrap();
+        assert_eq!(cl.kv_bytes_per_token(), 46_080);
+        assert_eq!(cl.stop_tokens.len(), 2);
+        let e = ModelConfig::parse(
+            "name = \"e\"\nversion = \"1\"\nkind = \"embedding\"\nmax_batch_size = 32\n\
+             [embedding]\ntokenizer = \"tokenizer.json\"\npooling = \"mean\"\n\
+             normalize = true\ndimensions = 384\nmax_tokens = 256\n",
+            "e",
+            "1",
+        )
+        .unwrap();
+        assert_eq!(e.embedding.unwrap().pooling, Pooling::Mean);
+    }
+
+    #[test]
+    fn causal_lm_problems_are_all_reported() {
+        let bad = CAUSAL.replace("num_layers = 30", "num_layers = 0").replace(
+            "[causal_lm]",
+            "[[inputs]]\nname = \"x\"\ndatatype = \"FP32\"\nshape = [-1]\n[causal_lm]",
+        );
+        let err = ModelConfig::parse(&bad, "smol", "1")
+            .unwrap_err()
+            .to_string();
+        for part in ["num_layers: must be > 0", "fixed tensor names"] {
+            assert!(err.contains(part), "missing {part:?} in {err}");
+        }
+        let err = ModelConfig::parse(
+            &CAUSAL.replace("kind = \"causal-lm\"", "kind = \"embedding\""),
+            "smol",
+            "1",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("needs an [embedding] table"), "{err}");
     }
 
     #[test]

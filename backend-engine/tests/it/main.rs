@@ -15,5 +15,6 @@ mod lifecycle;
 mod openai;
 mod python_clients;
 mod queue;
+mod real_models;
 mod registration;
 mod v2_http;
