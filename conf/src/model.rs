@@ -189,6 +189,11 @@ pub struct ServerConfig {
     /// `otlp_endpoint` is set).
     #[serde(default, skip_serializing_if = "TracingConfig::is_default")]
     pub tracing: TracingConfig,
+    /// A hosts(5)-format file whose names resolve before the system
+    /// resolver is asked (re-read at every refresh): for names the system
+    /// does not know, and for tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts_file: Option<String>,
 }
 
 /// `[server.tls]`: the TLS proxy listener.
@@ -247,6 +252,7 @@ impl Default for ServerConfig {
             upgrade_sock: default_upgrade_sock(),
             tls: None,
             tracing: TracingConfig::default(),
+            hosts_file: None,
         }
     }
 }
@@ -299,6 +305,20 @@ pub enum Protocol {
     H2c,
     /// HTTP/2 over TLS, negotiated with ALPN (needs `tls`).
     H2,
+}
+
+/// `resolve = { refresh_ms }`: how often the pool's host names are looked
+/// up again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveConfig {
+    /// Milliseconds between lookups (default 5000, 100 to 3600000).
+    #[serde(default = "default_refresh_ms")]
+    pub refresh_ms: i64,
+}
+
+fn default_refresh_ms() -> i64 {
+    5_000
 }
 
 /// TLS to a pool's backends.
@@ -379,6 +399,9 @@ pub struct PoolConfig {
     /// (credentials of a provider, say).
     #[serde(default, skip_serializing_if = "PoolHeadersConfig::is_empty")]
     pub headers: PoolHeadersConfig,
+    /// How backends given by host name are re-resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolve: Option<ResolveConfig>,
     /// Send the client's `Host` upstream; by default the backend's host
     /// name (or `tls.sni`) replaces it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -407,7 +430,8 @@ pub struct PoolConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    /// `IP:PORT` of the backend.
+    /// `IP:PORT`, or `HOST:PORT`: a name the gateway resolves off the
+    /// request path (every address it resolves to becomes a backend).
     pub address: String,
     /// Relative share of the pool's traffic (default 1, must be >= 1).
     #[serde(default = "default_backend_weight")]

@@ -314,6 +314,10 @@ pub fn describe(rt: &Runtime) -> Value {
                 "tls": p.config.tls.as_ref().map(|t| json!({ "sni": t.sni, "verify": t.verify, "ca_file": t.ca_file.is_some(), "client_cert": t.client.is_some() })),
                 "headers": { "set": p.config.headers.set.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), "remove": &p.config.headers.remove },
                 "preserve_host": p.config.preserve_host,
+                "names": p.config.names.iter().map(|n| json!({
+                    "name": format!("{}:{}", n.host, n.port),
+                    "addresses": p.resolved.iter().filter(|(_, h, _)| *h == n.host).map(|(a, _, _)| a.to_string()).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
                 "backends": backends,
             })
         })

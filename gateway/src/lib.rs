@@ -52,6 +52,7 @@ pub mod otel;
 pub mod pool;
 pub mod proxy;
 pub mod redis_limits;
+pub mod resolve;
 pub mod retry;
 pub mod route_match;
 pub mod routing;

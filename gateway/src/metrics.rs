@@ -15,6 +15,9 @@ pub struct Metrics {
     pub duration: HistogramVec,
     /// `weir_upstream_connect_failures_total{pool,backend}`.
     pub connect_failures: IntCounterVec,
+    /// `weir_resolve_failures_total{pool,name}`: lookups of a backend's
+    /// host name that failed (its last good addresses were kept).
+    pub resolve_failures: IntCounterVec,
     /// `weir_config_reloads_total{result}` with result `applied` or `rejected`.
     pub reloads: IntCounterVec,
     /// `weir_config_generation`: generation of the live snapshot.
@@ -124,6 +127,13 @@ impl Metrics {
                 "Failed connection attempts to a backend.",
             ),
             &["pool", "backend"],
+        )?;
+        let resolve_failures = IntCounterVec::new(
+            Opts::new(
+                "weir_resolve_failures_total",
+                "Failed lookups of a backend's host name (its last good addresses were kept).",
+            ),
+            &["pool", "name"],
         )?;
         let reloads = IntCounterVec::new(
             Opts::new(
@@ -277,6 +287,7 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(connect_failures.clone()))?;
+        registry.register(Box::new(resolve_failures.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(generation.clone()))?;
         registry.register(Box::new(backend_healthy.clone()))?;
@@ -323,6 +334,7 @@ impl Metrics {
             requests,
             duration,
             connect_failures,
+            resolve_failures,
             reloads,
             generation,
             backend_healthy,

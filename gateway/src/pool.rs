@@ -36,10 +36,35 @@ use crate::metrics::Metrics;
 /// pools with `balance = "round_robin"`.
 pub type Balancer = LoadBalancer<RoundRobin>;
 
+/// The addresses `pool`'s host names resolve to now, each with the name it
+/// came from and its weight, sorted; addresses the pool also lists by IP
+/// are left out.
+pub fn resolved(
+    pool: &Pool,
+    resolver: &crate::resolve::Resolver,
+) -> Vec<(std::net::SocketAddr, String, u32)> {
+    let mut out: Vec<(std::net::SocketAddr, String, u32)> = Vec::new();
+    for n in &pool.names {
+        for addr in resolver.addrs(&n.host, n.port) {
+            let listed = pool.backends.iter().any(|b| b.addr == addr)
+                || out.iter().any(|(a, _, _)| *a == addr);
+            if !listed {
+                out.push((addr, n.host.clone(), n.weight));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// One backend of a pool with what choosing it needs.
 pub struct Member {
     /// The backend.
     pub backend: Backend,
+    /// Its weight.
+    pub weight: u32,
+    /// The host name it was resolved from, if any.
+    pub host: Option<String>,
     /// Its load estimate.
     pub load: Arc<Load>,
     /// Its breaker (when breakers are on).
@@ -206,6 +231,9 @@ pub struct PoolRt {
     cumulative: Vec<u64>,
     /// Upstream TLS, when the pool has it.
     pub tls: Option<PoolTls>,
+    /// The addresses its host names resolved to when it was built (with
+    /// the name and weight): a pool is rebuilt when they change.
+    pub resolved: Vec<(std::net::SocketAddr, String, u32)>,
     health: Option<Arc<PoolHealth>>,
 }
 
@@ -216,18 +244,34 @@ impl PoolRt {
     /// Surviving backends keep their breakers likewise.
     pub async fn build(
         config: Pool,
+        resolved: Vec<(std::net::SocketAddr, String, u32)>,
         previous: Option<&PoolRt>,
         metrics: &Metrics,
     ) -> Result<Self, String> {
+        // The backends to use: those listed by IP and those the names
+        // resolved to, in that order.
+        let mut effective = config.clone();
+        effective
+            .backends
+            .extend(resolved.iter().map(|(addr, _, weight)| weir_conf::Backend {
+                addr: *addr,
+                weight: *weight,
+            }));
+        let host_of = |addr: &std::net::SocketAddr| {
+            resolved
+                .iter()
+                .find(|(a, _, _)| a == addr)
+                .map(|(_, h, _)| h.clone())
+        };
         let mut set = BTreeSet::new();
-        for b in &config.backends {
+        for b in &effective.backends {
             let backend = Backend::new_with_weight(&b.addr.to_string(), b.weight as usize)
                 .map_err(|e| format!("pool {}: backend {}: {e}", config.name, b.addr))?;
             set.insert(backend);
         }
         let previous = previous.filter(|p| p.config.name == config.name);
         let tls = PoolTls::build(&config)?;
-        let breakers = BreakerSet::build(&config, previous.map(|p| &p.breakers), metrics);
+        let breakers = BreakerSet::build(&effective, previous.map(|p| &p.breakers), metrics);
         let inherited = previous
             .and_then(|p| p.health.as_ref())
             .filter(|h| h.settings == config.health)
@@ -246,10 +290,10 @@ impl PoolRt {
         lb.update()
             .await
             .map_err(|e| format!("pool {}: {e}", config.name))?;
-        let mut members = Vec::with_capacity(config.backends.len());
-        let mut cumulative = Vec::with_capacity(config.backends.len());
+        let mut members = Vec::with_capacity(effective.backends.len());
+        let mut cumulative = Vec::with_capacity(effective.backends.len());
         let mut total = 0u64;
-        for b in &config.backends {
+        for b in &effective.backends {
             let backend = Backend::new_with_weight(&b.addr.to_string(), b.weight as usize)
                 .map_err(|e| format!("pool {}: backend {}: {e}", config.name, b.addr))?;
             let load = previous
@@ -263,6 +307,8 @@ impl PoolRt {
                     .then(|| breakers.get(&b.addr))
                     .flatten()
                     .cloned(),
+                weight: b.weight,
+                host: host_of(&b.addr),
                 backend,
                 load,
             });
@@ -274,6 +320,7 @@ impl PoolRt {
             members,
             cumulative,
             tls,
+            resolved,
             health,
         })
     }
@@ -325,7 +372,7 @@ impl PoolRt {
         loop {
             let i = balance::pick(
                 &self.cumulative,
-                |i| self.members[i].load.cost(now_ns) / f64::from(self.config.backends[i].weight),
+                |i| self.members[i].load.cost(now_ns) / f64::from(self.members[i].weight),
                 |i| {
                     let m = &self.members[i];
                     !refused.contains(&i)
@@ -383,6 +430,14 @@ impl PoolRt {
             .flatten()
             .map(|breaker| Attempt::new(Arc::clone(breaker), probe.get()));
         Some((backend, attempt))
+    }
+
+    /// The host name `backend` was resolved from, if it was.
+    pub fn host_name(&self, backend: &Backend) -> Option<&str> {
+        self.members
+            .iter()
+            .find(|m| m.backend.addr == backend.addr)
+            .and_then(|m| m.host.as_deref())
     }
 
     /// Whether `backend` currently passes health checks.

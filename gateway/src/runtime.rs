@@ -118,7 +118,11 @@ impl RouteRt {
         let mut peer = match &pool.tls {
             None => Box::new(HttpPeer::new(backend.clone(), false, String::new())),
             Some(tls) => {
-                let sni = tls.sni.clone().unwrap_or_else(|| host_of(backend));
+                let sni = tls
+                    .sni
+                    .clone()
+                    .or_else(|| pool.host_name(backend).map(str::to_owned))
+                    .unwrap_or_else(|| host_of(backend));
                 let mut p = Box::new(HttpPeer::new(backend.clone(), true, sni));
                 p.options.verify_cert = tls.verify;
                 p.options.verify_hostname = tls.verify;
@@ -231,6 +235,7 @@ impl Runtime {
         previous: Option<&Runtime>,
         local_rollbacks: &BTreeSet<(String, String)>,
         metrics: &Metrics,
+        resolver: &crate::resolve::Resolver,
     ) -> Result<Self, BuildError> {
         let mut reusable: HashMap<&Pool, &Arc<PoolRt>> = HashMap::new();
         let mut by_name: HashMap<&str, &Arc<PoolRt>> = HashMap::new();
@@ -242,11 +247,12 @@ impl Runtime {
         }
         let mut pools = Vec::with_capacity(snapshot.pools.len());
         for p in &snapshot.pools {
-            match reusable.get(p) {
+            let resolved = crate::pool::resolved(p, resolver);
+            match reusable.get(p).filter(|e| e.resolved == resolved) {
                 Some(existing) => pools.push(Arc::clone(existing)),
                 None => {
                     let before = by_name.get(p.name.as_str()).map(|rt| rt.as_ref());
-                    let pool = PoolRt::build(p.clone(), before, metrics).await;
+                    let pool = PoolRt::build(p.clone(), resolved, before, metrics).await;
                     pools.push(Arc::new(pool.map_err(BuildError::Pool)?));
                 }
             }

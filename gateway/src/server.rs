@@ -376,6 +376,7 @@ impl BackgroundService for Control {
                 Err(e) => self.shared.reject("startup", &e),
             }
         }
+        tasks.spawn(crate::source::watch_names(Arc::clone(&self.shared)));
         match &self.source {
             ConfigSource::File(path) => {
                 let shared = Arc::clone(&self.shared);

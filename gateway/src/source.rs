@@ -91,3 +91,38 @@ pub async fn watch_file(shared: Arc<Shared>, path: PathBuf) -> Result<(), String
     drop(debouncer);
     Ok(())
 }
+
+/// Refreshes the live config's backend host names ([`crate::resolve`]) for as long as the process runs,
+/// every pool's shortest `resolve.refresh_ms`, rebuilding the runtime when
+/// an answer changed.
+pub async fn watch_names(shared: Arc<Shared>) {
+    loop {
+        let live = shared.current();
+        let every = live
+            .as_ref()
+            .and_then(|rt| {
+                rt.snapshot
+                    .pools
+                    .iter()
+                    .filter(|p| !p.names.is_empty())
+                    .map(|p| p.refresh)
+                    .min()
+            })
+            .unwrap_or(Duration::from_secs(5));
+        tokio::time::sleep(every).await;
+        let Some(rt) = shared.current() else {
+            continue;
+        };
+        if rt.snapshot.pools.iter().all(|p| p.names.is_empty()) {
+            continue;
+        }
+        if shared
+            .resolver
+            .refresh(&rt.snapshot, false, &shared.metrics)
+            .await
+            && let Err(e) = shared.republish().await
+        {
+            tracing::warn!(error = %e, "rebuild after a name changed its addresses failed");
+        }
+    }
+}

@@ -37,6 +37,8 @@ pub struct Shared {
     /// The span exporter, when `[server.tracing]` names an endpoint (set
     /// once at start).
     pub otel: std::sync::OnceLock<crate::otel::Otel>,
+    /// The addresses of the backends' host names.
+    pub resolver: crate::resolve::Resolver,
 }
 
 /// Where a gateway records its rollbacks.
@@ -61,6 +63,7 @@ impl Shared {
             sink: std::sync::OnceLock::new(),
             otel: std::sync::OnceLock::new(),
             reload_lock: tokio::sync::Mutex::new(()),
+            resolver: crate::resolve::Resolver::default(),
         }
     }
 
@@ -203,6 +206,9 @@ impl Shared {
         let local = self.rollbacks.lock().map(|s| s.clone()).unwrap_or_default();
         let generation = self.generation.load(Ordering::Acquire) + 1;
         let revision = origin.revision().unwrap_or(0);
+        // Names never looked up are resolved before the first build that
+        // needs them; later changes come from resolve::run.
+        self.resolver.refresh(&snapshot, true, &self.metrics).await;
         let runtime = Runtime::build(
             snapshot,
             origin,
@@ -210,6 +216,7 @@ impl Shared {
             previous.as_deref(),
             &local,
             &self.metrics,
+            &self.resolver,
         )
         .await?;
         // Rollbacks the snapshot now records (read back from etcd) need no

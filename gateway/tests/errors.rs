@@ -129,7 +129,7 @@ arms = [{ name = "v1", pool = "p", weight = -1 }, { name = "v2", pool = "engine-
     let err = String::from_utf8_lossy(&out.stderr);
     for want in [
         "3 problem(s)",
-        "pools[p].backends[0].address: \"nope\" is not an IP:PORT address",
+        "pools[p].backends[0].address: \"nope\" is not an IP:PORT or HOST:PORT address",
         "routes[chat].arms[v1].weight: must be >= 0",
         "routes[chat].arms[v2].pool: no pool named \"engine-v3\"",
     ] {

@@ -1,7 +1,9 @@
-//! Pools in front of what people run: TLS to the backends (a certificate
-//! authority made here with `openssl`; a second `weir` with a TLS listener
-//! is the TLS server), HTTP/2 over TLS, and credentials the pool adds from
-//! the environment or a file, never shown in logs, `/admin/routes` or errors.
+//! Pools in front of what people run: backends by host name (the system
+//! resolver for `localhost`, a hosts file whose answer changes under load),
+//! TLS to the backends (a certificate authority made here with `openssl`; a
+//! second `weir` with a TLS listener is the TLS server), HTTP/2 over TLS,
+//! and credentials the pool adds from the environment or a file, never
+//! shown in logs, `/admin/routes` or errors.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -11,7 +13,7 @@ use std::process::Command;
 
 use common::{SERVER, weir_bin};
 use weir_test_support::upstream::ECHO_HEADER;
-use weir_test_support::{Upstream, Weir};
+use weir_test_support::{Load, Upstream, Weir};
 
 fn openssl(args: &[&str], dir: &Path) {
     let status = Command::new("openssl")
@@ -285,4 +287,85 @@ fn check_reports_a_missing_secret_without_its_value() {
         text.contains("pools[p].protocol: \"h2\" is HTTP/2 over TLS"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_by_name_follow_their_addresses_without_a_failed_request() {
+    let a = Upstream::local("a").await.unwrap();
+    let port = a.addr.port();
+    // The same port on another loopback address.
+    let _b = Upstream::start("b", format!("127.0.0.2:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 upstream.test\n").unwrap();
+    let cfg = format!(
+        "{SERVER}hosts_file = \"{}\"\n\n[[pools]]\nname = \"p\"\n\
+         backends = [{{ address = \"upstream.test:{port}\" }}]\nresolve = {{ refresh_ms = 100 }}\n\n\
+         [[routes]]\nname = \"chat\"\narms = [{{ name = \"v1\", pool = \"p\", weight = 1 }}]\n",
+        hosts.display()
+    )
+    .replacen("grace_period_seconds = 0\n\n", "grace_period_seconds = 0\n", 1);
+    let weir = Weir::start(weir_bin(), &cfg).await.unwrap();
+    let (status, body) = echo(&weir).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["upstream"], "a");
+    assert_eq!(body["headers"]["host"], format!("upstream.test:{port}"));
+    let routes = weir.admin_json("/admin/routes").await.unwrap();
+    assert_eq!(
+        routes["pools"][0]["names"][0]["addresses"][0],
+        format!("127.0.0.1:{port}"),
+        "{routes}"
+    );
+
+    let load = Load::start(&weir, 4);
+    load.advance(200).await.unwrap();
+    // The name moves to b.
+    let tmp = dir.path().join("hosts.new");
+    std::fs::write(&tmp, "127.0.0.2 upstream.test\n").unwrap();
+    std::fs::rename(&tmp, &hosts).unwrap();
+    weir_test_support::eventually(std::time::Duration::from_secs(20), || async {
+        (load.served_by("b") > 0).then_some(())
+    })
+    .await
+    .unwrap();
+    let from_a = load.served_by("a");
+    load.advance(200).await.unwrap();
+    assert_eq!(load.served_by("a"), from_a, "a still served after the move");
+    let report = load.finish().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+
+    // A name that stops resolving keeps its last good address: counted,
+    // logged, still served.
+    std::fs::write(&tmp, "# nothing\n").unwrap();
+    std::fs::rename(&tmp, &hosts).unwrap();
+    weir_test_support::eventually(std::time::Duration::from_secs(20), || async {
+        let n = weir
+            .metric_sample("weir_resolve_failures_total{name=\"upstream.test\",pool=\"p\"}")
+            .await?;
+        (n >= 1.0).then_some(())
+    })
+    .await
+    .map_err(|e| format!("{e}\n{}", weir.log()))
+    .unwrap();
+    let (status, body) = echo(&weir).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["upstream"], "b");
+    assert!(weir.log().contains("keeping its last good addresses"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn localhost_resolves_through_the_system_resolver() {
+    let up = Upstream::local("local").await.unwrap();
+    let weir = gateway(&format!(
+        "backends = [{{ address = \"localhost:{}\" }}]",
+        up.addr.port()
+    ))
+    .await;
+    for _ in 0..20 {
+        let (status, body) = echo(&weir).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["upstream"], "local");
+    }
 }

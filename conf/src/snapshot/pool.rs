@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::upstream::{PoolHeaders, UpstreamTls, check_headers, check_tls};
-use super::values::{MAX_TIMEOUT_MS, parse_addr};
+use super::values::MAX_TIMEOUT_MS;
 use crate::error::Problems;
 use crate::model::{Balance, HealthCheckKind, PoolConfig, Protocol};
 use crate::names::{check_name, entry_path};
@@ -25,6 +25,10 @@ pub struct Pool {
     pub balance: Balance,
     /// Backends with their weights.
     pub backends: Vec<Backend>,
+    /// Backends given by host name, resolved by the gateway.
+    pub names: Vec<NamedBackend>,
+    /// How often those names are looked up again.
+    pub refresh: Duration,
     /// Health checking.
     pub health: HealthCheck,
     /// Circuit breaker settings of each backend.
@@ -35,6 +39,18 @@ pub struct Pool {
     pub headers: PoolHeaders,
     /// Keep the client's `Host`.
     pub preserve_host: bool,
+}
+
+/// A backend given by host name: the gateway resolves it, and every
+/// address it gets becomes a backend with this weight.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NamedBackend {
+    /// The host name (lower case).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// The weight of each of its addresses.
+    pub weight: u32,
 }
 
 /// A validated backend.
@@ -79,7 +95,9 @@ pub(super) fn check_pools(pools: &[PoolConfig], problems: &mut Problems) -> Vec<
             );
         }
         let mut addrs = HashSet::new();
+        let mut hosts = HashSet::new();
         let mut backends = Vec::with_capacity(p.backends.len());
+        let mut names = Vec::new();
         for (j, b) in p.backends.iter().enumerate() {
             let bat = format!("{at}.backends[{j}]");
             if !(1..=MAX_BACKEND_WEIGHT).contains(&b.weight) {
@@ -88,16 +106,41 @@ pub(super) fn check_pools(pools: &[PoolConfig], problems: &mut Problems) -> Vec<
                     format!("{} must be between 1 and {MAX_BACKEND_WEIGHT}", b.weight),
                 );
             }
-            if let Some(addr) = parse_addr(&b.address, &format!("{bat}.address"), problems) {
+            let weight = u32::try_from(b.weight.clamp(1, MAX_BACKEND_WEIGHT)).unwrap_or(1);
+            if let Ok(addr) = b.address.parse::<SocketAddr>() {
                 if !addrs.insert(addr) {
                     problems.push(format!("{bat}.address"), format!("{addr} is listed twice"));
                 }
-                backends.push(Backend {
-                    addr,
-                    weight: u32::try_from(b.weight.clamp(1, MAX_BACKEND_WEIGHT)).unwrap_or(1),
-                });
+                backends.push(Backend { addr, weight });
+            } else if let Some((host, port)) = parse_host_port(&b.address) {
+                if !hosts.insert((host.clone(), port)) {
+                    problems.push(
+                        format!("{bat}.address"),
+                        format!("{host}:{port} is listed twice"),
+                    );
+                }
+                names.push(NamedBackend { host, port, weight });
+            } else {
+                problems.push(
+                    format!("{bat}.address"),
+                    format!(
+                        "{} is not an IP:PORT or HOST:PORT address",
+                        crate::error::quoted(&b.address)
+                    ),
+                );
             }
         }
+        let refresh = match &p.resolve {
+            Some(r) if !(100..=MAX_TIMEOUT_MS).contains(&r.refresh_ms) => {
+                problems.push(
+                    format!("{at}.resolve.refresh_ms"),
+                    format!("{} must be between 100 and {MAX_TIMEOUT_MS}", r.refresh_ms),
+                );
+                Duration::from_secs(5)
+            }
+            Some(r) => Duration::from_millis(r.refresh_ms.unsigned_abs()),
+            None => Duration::from_secs(5),
+        };
         let h = &p.health_check;
         if !(50..=MAX_TIMEOUT_MS).contains(&h.interval_ms) {
             problems.push(
@@ -145,6 +188,8 @@ pub(super) fn check_pools(pools: &[PoolConfig], problems: &mut Problems) -> Vec<
             protocol: p.protocol,
             balance: p.balance,
             backends,
+            names,
+            refresh,
             health: HealthCheck {
                 kind: h.kind,
                 path: h.path.clone(),
@@ -161,4 +206,45 @@ pub(super) fn check_pools(pools: &[PoolConfig], problems: &mut Problems) -> Vec<
         });
     }
     out
+}
+
+/// `HOST:PORT` with a DNS name (lower-cased): labels of letters, digits and
+/// `-`, at most 253 bytes; a port from 1 to 65535.
+fn parse_host_port(value: &str) -> Option<(String, u16)> {
+    let (host, port) = value.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|&p| p != 0)?;
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        // All digits and dots is a malformed IP address, not a name.
+        && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    ok.then(|| (host.to_ascii_lowercase(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_host_port;
+
+    #[test]
+    fn host_port_names() {
+        assert_eq!(
+            parse_host_port("vllm.models.svc.cluster.local:8000"),
+            Some(("vllm.models.svc.cluster.local".into(), 8000))
+        );
+        assert_eq!(
+            parse_host_port("LocalHost:1"),
+            Some(("localhost".into(), 1))
+        );
+        for bad in [
+            "nope", "a:0", "a:70000", ":80", "-a:1", "a..b:1", "1.2.3:80", "a b:1", "a_b:1",
+        ] {
+            assert_eq!(parse_host_port(bad), None, "{bad}");
+        }
+    }
 }

@@ -31,6 +31,8 @@ pub struct Server {
     pub tracing: Option<Tracing>,
     /// The TLS proxy listener, if any.
     pub tls: Option<TlsListener>,
+    /// A hosts file consulted before the system resolver.
+    pub hosts_file: Option<String>,
 }
 
 /// A validated `[server.tls]`.
@@ -128,6 +130,7 @@ pub(super) fn check_server(config: &Config, problems: &mut Problems) -> Option<S
         upgrade_sock: s.upgrade_sock.clone(),
         tracing,
         tls,
+        hosts_file: s.hosts_file.clone(),
     })
 }
 

@@ -115,7 +115,8 @@ pub(super) async fn fail_to_proxy(
 
 /// What the arm's pool says about the request it is sent: headers removed,
 /// then headers set (credentials of a provider, say); and `Host`, which
-/// becomes the pool's `tls.sni` unless the pool preserves the client's.
+/// becomes the pool's `tls.sni`, or the host name the backend was resolved
+/// from, unless the pool preserves the client's.
 pub(super) fn pool_headers(ctx: &GatewayCtx, req: &mut RequestHeader) -> Result<()> {
     let Some(pool) = ctx.arm().map(|a| &a.pool) else {
         return Ok(());
@@ -127,10 +128,19 @@ pub(super) fn pool_headers(ctx: &GatewayCtx, req: &mut RequestHeader) -> Result<
     for (name, value) in &h.set {
         req.insert_header(name.clone(), value.expose())?;
     }
-    if !pool.config.preserve_host
-        && let Some(sni) = pool.tls.as_ref().and_then(|t| t.sni.as_deref())
-    {
-        req.insert_header(http::header::HOST, sni)?;
+    if !pool.config.preserve_host {
+        if let Some(sni) = pool.tls.as_ref().and_then(|t| t.sni.as_deref()) {
+            req.insert_header(http::header::HOST, sni)?;
+        } else if let Some((backend, name)) = ctx
+            .upstream
+            .backend()
+            .and_then(|b| Some((b, pool.host_name(b)?)))
+        {
+            // The name the backend was resolved from, with its port (as a
+            // client of that name would send it).
+            let port = backend.addr.as_inet().map_or(0, |a| a.port());
+            req.insert_header(http::header::HOST, format!("{name}:{port}"))?;
+        }
     }
     Ok(())
 }
