@@ -3,9 +3,9 @@
 #
 # Build on Debian 12 (glibc 2.36) and run on Debian 12 slim: the binary links
 # glibc dynamically, so the runtime's glibc must not be older than the builder's.
-# The runtime keeps a shell for weir-render-config (getent + sed), which turns
-# Service names into IP:PORT for a gateway run from a file (the Kubernetes
-# manifests run it from etcd instead, where engines register their own IPs).
+# A gateway run from a file may name Services directly (address =
+# "weir-engine-v1.weir.svc.cluster.local:8000": weir resolves names itself);
+# the Kubernetes manifests run it from etcd, where engines register their IPs.
 
 FROM rust:1.95.0-bookworm AS build
 # cmake: Pingora's libz-ng-sys; protoc: tonic/prost code generation in the workspace.
@@ -25,7 +25,6 @@ FROM debian:12.12-slim AS runtime
 RUN groupadd --system --gid 10001 weir \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin weir
 COPY --from=build /out/weir /usr/local/bin/weir
-COPY --chmod=0755 deploy/docker/weir-render-config /usr/local/bin/weir-render-config
 # The default config: the quickstart's split (engines on 127.0.0.1:9001/9002,
 # so `docker run --network host`), listening on every interface. Mount your
 # own file over it or set WEIR_CONFIG.

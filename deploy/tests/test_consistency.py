@@ -60,24 +60,33 @@ def test_engine_accepts_every_device_the_overlays_use(rendered, engine_help):
             assert "invalid value" not in out.stderr and "--models" in out.stderr, out.stderr
 
 
-def test_render_script_refuses_unknown_names_and_bad_configs(tmp_path):
-    """Control: the init container fails (and is retried) rather than start
-    weir on a config it could not resolve or that weir rejects."""
-    resolver = tmp_path / "resolve"
-    resolver.write_text("#!/bin/sh\n[ \"$1\" = known ] && echo '127.0.0.9 STREAM known'\nexit 0\n")
-    resolver.chmod(0o755)
-    env = {"PATH": "/usr/bin:/bin", "WEIR_RESOLVE": str(resolver), "WEIR_BIN": str(s.weir_bin())}
-    base = ('[[pools]]\nname = "p"\nbackends = [{ address = "%s:8000" }]\n'
-            '[[routes]]\nname = "r"\narms = [{ name = "a", pool = "p", weight = %d }]\n')
-    for host, weight, ok in [("known", 1, True), ("unknown", 1, False), ("known", -1, False)]:
-        src, out = tmp_path / "in.toml", tmp_path / f"out-{host}-{weight}.toml"
-        src.write_text(base % (host, weight))
-        run = subprocess.run([str(s.DOCKER / "weir-render-config"), str(src), str(out)],
-                             capture_output=True, text=True, env=env, timeout=60)
-        assert (run.returncode == 0) == ok, run.stderr
-        assert out.exists() == ok
-        if ok:
-            assert '"127.0.0.9:8000"' in out.read_text()
+def test_a_file_config_may_name_the_engine_services(rendered, tmp_path):
+    """A gateway run from a file (rather than from etcd) names the engine
+    Services of the manifests directly: weir resolves names itself, so no
+    init container turns them into addresses; `weir check` accepts the file
+    and the names are exactly the manifests' Services and ports."""
+    docs = rendered["cpu"]
+    ns = next(d["metadata"]["name"] for d in docs if d["kind"] == "Namespace")
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"
+                and d["metadata"]["name"].startswith("weir-engine-")}
+    assert services, "no engine Services"
+    pools, arms = [], []
+    for name, svc in sorted(services.items()):
+        port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "http")
+        address = f"{name}.{ns}.svc.cluster.local:{port}"
+        pools.append(f'[[pools]]\nname = "{name}"\nbackends = [{{ address = "{address}" }}]\n'
+                     f'resolve = {{ refresh_ms = 5000 }}\n')
+        arms.append(f'{{ name = "{name}", pool = "{name}", weight = 1 }}')
+    cfg = tmp_path / "weir.toml"
+    cfg.write_text("".join(pools) + '[[routes]]\nname = "chat"\narms = [' + ", ".join(arms) + "]\n")
+    run = subprocess.run([str(s.weir_bin()), "check", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    # Control: a name that is not a host name is refused.
+    cfg.write_text(cfg.read_text().replace(".svc.cluster.local:8000", ".svc.cluster.local:http"))
+    run = subprocess.run([str(s.weir_bin()), "check", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0 and "is not an IP:PORT or HOST:PORT address" in run.stdout + run.stderr
 
 
 def test_gateway_ports_match_its_config(rendered):
