@@ -256,12 +256,19 @@ prefix = "/filtered"
 arms = [{{ name = "v1", pool = "engine-v1", weight = 1 }}]
 filters = {{ request = ["words"] }}
 """)
-    env = {**os.environ, "WEIR_LOG": "warn"}
+    return launch_weir(stack, weir, name, cfg, extra, log="warn")
+
+
+def launch_weir(stack: Stack, weir: Path, name: str, cfg: Path, extra: tuple[str, ...] = (),
+                log: str = "warn") -> str:
+    """Starts `weir --config cfg` on the proxy's CPU, waits until it is ready
+    and returns its proxy URL."""
+    env = {**os.environ, "WEIR_LOG": log}
     proc = stack.spawn(name, pin(1) + [str(weir), "--config", str(cfg), *extra], env=env, stdout=subprocess.PIPE)
     line = proc.stdout.readline().decode() if proc.stdout else ""
     fields = dict(w.split("=", 1) for w in line.split() if "=" in w)
     if "proxy" not in fields:
-        raise RuntimeError(f"weir did not start: {line!r}; see {stack.tmp / f'{name}.log'}")
+        raise RuntimeError(f"{name} did not start: {line!r}; see {stack.tmp / f'{name}.log'}")
     wait_http(f"http://{fields['admin']}/readyz")
     return f"http://{fields['proxy']}"
 
@@ -345,14 +352,7 @@ backends = [{listed}]
 name = "chat"
 arms = [{{ name = "v1", pool = "p", weight = 1 }}]
 """)
-    env = {**os.environ, "WEIR_LOG": "error"}
-    proc = stack.spawn(name, pin(1) + [str(weir), "--config", str(cfg)], env=env, stdout=subprocess.PIPE)
-    line = proc.stdout.readline().decode() if proc.stdout else ""
-    fields = dict(w.split("=", 1) for w in line.split() if "=" in w)
-    if "proxy" not in fields:
-        raise RuntimeError(f"{name} did not start: {line!r}; see {stack.tmp / f'{name}.log'}")
-    wait_http(f"http://{fields['admin']}/readyz")
-    return f"http://{fields['proxy']}"
+    return launch_weir(stack, weir, name, cfg, log="error")
 
 
 def start_etcd_weir(stack: Stack, weir: Path, ports: dict) -> tuple[str, str]:
