@@ -101,7 +101,7 @@ impl ModelVersion {
     ) -> Result<Self> {
         let config = Arc::new(verified.config.clone());
         let onnx = verified.onnx()?;
-        let session = runtime.session(onnx)?;
+        let session = runtime.session_with(onnx, config.kind == ModelKind::CausalLm)?;
         runtime::check_session(&session, &config)?;
         let admission = Admission::new(
             settings.queue_capacity,
