@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
 
 use ort::session::Session;
@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::metrics::ModelMetrics;
-use crate::queue::Slot;
+use crate::queue::{JobSender, Slot};
 use crate::repository::model_config::ModelConfig;
 use crate::runtime;
 use crate::tensor::{NamedTensor, TensorData};
@@ -41,10 +41,7 @@ pub struct InferJob {
 /// Handle to a model version's batching worker. Dropping it lets the worker
 /// finish what is queued and exit.
 pub struct Batcher {
-    tx: SyncSender<InferJob>,
-    model: String,
-    version: String,
-    capacity: usize,
+    jobs: JobSender<InferJob>,
 }
 
 impl Batcher {
@@ -67,23 +64,13 @@ impl Batcher {
             .spawn(move || worker(&rx, session, &config, &metrics, max_rows, &admitted))
             .map_err(|e| Error::Runtime(format!("cannot start the batching thread: {e}")))?;
         Ok(Batcher {
-            tx,
-            model,
-            version,
-            capacity,
+            jobs: JobSender::new(tx, &model, &version, capacity),
         })
     }
 
     /// Queues a job (the caller already holds its queue slot).
     pub fn submit(&self, job: InferJob) -> Result<()> {
-        self.tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => Error::QueueFull {
-                model: self.model.clone(),
-                version: self.version.clone(),
-                capacity: self.capacity,
-            },
-            TrySendError::Disconnected(_) => Error::Unavailable(self.model.clone()),
-        })
+        self.jobs.submit(job)
     }
 }
 

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
 use ort::session::{Session, SessionInputValue};
@@ -26,7 +26,7 @@ use crate::lm::sampling::{Sampler, SamplingParams};
 use crate::lm::scheduler::{FinishReason, GenEvent};
 use crate::lm::text::{Detokenizer, Step};
 use crate::metrics::ModelMetrics;
-use crate::queue::Slot;
+use crate::queue::{JobSender, Slot};
 use crate::repository::model_config::{CausalLmConfig, ModelConfig};
 
 /// How long the loop waits for new work when every active sequence is
@@ -122,10 +122,7 @@ pub struct CausalJob {
 
 /// Handle to a version's decode loop.
 pub struct CausalScheduler {
-    tx: SyncSender<CausalJob>,
-    model: String,
-    version: String,
-    capacity: usize,
+    jobs: JobSender<CausalJob>,
 }
 
 impl CausalScheduler {
@@ -178,23 +175,13 @@ impl CausalScheduler {
             })
             .map_err(|e| Error::Runtime(format!("cannot start the decode thread: {e}")))?;
         Ok(CausalScheduler {
-            tx,
-            model: config.name.clone(),
-            version: config.version.clone(),
-            capacity,
+            jobs: JobSender::new(tx, &config.name, &config.version, capacity),
         })
     }
 
     /// Queues a sequence.
     pub fn submit(&self, job: CausalJob) -> Result<()> {
-        self.tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => Error::QueueFull {
-                model: self.model.clone(),
-                version: self.version.clone(),
-                capacity: self.capacity,
-            },
-            TrySendError::Disconnected(_) => Error::Unavailable(self.model.clone()),
-        })
+        self.jobs.submit(job)
     }
 }
 

@@ -5,7 +5,7 @@
 //! attention mask and L2-normalises them when `model.toml` says so.
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
 
 use ort::session::{Session, SessionInputValue};
@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::metrics::ModelMetrics;
-use crate::queue::Slot;
+use crate::queue::{JobSender, Slot};
 use crate::repository::model_config::{EmbeddingConfig, ModelConfig, Pooling};
 
 /// One request: token ids per input.
@@ -29,10 +29,7 @@ pub struct EmbedJob {
 
 /// Handle to the worker; dropping it lets the worker drain and stop.
 pub struct Embedder {
-    tx: SyncSender<EmbedJob>,
-    model: String,
-    version: String,
-    capacity: usize,
+    jobs: JobSender<EmbedJob>,
 }
 
 impl Embedder {
@@ -65,23 +62,13 @@ impl Embedder {
             .spawn(move || worker.run(&rx))
             .map_err(|e| Error::Runtime(format!("cannot start the embedding thread: {e}")))?;
         Ok(Embedder {
-            tx,
-            model: config.name.clone(),
-            version: config.version.clone(),
-            capacity,
+            jobs: JobSender::new(tx, &config.name, &config.version, capacity),
         })
     }
 
     /// Queues a request.
     pub fn submit(&self, job: EmbedJob) -> Result<()> {
-        self.tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => Error::QueueFull {
-                model: self.model.clone(),
-                version: self.version.clone(),
-                capacity: self.capacity,
-            },
-            TrySendError::Disconnected(_) => Error::Unavailable(self.model.clone()),
-        })
+        self.jobs.submit(job)
     }
 }
 

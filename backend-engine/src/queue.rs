@@ -79,6 +79,46 @@ impl Drop for Slot {
     }
 }
 
+/// The sending end of a model version's worker queue (a batcher, a decode
+/// loop, an embedder): a full queue is [`Error::QueueFull`] (429 /
+/// `RESOURCE_EXHAUSTED`), a stopped worker [`Error::Unavailable`].
+pub struct JobSender<T> {
+    tx: std::sync::mpsc::SyncSender<T>,
+    model: String,
+    version: String,
+    capacity: usize,
+}
+
+impl<T> JobSender<T> {
+    /// The queue of `model`'s `version`, holding `capacity` jobs.
+    pub fn new(
+        tx: std::sync::mpsc::SyncSender<T>,
+        model: &str,
+        version: &str,
+        capacity: usize,
+    ) -> Self {
+        Self {
+            tx,
+            model: model.to_owned(),
+            version: version.to_owned(),
+            capacity,
+        }
+    }
+
+    /// Queues a job without waiting.
+    pub fn submit(&self, job: T) -> Result<()> {
+        use std::sync::mpsc::TrySendError;
+        self.tx.try_send(job).map_err(|e| match e {
+            TrySendError::Full(_) => Error::QueueFull {
+                model: self.model.clone(),
+                version: self.version.clone(),
+                capacity: self.capacity,
+            },
+            TrySendError::Disconnected(_) => Error::Unavailable(self.model.clone()),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
 use ort::session::Session;
@@ -20,7 +20,7 @@ use super::sampling::{Sampler, SamplingParams};
 use super::text::{Detokenizer, Step};
 use crate::error::{Error, Result};
 use crate::metrics::ModelMetrics;
-use crate::queue::Slot;
+use crate::queue::{JobSender, Slot};
 use crate::repository::model_config::{LmConfig, ModelConfig, TensorSpec};
 use crate::runtime;
 use crate::tensor::{DataType, NamedTensor, TensorData};
@@ -88,10 +88,7 @@ pub struct GenerateJob {
 /// Handle to a model version's decode loop; dropping it lets the loop
 /// finish its sequences and exit.
 pub struct Scheduler {
-    tx: SyncSender<GenerateJob>,
-    model: String,
-    version: String,
-    capacity: usize,
+    jobs: JobSender<GenerateJob>,
 }
 
 impl Scheduler {
@@ -131,23 +128,13 @@ impl Scheduler {
             })
             .map_err(|e| Error::Runtime(format!("cannot start the decode thread: {e}")))?;
         Ok(Scheduler {
-            tx,
-            model: config.name.clone(),
-            version: config.version.clone(),
-            capacity,
+            jobs: JobSender::new(tx, &config.name, &config.version, capacity),
         })
     }
 
     /// Queues a sequence.
     pub fn submit(&self, job: GenerateJob) -> Result<()> {
-        self.tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => Error::QueueFull {
-                model: self.model.clone(),
-                version: self.version.clone(),
-                capacity: self.capacity,
-            },
-            TrySendError::Disconnected(_) => Error::Unavailable(self.model.clone()),
-        })
+        self.jobs.submit(job)
     }
 }
 
