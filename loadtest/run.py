@@ -207,18 +207,23 @@ def dictionary(path: Path, n: int = 1000) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def start_weir(stack: Stack, weir: Path, ports: dict, extra: tuple[str, ...] = (), name: str = "weir") -> str:
-    cfg = stack.tmp / "weir.toml"
-    words = stack.tmp / "words.txt"
-    dictionary(words)
-    cfg.write_text(f"""
+# The [server] table of every weir the runner starts: OS-chosen ports, one
+# worker thread, no access log, no grace period.
+SERVER_TOML = """
 [server]
 proxy = "127.0.0.1:0"
 admin = "127.0.0.1:0"
 threads = 1
 access_log = false
 grace_period_seconds = 0
+"""
 
+
+def start_weir(stack: Stack, weir: Path, ports: dict, extra: tuple[str, ...] = (), name: str = "weir") -> str:
+    cfg = stack.tmp / "weir.toml"
+    words = stack.tmp / "words.txt"
+    dictionary(words)
+    cfg.write_text(SERVER_TOML + f"""
 [[pools]]
 name = "engine-v1"
 backends = [{{ address = "127.0.0.1:{ports['v1']}" }}]
@@ -335,14 +340,7 @@ def start_pool_weir(stack: Stack, weir: Path, name: str, backends: list[str], ba
     """A weir whose one route goes to one pool of `backends`."""
     cfg = stack.tmp / f"{name}.toml"
     listed = ", ".join(f'{{ address = "{b}" }}' for b in backends)
-    cfg.write_text(f"""
-[server]
-proxy = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-threads = 1
-access_log = false
-grace_period_seconds = 0
-
+    cfg.write_text(SERVER_TOML + f"""
 [[pools]]
 name = "p"
 balance = "{balance}"

@@ -346,25 +346,28 @@ impl PoolRt {
         tried: &[pingora_core::protocols::l4::socket::SocketAddr],
         now: u64,
     ) -> Option<(Backend, Option<Attempt>, InFlight)> {
-        let (backend, attempt) = match self.config.balance {
-            Balance::LeastRequest => self.least_request(tried, now)?,
-            Balance::RoundRobin => self.round_robin(tried, now)?,
-        };
-        let load = self
-            .members
-            .iter()
-            .find(|m| m.backend.addr == backend.addr)
-            .map_or_else(|| Arc::new(Load::default()), |m| Arc::clone(&m.load));
-        let in_flight = load.start(balance::now_ns());
-        Some((backend, attempt, in_flight))
+        match self.config.balance {
+            Balance::LeastRequest => self.least_request(tried, now),
+            Balance::RoundRobin => {
+                let (backend, attempt) = self.round_robin(tried, now)?;
+                let load = self
+                    .members
+                    .iter()
+                    .find(|m| m.backend.addr == backend.addr)
+                    .map_or_else(|| Arc::new(Load::default()), |m| Arc::clone(&m.load));
+                let in_flight = load.start(balance::now_ns());
+                Some((backend, attempt, in_flight))
+            }
+        }
     }
 
-    /// Power of two choices on the members' load ([`balance::pick`]).
+    /// Power of two choices on the members' load ([`balance::pick`]); the
+    /// chosen member's load counts the request from here.
     fn least_request(
         &self,
         tried: &[pingora_core::protocols::l4::socket::SocketAddr],
         now: u64,
-    ) -> Option<(Backend, Option<Attempt>)> {
+    ) -> Option<(Backend, Option<Attempt>, InFlight)> {
         let now_ns = balance::now_ns();
         // Members whose breaker said no after all (a race for the last
         // half-open probe); allocated only then.
@@ -393,7 +396,7 @@ impl PoolRt {
                     Admit::Probe => Some(Attempt::new(Arc::clone(breaker), true)),
                 },
             };
-            return Some((m.backend.clone(), attempt));
+            return Some((m.backend.clone(), attempt, m.load.start(now_ns)));
         }
     }
 
