@@ -47,6 +47,23 @@ pub fn path_model(path: &str) -> Option<&str> {
     (!name.is_empty()).then_some(name)
 }
 
+/// Checks one model name (a route's `models` entry or an arm's `model`).
+pub(crate) fn check_model_name(m: &str, at: &str, problems: &mut Problems) {
+    if m.is_empty()
+        || m.len() > MAX_MODEL_NAME
+        || m.bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        problems.push(
+            at,
+            format!(
+                "{} must be 1-{MAX_MODEL_NAME} characters without spaces",
+                crate::error::quoted(m)
+            ),
+        );
+    }
+}
+
 /// Whether a `content-type` is gRPC's (`application/grpc`, `+proto`, `-web`...).
 pub fn is_grpc_content_type(value: &[u8]) -> bool {
     value
@@ -98,19 +115,7 @@ pub(crate) fn check_matcher(
         }
     }
     for (i, m) in r.models.iter().enumerate() {
-        if m.is_empty()
-            || m.len() > MAX_MODEL_NAME
-            || m.bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-        {
-            problems.push(
-                format!("{at}.models[{i}]"),
-                format!(
-                    "{} must be 1-{MAX_MODEL_NAME} characters without spaces",
-                    crate::error::quoted(m)
-                ),
-            );
-        }
+        check_model_name(m, &format!("{at}.models[{i}]"), problems);
         if r.models[..i].contains(m) {
             problems.push(
                 format!("{at}.models[{i}]"),

@@ -596,4 +596,10 @@ pub struct ArmConfig {
     pub pool: String,
     /// Relative share of weighted and sticky traffic (>= 0; 0 = only by A/B header).
     pub weight: i64,
+    /// The model name this arm's upstream knows: an OpenAI body's `model`
+    /// is rewritten to it on the way up, and the answer's `model` (JSON and
+    /// every SSE chunk) back to what the client asked for. A request that
+    /// names this model exactly is sent to this arm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }

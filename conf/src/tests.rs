@@ -27,9 +27,19 @@ fn problems(text: &str) -> Vec<String> {
 fn demo_config_is_valid() {
     let s = demo().unwrap();
     assert_eq!(s.server.proxy.to_string(), "127.0.0.1:8080");
-    let r = s.route_for(&req(None, "/v1/chat/completions")).unwrap();
+    let chat = matching::Request {
+        model: Some("smollm2-135m-instruct"),
+        ..req(None, "/v1/chat/completions")
+    };
+    let r = s.route_for(&chat).unwrap();
     assert_eq!(r.name, "chat");
     assert_eq!(r.arms.len(), 2);
+    assert_eq!(r.arm_for_model("smollm2-135m-instruct:2"), Some(1));
+    let embed = matching::Request {
+        model: Some("all-minilm-l6-v2"),
+        ..req(None, "/v1/embeddings")
+    };
+    assert_eq!(s.route_for(&embed).unwrap().name, "embeddings");
     assert_eq!(r.arms[0].weight, 90);
     assert_eq!(r.fallback, Some(0));
     assert_eq!(r.sticky_header.as_deref(), Some("x-user-id"));
@@ -430,7 +440,7 @@ fn long_values_are_refused_and_never_repeated_whole() {
             &format!("name = \"chat\"\nhost = \"{long}\""),
             1,
         )
-        .replacen("name = \"chat-v2\"", &format!("name = \"{long}\""), 1);
+        .replacen("name = \"tasks\"", &format!("name = \"{long}\""), 1);
     let got = problems(&text);
     for want in [
         "routes[chat].prefix: 5001 bytes, longer than the limit of 1024",
@@ -483,5 +493,65 @@ fn a_missing_pool_on_a_grpc_route_is_reported_once() {
     assert_eq!(
         problems(&text),
         ["routes[oip-grpc].arms[a].pool: no pool named \"engine-v3\""]
+    );
+}
+
+#[test]
+fn arm_models_are_checked_and_served() {
+    let base = r#"
+[[pools]]
+name = "p"
+backends = [{ address = "127.0.0.1:1" }]
+"#;
+    let bad = format!(
+        r#"{base}
+[[routes]]
+name = "chat"
+models = ["chat"]
+arms = [
+  {{ name = "a", pool = "p", weight = 1, model = "up:1" }},
+  {{ name = "b", pool = "p", weight = 1, model = "up:1" }},
+  {{ name = "c", pool = "p", weight = 1, model = "has space" }},
+]
+
+[[routes]]
+name = "grpc"
+grpc = "inference.GRPCInferenceService"
+arms = [{{ name = "a", pool = "p", weight = 1, model = "m" }}]
+"#
+    );
+    let found = problems(&bad);
+    for want in [
+        "routes[chat].arms[b].model: \"up:1\" is another arm's model",
+        "routes[chat].arms[c].model: \"has space\" must be 1-256 characters without spaces",
+        "routes[grpc].arms[a].model: gRPC routes cannot rename models",
+    ] {
+        assert!(
+            found.iter().any(|p| p.starts_with(want)),
+            "{want} not in {found:#?}"
+        );
+    }
+    let good = format!(
+        r#"{base}
+[[routes]]
+name = "chat"
+models = ["chat"]
+arms = [
+  {{ name = "a", pool = "p", weight = 9, model = "vendor/up-a" }},
+  {{ name = "b", pool = "p", weight = 1 }},
+]
+"#
+    );
+    let snap = build(&good).unwrap();
+    let route = &snap.routes[0];
+    assert!(route.renames_model());
+    assert_eq!(route.arm_for_model("vendor/up-a"), Some(0));
+    assert_eq!(route.arm_for_model("chat"), None);
+    assert!(route.serves_model(Some("vendor/up-a")));
+    assert!(route.serves_model(Some("chat:2")));
+    assert!(!route.serves_model(Some("vendor/up-b")));
+    assert_eq!(
+        route.catalogue().collect::<Vec<_>>(),
+        ["chat", "vendor/up-a"]
     );
 }

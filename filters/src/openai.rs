@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::Filter;
-use crate::json::{TextField, collect_texts, splice};
+use crate::json::{TextField, collect_texts, splice, string_literal, text_field};
 use crate::spec::Action;
 use crate::verdict::{Outcome, Verdict, mask};
 
@@ -95,6 +95,93 @@ pub fn filter_response(filter: &Filter, body: &[u8]) -> Result<Outcome<Vec<u8>>,
     Ok(filter_fields(filter, doc, fields))
 }
 
+/// `body` (an OpenAI JSON object) with its top-level `model` string set to
+/// `model`, every other byte kept, and the name it had. A body without
+/// `model` gets one when `insert`, else comes back unchanged. Refused as
+/// [`set_field`] refuses.
+pub fn rename_model(
+    body: &[u8],
+    model: &str,
+    insert: bool,
+) -> Result<(Vec<u8>, Option<String>), BodyError> {
+    let (out, old) = set_field(utf8(body)?, "model", |old| {
+        (old.is_some() || insert).then(|| model.to_owned())
+    })?;
+    Ok((out.into_bytes(), old))
+}
+
+/// `doc` (a JSON object) with its top-level string field `key` set to what
+/// `value` makes of its current value (`None`: left as it is; a field
+/// that was absent is added first in the object), every other byte kept;
+/// also the value it had. Refused: not a JSON object, the field not a
+/// string, or the field twice (clients and servers disagree on which one
+/// counts).
+pub fn set_field(
+    doc: &str,
+    key: &str,
+    value: impl FnOnce(Option<&str>) -> Option<String>,
+) -> Result<(String, Option<String>), BodyError> {
+    let refused = |why: String| BodyError::NotOpenAi(why);
+    let entries: Entries<'_> = parse(doc)?;
+    let mut found = entries.0.into_iter().filter(|(k, _)| k == key);
+    let raw = found.next().map(|(_, raw)| raw);
+    if found.next().is_some() {
+        return Err(refused(format!("`{key}` appears twice")));
+    }
+    let field = match raw {
+        None => None,
+        Some(raw) => {
+            Some(text_field(doc, raw).ok_or_else(|| refused(format!("`{key}` is not a string")))?)
+        }
+    };
+    let old = field.as_ref().map(|f| f.text.clone());
+    let Some(new) = value(old.as_deref()) else {
+        return Ok((doc.to_owned(), old));
+    };
+    let out = match field {
+        Some(field) => splice(doc, &mut [(field.range, new)]),
+        None => {
+            // After the object's `{`: `"key":"value",` (no comma in `{}`).
+            let open = doc.len() - doc.trim_start().len() + 1;
+            let rest = &doc[open..];
+            let comma = if rest.trim_start().starts_with('}') {
+                ""
+            } else {
+                ","
+            };
+            let field = format!("{}:{}{comma}", string_literal(key), string_literal(&new));
+            [&doc[..open], &field, rest].concat()
+        }
+    };
+    Ok((out, old))
+}
+
+/// A JSON object's top-level entries in order, duplicates kept.
+struct Entries<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Entries<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Entries<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
+                    out.push(entry);
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 fn utf8(body: &[u8]) -> Result<&str, BodyError> {
     std::str::from_utf8(body).map_err(|e| BodyError::NotOpenAi(e.to_string()))
 }
@@ -152,5 +239,66 @@ fn filter_fields(filter: &Filter, doc: &str, fields: Vec<TextField>) -> Outcome<
         verdict,
         hits,
         error: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn renamed(body: &str, insert: bool) -> Result<(String, Option<String>), BodyError> {
+        rename_model(body.as_bytes(), "up/m:1", insert)
+            .map(|(b, old)| (String::from_utf8(b).unwrap(), old))
+    }
+
+    #[test]
+    fn the_model_is_renamed_in_place() {
+        let (out, old) =
+            renamed(r#" { "stream":true, "model" : "chat", "n": 1.50 }"#, true).unwrap();
+        assert_eq!(out, r#" { "stream":true, "model" : "up/m:1", "n": 1.50 }"#);
+        assert_eq!(old.as_deref(), Some("chat"));
+        // Only the top level counts.
+        let (out, old) = renamed(r#"{"a":{"model":"x"},"model":"y"}"#, false).unwrap();
+        assert_eq!(out, r#"{"a":{"model":"x"},"model":"up/m:1"}"#);
+        assert_eq!(old.as_deref(), Some("y"));
+    }
+
+    #[test]
+    fn a_field_is_set_from_its_old_value() {
+        let tag = |old: Option<&str>| old.map(|id| format!("{id}.t1"));
+        let (out, old) =
+            set_field(r#"{"task_id":"task-1","status":"queued"}"#, "task_id", tag).unwrap();
+        assert_eq!(out, r#"{"task_id":"task-1.t1","status":"queued"}"#);
+        assert_eq!(old.as_deref(), Some("task-1"));
+        let (out, old) = set_field(r#"{"status":"queued"}"#, "task_id", tag).unwrap();
+        assert_eq!((out.as_str(), old), (r#"{"status":"queued"}"#, None));
+        // A key written with escapes is the same key.
+        assert!(set_field(r#"{"task\u005fid":"a","task_id":"b"}"#, "task_id", tag).is_err());
+    }
+
+    #[test]
+    fn a_missing_model_is_added_only_when_asked() {
+        let (out, old) = renamed(r#"  {"prompt":"hi"}"#, true).unwrap();
+        assert_eq!(out, r#"  {"model":"up/m:1","prompt":"hi"}"#);
+        assert_eq!(old, None);
+        assert_eq!(renamed("{ }", true).unwrap().0, r#"{"model":"up/m:1" }"#);
+        let v: serde_json::Value = serde_json::from_str(&renamed("{ }", true).unwrap().0).unwrap();
+        assert_eq!(v["model"], "up/m:1");
+        assert_eq!(renamed(r#"{"x":1}"#, false).unwrap().0, r#"{"x":1}"#);
+    }
+
+    #[test]
+    fn ambiguous_or_odd_bodies_are_refused() {
+        for bad in [
+            r#"{"model":"a","model":"b"}"#,
+            r#"{"model":3}"#,
+            r#"["model"]"#,
+            "not json",
+            r#"{"model":"a""#,
+        ] {
+            assert!(renamed(bad, true).is_err(), "{bad}");
+        }
     }
 }

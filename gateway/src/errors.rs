@@ -23,6 +23,12 @@ pub enum GatewayError {
         /// The request path.
         path: String,
     },
+    /// A task poll names a backend that is no longer in the route's pools.
+    #[error("task {id} ran on a backend that is no longer in this route's pools")]
+    TaskNotFound {
+        /// The task id as the client sent it.
+        id: String,
+    },
     /// The route has no arm that can take traffic without an A/B header.
     #[error("route {route} has no arm with weight > 0")]
     NoArm {
@@ -148,7 +154,9 @@ impl GatewayError {
     /// HTTP status of the error response.
     pub fn status(&self) -> u16 {
         match self {
-            GatewayError::NoRoute { .. } | GatewayError::NoModelRoute { .. } => 404,
+            GatewayError::NoRoute { .. }
+            | GatewayError::NoModelRoute { .. }
+            | GatewayError::TaskNotFound { .. } => 404,
             GatewayError::BadRequest(_)
             | GatewayError::ContentBlocked { .. }
             | GatewayError::InvalidBody(_) => 400,
@@ -173,6 +181,7 @@ impl GatewayError {
         const CANCELLED: u8 = 1;
         const INVALID_ARGUMENT: u8 = 3;
         const DEADLINE_EXCEEDED: u8 = 4;
+        const NOT_FOUND: u8 = 5;
         const PERMISSION_DENIED: u8 = 7;
         const RESOURCE_EXHAUSTED: u8 = 8;
         const UNIMPLEMENTED: u8 = 12;
@@ -181,6 +190,7 @@ impl GatewayError {
         const UNAUTHENTICATED: u8 = 16;
         match self {
             GatewayError::NoRoute { .. } | GatewayError::NoModelRoute { .. } => UNIMPLEMENTED,
+            GatewayError::TaskNotFound { .. } => NOT_FOUND,
             GatewayError::BadRequest(_)
             | GatewayError::ContentBlocked { .. }
             | GatewayError::InvalidBody(_) => INVALID_ARGUMENT,
@@ -210,6 +220,7 @@ impl GatewayError {
         match self {
             GatewayError::NoRoute { .. }
             | GatewayError::NoModelRoute { .. }
+            | GatewayError::TaskNotFound { .. }
             | GatewayError::BadRequest(_)
             | GatewayError::ClientClosed(_)
             | GatewayError::ContentBlocked { .. }
@@ -233,6 +244,7 @@ impl GatewayError {
             GatewayError::NotReady => "not_ready",
             GatewayError::NoRoute { .. } => "route_not_found",
             GatewayError::NoModelRoute { .. } => "model_not_found",
+            GatewayError::TaskNotFound { .. } => "task_not_found",
             GatewayError::NoArm { .. } => "no_arm_available",
             GatewayError::NoHealthyBackend { .. } => "no_healthy_backend",
             GatewayError::UpstreamConnect(_) => "upstream_connect_failed",

@@ -27,6 +27,7 @@
 //! - [`runtime`]: the routing state built from one snapshot (pure build,
 //!   then commit).
 //! - [`usage`]: token usage of answers, stream timing, token metrics.
+//! - [`rename`]: an arm's upstream model name in bodies and answers.
 //! - [`route_match`]: choosing a request's route.
 //! - [`state`]: the live runtime behind one atomic swap; rollbacks held.
 //! - [`proxy`]: the Pingora `ProxyHttp` hooks, one file per concern.
@@ -52,6 +53,7 @@ pub mod otel;
 pub mod pool;
 pub mod proxy;
 pub mod redis_limits;
+pub mod rename;
 pub mod resolve;
 pub mod retry;
 pub mod route_match;

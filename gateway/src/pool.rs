@@ -435,6 +435,24 @@ impl PoolRt {
         Some((backend, attempt))
     }
 
+    /// The member whose address has `tag` ([`address_tag`]): where a task
+    /// polled for ran. Health and breaker are not asked (the task lives
+    /// there or nowhere); its load counts the poll.
+    pub fn pick_tagged(&self, tag: u64) -> Option<(Backend, InFlight)> {
+        let m = self
+            .members
+            .iter()
+            .find(|m| address_tag(&m.backend.addr) == tag)?;
+        Some((m.backend.clone(), m.load.start(balance::now_ns())))
+    }
+
+    /// Whether a member's address has `tag`.
+    pub fn has_tag(&self, tag: u64) -> bool {
+        self.members
+            .iter()
+            .any(|m| address_tag(&m.backend.addr) == tag)
+    }
+
     /// The host name `backend` was resolved from, if it was.
     pub fn host_name(&self, backend: &Backend) -> Option<&str> {
         self.members
@@ -447,6 +465,12 @@ impl PoolRt {
     pub fn healthy(&self, backend: &Backend) -> bool {
         self.lb.backends().ready(backend)
     }
+}
+
+/// A backend's tag in the task ids it answers: a hash of its address, the
+/// same in every replica, that does not show the address.
+pub fn address_tag(addr: &pingora_core::protocols::l4::socket::SocketAddr) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(addr.to_string().as_bytes())
 }
 
 async fn health_loop(

@@ -8,7 +8,10 @@
 //! Pingora keeps what was read and replays it to the upstream (and to the
 //! request body filters), which it can do for at most
 //! [`MODEL_PEEK_LIMIT`] bytes: a larger body on a path whose routes choose
-//! by model is refused with 413. Nothing is read for any other route.
+//! by model is refused with 413. A route whose arms rename the model reads
+//! it the same way (a request naming an arm's model goes to that arm),
+//! except a body declared larger than the limit, which is renamed without
+//! pinning. Nothing is read for any other route.
 
 use std::borrow::Cow;
 
@@ -23,12 +26,14 @@ use crate::runtime::RouteRt;
 /// Largest body read ahead for its `model` (Pingora's replay buffer).
 pub const MODEL_PEEK_LIMIT: usize = 64 * 1024;
 
-/// The index of the route that takes the request.
+/// The index of the route that takes the request, and the model the
+/// request names when it was read (for a route that chooses by model or
+/// whose arms rename it).
 pub async fn choose_route(
     session: &mut Session,
     routes: &[RouteRt],
     grpc: bool,
-) -> Result<usize, GatewayError> {
+) -> Result<(usize, Option<String>), GatewayError> {
     let req = session.req_header();
     let host = request_host(req)?;
     let host = host.as_deref();
@@ -41,16 +46,25 @@ pub async fn choose_route(
             path: path.to_owned(),
         });
     };
-    if !routes[first].config.needs_model() {
-        return Ok(first);
+    let first_route = &routes[first].config;
+    if !first_route.needs_model() && !first_route.renames_model() {
+        return Ok((first, None));
     }
+    let needs_model = first_route.needs_model();
+    // A route that only renames reads the model to honour a pinned
+    // version; a body too large to read ahead is renamed without it.
+    let too_large =
+        !needs_model && content_length(session.req_header()).is_some_and(|n| n > MODEL_PEEK_LIMIT);
     let (host, path) = (host.map(str::to_owned), path.to_owned());
     let model = match path_model(&path) {
         Some(m) => Some(m.to_owned()),
         // A gRPC call's body is protobuf, and may never end (a stream).
-        None if grpc || !is_json(session.req_header()) => None,
+        None if grpc || too_large || !is_json(session.req_header()) => None,
         None => body_model(session).await?,
     };
+    if !needs_model {
+        return Ok((first, model));
+    }
     let wanted = Request {
         host: host.as_deref(),
         path: &path,
@@ -60,7 +74,7 @@ pub async fn choose_route(
     routes[first..]
         .iter()
         .position(|r| r.config.takes(&wanted))
-        .map(|i| first + i)
+        .map(|i| (first + i, model.clone()))
         .ok_or_else(|| GatewayError::NoModelRoute {
             model: model.unwrap_or_default(),
             path,
@@ -95,10 +109,14 @@ async fn body_model(session: &mut Session) -> Result<Option<String>, GatewayErro
     struct Named {
         model: Option<serde_json::Value>,
     }
-    let named = serde_json::from_slice::<Named>(&buf).ok();
-    Ok(named
-        .and_then(|n| n.model)
-        .and_then(|m| m.as_str().map(str::to_owned)))
+    match serde_json::from_slice::<Named>(&buf) {
+        Ok(named) => Ok(named.model.and_then(|m| m.as_str().map(str::to_owned))),
+        // Clients and servers disagree on which of two `model`s counts.
+        Err(e) if e.to_string().starts_with("duplicate field `model`") => Err(
+            GatewayError::InvalidBody("the body names `model` twice".to_owned()),
+        ),
+        Err(_) => Ok(None),
+    }
 }
 
 /// Whether the request says its body is JSON (`application/json`, `...+json`).

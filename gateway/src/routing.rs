@@ -41,6 +41,10 @@ pub enum Reason {
     Sticky,
     /// Weighted random.
     Weighted,
+    /// The request named the arm's upstream model.
+    Model,
+    /// A task poll, sent where the task runs.
+    Task,
 }
 
 impl Reason {
@@ -50,6 +54,8 @@ impl Reason {
             Reason::Header => "header",
             Reason::Sticky => "sticky",
             Reason::Weighted => "weighted",
+            Reason::Model => "model",
+            Reason::Task => "task",
         }
     }
 }

@@ -79,6 +79,8 @@ pub struct ArmRt {
     pub tpot: Histogram,
     /// `weir_tokens_total{route,arm,direction}`: `input`, then `output`.
     pub tokens: [prometheus::IntCounter; 2],
+    /// The model name the arm's upstream knows, if the arm renames.
+    pub model: Option<String>,
 }
 
 /// One route at run time.
@@ -307,6 +309,7 @@ impl Runtime {
                             requests: Default::default(),
                             rolled_back,
                             stats,
+                            model: a.model.clone(),
                             ttft: metrics.ttft.with_label_values(&labels),
                             tpot: metrics.tpot.with_label_values(&labels),
                             tokens: ["input", "output"].map(|d| {

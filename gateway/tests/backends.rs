@@ -10,8 +10,10 @@ use weir_test_support::{Upstream, Weir};
 async fn backends_share_an_arm_by_their_weights() {
     // Round robin follows the weights exactly; least request (the default)
     // follows them while the backends are alike, and moves traffic by load
-    // within a band (16 clients at once: in-flight counts differ).
-    for (balance, band) in [("round_robin", 0.02), ("least_request", 0.10)] {
+    // within a band (16 clients at once: in-flight counts differ, and on a
+    // busy 2-core machine one stall of a backend early in the 0.5 s run
+    // raises its latency estimate and moves traffic off it; seen: 0.63).
+    for (balance, band) in [("round_robin", 0.02), ("least_request", 0.15)] {
         let heavy = Upstream::local("v1").await.unwrap();
         let light = Upstream::local("v1").await.unwrap();
         let cfg = format!(

@@ -125,27 +125,113 @@ arms = [{{ name = "a", pool = "dead", weight = 1 }}]
     )
 }
 
-/// A self-signed certificate for 127.0.0.1 (`cert.pem`, `key.pem` in `dir`).
+/// A gateway whose only upstream is the main gateway's TLS listener,
+/// reached by name (`localhost`): gRPC over an `h2` pool (TLS + ALPN), the
+/// OpenAI API over an `http1` pool with TLS, both verified with `ca`.
+fn front_config(tls: std::net::SocketAddr, ca: &std::path::Path) -> String {
+    format!(
+        r#"{SERVER}
+[[pools]]
+name = "tls-grpc"
+protocol = "h2"
+backends = [{{ address = "localhost:{port}" }}]
+tls = {{ ca_file = "{ca}" }}
+
+[[pools]]
+name = "tls-http"
+protocol = "http1"
+backends = [{{ address = "localhost:{port}" }}]
+tls = {{ ca_file = "{ca}" }}
+
+[[routes]]
+name = "grpc"
+grpc = "inference.GRPCInferenceService"
+arms = [{{ name = "main", pool = "tls-grpc", weight = 1 }}]
+
+[[routes]]
+name = "http"
+arms = [{{ name = "main", pool = "tls-http", weight = 1 }}]
+"#,
+        port = tls.port(),
+        ca = ca.display(),
+    )
+}
+
+/// A certificate authority (`ca.pem`) and a server certificate it signed
+/// for 127.0.0.1 and `localhost` (`cert.pem`, `key.pem`) in `dir`. (A
+/// self-signed certificate would do for Python's client, not for the
+/// gateway's: webpki refuses a CA certificate as a server's.)
 fn self_signed(dir: &std::path::Path) {
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-        .arg("-keyout")
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl (scripts/deps.sh installs it)");
-    assert!(status.success(), "openssl req failed");
+    let openssl = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl (scripts/deps.sh installs it)");
+        assert!(status.success(), "openssl {args:?} failed");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "2",
+                "-subj",
+                "/CN=weir test CA",
+                "-keyout",
+                "ca-key.pem",
+                "-out",
+                "ca.pem",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "server.csr",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "cert.pem",
+    ]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,6 +254,9 @@ async fn stock_clients_work_through_the_gateway() {
     let errors = Weir::start(weir_bin(), &errors_config(&v1, dead))
         .await
         .unwrap();
+    let front = Weir::start(weir_bin(), &front_config(tls, &certs.path().join("ca.pem")))
+        .await
+        .unwrap();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_clients.py");
     let out = tokio::task::spawn_blocking(move || {
         Command::new(&python)
@@ -178,15 +267,16 @@ async fn stock_clients_work_through_the_gateway() {
             .env("WEIR_ERRORS_ADMIN", errors.admin.to_string())
             .env("WEIR_KEY", KEY)
             .env("WEIR_TLS", tls.to_string())
-            .env("WEIR_CA", certs.path().join("cert.pem"))
+            .env("WEIR_FRONT", front.proxy.to_string())
+            .env("WEIR_CA", certs.path().join("ca.pem"))
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .output()
-            .map(|o| (o, main, errors, certs))
+            .map(|o| (o, main, errors, front, certs))
     })
     .await
     .unwrap()
     .expect("run python");
-    let (out, main, _errors, _certs) = out;
+    let (out, main, _errors, _front, _certs) = out;
     let report = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),

@@ -159,7 +159,7 @@ arms = [{ name = "v1", pool = "p", weight = -1 }, { name = "v2", pool = "engine-
         "{}",
         String::from_utf8_lossy(&good.stderr)
     );
-    assert!(String::from_utf8_lossy(&good.stdout).contains("3 route(s), 4 pool(s)"));
+    assert!(String::from_utf8_lossy(&good.stdout).contains("5 route(s), 4 pool(s)"));
 }
 
 /// An upstream that answers every request with `answer`, whatever it was.

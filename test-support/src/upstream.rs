@@ -1,4 +1,7 @@
 //! A named demo/test upstream.
+//!
+//! Streamed chunks and `x-test-reply` answers name the request body's
+//! `model` when it has one (else `"m"` and the upstream's name).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -32,6 +35,10 @@ pub const USAGE_HEADER: &str = "x-test-usage";
 pub const SSE_CHUNK_HEADER: &str = "x-test-sse-chunk";
 /// Milliseconds between streamed events (default 2).
 pub const SSE_GAP_HEADER: &str = "x-test-sse-gap-ms";
+/// Bytes per write of a streamed answer: each event is cut into pieces of
+/// this size (UTF-8 characters and the JSON split anywhere), each its own
+/// write after the gap. Default: one write per event.
+pub const SSE_SPLIT_HEADER: &str = "x-test-sse-split";
 
 /// The body type of every answer.
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -227,6 +234,7 @@ async fn answer(
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(1)
         .max(1);
+    let sse_split = text_header(SSE_SPLIT_HEADER).and_then(|v| v.parse::<usize>().ok());
     let sse_gap = text_header(SSE_GAP_HEADER)
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(2)
@@ -252,6 +260,11 @@ async fn answer(
         tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
     }
     hits.fetch_add(1, Ordering::Relaxed);
+    let parsed = serde_json::from_slice::<serde_json::Value>(&body).ok();
+    let asked = parsed
+        .as_ref()
+        .and_then(|v| v["model"].as_str())
+        .map(str::to_owned);
     let builder = Response::builder().header("x-upstream", name.as_str());
     let resp = if let Some(status) = failures.next() {
         let answer = serde_json::json!({ "upstream": name, "error": "failing on purpose" });
@@ -260,21 +273,27 @@ async fn answer(
             .header("content-type", "application/json")
             .body(full(answer.to_string()))
     } else if let Some(text) = sse {
-        let include_usage = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
+        let include_usage = parsed
+            .as_ref()
             .is_some_and(|v| v["stream_options"]["include_usage"] == true);
+        let shape = SseShape {
+            chunk: sse_chunk,
+            split: sse_split,
+            include_usage,
+            gap: Duration::from_millis(sse_gap),
+            model: asked.unwrap_or_else(|| "m".to_owned()),
+        };
         builder
             .header("content-type", "text/event-stream")
             .body(sse_body(
                 &text,
-                sse_chunk,
-                include_usage,
-                Duration::from_millis(sse_gap),
+                shape,
                 StreamEnd(Some(Arc::clone(&failures))),
             ))
     } else if let Some(text) = reply {
+        let model = asked.unwrap_or_else(|| name.clone());
         let mut answer = serde_json::json!({
-            "id": "chatcmpl-test", "object": "chat.completion", "created": 1, "model": name,
+            "id": "chatcmpl-test", "object": "chat.completion", "created": 1, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         });
         if with_usage {
@@ -342,14 +361,35 @@ impl Drop for StreamEnd {
     }
 }
 
-fn sse_body(text: &str, chunk: usize, include_usage: bool, gap: Duration, end: StreamEnd) -> Body {
+/// How a streamed answer is written.
+struct SseShape {
+    /// Characters per delta.
+    chunk: usize,
+    /// Bytes per write, when events are cut.
+    split: Option<usize>,
+    /// A usage-only chunk before `[DONE]`.
+    include_usage: bool,
+    /// Pause before each write.
+    gap: Duration,
+    /// The `model` each chunk names.
+    model: String,
+}
+
+fn sse_body(text: &str, shape: SseShape, end: StreamEnd) -> Body {
+    let SseShape {
+        chunk,
+        split,
+        include_usage,
+        gap,
+        model,
+    } = shape;
     let chars: Vec<char> = text.chars().collect();
     let mut events: Vec<Bytes> = chars
         .chunks(chunk)
         .map(|piece| {
             let content: String = piece.iter().collect();
             let data = serde_json::json!({
-                "id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 1, "model": model,
                 "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}],
             });
             Bytes::from(format!("data: {data}\n\n"))
@@ -357,12 +397,22 @@ fn sse_body(text: &str, chunk: usize, include_usage: bool, gap: Duration, end: S
         .collect();
     if include_usage {
         let data = serde_json::json!({
-            "id": "chatcmpl-test", "object": "chat.completion.chunk", "choices": [],
-            "usage": usage(chars.len()),
+            "id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 1, "model": model,
+            "choices": [], "usage": usage(chars.len()),
         });
         events.push(Bytes::from(format!("data: {data}\n\n")));
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    if let Some(size) = split.filter(|&s| s > 0) {
+        events = events
+            .iter()
+            .flat_map(|e| {
+                e.chunks(size)
+                    .map(Bytes::copy_from_slice)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+    }
     let last = events.len();
     let end = Arc::new(std::sync::Mutex::new(end));
     let frames = futures::stream::iter(events.into_iter().enumerate()).then(move |(i, event)| {

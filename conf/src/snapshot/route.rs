@@ -11,7 +11,7 @@ use crate::access::check::{Access, check_route_access};
 use crate::access::types::AuthMode;
 use crate::error::{Problems, quoted};
 use crate::filters::check::{RouteFilters, check_route_filters};
-use crate::matching::{Matcher, Request, check_matcher};
+use crate::matching::{Matcher, Request, check_matcher, check_model_name};
 use crate::model::{Protocol, RouteConfig};
 use crate::names::{check_name, entry_path};
 use crate::resilience::check::{Retry, Rollback, check_retry, check_rollback};
@@ -74,6 +74,9 @@ pub struct Arm {
     /// Rolled back (a `[[rollbacks]]` record names it): no weighted or
     /// sticky traffic, whatever its weight.
     pub rolled_back: bool,
+    /// The model name the arm's upstream knows (see
+    /// [`crate::model::ArmConfig::model`]).
+    pub model: Option<String>,
 }
 
 impl Route {
@@ -107,7 +110,8 @@ impl Route {
     }
 
     /// Whether the route serves `model`: `tiny-lm` in `models` serves
-    /// `tiny-lm` and every version of it (`tiny-lm:2`).
+    /// `tiny-lm` and every version of it (`tiny-lm:2`); an arm's `model`
+    /// is served by its exact name.
     pub fn serves_model(&self, model: Option<&str>) -> bool {
         if self.matcher.models.is_empty() {
             return true;
@@ -115,12 +119,46 @@ impl Route {
         let Some(model) = model else {
             return false;
         };
-        self.matcher.models.iter().any(|m| {
-            model == m
-                || model
-                    .strip_prefix(m.as_str())
-                    .is_some_and(|rest| rest.starts_with(':'))
-        })
+        self.arm_for_model(model).is_some()
+            || self.matcher.models.iter().any(|m| {
+                model == m
+                    || model
+                        .strip_prefix(m.as_str())
+                        .is_some_and(|rest| rest.starts_with(':'))
+            })
+    }
+
+    /// The arm whose `model` is exactly `model`: a request naming an
+    /// arm's upstream model (a pinned version) goes to that arm.
+    pub fn arm_for_model(&self, model: &str) -> Option<usize> {
+        self.arms
+            .iter()
+            .position(|a| a.model.as_deref() == Some(model))
+    }
+
+    /// Whether an arm renames the model (so OpenAI bodies are read and
+    /// rewritten).
+    pub fn renames_model(&self) -> bool {
+        self.arms.iter().any(|a| a.model.is_some())
+    }
+
+    /// The model names the route serves, as a catalogue lists them: its
+    /// `models`, then its arms' `model` names, each once.
+    pub fn catalogue(&self) -> impl Iterator<Item = &str> {
+        let arms = self.arms.iter().filter_map(|a| a.model.as_deref());
+        let mut seen = Vec::new();
+        self.matcher
+            .models
+            .iter()
+            .map(String::as_str)
+            .chain(arms)
+            .filter(move |m| {
+                let new = !seen.contains(m);
+                if new {
+                    seen.push(*m);
+                }
+                new
+            })
     }
 
     /// Whether the route takes the whole request.
@@ -264,11 +302,30 @@ fn check_arms(
         }
         let weight = a.weight.clamp(0, MAX_ARM_WEIGHT);
         total += weight;
+        if let Some(m) = &a.model {
+            check_model_name(m, &format!("{aat}.model"), problems);
+            if r.grpc.is_some() {
+                problems.push(
+                    format!("{aat}.model"),
+                    "gRPC routes cannot rename models (they are inside the protobuf body)",
+                );
+            }
+            if r.arms[..j].iter().any(|b| b.model.as_ref() == Some(m)) {
+                problems.push(
+                    format!("{aat}.model"),
+                    format!(
+                        "{} is another arm's model: a request naming it must pick one arm",
+                        quoted(m)
+                    ),
+                );
+            }
+        }
         arms.push(Arm {
             name: a.name.clone(),
             pool: pool.unwrap_or(0),
             weight: u32::try_from(weight).unwrap_or(0),
             rolled_back: false,
+            model: a.model.clone(),
         });
     }
     if !r.arms.is_empty() && total == 0 {

@@ -16,6 +16,7 @@ use super::ctx::{BodyState, GatewayCtx};
 use crate::access::TenantRt;
 use crate::errors::GatewayError;
 use crate::filtering::ResponseFilter;
+use crate::rename::AnswerRename;
 use crate::route_match::{content_length, has_body};
 use crate::runtime::RouteRt;
 use crate::usage::{StreamClock, UsageTap};
@@ -23,13 +24,14 @@ use crate::usage::{StreamClock, UsageTap};
 impl BodyState {
     /// Decides, once the arm is chosen, whether the request body is
     /// buffered: for the route's request filters (refusing a declared
-    /// length over their limit) or to add `include_usage` for a tenant whose
-    /// tokens are limited.
+    /// length over their limit), to add `include_usage` for a tenant whose
+    /// tokens are limited, or to `rename` the model for the arm.
     pub(super) fn plan(
         &mut self,
         route: &RouteRt,
         req: &RequestHeader,
         tenant: Option<&TenantRt>,
+        rename: bool,
     ) -> Result<(), GatewayError> {
         if !has_body(req) {
             return Ok(());
@@ -43,6 +45,10 @@ impl BodyState {
         }
         if tenant.is_some_and(TenantRt::counts_tokens) {
             self.inject_usage = true;
+            self.req.get_or_insert_with(BytesMut::new);
+        }
+        if rename {
+            self.rename = true;
             self.req.get_or_insert_with(BytesMut::new);
         }
         Ok(())
@@ -81,10 +87,10 @@ pub(super) fn request_body(
             return Err(GatewayError::BodyTooLarge { limit: state.max });
         }
     }
-    let (Some(buf), Some(route)) = (
-        state.req.as_mut(),
-        ctx.routed.as_ref().and_then(|r| r.route()),
-    ) else {
+    let Some(routed) = ctx.routed.as_ref() else {
+        return Ok(());
+    };
+    let (Some(buf), Some(route)) = (state.req.as_mut(), routed.route()) else {
         return Ok(());
     };
     let limit = if route.request_filters.is_empty() {
@@ -108,6 +114,14 @@ pub(super) fn request_body(
     if whole.is_empty() {
         // No body after all: nothing to filter.
         return Ok(());
+    }
+    // The arm of this attempt (after a fallback, the fallback arm).
+    if state.rename
+        && let Some(model) = routed.arm().and_then(|a| a.model.as_deref())
+    {
+        let (renamed, asked) = crate::rename::request(whole, model)?;
+        whole = renamed;
+        state.client_model = asked.filter(|a| a != model);
     }
     if state.inject_usage {
         let (with_usage, added) = crate::usage::request_usage(whole);
@@ -145,6 +159,15 @@ pub(super) fn response_header(
                 route.config.filters.max_body,
             );
         }
+        // A task's id leaves with its backend's tag.
+        let task = ctx
+            .upstream
+            .backend
+            .as_ref()
+            .filter(|_| state.task)
+            .map(|b| crate::rename::task_suffix(crate::pool::address_tag(&b.addr)));
+        state.resp_rename =
+            AnswerRename::for_content_type(content_type, state.client_model.clone(), task);
         let sse = crate::usage::is_event_stream(content_type);
         if sse {
             state.stream = Some(StreamClock::new(Instant::now()));
@@ -154,7 +177,10 @@ pub(super) fn response_header(
         }
     }
     let state = &ctx.body;
-    if state.resp_filter.is_some() || state.usage.as_ref().is_some_and(UsageTap::rewrites) {
+    if state.resp_filter.is_some()
+        || state.resp_rename.is_some()
+        || state.usage.as_ref().is_some_and(UsageTap::rewrites)
+    {
         resp.remove_header(&http::header::CONTENT_LENGTH);
         if h1 && resp.headers.get(http::header::TRANSFER_ENCODING).is_none() {
             resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
@@ -211,7 +237,10 @@ fn pass_answer(state: &mut BodyState, chunk: Option<Bytes>, end: bool) -> Option
         .usage
         .as_mut()
         .and_then(|tap| tap.read_events(chunk.as_deref(), end));
-    if let Some(piece) = events {
+    if let Some(mut piece) = events {
+        if let Some(rename) = &state.resp_rename {
+            rename.events(&mut piece);
+        }
         return match state.resp_filter.as_mut() {
             Some(filter) => filter.push_events(piece),
             None => crate::usage::sse_body(piece),
@@ -220,6 +249,9 @@ fn pass_answer(state: &mut BodyState, chunk: Option<Bytes>, end: bool) -> Option
     let mut body = chunk;
     if let Some(tap) = state.usage.as_mut() {
         body = tap.push(body, end);
+    }
+    if let Some(rename) = state.resp_rename.as_mut() {
+        body = rename.push(body, end);
     }
     if let Some(filter) = state.resp_filter.as_mut() {
         body = filter.push(body, end);

@@ -19,6 +19,7 @@ use crate::balance::InFlight;
 use crate::breaker::Attempt;
 use crate::errors::{GatewayError, RateHeaders};
 use crate::filtering::ResponseFilter;
+use crate::rename::AnswerRename;
 use crate::routing::Reason;
 use crate::runtime::{ArmRt, RouteRt, Runtime};
 use crate::usage::{StreamClock, UsageTap};
@@ -143,6 +144,8 @@ pub(super) struct UpstreamState {
     pub(super) connect_error: Option<GatewayError>,
     /// The request went to the route's fallback arm.
     pub(super) fallback: bool,
+    /// A task poll: the tag of the backend that runs the task.
+    pub(super) pinned: Option<u64>,
 }
 
 /// What the body phases keep for one request.
@@ -163,6 +166,16 @@ pub(super) struct BodyState {
     pub(super) usage: Option<UsageTap>,
     /// First and last streamed chunk of an SSE answer.
     pub(super) stream: Option<StreamClock>,
+    /// The body is buffered so the arm's `model` can replace the client's.
+    pub(super) rename: bool,
+    /// The model the client asked for, when the body was renamed: the
+    /// answer's `model` goes back to it.
+    pub(super) client_model: Option<String>,
+    /// Renames the answer's `model` back (and tags its `task_id`).
+    pub(super) resp_rename: Option<AnswerRename>,
+    /// The request creates or polls a task: the answer's `task_id` gets
+    /// its backend's tag.
+    pub(super) task: bool,
 }
 
 impl Default for BodyState {
@@ -176,6 +189,10 @@ impl Default for BodyState {
             resp_filter: None,
             usage: None,
             stream: None,
+            rename: false,
+            client_model: None,
+            resp_rename: None,
+            task: false,
         }
     }
 }

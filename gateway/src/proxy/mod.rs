@@ -6,7 +6,7 @@
 //! | phase | job | file |
 //! |---|---|---|
 //! | `new_ctx` | a fresh [`GatewayCtx`] | [`ctx`] |
-//! | `request_filter` | load the runtime once; request id, route, tenant and limits (401/403/429), declared body size (413), arm | [`request`] |
+//! | `request_filter` | load the runtime once; request id; the model catalogue; route, tenant and limits (401/403/429), declared body size (413), arm (task polls to their backend) | [`request`], [`catalogue`] |
 //! | `request_body_filter` | count the body against the route's limit; buffer and filter it when the route filters requests | [`body`] |
 //! | `upstream_peer` | the route's deadline; a healthy backend whose breaker admits the request; fallback arm | [`upstream`] |
 //! | `fail_to_connect` | count the failure (breaker too); retry elsewhere within attempts and budget | [`upstream`] |
@@ -20,6 +20,7 @@
 //! | `logging` | the breaker's last word; metrics, canary check, spans, access log | [`upstream`], [`observe`] |
 
 mod body;
+mod catalogue;
 mod ctx;
 mod observe;
 mod request;
@@ -69,7 +70,11 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut GatewayCtx) -> Result<bool> {
         match request::admit(&self.shared, session, ctx).await {
-            Ok(()) => Ok(false),
+            Ok(None) => Ok(false),
+            Ok(Some(body)) => {
+                respond::answer_json(session, ctx, 200, body).await;
+                Ok(true)
+            }
             Err(err) => {
                 respond::answer_error(session, ctx, err).await;
                 Ok(true)

@@ -17,6 +17,7 @@ use weir_conf::access::AuthMode;
 use super::ctx::{GatewayCtx, Routed};
 use crate::errors::GatewayError;
 use crate::route_match::content_length;
+use crate::routing::Reason;
 use crate::state::Shared;
 use crate::window::now_ms;
 
@@ -24,24 +25,31 @@ use crate::window::now_ms;
 const MAX_REQUEST_ID: usize = 128;
 
 /// Routes and admits the request, or says which error to answer with.
+/// `Some` is an answer the gateway gives itself (the model catalogue).
 pub(super) async fn admit(
     shared: &Shared,
     session: &mut Session,
     ctx: &mut GatewayCtx,
-) -> Result<(), GatewayError> {
+) -> Result<Option<bytes::Bytes>, GatewayError> {
     ctx.request_id = request_id(session.req_header());
     super::observe::begin(shared, session.req_header(), ctx);
     let runtime = shared.current().ok_or(GatewayError::NotReady)?;
+    if let Some(answer) = super::catalogue::answer(shared, &runtime, session.req_header()) {
+        return answer.map(Some);
+    }
     normalize_path(session.req_header_mut())?;
     ctx.grpc = crate::grpc::is_grpc(session.req_header());
     ctx.openai = is_openai_call(session.req_header());
+    let task = super::catalogue::task_request(session.req_header_mut())?;
+    ctx.body.task = task.is_some();
     let routed = ctx.routed.insert(Routed {
         runtime,
         route: None,
         arm: None,
     });
-    let route_idx =
+    let (route_idx, model) =
         crate::route_match::choose_route(session, &routed.runtime.routes, ctx.grpc).await?;
+    let polled = task.flatten();
     routed.route = Some(route_idx);
     let route = &routed.runtime.routes[route_idx];
     let req = session.req_header();
@@ -66,14 +74,30 @@ pub(super) async fn admit(
         .sticky_header
         .as_deref()
         .and_then(|h| header(req, h));
-    let picked = route.table.select(ab, sticky);
+    // A task poll goes to the backend that runs the task; a request naming
+    // an arm's upstream model (a pinned version) goes to that arm, whatever
+    // the split says.
+    let pinned = match polled {
+        Some((tag, id)) => {
+            let arm = route.arms.iter().position(|a| a.pool.has_tag(tag));
+            ctx.upstream.pinned = Some(tag);
+            Some((arm.ok_or(GatewayError::TaskNotFound { id })?, Reason::Task))
+        }
+        None => model
+            .as_deref()
+            .and_then(|m| route.config.arm_for_model(m))
+            .map(|i| (i, Reason::Model)),
+    };
+    let picked = pinned.or_else(|| route.table.select(ab, sticky));
     route.budget.request(now_ms());
     let (arm, reason) = picked.ok_or_else(|| GatewayError::NoArm {
         route: route.config.name.clone(),
     })?;
     routed.arm = Some(arm);
     ctx.reason = Some(reason);
-    ctx.body.plan(route, req, ctx.tenant.as_deref())
+    let rename = (ctx.openai || ctx.body.task) && route.config.renames_model();
+    ctx.body.plan(route, req, ctx.tenant.as_deref(), rename)?;
+    Ok(None)
 }
 
 /// Replaces the request's path with its normalised form

@@ -55,6 +55,27 @@ pub(super) async fn answer_error(
     })
 }
 
+/// Writes an answer the gateway gives itself: `status` with a JSON body.
+pub(super) async fn answer_json(
+    session: &mut Session,
+    ctx: &mut GatewayCtx,
+    status: u16,
+    body: Bytes,
+) {
+    let written = async {
+        let mut resp = ResponseHeader::build(status, Some(5))?;
+        resp.insert_header("content-type", "application/json")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        decorate(&mut resp, ctx)?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await
+    }
+    .await;
+    if let Err(e) = written {
+        tracing::debug!(error = %e, "could not write the answer");
+    }
+}
+
 /// Records `err` as the answer and returns the error that stops proxying
 /// (`fail_to_proxy` then writes it).
 pub(super) fn refuse(ctx: &mut GatewayCtx, err: GatewayError) -> Box<Error> {

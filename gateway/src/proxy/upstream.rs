@@ -105,6 +105,25 @@ pub(super) fn choose_peer(
         ));
     }
     let now = now_ms();
+    if let Some(tag) = up.pinned {
+        // A task poll: the backend that runs the task, once.
+        let arm = &route.arms[*arm_idx];
+        return match arm.pool.pick_tagged(tag) {
+            Some((backend, in_flight)) if !up.tried.contains(&backend.addr) => {
+                up.in_flight = Some(in_flight);
+                let peer = route.peer(&backend, &arm.pool, remaining);
+                up.backend = Some(backend);
+                Ok(peer)
+            }
+            _ => Err(up
+                .connect_error
+                .take()
+                .unwrap_or_else(|| GatewayError::NoHealthyBackend {
+                    route: route.config.name.clone(),
+                    arm: arm.name.clone(),
+                })),
+        };
+    }
     loop {
         let arm = &route.arms[*arm_idx];
         if let Some((backend, attempt, in_flight)) = arm.pool.pick(&up.tried, now) {

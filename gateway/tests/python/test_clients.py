@@ -8,6 +8,8 @@ model to the engine that has it. The gateway at WEIR_ERRORS routes only
 ModelInfer (key WEIR_KEY, one call per second) and ModelMetadata (to a
 dead backend), so every other call has no route. WEIR_TLS is the first
 gateway's TLS listener, its certificate (self-signed) in WEIR_CA.
+WEIR_FRONT is a gateway whose only upstream is that TLS listener, by
+name, over an `h2` pool (gRPC) and an `http1` pool with TLS.
 
 Run by the Rust test `clients` (cargo test -p weir-gateway --test clients).
 """
@@ -35,6 +37,7 @@ ERRORS_ADMIN = os.environ["WEIR_ERRORS_ADMIN"]
 KEY = os.environ["WEIR_KEY"]
 TLS = os.environ["WEIR_TLS"]
 CA = os.environ["WEIR_CA"]
+FRONT = os.environ["WEIR_FRONT"]
 
 
 def metric_sum(name: str, admin: str = ADMIN, **labels) -> float:
@@ -274,6 +277,22 @@ class Tls(unittest.TestCase):
             self.assertEqual(meta["versions"], ["2"])
         finally:
             client.close()
+
+    def test_grpc_through_a_tls_pool(self):
+        # WEIR_FRONT's only upstream is this gateway's TLS listener, over an
+        # `h2` pool (TLS + ALPN, the CA verified): gRPC end to end.
+        client = grpcclient.InferenceServerClient(url=FRONT)
+        try:
+            meta = client.get_model_metadata("tiny-lm", as_json=True, headers={"x-ab-group": "v2"})
+            self.assertEqual(meta["versions"], ["2"])
+            result = client.infer("mlp", [mlp_input(grpcclient)], headers={"x-ab-group": "v1"})
+            self.assertEqual(result.as_numpy("OUTPUT0").shape, (1, 4))
+        finally:
+            client.close()
+        # The OpenAI API over the same name through an `http1` TLS pool.
+        client = openai.OpenAI(base_url=f"http://{FRONT}/v1", api_key="unused", max_retries=0)
+        r = client.completions.create(model="tiny-lm:2", prompt="a", max_tokens=2)
+        self.assertEqual(r.model, "tiny-lm:2")
 
     def test_openai_over_tls(self):
         with httpx2.Client(verify=self.context(["http/1.1"])) as http_client:
