@@ -11,6 +11,7 @@ under loadtest/results/.
     loadtest/run.py            # full run: 15 s per scenario, enforce targets.toml
     loadtest/run.py --quick    # 2 s per scenario, checks the scripts work (CI)
     loadtest/run.py --only sse,engine --seconds 5   # some scenarios only
+    loadtest/run.py --bin-dir target/release   # binaries built before: no cargo build
 
 The load generator is pinned to CPU 0 and the proxy under test to CPU 1
 (`taskset`), the upstream floats. Exit status 1 when a target is missed (full
@@ -33,14 +34,12 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import tomllib
-import urllib.request
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-WRK_DIR = HERE / "wrk"
+from harness import (HERE, ROOT, Stack, free_port, listening_fields, log, ort_lib, pin, read_line, sse_load,
+                     wait_http, wrk)
+
 TOOLS = HERE / ".tools"
 MODELS = ROOT / "backend-engine" / "models" / "repo"
 
@@ -57,16 +56,6 @@ LM_TOKENS = 32
 LM_BODY = json.dumps({"model": "tiny-lm", "stream": True, "stream_options": {"include_usage": True},
                       "max_tokens": LM_TOKENS, "temperature": 0,
                       "messages": [{"role": "user", "content": "The Fox and the "}]})
-
-
-def log(msg: str) -> None:
-    print(f"[loadtest] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_tools(want_oha: bool) -> str | None:
@@ -90,49 +79,8 @@ def build() -> Path:
     log("building release binaries")
     # The workspace's feature set, so the binaries the test command built are reused.
     subprocess.run(["cargo", "build", "--release", "--workspace", "--bins"], cwd=ROOT, check=True)
-    return ROOT / "target" / "release" / "weir"
-
-
-def pin(cpu: int) -> list[str]:
-    return ["taskset", "-c", str(cpu)] if shutil.which("taskset") and (os.cpu_count() or 1) > cpu else []
-
-
-def wait_http(url: str, limit: float = 20.0) -> None:
-    deadline = time.monotonic() + limit
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} not ready after {limit}s")
-        time.sleep(0.05)
-
-
-class Stack(contextlib.ExitStack):
-    """Every process started here is stopped when the stack closes."""
-
-    def __init__(self, tmp: Path):
-        super().__init__()
-        self.tmp = tmp
-
-    def spawn(self, name: str, argv: list[str], env: dict | None = None, stdout=None) -> subprocess.Popen:
-        logf = open(self.tmp / f"{name}.log", "w")
-        proc = subprocess.Popen(argv, stdout=stdout or logf, stderr=logf, env=env)
-
-        def stop() -> None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            logf.close()
-
-        self.callback(stop)
-        return proc
+    target = ROOT / (os.environ.get("CARGO_TARGET_DIR") or "target")  # an absolute one replaces ROOT
+    return target / "release" / "weir"
 
 
 def nginx_conf(tmp: Path, name: str, body: str) -> Path:
@@ -271,18 +219,11 @@ def launch_weir(stack: Stack, weir: Path, name: str, cfg: Path, extra: tuple[str
     env = {**os.environ, "WEIR_LOG": log}
     proc = stack.spawn(name, pin(1) + [str(weir), "--config", str(cfg), *extra], env=env, stdout=subprocess.PIPE)
     line = proc.stdout.readline().decode() if proc.stdout else ""
-    fields = dict(w.split("=", 1) for w in line.split() if "=" in w)
+    fields = listening_fields(line)
     if "proxy" not in fields:
         raise RuntimeError(f"{name} did not start: {line!r}; see {stack.tmp / f'{name}.log'}")
     wait_http(f"http://{fields['admin']}/readyz")
     return f"http://{fields['proxy']}"
-
-
-def read_line(proc: subprocess.Popen, what: str, log_path: Path) -> str:
-    line = proc.stdout.readline().decode() if proc.stdout else ""
-    if not line:
-        raise RuntimeError(f"{what} did not start; see {log_path}")
-    return line
 
 
 def start_sse_upstream(stack: Stack, weir: Path) -> str:
@@ -295,16 +236,6 @@ def start_sse_upstream(stack: Stack, weir: Path) -> str:
     return addr
 
 
-def ort_lib() -> str:
-    """The ONNX Runtime library for weir-engine: $ORT_DYLIB_PATH, or the one
-    scripts/setup-ort.sh fetches into .ort/ (its last line is the path)."""
-    lib = os.environ.get("ORT_DYLIB_PATH")
-    if lib and Path(lib).is_file():
-        return lib
-    out = subprocess.run([str(ROOT / "scripts" / "setup-ort.sh")], capture_output=True, text=True, check=True)
-    return out.stdout.strip().splitlines()[-1]
-
-
 def start_engine(stack: Stack, weir: Path) -> str:
     """weir-engine serving the shipped mlp and tiny-lm:1, pinned like the proxy
     under test; returns its HTTP URL."""
@@ -315,7 +246,7 @@ def start_engine(stack: Stack, weir: Path) -> str:
                        env=env, stdout=subprocess.PIPE)
     # "weir-engine listening http=127.0.0.1:PORT grpc=127.0.0.1:PORT"
     line = read_line(proc, "weir-engine", stack.tmp / "engine.log")
-    fields = dict(w.split("=", 1) for w in line.split() if "=" in w)
+    fields = listening_fields(line)
     url = f"http://{fields['http']}"
     wait_http(url + "/v2/health/ready")
     return url
@@ -388,16 +319,6 @@ class Flipper(threading.Thread):
             self.failed += r.returncode != 0
 
 
-def wrk(url: str, script: str, seconds: int, connections: int, path: str = "") -> dict:
-    argv = pin(0) + ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
-                     "-s", str(WRK_DIR / script), url + "/v1/models"]
-    env = {**os.environ, "WEIR_PATH": path} if path else None
-    out = subprocess.run(argv, capture_output=True, text=True, check=True, env=env).stdout
-    row = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
-    row["rps"] = row["requests"] / (row["duration_us"] / 1e6)
-    return row
-
-
 # One-in-flight latency is a few tens of microseconds against a machine's
 # stalls of milliseconds: those scenarios run interleaved, in ROUNDS short
 # rounds of each, so a noisy spell hits all of them alike.
@@ -415,22 +336,6 @@ def merge_rounds(rounds: list[dict]) -> dict:
     for key in ("p50", "p90", "p99", "p999", "mean"):
         row[key] = statistics.median(r[key] for r in rounds)
     row["rps"] = row["requests"] / (row["duration_us"] / 1e6)
-    return row
-
-
-def sse_load(url: str, seconds: int, connections: int, body: str, headers: tuple[str, ...] = (),
-             expect_chunks: int | None = None) -> dict:
-    """Closed-loop streams with loadtest/sse_load.py, pinned like wrk."""
-    argv = pin(0) + [sys.executable, str(HERE / "sse_load.py"), "--url", url, "--body", body,
-                     "-c", str(connections), "--seconds", str(seconds)]
-    for h in headers:
-        argv += ["--header", h]
-    if expect_chunks is not None:
-        argv += ["--expect-chunks", str(expect_chunks)]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    row = json.loads(out.strip().splitlines()[-1])
-    if row["errors"]:
-        log(f"  {row['errors']} broken stream(s): {row['error_kinds']}")
     return row
 
 
@@ -638,11 +543,14 @@ def main() -> int:
     ap.add_argument("--weir-binary", type=Path, metavar="PATH",
                     help="the weir binary under test (default: the one just built), e.g. an "
                          "older build for a before/after comparison")
+    ap.add_argument("--bin-dir", type=Path, metavar="DIR",
+                    help="take weir, weir-engine, weirctl and weir-demo-upstream from DIR instead of "
+                         "building them (e.g. target/release of another checkout)")
     args = ap.parse_args()
     seconds = args.seconds or (2 if args.quick else 15)
     chosen = select(args.only)
     oha = ensure_tools(want_oha=not args.quick and any(p[0] in chosen for p in HALF_RATE_PLAN))
-    weir = build()
+    weir = args.bin_dir.resolve() / "weir" if args.bin_dir else build()
     targets = tomllib.loads((HERE / "targets.toml").read_text())
     # Only a full run of every scenario is the committed record.
     default = "tmp/quick" if args.quick else ("tmp/only" if args.only else "latest")
