@@ -1,7 +1,7 @@
 """What the load-test scenarios share: processes started and stopped
 together (`Stack`), readiness waits, CPU pinning, and the two load
 generators (wrk for plain requests, sse_load.py for streams), each returning
-one dict of figures. Used by run.py.
+one dict of figures. Used by run.py and real_models.py.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ upstream (weir-demo-upstream), `weir`, an nginx weighted proxy and
 `weir-engine` on free 127.0.0.1 ports, runs the scenarios with wrk (closed
 loop), oha (constant rate, when installed) and sse_load.py (streams, timed
 per chunk), stops everything and writes a results table (Markdown + JSON)
-under loadtest/results/.
+under loadtest/results/. The real_* scenarios (real_models.py) measure
+weir-engine on the pretrained models of .models/repo against plain
+onnxruntime; they are skipped when scripts/setup-models.sh has not been run.
 
     loadtest/run.py            # full run: 15 s per scenario, enforce targets.toml
     loadtest/run.py --quick    # 2 s per scenario, checks the scripts work (CI)
@@ -37,6 +39,7 @@ import threading
 import tomllib
 from pathlib import Path
 
+import real_models
 from harness import (HERE, ROOT, Stack, free_port, listening_fields, log, ort_lib, pin, read_line, sse_load,
                      wait_http, wrk)
 
@@ -421,6 +424,10 @@ def evaluate(results: dict, targets: dict, quick: bool) -> list[str]:
     if "weir_half_own_rate" in r and "nginx_half_rate" in r:
         results["ratios"]["p99_weir_over_nginx_half_own_rate"] = (
             r["weir_half_own_rate"]["p99"] / max(r["nginx_half_rate"]["p99"], 1))
+    # Scenario 10: the real models against plain onnxruntime.
+    real_ratios, real_checks = real_models.evaluate(r, t)
+    results["ratios"] |= real_ratios
+    checks += real_checks
     # The requests the blackhole swallowed before the balancer learnt are
     # timeouts by design; that scenario's errors are reported, not counted.
     errors = sum(s.get("errors", 0) for n, s in r.items() if n != "weir_blackhole")
@@ -446,9 +453,9 @@ def write_results(results: dict, out: Path) -> None:
         f"Closed loop: wrk, 1 thread, {results['connections']} connections, {results['seconds']} s per scenario.",
         "", "| scenario | rps | P50 µs | P99 µs | P99.9 µs | errors |", "|---|---:|---:|---:|---:|---:|",
     ]
-    streams = {n: s for n, s in results["scenarios"].items() if "ttft_p50" in s}
+    streams = {n: s for n, s in results["scenarios"].items() if "ttft_p50" in s and s.get("kind") != "real"}
     for name, s in results["scenarios"].items():
-        if name in streams:
+        if name in streams or s.get("kind") == "real":
             continue
         label = f"{name} ({s['flips']} flips)" if "flips" in s else name
         lines.append(f"| {label} | {s['rps']:.0f} | {s['p50']:.0f} | {s['p99']:.0f} | {s['p999']:.0f} | {s['errors']} |")
@@ -462,6 +469,10 @@ def write_results(results: dict, out: Path) -> None:
             lines.append(f"| {name} ({s['connections']} in flight) | {s['streams']} | {s['rps']:.1f} "
                          f"| {s['ttft_p50']:.0f} | {s['ttft_p99']:.0f} | {s['gap_p50']:.0f} | {s['gap_p99']:.0f} "
                          f"| {s['p50']:.0f} | {s['p99']:.0f} | {s['tokens_per_s']:.0f} | {s['errors']} |")
+    lines += real_models.table(results["scenarios"])
+    skipped = results.get("skipped", {})
+    for why in dict.fromkeys(skipped.values()):
+        lines += ["", f"Skipped {', '.join(f'`{n}`' for n, w in skipped.items() if w == why)}: {why}."]
     if results.get("ratios"):
         lines += ["", "| ratio | value |", "|---|---:|"]
         for name, value in results["ratios"].items():
@@ -511,7 +522,7 @@ BLACKHOLE_PLAN = [("weir_one_backend", False), ("weir_blackhole", True)]
 def scenario_names() -> list[str]:
     return ([p[0] for p in wrk_plan(1)] + ["weir_etcd_flips"] + [p[0] for p in BLACKHOLE_PLAN]
             + [p[0] for p in SSE_PLAN]
-            + [p[0] for p in ENGINE_PLAN] + [p[0] for p in HALF_RATE_PLAN])
+            + [p[0] for p in ENGINE_PLAN] + [p[0] for p in HALF_RATE_PLAN] + real_models.NAMES)
 
 
 def select(only: str | None) -> set[str]:
@@ -528,6 +539,8 @@ def select(only: str | None) -> set[str]:
         chosen |= hit
     # A constant-rate scenario needs the scenario whose max rate it halves.
     chosen |= {of for name, _, of in HALF_RATE_PLAN if name in chosen}
+    # real_streams16's ratio is over real_one_stream's figure.
+    chosen |= {of for name, of in real_models.NEEDS.items() if name in chosen}
     return chosen
 
 
@@ -538,7 +551,7 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--only", metavar="NAME[,NAME]",
                     help="run only these scenarios; NAME also selects every scenario named NAME_* "
-                         "(e.g. sse, engine, engine_stream, weir_post_1k)")
+                         "(e.g. sse, engine, engine_stream, weir_post_1k, real)")
     ap.add_argument("--out", type=Path, help="results path without suffix")
     ap.add_argument("--weir-binary", type=Path, metavar="PATH",
                     help="the weir binary under test (default: the one just built), e.g. an "
@@ -638,6 +651,15 @@ def main() -> int:
                 else:
                     log(f"{name}: {seconds}s, {conns} stream(s) of {LM_TOKENS} tokens from tiny-lm")
                     sc[name] = sse_load(engine + "/v1/chat/completions", seconds, conns, LM_BODY)
+        # Scenario 10: weir-engine on the real models of .models/repo against
+        # plain onnxruntime (real_models.py); skipped without those models.
+        real = {name for name in real_models.NAMES if name in chosen}
+        why = real_models.unavailable() if real else None
+        if why:
+            log(f"{', '.join(sorted(real))}: skipped: {why}")
+            results["skipped"] = {name: why for name in sorted(real)}
+        elif real:
+            sc.update(real_models.run(stack, weir, real, seconds, args.quick))
     missed = evaluate(results, targets, args.quick)
     write_results(results, out)
     print(out.with_suffix(".md").read_text())
