@@ -6,11 +6,14 @@ upstream (weir-demo-upstream), `weir`, an nginx weighted proxy and
 `weir-engine` on free 127.0.0.1 ports, runs the scenarios with wrk (closed
 loop), oha (constant rate, when installed) and sse_load.py (streams, timed
 per chunk), stops everything and writes a results table (Markdown + JSON)
-under loadtest/results/.
+under loadtest/results/. The real_* scenarios (real_models.py) measure
+weir-engine on the pretrained models of .models/repo against plain
+onnxruntime; they are skipped when scripts/setup-models.sh has not been run.
 
     loadtest/run.py            # full run: 15 s per scenario, enforce targets.toml
     loadtest/run.py --quick    # 2 s per scenario, checks the scripts work (CI)
     loadtest/run.py --only sse,engine --seconds 5   # some scenarios only
+    loadtest/run.py --bin-dir target/release   # binaries built before: no cargo build
 
 The load generator is pinned to CPU 0 and the proxy under test to CPU 1
 (`taskset`), the upstream floats. Exit status 1 when a target is missed (full
@@ -33,14 +36,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import tomllib
-import urllib.request
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-WRK_DIR = HERE / "wrk"
+import real_models
+from harness import (HERE, ROOT, Stack, free_port, listening_fields, log, ort_lib, pin, read_line, sse_load,
+                     wait_http, wrk)
+
 TOOLS = HERE / ".tools"
 MODELS = ROOT / "backend-engine" / "models" / "repo"
 
@@ -57,16 +59,6 @@ LM_TOKENS = 32
 LM_BODY = json.dumps({"model": "tiny-lm", "stream": True, "stream_options": {"include_usage": True},
                       "max_tokens": LM_TOKENS, "temperature": 0,
                       "messages": [{"role": "user", "content": "The Fox and the "}]})
-
-
-def log(msg: str) -> None:
-    print(f"[loadtest] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_tools(want_oha: bool) -> str | None:
@@ -90,49 +82,8 @@ def build() -> Path:
     log("building release binaries")
     # The workspace's feature set, so the binaries the test command built are reused.
     subprocess.run(["cargo", "build", "--release", "--workspace", "--bins"], cwd=ROOT, check=True)
-    return ROOT / "target" / "release" / "weir"
-
-
-def pin(cpu: int) -> list[str]:
-    return ["taskset", "-c", str(cpu)] if shutil.which("taskset") and (os.cpu_count() or 1) > cpu else []
-
-
-def wait_http(url: str, limit: float = 20.0) -> None:
-    deadline = time.monotonic() + limit
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} not ready after {limit}s")
-        time.sleep(0.05)
-
-
-class Stack(contextlib.ExitStack):
-    """Every process started here is stopped when the stack closes."""
-
-    def __init__(self, tmp: Path):
-        super().__init__()
-        self.tmp = tmp
-
-    def spawn(self, name: str, argv: list[str], env: dict | None = None, stdout=None) -> subprocess.Popen:
-        logf = open(self.tmp / f"{name}.log", "w")
-        proc = subprocess.Popen(argv, stdout=stdout or logf, stderr=logf, env=env)
-
-        def stop() -> None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            logf.close()
-
-        self.callback(stop)
-        return proc
+    target = ROOT / (os.environ.get("CARGO_TARGET_DIR") or "target")  # an absolute one replaces ROOT
+    return target / "release" / "weir"
 
 
 def nginx_conf(tmp: Path, name: str, body: str) -> Path:
@@ -271,18 +222,11 @@ def launch_weir(stack: Stack, weir: Path, name: str, cfg: Path, extra: tuple[str
     env = {**os.environ, "WEIR_LOG": log}
     proc = stack.spawn(name, pin(1) + [str(weir), "--config", str(cfg), *extra], env=env, stdout=subprocess.PIPE)
     line = proc.stdout.readline().decode() if proc.stdout else ""
-    fields = dict(w.split("=", 1) for w in line.split() if "=" in w)
+    fields = listening_fields(line)
     if "proxy" not in fields:
         raise RuntimeError(f"{name} did not start: {line!r}; see {stack.tmp / f'{name}.log'}")
     wait_http(f"http://{fields['admin']}/readyz")
     return f"http://{fields['proxy']}"
-
-
-def read_line(proc: subprocess.Popen, what: str, log_path: Path) -> str:
-    line = proc.stdout.readline().decode() if proc.stdout else ""
-    if not line:
-        raise RuntimeError(f"{what} did not start; see {log_path}")
-    return line
 
 
 def start_sse_upstream(stack: Stack, weir: Path) -> str:
@@ -295,16 +239,6 @@ def start_sse_upstream(stack: Stack, weir: Path) -> str:
     return addr
 
 
-def ort_lib() -> str:
-    """The ONNX Runtime library for weir-engine: $ORT_DYLIB_PATH, or the one
-    scripts/setup-ort.sh fetches into .ort/ (its last line is the path)."""
-    lib = os.environ.get("ORT_DYLIB_PATH")
-    if lib and Path(lib).is_file():
-        return lib
-    out = subprocess.run([str(ROOT / "scripts" / "setup-ort.sh")], capture_output=True, text=True, check=True)
-    return out.stdout.strip().splitlines()[-1]
-
-
 def start_engine(stack: Stack, weir: Path) -> str:
     """weir-engine serving the shipped mlp and tiny-lm:1, pinned like the proxy
     under test; returns its HTTP URL."""
@@ -315,7 +249,7 @@ def start_engine(stack: Stack, weir: Path) -> str:
                        env=env, stdout=subprocess.PIPE)
     # "weir-engine listening http=127.0.0.1:PORT grpc=127.0.0.1:PORT"
     line = read_line(proc, "weir-engine", stack.tmp / "engine.log")
-    fields = dict(w.split("=", 1) for w in line.split() if "=" in w)
+    fields = listening_fields(line)
     url = f"http://{fields['http']}"
     wait_http(url + "/v2/health/ready")
     return url
@@ -388,16 +322,6 @@ class Flipper(threading.Thread):
             self.failed += r.returncode != 0
 
 
-def wrk(url: str, script: str, seconds: int, connections: int, path: str = "") -> dict:
-    argv = pin(0) + ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
-                     "-s", str(WRK_DIR / script), url + "/v1/models"]
-    env = {**os.environ, "WEIR_PATH": path} if path else None
-    out = subprocess.run(argv, capture_output=True, text=True, check=True, env=env).stdout
-    row = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
-    row["rps"] = row["requests"] / (row["duration_us"] / 1e6)
-    return row
-
-
 # One-in-flight latency is a few tens of microseconds against a machine's
 # stalls of milliseconds: those scenarios run interleaved, in ROUNDS short
 # rounds of each, so a noisy spell hits all of them alike.
@@ -415,22 +339,6 @@ def merge_rounds(rounds: list[dict]) -> dict:
     for key in ("p50", "p90", "p99", "p999", "mean"):
         row[key] = statistics.median(r[key] for r in rounds)
     row["rps"] = row["requests"] / (row["duration_us"] / 1e6)
-    return row
-
-
-def sse_load(url: str, seconds: int, connections: int, body: str, headers: tuple[str, ...] = (),
-             expect_chunks: int | None = None) -> dict:
-    """Closed-loop streams with loadtest/sse_load.py, pinned like wrk."""
-    argv = pin(0) + [sys.executable, str(HERE / "sse_load.py"), "--url", url, "--body", body,
-                     "-c", str(connections), "--seconds", str(seconds)]
-    for h in headers:
-        argv += ["--header", h]
-    if expect_chunks is not None:
-        argv += ["--expect-chunks", str(expect_chunks)]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    row = json.loads(out.strip().splitlines()[-1])
-    if row["errors"]:
-        log(f"  {row['errors']} broken stream(s): {row['error_kinds']}")
     return row
 
 
@@ -516,6 +424,10 @@ def evaluate(results: dict, targets: dict, quick: bool) -> list[str]:
     if "weir_half_own_rate" in r and "nginx_half_rate" in r:
         results["ratios"]["p99_weir_over_nginx_half_own_rate"] = (
             r["weir_half_own_rate"]["p99"] / max(r["nginx_half_rate"]["p99"], 1))
+    # Scenario 10: the real models against plain onnxruntime.
+    real_ratios, real_checks = real_models.evaluate(r, t)
+    results["ratios"] |= real_ratios
+    checks += real_checks
     # The requests the blackhole swallowed before the balancer learnt are
     # timeouts by design; that scenario's errors are reported, not counted.
     errors = sum(s.get("errors", 0) for n, s in r.items() if n != "weir_blackhole")
@@ -541,9 +453,9 @@ def write_results(results: dict, out: Path) -> None:
         f"Closed loop: wrk, 1 thread, {results['connections']} connections, {results['seconds']} s per scenario.",
         "", "| scenario | rps | P50 µs | P99 µs | P99.9 µs | errors |", "|---|---:|---:|---:|---:|---:|",
     ]
-    streams = {n: s for n, s in results["scenarios"].items() if "ttft_p50" in s}
+    streams = {n: s for n, s in results["scenarios"].items() if "ttft_p50" in s and s.get("kind") != "real"}
     for name, s in results["scenarios"].items():
-        if name in streams:
+        if name in streams or s.get("kind") == "real":
             continue
         label = f"{name} ({s['flips']} flips)" if "flips" in s else name
         lines.append(f"| {label} | {s['rps']:.0f} | {s['p50']:.0f} | {s['p99']:.0f} | {s['p999']:.0f} | {s['errors']} |")
@@ -557,6 +469,10 @@ def write_results(results: dict, out: Path) -> None:
             lines.append(f"| {name} ({s['connections']} in flight) | {s['streams']} | {s['rps']:.1f} "
                          f"| {s['ttft_p50']:.0f} | {s['ttft_p99']:.0f} | {s['gap_p50']:.0f} | {s['gap_p99']:.0f} "
                          f"| {s['p50']:.0f} | {s['p99']:.0f} | {s['tokens_per_s']:.0f} | {s['errors']} |")
+    lines += real_models.table(results["scenarios"])
+    skipped = results.get("skipped", {})
+    for why in dict.fromkeys(skipped.values()):
+        lines += ["", f"Skipped {', '.join(f'`{n}`' for n, w in skipped.items() if w == why)}: {why}."]
     if results.get("ratios"):
         lines += ["", "| ratio | value |", "|---|---:|"]
         for name, value in results["ratios"].items():
@@ -606,7 +522,7 @@ BLACKHOLE_PLAN = [("weir_one_backend", False), ("weir_blackhole", True)]
 def scenario_names() -> list[str]:
     return ([p[0] for p in wrk_plan(1)] + ["weir_etcd_flips"] + [p[0] for p in BLACKHOLE_PLAN]
             + [p[0] for p in SSE_PLAN]
-            + [p[0] for p in ENGINE_PLAN] + [p[0] for p in HALF_RATE_PLAN])
+            + [p[0] for p in ENGINE_PLAN] + [p[0] for p in HALF_RATE_PLAN] + real_models.NAMES)
 
 
 def select(only: str | None) -> set[str]:
@@ -623,6 +539,8 @@ def select(only: str | None) -> set[str]:
         chosen |= hit
     # A constant-rate scenario needs the scenario whose max rate it halves.
     chosen |= {of for name, _, of in HALF_RATE_PLAN if name in chosen}
+    # real_streams16's ratio is over real_one_stream's figure.
+    chosen |= {of for name, of in real_models.NEEDS.items() if name in chosen}
     return chosen
 
 
@@ -633,16 +551,19 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--only", metavar="NAME[,NAME]",
                     help="run only these scenarios; NAME also selects every scenario named NAME_* "
-                         "(e.g. sse, engine, engine_stream, weir_post_1k)")
+                         "(e.g. sse, engine, engine_stream, weir_post_1k, real)")
     ap.add_argument("--out", type=Path, help="results path without suffix")
     ap.add_argument("--weir-binary", type=Path, metavar="PATH",
                     help="the weir binary under test (default: the one just built), e.g. an "
                          "older build for a before/after comparison")
+    ap.add_argument("--bin-dir", type=Path, metavar="DIR",
+                    help="take weir, weir-engine, weirctl and weir-demo-upstream from DIR instead of "
+                         "building them (e.g. target/release of another checkout)")
     args = ap.parse_args()
     seconds = args.seconds or (2 if args.quick else 15)
     chosen = select(args.only)
     oha = ensure_tools(want_oha=not args.quick and any(p[0] in chosen for p in HALF_RATE_PLAN))
-    weir = build()
+    weir = args.bin_dir.resolve() / "weir" if args.bin_dir else build()
     targets = tomllib.loads((HERE / "targets.toml").read_text())
     # Only a full run of every scenario is the committed record.
     default = "tmp/quick" if args.quick else ("tmp/only" if args.only else "latest")
@@ -730,6 +651,15 @@ def main() -> int:
                 else:
                     log(f"{name}: {seconds}s, {conns} stream(s) of {LM_TOKENS} tokens from tiny-lm")
                     sc[name] = sse_load(engine + "/v1/chat/completions", seconds, conns, LM_BODY)
+        # Scenario 10: weir-engine on the real models of .models/repo against
+        # plain onnxruntime (real_models.py); skipped without those models.
+        real = {name for name in real_models.NAMES if name in chosen}
+        why = real_models.unavailable() if real else None
+        if why:
+            log(f"{', '.join(sorted(real))}: skipped: {why}")
+            results["skipped"] = {name: why for name in sorted(real)}
+        elif real:
+            sc.update(real_models.run(stack, weir, real, seconds, args.quick))
     missed = evaluate(results, targets, args.quick)
     write_results(results, out)
     print(out.with_suffix(".md").read_text())

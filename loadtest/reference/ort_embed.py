@@ -9,12 +9,15 @@ attention mask, CLS, or last token) and L2-normalise when ``normalize``.
     python loadtest/reference/ort_embed.py REPO/all-minilm-l6-v2/1 "A sentence." "Another one."
     python loadtest/reference/ort_embed.py REPO/all-minilm-l6-v2/1 --bench --threads 2
 
-``--bench`` prints sentences/s for batches of 32.
+``--bench`` prints sentences/s for batches of 32 (``--json``: as one JSON line,
+read by loadtest/real_models.py). The batch is BENCH_SENTENCES, the same 32
+sentences loadtest/wrk/embed.lua sends to weir-engine one per request.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import tomllib
@@ -22,6 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+
+# The --bench batch: four sentences numbered 0..31 so that no two are alike.
+# loadtest/wrk/embed.lua builds the same list.
+BENCH_BASE = ["A man is playing a guitar.", "The quick brown fox jumps over the lazy dog.",
+              "Weir routes requests to model servers and balances the load between them.",
+              "What is the capital of France?"]
+BENCH_SENTENCES = [BENCH_BASE[i % len(BENCH_BASE)] + f" ({i})" for i in range(32)]
 
 
 class Embedder:
@@ -72,19 +83,21 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="intra_op_num_threads (0 = onnxruntime default)")
     ap.add_argument("--bench", action="store_true", help="sentences/s for batches of 32")
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--json", action="store_true", help="with --bench: print the figures as one JSON line")
     args = ap.parse_args()
     emb = Embedder(args.version_dir, threads=args.threads)
     if args.bench:
-        base = ["A man is playing a guitar.", "The quick brown fox jumps over the lazy dog.",
-                "Weir routes requests to model servers and balances the load between them.",
-                "What is the capital of France?"]
-        batch = [base[i % len(base)] + f" ({i})" for i in range(32)]
+        batch = BENCH_SENTENCES
         emb.embed(batch)
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < args.seconds:
             emb.embed(batch)
             n += len(batch)
         dt = time.perf_counter() - t0
+        if args.json:
+            print(json.dumps({"batch": len(batch), "threads": args.threads, "sentences": n, "seconds": dt,
+                              "sentences_per_s": n / dt}))
+            return 0
         print(f"batch 32, threads {args.threads or 'default'}: {n / dt:.1f} sentences/s")
         return 0
     vecs = emb.embed(args.sentences or ["A man is playing a guitar.", "A person plays the guitar."])

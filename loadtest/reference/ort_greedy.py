@@ -13,12 +13,17 @@ single-stream speed the engine is compared with.
     python loadtest/reference/ort_greedy.py REPO/smollm2-135m-instruct/1 --chat "What is 2+2?"
     python loadtest/reference/ort_greedy.py REPO/smollm2-135m-instruct/1 --bench --threads 2 -n 128
 
+``--bench --json`` prints one JSON line (prompt_tokens, new_tokens, prefill_ms,
+decode_tokens_per_s, tokens_per_s = new tokens over prefill + decode), read by
+loadtest/real_models.py.
+
 Needs numpy, onnxruntime, tokenizers, jinja2 (scripts/requirements.txt).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import tomllib
@@ -117,6 +122,7 @@ def main() -> int:
     ap.add_argument("-n", "--max-new", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0, help="intra_op_num_threads (0 = onnxruntime default)")
     ap.add_argument("--bench", action="store_true", help="time one stream; prints tokens/s")
+    ap.add_argument("--json", action="store_true", help="with --bench: print the figures as one JSON line")
     args = ap.parse_args()
     dec = Decoder(args.version_dir, threads=args.threads)
     text = dec.render_chat([{"role": "user", "content": args.chat}]) if args.chat else args.prompt
@@ -129,8 +135,14 @@ def main() -> int:
                               on_step=lambda s: first.append(time.perf_counter()) if s == 0 else None)
         t1 = time.perf_counter()
         n = len(out[0])
+        decode = (n - 1) / (t1 - first[0]) if n > 1 else 0.0
+        if args.json:
+            print(json.dumps({"prompt_tokens": len(ids), "new_tokens": n, "threads": args.threads,
+                              "prefill_ms": 1000 * (first[0] - t0), "decode_tokens_per_s": decode,
+                              "tokens_per_s": n / (t1 - t0)}))
+            return 0
         print(f"prompt {len(ids)} tokens, {n} new, threads {args.threads or 'default'}: "
-              f"prefill {1000 * (first[0] - t0):.1f} ms, decode {(n - 1) / (t1 - first[0]):.1f} tokens/s, "
+              f"prefill {1000 * (first[0] - t0):.1f} ms, decode {decode:.1f} tokens/s, "
               f"overall {n / (t1 - t0):.1f} tokens/s")
         return 0
     out, gap = dec.generate([ids], args.max_new, stop=bool(args.chat))
