@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::{MODEL_VERSION_HEADER, parse_json};
+use super::shared::{MODEL_VERSION_HEADER, parse_json};
 use crate::engine::Engine;
 use crate::error::{Error, Protocol, Result};
 use crate::lm::scheduler::GenEvent;

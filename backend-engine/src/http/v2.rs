@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{MODEL_VERSION_HEADER, parse_json};
+use super::shared::{MODEL_VERSION_HEADER, parse_json};
 use crate::engine::Engine;
 use crate::error::{Error, Result, V2Error};
 use crate::model::ModelVersion;
