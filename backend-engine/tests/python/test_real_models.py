@@ -1,4 +1,5 @@
-"""The stock openai SDK against the engine's real models (embeddings and chat).
+"""The stock openai SDK against the engine's real models (embeddings, chat, and
+a chat stream whose last chunk carries usage).
 
 Run by tests/it/real_models.rs with WEIR_HTTP set to the engine's address.
 """
@@ -35,7 +36,19 @@ stream = client.chat.completions.create(
     messages=[{"role": "user", "content": "What is the capital of France?"}],
     temperature=0,
     stream=True,
+    stream_options={"include_usage": True},
 )
-text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+chunks = list(stream)
+text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 assert text == chat.choices[0].message.content, (text, chat.choices[0].message.content)
+# With include_usage every chunk has usage null but the last, which has no
+# choices and the same counts as the answer without streaming.
+last = chunks[-1]
+assert last.choices == [] and last.usage is not None, last
+assert all(c.usage is None for c in chunks[:-1])
+assert (last.usage.prompt_tokens, last.usage.completion_tokens, last.usage.total_tokens) == (
+    chat.usage.prompt_tokens,
+    chat.usage.completion_tokens,
+    chat.usage.total_tokens,
+), (last.usage, chat.usage)
 print("OK", file=sys.stderr)
