@@ -3,6 +3,7 @@
 //! Every response carries `x-weir-queue-depth`.
 
 mod embeddings;
+pub mod oip;
 mod openai;
 mod shared;
 mod tasks;
@@ -40,6 +41,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v2/health/ready", get(v2::ready))
         .route("/v2/models/{model}", get(v2::model_metadata))
         .route("/v2/models/{model}/ready", get(v2::model_ready))
+        .route("/v2/models/{model}/config", get(v2::model_config))
         .route("/v2/models/{model}/infer", post(v2::infer))
         .route(
             "/v2/models/{model}/versions/{version}",
@@ -48,6 +50,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route(
             "/v2/models/{model}/versions/{version}/ready",
             get(v2::model_ready_v),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(v2::model_config_v),
         )
         .route(
             "/v2/models/{model}/versions/{version}/infer",

@@ -1,7 +1,8 @@
 //! The real models of `scripts/setup-models.sh` (SmolLM2-135M-Instruct
 //! versions 1 and 2, all-MiniLM-L6-v2) through the real binary: greedy and
 //! chat goldens, the chat template, the tokenizer, continuous batching, the
-//! KV-cache budget, embeddings, refused parameters and tampered files.
+//! KV-cache budget, embeddings, refused parameters and tampered files; the
+//! Open Inference Protocol's text tensors in `oip.rs`.
 //! The repository comes from `WEIR_MODELS_REPO`, else from running
 //! `scripts/setup-models.sh` (which only compares stamps when nothing changed).
 
@@ -13,6 +14,8 @@ use serde_json::{Value, json};
 use weir_engine::hf::{ChatTemplate, TemplateMessage, TextTokenizer};
 
 use crate::common::{Engine, client, crate_dir, golden, sse_data};
+
+mod oip;
 
 const SMOL: &str = "smollm2-135m-instruct";
 const MINILM: &str = "all-minilm-l6-v2";
@@ -463,13 +466,14 @@ async fn embeddings_match_the_golden_and_the_openai_shape() {
     )
     .await;
     assert_eq!(status, 400, "{out}");
-    // The stock openai SDK.
+    // The stock openai SDK and tritonclient.
     let python = std::env::var_os("WEIR_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate_dir().join("../.venv/bin/python"));
     let out = Command::new(&python)
         .arg(crate_dir().join("tests/python/test_real_models.py"))
         .env("WEIR_HTTP", engine.http.to_string())
+        .env("WEIR_GRPC", engine.grpc.to_string())
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .expect("run python");
