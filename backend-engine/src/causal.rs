@@ -13,8 +13,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorRef};
@@ -26,12 +25,8 @@ use crate::lm::sampling::{Sampler, SamplingParams};
 use crate::lm::scheduler::{FinishReason, GenEvent};
 use crate::lm::text::{Detokenizer, Step};
 use crate::metrics::ModelMetrics;
-use crate::queue::{JobSender, Slot};
+use crate::queue::{Intake, JobSender, Slot};
 use crate::repository::model_config::{CausalLmConfig, ModelConfig};
-
-/// How long the loop waits for new work when every active sequence is
-/// paused on a slow reader.
-const PAUSED_WAIT: Duration = Duration::from_millis(2);
 
 /// The KV-cache budget of one version, shared by its sequences.
 #[derive(Debug)]
@@ -165,12 +160,11 @@ impl CausalScheduler {
             metrics,
             max_active: config.max_batch_size.max(1),
             active: Vec::new(),
-            waiting: VecDeque::new(),
         };
         std::thread::Builder::new()
             .name(format!("causal-{label}"))
             .spawn(move || {
-                decode.run(&rx);
+                decode.run(Intake::new(rx));
                 tracing::info!(model = %label, "decode loop drained and stopped");
             })
             .map_err(|e| Error::Runtime(format!("cannot start the decode thread: {e}")))?;
@@ -328,7 +322,6 @@ struct DecodeLoop {
     metrics: ModelMetrics,
     max_active: usize,
     active: Vec<Sequence>,
-    waiting: VecDeque<CausalJob>,
 }
 
 /// Logits of each row's last position, and the presents.
@@ -338,26 +331,11 @@ struct StepOutput {
 }
 
 impl DecodeLoop {
-    fn run(mut self, rx: &Receiver<CausalJob>) {
-        let mut open = true;
-        loop {
-            if self.active.is_empty() && self.waiting.is_empty() {
-                match rx.recv() {
-                    Ok(job) => self.waiting.push_back(job),
-                    Err(_) => return,
-                }
-            }
-            while open {
-                match rx.try_recv() {
-                    Ok(job) => self.waiting.push_back(job),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => open = false,
-                }
-            }
-            while self.active.len() < self.max_active {
-                let Some(job) = self.waiting.pop_front() else {
-                    break;
-                };
+    fn run(mut self, mut intake: Intake<CausalJob>) {
+        while intake.collect(self.active.is_empty()) {
+            let room = self.max_active.saturating_sub(self.active.len());
+            let jobs: Vec<CausalJob> = intake.take(room).collect();
+            for job in jobs {
                 if job.events.is_closed() {
                     continue;
                 }
@@ -370,15 +348,7 @@ impl DecodeLoop {
                 self.step();
                 self.active.retain_mut(Sequence::flush);
             } else if !self.active.is_empty() {
-                if open {
-                    match rx.recv_timeout(PAUSED_WAIT) {
-                        Ok(job) => self.waiting.push_back(job),
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => open = false,
-                    }
-                } else {
-                    std::thread::sleep(PAUSED_WAIT);
-                }
+                intake.pause();
             }
         }
     }
