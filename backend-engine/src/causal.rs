@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorRef};
+use prometheus::IntGauge;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
@@ -28,12 +29,14 @@ use crate::metrics::ModelMetrics;
 use crate::queue::{Intake, JobSender, Slot};
 use crate::repository::model_config::{CausalLmConfig, ModelConfig};
 
-/// The KV-cache budget of one version, shared by its sequences.
+/// The KV-cache budget of one version, shared by its sequences; the bytes
+/// reserved show in `weir_engine_kv_cache_bytes`.
 #[derive(Debug)]
 pub struct KvBudget {
     used: AtomicUsize,
     limit: usize,
     per_token: usize,
+    gauge: IntGauge,
 }
 
 /// A sequence's share of the budget, returned when dropped.
@@ -46,16 +49,20 @@ pub struct KvReservation {
 impl Drop for KvReservation {
     fn drop(&mut self) {
         self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.budget.gauge.sub(gauge_value(self.bytes));
     }
 }
 
 impl KvBudget {
     /// A budget of `mb` MiB for tokens costing `per_token` bytes.
-    pub fn new(mb: usize, per_token: usize) -> Arc<Self> {
+    pub fn new(mb: usize, per_token: usize, metrics: &ModelMetrics) -> Arc<Self> {
+        let limit = mb.saturating_mul(1 << 20);
+        metrics.kv_cache_limit_bytes.set(gauge_value(limit));
         Arc::new(KvBudget {
             used: AtomicUsize::new(0),
-            limit: mb.saturating_mul(1 << 20),
+            limit,
             per_token: per_token.max(1),
+            gauge: metrics.kv_cache_bytes.clone(),
         })
     }
 
@@ -86,6 +93,7 @@ impl KvBudget {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
+                    self.gauge.add(gauge_value(bytes));
                     return Ok(KvReservation {
                         budget: self.clone(),
                         bytes,
@@ -95,6 +103,10 @@ impl KvBudget {
             }
         }
     }
+}
+
+fn gauge_value(bytes: usize) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 /// One generation request, already tokenized and admitted.
@@ -269,7 +281,14 @@ impl Sequence {
         }
     }
 
+    /// Sends what is queued; false when the sequence should leave (its
+    /// client is gone, or it is done and everything was delivered). A gone
+    /// client is noticed here even with nothing to send, so a cancelled
+    /// request frees its place and KV budget at the next step.
     fn flush(&mut self) -> bool {
+        if self.job.events.is_closed() {
+            return false;
+        }
         while let Some(event) = self.outbox.pop_front() {
             match self.job.events.try_send(event) {
                 Ok(()) => {}

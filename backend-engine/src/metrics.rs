@@ -21,6 +21,8 @@ pub struct Metrics {
     output_tokens: IntCounterVec,
     tokens_per_second: HistogramVec,
     rejected: IntCounterVec,
+    kv_cache_bytes: IntGaugeVec,
+    kv_cache_limit_bytes: IntGaugeVec,
     model_loads: IntCounterVec,
     /// Outstanding requests over all models: the `x-weir-queue-depth` value.
     total_depth: Arc<AtomicUsize>,
@@ -43,6 +45,10 @@ pub struct ModelMetrics {
     pub tokens_per_second: Histogram,
     /// Requests refused because the queue was full.
     pub rejected: IntCounter,
+    /// KV-cache bytes reserved by the running sequences (causal-lm).
+    pub kv_cache_bytes: IntGauge,
+    /// The KV-cache budget in bytes (causal-lm).
+    pub kv_cache_limit_bytes: IntGauge,
     /// Shared engine-wide outstanding count.
     pub total_depth: Arc<AtomicUsize>,
 }
@@ -111,6 +117,23 @@ impl Metrics {
             labels,
         )
         .map_err(err)?;
+        let kv_cache_bytes = IntGaugeVec::new(
+            Opts::new(
+                "weir_engine_kv_cache_bytes",
+                "KV-cache bytes reserved by admitted causal-lm sequences (prompt + max_tokens \
+                 positions each), freed when a sequence ends or its client goes",
+            ),
+            labels,
+        )
+        .map_err(err)?;
+        let kv_cache_limit_bytes = IntGaugeVec::new(
+            Opts::new(
+                "weir_engine_kv_cache_limit_bytes",
+                "KV-cache budget of a causal-lm version (kv_cache_mb / --kv-cache-mb)",
+            ),
+            labels,
+        )
+        .map_err(err)?;
         let model_loads = IntCounterVec::new(
             Opts::new("weir_engine_model_loads_total", "Model (re)loads by result"),
             &["model", "result"],
@@ -124,6 +147,8 @@ impl Metrics {
             Box::new(output_tokens.clone()),
             Box::new(tokens_per_second.clone()),
             Box::new(rejected.clone()),
+            Box::new(kv_cache_bytes.clone()),
+            Box::new(kv_cache_limit_bytes.clone()),
             Box::new(model_loads.clone()),
         ] {
             registry.register(c).map_err(err)?;
@@ -137,6 +162,8 @@ impl Metrics {
             output_tokens,
             tokens_per_second,
             rejected,
+            kv_cache_bytes,
+            kv_cache_limit_bytes,
             model_loads,
             total_depth: Arc::new(AtomicUsize::new(0)),
         })
@@ -153,6 +180,8 @@ impl Metrics {
             output_tokens: self.output_tokens.with_label_values(l),
             tokens_per_second: self.tokens_per_second.with_label_values(l),
             rejected: self.rejected.with_label_values(l),
+            kv_cache_bytes: self.kv_cache_bytes.with_label_values(l),
+            kv_cache_limit_bytes: self.kv_cache_limit_bytes.with_label_values(l),
             total_depth: self.total_depth.clone(),
         }
     }

@@ -125,6 +125,7 @@ impl ModelVersion {
                     .kv_cache_mb
                     .or(lm.kv_cache_mb)
                     .unwrap_or(DEFAULT_KV_CACHE_MB);
+                let budget = KvBudget::new(mb, lm.kv_bytes_per_token(), &metrics);
                 Worker::CausalLm(Box::new(CausalLm {
                     scheduler: CausalScheduler::start(
                         session,
@@ -135,7 +136,7 @@ impl ModelVersion {
                     )?,
                     tokenizer,
                     template,
-                    budget: KvBudget::new(mb, lm.kv_bytes_per_token()),
+                    budget,
                     context: lm.context.min(settings.max_context).max(1),
                 }))
             }

@@ -2,7 +2,8 @@
 //! versions 1 and 2, all-MiniLM-L6-v2) through the real binary: greedy and
 //! chat goldens, the chat template, the tokenizer, continuous batching, the
 //! KV-cache budget, embeddings, refused parameters and tampered files; the
-//! Open Inference Protocol's text tensors in `oip.rs`.
+//! Open Inference Protocol's text tensors in `oip.rs`, the decode loop's
+//! budget recovery and chunked prefill in `decode.rs`.
 //! The repository comes from `WEIR_MODELS_REPO`, else from running
 //! `scripts/setup-models.sh` (which only compares stamps when nothing changed).
 
@@ -15,6 +16,7 @@ use weir_engine::hf::{ChatTemplate, TemplateMessage, TextTokenizer};
 
 use crate::common::{Engine, client, crate_dir, golden, sse_data};
 
+mod decode;
 mod oip;
 
 const SMOL: &str = "smollm2-135m-instruct";
@@ -285,26 +287,6 @@ async fn unsupported_parameters_and_overlong_requests_are_refused() {
             .contains("KV cache"),
         "{out}"
     );
-    // Room for one such sequence at a time: the second waits its turn (429).
-    let mut first = client()
-        .post(engine.url("/v1/completions"))
-        .json(&json!({
-            "model": SMOL, "prompt": "Once upon a time", "max_tokens": 170,
-            "ignore_eos": true, "temperature": 0, "stream": true,
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(first.status(), 200);
-    let _ = first.chunk().await.unwrap();
-    let (status, out) = post(
-        &engine,
-        "/v1/completions",
-        json!({"model": SMOL, "prompt": "Hello", "max_tokens": 170}),
-    )
-    .await;
-    assert_eq!(status, 429, "{out}");
-    assert_eq!(out["error"]["code"], "kv_cache_full");
 }
 
 #[tokio::test]
