@@ -33,6 +33,8 @@ pub struct VersionSettings {
     pub max_context: usize,
     /// KV-cache budget per causal-lm version in MiB, overriding `model.toml`.
     pub kv_cache_mb: Option<usize>,
+    /// Most prompt tokens one causal-lm prefill run takes.
+    pub prefill_chunk: usize,
 }
 
 /// Default KV-cache budget (MiB) when neither `model.toml` nor the command
@@ -133,6 +135,7 @@ impl ModelVersion {
                         tokenizer.clone(),
                         metrics,
                         settings.queue_capacity,
+                        settings.prefill_chunk,
                     )?,
                     tokenizer,
                     template,

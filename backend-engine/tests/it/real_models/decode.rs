@@ -166,3 +166,51 @@ async fn a_full_kv_budget_refuses_and_a_cancelled_stream_frees_it_at_once() {
     drop(second);
     wait_for(&engine, "weir_engine_kv_cache_bytes", |v| v == 0.0).await;
 }
+
+#[tokio::test]
+async fn a_long_prompt_is_prefilled_between_the_running_streams_steps() {
+    const CHUNK: u64 = 128;
+    let engine = start(&[&format!("{SMOL}:1")], &["--prefill-chunk", "128"]).await;
+    // A stream that keeps decoding while the long prompt arrives; a reader
+    // drains it so that it never pauses on a full channel.
+    let mut running = stream(&engine, "Once upon a time", 2000).await;
+    let reader = tokio::spawn(async move { while let Ok(Some(_)) = running.chunk().await {} });
+    let chunks_before = metric(&engine, "weir_engine_prefill_chunks_total").await;
+    let steps_before = metric(&engine, "weir_engine_decode_steps_during_prefill_total").await;
+    assert_eq!(steps_before, 0.0);
+
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(120);
+    let body = json!({
+        "model": SMOL, "prompt": long, "max_tokens": 8, "temperature": 0,
+        "ignore_eos": true, "return_token_ids": true,
+    });
+    let (status, out) = post(&engine, "/v1/completions", body.clone()).await;
+    assert_eq!(status, 200, "{out}");
+    let prompt_tokens = out["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt_tokens > 8 * CHUNK, "{prompt_tokens}"); // ~1,200 tokens
+    let chunks = prompt_tokens.div_ceil(CHUNK);
+    // The prompt ran in its chunks, and the running stream took one decode
+    // step after each of them but the last (whose logits give the long
+    // request's first token): with one run for the whole prompt it would
+    // have taken none.
+    let chunks_run = metric(&engine, "weir_engine_prefill_chunks_total").await - chunks_before;
+    assert_eq!(chunks_run, chunks as f64);
+    let steps = metric(&engine, "weir_engine_decode_steps_during_prefill_total").await;
+    assert_eq!(steps, (chunks - 1) as f64);
+    reader.abort();
+    drop(engine);
+
+    // Chunked or in one run, the prompt leaves the same cache: the same
+    // greedy tokens.
+    let whole = start(&[&format!("{SMOL}:1")], &["--prefill-chunk", "4096"]).await;
+    let (status, alone) = post(&whole, "/v1/completions", body).await;
+    assert_eq!(status, 200, "{alone}");
+    assert_eq!(
+        alone["choices"][0]["token_ids"],
+        out["choices"][0]["token_ids"]
+    );
+    assert_eq!(
+        metric(&whole, "weir_engine_prefill_chunks_total").await,
+        1.0
+    );
+}
