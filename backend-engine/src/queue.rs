@@ -27,6 +27,7 @@ pub struct Admission {
 pub struct Slot {
     outstanding: Arc<AtomicUsize>,
     metrics: ModelMetrics,
+    released: bool,
 }
 
 impl Admission {
@@ -61,6 +62,7 @@ impl Admission {
         Ok(Slot {
             outstanding: self.outstanding.clone(),
             metrics: self.metrics.clone(),
+            released: false,
         })
     }
 
@@ -75,12 +77,30 @@ impl Admission {
     }
 }
 
+impl Slot {
+    /// Gives the place back now (once; dropping does it otherwise). A
+    /// worker calls this before the last part of an answer leaves, so that
+    /// a client holding its answer never finds its own request still
+    /// counted in the queue depth.
+    pub fn release(&mut self) {
+        if !std::mem::replace(&mut self.released, true) {
+            self.outstanding.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.queue_depth.dec();
+            self.metrics.total_depth.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.outstanding.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.queue_depth.dec();
-        self.metrics.total_depth.fetch_sub(1, Ordering::Relaxed);
+        self.release();
     }
+}
+
+/// Frees `slot`, then sends `answer` (see [`Slot::release`]).
+pub fn answer<T>(mut slot: Slot, reply: tokio::sync::oneshot::Sender<T>, answer: T) {
+    slot.release();
+    let _ = reply.send(answer);
 }
 
 /// The sending end of a model version's worker queue (a batcher, a decode
@@ -204,7 +224,12 @@ mod tests {
         assert_eq!(metrics.total_depth(), 2);
         drop(a);
         assert_eq!(q.depth(), 1);
-        assert!(q.admit().is_ok());
+        let mut c = q.admit().unwrap();
+        c.release();
+        c.release();
+        assert_eq!(q.depth(), 1);
+        drop(c);
+        assert_eq!(metrics.total_depth(), 1);
     }
 
     #[test]

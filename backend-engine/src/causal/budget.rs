@@ -27,10 +27,22 @@ pub struct KvReservation {
     bytes: usize,
 }
 
+impl KvReservation {
+    /// Gives the share back now (once; dropping does it otherwise), before
+    /// the sequence's last event leaves, so that a client holding its
+    /// answer can count on the room it used.
+    pub fn release(&mut self) {
+        let bytes = std::mem::take(&mut self.bytes);
+        if bytes > 0 {
+            self.budget.used.fetch_sub(bytes, Ordering::AcqRel);
+            self.budget.gauge.sub(gauge_value(bytes));
+        }
+    }
+}
+
 impl Drop for KvReservation {
     fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
-        self.budget.gauge.sub(gauge_value(self.bytes));
+        self.release();
     }
 }
 

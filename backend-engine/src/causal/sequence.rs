@@ -134,6 +134,11 @@ impl Sequence {
             return false;
         }
         while let Some(event) = self.outbox.pop_front() {
+            if self.done && self.outbox.is_empty() {
+                // The answer is complete: its last event leaves now.
+                self.job.slot.release();
+                self.job.reservation.release();
+            }
             match self.job.events.try_send(event) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(event)) => {

@@ -165,6 +165,10 @@ impl Sequence {
     /// client is gone, or it is done and everything was delivered).
     fn flush(&mut self) -> bool {
         while let Some(event) = self.outbox.pop_front() {
+            if self.done && self.outbox.is_empty() {
+                // The answer is complete: its last event leaves now.
+                self.job.slot.release();
+            }
             match self.job.events.try_send(event) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(event)) => {
