@@ -494,3 +494,55 @@ async fn tampered_tokenizer_or_chat_template_is_refused() {
     refuses_tampered(MINILM, "tokenizer.json").await;
     refuses_tampered(SMOL, "chat_template.jinja").await;
 }
+
+/// Bringing your own model: a version folder copied under a new name,
+/// signed with `models/sign.py` and a key of its own, loads and serves.
+#[tokio::test]
+async fn a_folder_signed_with_sign_py_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("repo/my-encoder/3");
+    std::fs::create_dir_all(&dst).unwrap();
+    for entry in std::fs::read_dir(repo().join(MINILM).join("1")).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "manifest.json" {
+            std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+        }
+    }
+    let toml = std::fs::read_to_string(dst.join("model.toml")).unwrap();
+    let toml = toml
+        .replace(&format!("name = \"{MINILM}\""), "name = \"my-encoder\"")
+        .replace("version = \"1\"", "version = \"3\"");
+    std::fs::write(dst.join("model.toml"), toml).unwrap();
+    let python = std::env::var_os("WEIR_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate_dir().join("../.venv/bin/python"));
+    let keys = tmp.path().join("keys");
+    let out = Command::new(&python)
+        .arg(crate_dir().join("models/sign.py"))
+        .arg("--new-key")
+        .arg(&keys)
+        .arg("--key")
+        .arg(keys.join("signing.key"))
+        .arg(&dst)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("run sign.py");
+    assert!(
+        out.status.success(),
+        "sign.py:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = keys.join("models.pub").display().to_string();
+    let engine = Engine::launch(&binary(), &tmp.path().join("repo"), &["--public-key", &key])
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (status, out) = post(
+        &engine,
+        "/v1/embeddings",
+        json!({"model": "my-encoder", "input": "A man is playing a guitar."}),
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["model"], "my-encoder:3");
+    assert_eq!(out["data"][0]["embedding"].as_array().unwrap().len(), 384);
+}
