@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::metrics::ModelMetrics;
-use crate::queue::{JobSender, Slot};
+use crate::queue::{JobSender, Slot, answer};
 use crate::repository::model_config::ModelConfig;
 use crate::runtime;
 use crate::tensor::{NamedTensor, TensorData};
@@ -155,13 +155,13 @@ fn run_batch(
     match result {
         Ok(per_job) => {
             for (job, outputs) in batch.into_iter().zip(per_job) {
-                let _ = job.reply.send(Ok(outputs));
+                answer(job.slot, job.reply, Ok(outputs));
             }
         }
         Err(e) => {
             let message = e.to_string();
             for job in batch {
-                let _ = job.reply.send(Err(Error::Runtime(message.clone())));
+                answer(job.slot, job.reply, Err(Error::Runtime(message.clone())));
             }
         }
     }

@@ -72,6 +72,12 @@ pub struct Args {
     #[arg(long, default_value_t = 2048, value_name = "TOKENS")]
     pub max_context: usize,
 
+    /// Most prompt tokens a causal-lm prefill runs at once: a longer prompt
+    /// is prefilled in chunks of this size, each followed by a decode step
+    /// of the sequences already running, so that it does not stall them.
+    #[arg(long, default_value_t = 256, value_name = "TOKENS")]
+    pub prefill_chunk: usize,
+
     /// KV-cache budget per causal-lm version in MiB (overrides model.toml's
     /// `kv_cache_mb`; default 512 when neither is set).
     #[arg(long, value_name = "MB")]
@@ -137,6 +143,9 @@ impl Args {
         }
         if self.intra_threads == 0 {
             problems.push("--intra-threads: must be at least 1".to_string());
+        }
+        if self.prefill_chunk == 0 {
+            problems.push("--prefill-chunk: must be at least 1".to_string());
         }
         if self.max_tokens_limit == 0 {
             problems.push("--max-tokens-limit: must be at least 1".to_string());

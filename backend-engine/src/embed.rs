@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::metrics::ModelMetrics;
-use crate::queue::{JobSender, Slot};
+use crate::queue::{self, JobSender, Slot};
 use crate::repository::model_config::{EmbeddingConfig, ModelConfig, Pooling};
 
 /// One request: token ids per input.
@@ -115,8 +115,7 @@ impl Worker {
                     Some(m) => Err(Error::Runtime(m.clone())),
                     None => Ok(vectors.by_ref().take(job.inputs.len()).collect()),
                 };
-                let _ = job.reply.send(answer);
-                drop(job.slot);
+                queue::answer(job.slot, job.reply, answer);
             }
         }
     }

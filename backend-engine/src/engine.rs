@@ -102,6 +102,7 @@ impl Engine {
                 batching: !args.no_batching,
                 max_context: args.max_context,
                 kv_cache_mb: args.kv_cache_mb,
+                prefill_chunk: args.prefill_chunk,
             },
             metrics: Metrics::new()?,
             policies: Mutex::new(BTreeMap::new()),

@@ -247,7 +247,7 @@ impl Error {
             tracing::error!(error = %self, "gRPC request failed");
         }
         let mut status = tonic::Status::new(self.grpc_code(), self.to_string());
-        if matches!(self, Error::QueueFull { .. })
+        if matches!(self, Error::QueueFull { .. } | Error::KvCacheFull { .. })
             && let Ok(v) = RETRY_AFTER.as_secs().to_string().parse()
         {
             status.metadata_mut().insert("retry-after", v);

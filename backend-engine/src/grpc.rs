@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::http::oip::{self, Parameters, TritonConfig};
 use crate::tensor::{DataType, NamedTensor, TensorData, element_count};
 
 /// Generated protocol types.
@@ -25,10 +26,11 @@ pub mod proto {
 
 use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use proto::{
-    InferTensorContents, ModelInferRequest, ModelInferResponse, ModelMetadataRequest,
-    ModelMetadataResponse, ModelReadyRequest, ModelReadyResponse, ServerLiveRequest,
+    InferParameter, InferTensorContents, ModelConfigRequest, ModelConfigResponse,
+    ModelInferRequest, ModelInferResponse, ModelInput, ModelMetadataRequest, ModelMetadataResponse,
+    ModelOutput, ModelParameter, ModelReadyRequest, ModelReadyResponse, ServerLiveRequest,
     ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse, ServerReadyRequest,
-    ServerReadyResponse, model_infer_response::InferOutputTensor,
+    ServerReadyResponse, infer_parameter::ParameterChoice, model_infer_response::InferOutputTensor,
     model_metadata_response::TensorMetadata,
 };
 
@@ -94,8 +96,12 @@ impl InferenceService {
             inputs.push(NamedTensor::new(input.name, input.shape, data)?);
         }
         let wanted: Vec<String> = req.outputs.into_iter().map(|o| o.name).collect();
-        let outputs = model.infer(inputs).await?;
-        let outputs = crate::validate::select_outputs(&model.config, outputs, &wanted)?;
+        let parameters: Parameters = req
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.clone(), parameter_json(v)))
+            .collect();
+        let outputs = oip::infer(&self.engine, &model, inputs, &parameters, &wanted).await?;
         let mut response = ModelInferResponse {
             model_name: model.name().to_string(),
             model_version: model.version().to_string(),
@@ -112,6 +118,61 @@ impl InferenceService {
             });
         }
         Ok(response)
+    }
+}
+
+/// A gRPC parameter as the JSON value HTTP would carry.
+fn parameter_json(p: &InferParameter) -> serde_json::Value {
+    use serde_json::Value;
+    match &p.parameter_choice {
+        Some(ParameterChoice::BoolParam(b)) => Value::Bool(*b),
+        Some(ParameterChoice::Int64Param(n)) => Value::from(*n),
+        Some(ParameterChoice::Uint64Param(n)) => Value::from(*n),
+        Some(ParameterChoice::DoubleParam(x)) => {
+            serde_json::Number::from_f64(*x).map_or(Value::Null, Value::Number)
+        }
+        Some(ParameterChoice::StringParam(s)) => Value::String(s.clone()),
+        None => Value::Null,
+    }
+}
+
+/// A model's configuration as Triton's `ModelConfig` message.
+fn config_message(config: &crate::repository::model_config::ModelConfig) -> proto::ModelConfig {
+    let triton = TritonConfig::of(config);
+    let data_type = |d: DataType| {
+        proto::DataType::from_str_name(d.triton_name()).unwrap_or(proto::DataType::TypeInvalid)
+            as i32
+    };
+    proto::ModelConfig {
+        name: config.name.clone(),
+        platform: oip::PLATFORM.to_string(),
+        backend: oip::BACKEND.to_string(),
+        max_batch_size: i32::try_from(triton.max_batch_size).unwrap_or(i32::MAX),
+        input: triton
+            .inputs
+            .iter()
+            .map(|(s, dims)| ModelInput {
+                name: s.name.clone(),
+                data_type: data_type(s.datatype),
+                dims: dims.to_vec(),
+            })
+            .collect(),
+        output: triton
+            .outputs
+            .iter()
+            .map(|(s, dims)| ModelOutput {
+                name: s.name.clone(),
+                data_type: data_type(s.datatype),
+                dims: dims.to_vec(),
+            })
+            .collect(),
+        parameters: [(
+            "kind".to_string(),
+            ModelParameter {
+                string_value: config.kind.as_str().to_string(),
+            },
+        )]
+        .into(),
     }
 }
 
@@ -210,9 +271,23 @@ impl GrpcInferenceService for InferenceService {
         self.ok(ModelMetadataResponse {
             name: model.name().to_string(),
             versions,
-            platform: "onnxruntime_onnx".to_string(),
+            platform: oip::PLATFORM.to_string(),
             inputs: meta(&model.config.inputs),
             outputs: meta(&model.config.outputs),
+        })
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<ModelConfigRequest>,
+    ) -> std::result::Result<Response<ModelConfigResponse>, Status> {
+        let r = request.into_inner();
+        let model = self
+            .engine
+            .resolve(&r.name, Some(&r.version))
+            .map_err(|e| self.fail(e))?;
+        self.ok(ModelConfigResponse {
+            config: Some(config_message(&model.config)),
         })
     }
 

@@ -21,6 +21,10 @@ pub struct Metrics {
     output_tokens: IntCounterVec,
     tokens_per_second: HistogramVec,
     rejected: IntCounterVec,
+    kv_cache_bytes: IntGaugeVec,
+    kv_cache_limit_bytes: IntGaugeVec,
+    prefill_chunks: IntCounterVec,
+    decode_steps_during_prefill: IntCounterVec,
     model_loads: IntCounterVec,
     /// Outstanding requests over all models: the `x-weir-queue-depth` value.
     total_depth: Arc<AtomicUsize>,
@@ -43,6 +47,15 @@ pub struct ModelMetrics {
     pub tokens_per_second: Histogram,
     /// Requests refused because the queue was full.
     pub rejected: IntCounter,
+    /// KV-cache bytes reserved by the running sequences (causal-lm).
+    pub kv_cache_bytes: IntGauge,
+    /// The KV-cache budget in bytes (causal-lm).
+    pub kv_cache_limit_bytes: IntGauge,
+    /// Prompt chunks run by prefills (causal-lm).
+    pub prefill_chunks: IntCounter,
+    /// Decode steps run while a prompt was part-way through its prefill
+    /// (causal-lm).
+    pub decode_steps_during_prefill: IntCounter,
     /// Shared engine-wide outstanding count.
     pub total_depth: Arc<AtomicUsize>,
 }
@@ -111,6 +124,40 @@ impl Metrics {
             labels,
         )
         .map_err(err)?;
+        let kv_cache_bytes = IntGaugeVec::new(
+            Opts::new(
+                "weir_engine_kv_cache_bytes",
+                "KV-cache bytes reserved by admitted causal-lm sequences (prompt + max_tokens \
+                 positions each), freed when a sequence ends or its client goes",
+            ),
+            labels,
+        )
+        .map_err(err)?;
+        let kv_cache_limit_bytes = IntGaugeVec::new(
+            Opts::new(
+                "weir_engine_kv_cache_limit_bytes",
+                "KV-cache budget of a causal-lm version (kv_cache_mb / --kv-cache-mb)",
+            ),
+            labels,
+        )
+        .map_err(err)?;
+        let prefill_chunks = IntCounterVec::new(
+            Opts::new(
+                "weir_engine_prefill_chunks_total",
+                "Prompt chunks run by causal-lm prefills (--prefill-chunk tokens each at most)",
+            ),
+            labels,
+        )
+        .map_err(err)?;
+        let decode_steps_during_prefill = IntCounterVec::new(
+            Opts::new(
+                "weir_engine_decode_steps_during_prefill_total",
+                "Decode steps of the running causal-lm sequences taken while a prompt was \
+                 part-way through its chunked prefill",
+            ),
+            labels,
+        )
+        .map_err(err)?;
         let model_loads = IntCounterVec::new(
             Opts::new("weir_engine_model_loads_total", "Model (re)loads by result"),
             &["model", "result"],
@@ -124,6 +171,10 @@ impl Metrics {
             Box::new(output_tokens.clone()),
             Box::new(tokens_per_second.clone()),
             Box::new(rejected.clone()),
+            Box::new(kv_cache_bytes.clone()),
+            Box::new(kv_cache_limit_bytes.clone()),
+            Box::new(prefill_chunks.clone()),
+            Box::new(decode_steps_during_prefill.clone()),
             Box::new(model_loads.clone()),
         ] {
             registry.register(c).map_err(err)?;
@@ -137,6 +188,10 @@ impl Metrics {
             output_tokens,
             tokens_per_second,
             rejected,
+            kv_cache_bytes,
+            kv_cache_limit_bytes,
+            prefill_chunks,
+            decode_steps_during_prefill,
             model_loads,
             total_depth: Arc::new(AtomicUsize::new(0)),
         })
@@ -153,6 +208,10 @@ impl Metrics {
             output_tokens: self.output_tokens.with_label_values(l),
             tokens_per_second: self.tokens_per_second.with_label_values(l),
             rejected: self.rejected.with_label_values(l),
+            kv_cache_bytes: self.kv_cache_bytes.with_label_values(l),
+            kv_cache_limit_bytes: self.kv_cache_limit_bytes.with_label_values(l),
+            prefill_chunks: self.prefill_chunks.with_label_values(l),
+            decode_steps_during_prefill: self.decode_steps_during_prefill.with_label_values(l),
             total_depth: self.total_depth.clone(),
         }
     }

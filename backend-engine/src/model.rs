@@ -33,6 +33,8 @@ pub struct VersionSettings {
     pub max_context: usize,
     /// KV-cache budget per causal-lm version in MiB, overriding `model.toml`.
     pub kv_cache_mb: Option<usize>,
+    /// Most prompt tokens one causal-lm prefill run takes.
+    pub prefill_chunk: usize,
 }
 
 /// Default KV-cache budget (MiB) when neither `model.toml` nor the command
@@ -125,6 +127,7 @@ impl ModelVersion {
                     .kv_cache_mb
                     .or(lm.kv_cache_mb)
                     .unwrap_or(DEFAULT_KV_CACHE_MB);
+                let budget = KvBudget::new(mb, lm.kv_bytes_per_token(), &metrics);
                 Worker::CausalLm(Box::new(CausalLm {
                     scheduler: CausalScheduler::start(
                         session,
@@ -132,10 +135,11 @@ impl ModelVersion {
                         tokenizer.clone(),
                         metrics,
                         settings.queue_capacity,
+                        settings.prefill_chunk,
                     )?,
                     tokenizer,
                     template,
-                    budget: KvBudget::new(mb, lm.kv_bytes_per_token()),
+                    budget,
                     context: lm.context.min(settings.max_context).max(1),
                 }))
             }

@@ -1,10 +1,14 @@
 //! Admission control: each model version admits at most `capacity`
 //! outstanding requests (waiting or running, tensor and generation alike).
 //! Past that, requests are refused at once (HTTP 429 / RESOURCE_EXHAUSTED)
-//! instead of queueing without bound.
+//! instead of queueing without bound. Also both ends of a worker's queue:
+//! [`JobSender`] and, for the decode loops, [`Intake`].
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::metrics::ModelMetrics;
@@ -23,6 +27,7 @@ pub struct Admission {
 pub struct Slot {
     outstanding: Arc<AtomicUsize>,
     metrics: ModelMetrics,
+    released: bool,
 }
 
 impl Admission {
@@ -57,6 +62,7 @@ impl Admission {
         Ok(Slot {
             outstanding: self.outstanding.clone(),
             metrics: self.metrics.clone(),
+            released: false,
         })
     }
 
@@ -71,12 +77,30 @@ impl Admission {
     }
 }
 
+impl Slot {
+    /// Gives the place back now (once; dropping does it otherwise). A
+    /// worker calls this before the last part of an answer leaves, so that
+    /// a client holding its answer never finds its own request still
+    /// counted in the queue depth.
+    pub fn release(&mut self) {
+        if !std::mem::replace(&mut self.released, true) {
+            self.outstanding.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.queue_depth.dec();
+            self.metrics.total_depth.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.outstanding.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.queue_depth.dec();
-        self.metrics.total_depth.fetch_sub(1, Ordering::Relaxed);
+        self.release();
     }
+}
+
+/// Frees `slot`, then sends `answer` (see [`Slot::release`]).
+pub fn answer<T>(mut slot: Slot, reply: tokio::sync::oneshot::Sender<T>, answer: T) {
+    slot.release();
+    let _ = reply.send(answer);
 }
 
 /// The sending end of a model version's worker queue (a batcher, a decode
@@ -119,6 +143,68 @@ impl<T> JobSender<T> {
     }
 }
 
+/// The receiving end of a decode loop's queue (byte-level and causal-lm
+/// alike): jobs that arrived and wait for a place in the running batch.
+pub struct Intake<T> {
+    rx: Receiver<T>,
+    waiting: VecDeque<T>,
+    open: bool,
+}
+
+/// How long a decode loop waits for new work when every active sequence is
+/// paused on a slow reader.
+const PAUSED_WAIT: Duration = Duration::from_millis(2);
+
+impl<T> Intake<T> {
+    /// Jobs from `rx`.
+    pub fn new(rx: Receiver<T>) -> Self {
+        Self {
+            rx,
+            waiting: VecDeque::new(),
+            open: true,
+        }
+    }
+
+    /// Takes every job already queued; when `idle` (nothing running) and
+    /// none waits, first blocks for one. False once the queue is closed
+    /// and drained while idle: the loop should end.
+    pub fn collect(&mut self, idle: bool) -> bool {
+        if idle && self.waiting.is_empty() {
+            match self.rx.recv() {
+                Ok(job) => self.waiting.push_back(job),
+                Err(_) => return false,
+            }
+        }
+        while self.open {
+            match self.rx.try_recv() {
+                Ok(job) => self.waiting.push_back(job),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => self.open = false,
+            }
+        }
+        true
+    }
+
+    /// The oldest waiting jobs, at most `room` of them.
+    pub fn take(&mut self, room: usize) -> std::collections::vec_deque::Drain<'_, T> {
+        self.waiting.drain(..room.min(self.waiting.len()))
+    }
+
+    /// Every running sequence waits on a slow reader: waits a moment, or
+    /// until a new job arrives.
+    pub fn pause(&mut self) {
+        if !self.open {
+            std::thread::sleep(PAUSED_WAIT);
+            return;
+        }
+        match self.rx.recv_timeout(PAUSED_WAIT) {
+            Ok(job) => self.waiting.push_back(job),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => self.open = false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -138,6 +224,27 @@ mod tests {
         assert_eq!(metrics.total_depth(), 2);
         drop(a);
         assert_eq!(q.depth(), 1);
-        assert!(q.admit().is_ok());
+        let mut c = q.admit().unwrap();
+        c.release();
+        c.release();
+        assert_eq!(q.depth(), 1);
+        drop(c);
+        assert_eq!(metrics.total_depth(), 1);
+    }
+
+    #[test]
+    fn intake_takes_in_order_and_ends_when_closed_and_drained() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        let mut intake = Intake::new(rx);
+        for job in 1..=3 {
+            tx.send(job).unwrap();
+        }
+        drop(tx);
+        assert!(intake.collect(true));
+        assert_eq!(intake.take(2).collect::<Vec<_>>(), vec![1, 2]);
+        intake.pause();
+        assert!(intake.collect(false));
+        assert_eq!(intake.take(5).collect::<Vec<_>>(), vec![3]);
+        assert!(!intake.collect(true));
     }
 }

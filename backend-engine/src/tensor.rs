@@ -49,6 +49,20 @@ impl DataType {
         }
     }
 
+    /// Triton's model-configuration name for the type (`TYPE_FP32`, and
+    /// `TYPE_STRING` for BYTES).
+    pub fn triton_name(self) -> &'static str {
+        match self {
+            DataType::Bool => "TYPE_BOOL",
+            DataType::Uint8 => "TYPE_UINT8",
+            DataType::Int32 => "TYPE_INT32",
+            DataType::Int64 => "TYPE_INT64",
+            DataType::Fp32 => "TYPE_FP32",
+            DataType::Fp64 => "TYPE_FP64",
+            DataType::Bytes => "TYPE_STRING",
+        }
+    }
+
     /// Bytes per element in the raw encoding (None for BYTES).
     pub fn element_size(self) -> Option<usize> {
         match self {

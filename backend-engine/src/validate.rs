@@ -96,6 +96,23 @@ pub fn select_outputs(
     outputs: Vec<NamedTensor>,
     wanted: &[String],
 ) -> Result<Vec<NamedTensor>> {
+    known_outputs(config, wanted)?;
+    if wanted.is_empty() {
+        return Ok(outputs);
+    }
+    let mut outputs = outputs;
+    let mut selected = Vec::with_capacity(wanted.len());
+    for name in wanted {
+        if let Some(i) = outputs.iter().position(|o| &o.name == name) {
+            selected.push(outputs.swap_remove(i));
+        }
+    }
+    Ok(selected)
+}
+
+/// Checks that every output asked for is one the model gives (before any
+/// work is spent on the request).
+pub fn known_outputs(config: &ModelConfig, wanted: &[String]) -> Result<()> {
     for name in wanted {
         if !config.outputs.iter().any(|o| &o.name == name) {
             return Err(Error::InvalidRequest(format!(
@@ -110,17 +127,7 @@ pub fn select_outputs(
             )));
         }
     }
-    if wanted.is_empty() {
-        return Ok(outputs);
-    }
-    let mut outputs = outputs;
-    let mut selected = Vec::with_capacity(wanted.len());
-    for name in wanted {
-        if let Some(i) = outputs.iter().position(|o| &o.name == name) {
-            selected.push(outputs.swap_remove(i));
-        }
-    }
-    Ok(selected)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{MODEL_VERSION_HEADER, parse_json};
+use super::shared::{MODEL_VERSION_HEADER, parse_json};
 use crate::engine::Engine;
 use crate::error::{Error, Protocol, Result};
 use crate::model::EmbedInput;

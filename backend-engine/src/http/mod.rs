@@ -3,7 +3,9 @@
 //! Every response carries `x-weir-queue-depth`.
 
 mod embeddings;
+pub mod oip;
 mod openai;
+mod shared;
 mod tasks;
 mod v2;
 
@@ -11,20 +13,16 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::engine::Engine;
-use crate::error::{Error, Result};
+use crate::error::Error;
 
 pub use openai::{CompletionRequest, Endpoint, complete};
+pub use shared::{MODEL_VERSION_HEADER, QUEUE_DEPTH_HEADER};
 pub use v2::{EXTENSIONS, SERVER_NAME};
-
-/// Response header with the engine's outstanding request count.
-pub const QUEUE_DEPTH_HEADER: HeaderName = HeaderName::from_static("x-weir-queue-depth");
-/// Response header naming the model version that answered.
-pub const MODEL_VERSION_HEADER: HeaderName = HeaderName::from_static("x-weir-model-version");
 
 /// Largest request body accepted (bytes).
 const BODY_LIMIT: usize = 64 * 1024 * 1024;
@@ -43,6 +41,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v2/health/ready", get(v2::ready))
         .route("/v2/models/{model}", get(v2::model_metadata))
         .route("/v2/models/{model}/ready", get(v2::model_ready))
+        .route("/v2/models/{model}/config", get(v2::model_config))
         .route("/v2/models/{model}/infer", post(v2::infer))
         .route(
             "/v2/models/{model}/versions/{version}",
@@ -51,6 +50,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route(
             "/v2/models/{model}/versions/{version}/ready",
             get(v2::model_ready_v),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(v2::model_config_v),
         )
         .route(
             "/v2/models/{model}/versions/{version}/infer",
@@ -124,15 +127,4 @@ async fn refuse_declared_oversize(request: Request, next: axum::middleware::Next
 
 async fn not_found(request: Request) -> Response {
     Error::RouteNotFound(format!("{} {}", request.method(), request.uri().path())).into_response()
-}
-
-/// Parses a JSON body with a clear message (line and column) on failure.
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
-    if body.is_empty() {
-        return Err(Error::InvalidRequest(
-            "request body is empty; expected JSON".to_string(),
-        ));
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| Error::InvalidRequest(format!("malformed JSON body: {e}")))
 }

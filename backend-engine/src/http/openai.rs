@@ -15,10 +15,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::{MODEL_VERSION_HEADER, parse_json};
+use super::shared::{MODEL_VERSION_HEADER, parse_json};
 use crate::engine::Engine;
 use crate::error::{Error, Protocol, Result};
-use crate::lm::scheduler::GenEvent;
+use crate::lm::scheduler::{FinishReason, GenEvent};
 use crate::lm::{ChatMessage, sampling::SamplingParams};
 use crate::model::{GenOptions, Generation, ModelVersion};
 use crate::tasks::unix_now;
@@ -31,7 +31,7 @@ const DEFAULT_CHAT_TOKENS: usize = 256;
 const MAX_STOPS: usize = 4;
 
 /// A completions or chat-completions request (unknown fields are ignored).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct CompletionRequest {
     /// `name` or `name:version`.
     pub model: String,
@@ -313,7 +313,8 @@ fn prepare(engine: &Engine, req: CompletionRequest, endpoint: Endpoint) -> Resul
     })
 }
 
-fn sampling(
+/// Checks the sampling and stopping parameters of a request.
+pub(super) fn sampling(
     engine: &Engine,
     max_tokens: Option<u64>,
     req: &CompletionRequest,
@@ -400,55 +401,87 @@ pub async fn complete(
     collect(p, generation).await
 }
 
-async fn collect(p: Prepared, generation: Generation) -> Result<Value> {
-    let Generation {
-        events: mut rx,
-        prompt_ids,
-    } = generation;
+/// A generation run to its end.
+pub(super) struct Finished {
+    /// The whole generated text.
+    pub text: String,
+    /// Why it ended.
+    pub reason: FinishReason,
+    /// Prompt length in tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+    /// The generated token ids (causal-lm models).
+    pub token_ids: Vec<u32>,
+}
+
+/// Waits for a generation's last event, gathering its text.
+pub(super) async fn gather(rx: &mut mpsc::Receiver<GenEvent>, model: &str) -> Result<Finished> {
     let mut text = String::new();
     loop {
         match rx.recv().await {
             Some(GenEvent::Text(t)) => text.push_str(&t),
             Some(GenEvent::Failed(m)) => return Err(Error::Runtime(m)),
-            None => return Err(Error::Unavailable(p.model.name().to_string())),
+            None => return Err(Error::Unavailable(model.to_string())),
             Some(GenEvent::Finished {
                 reason,
                 prompt_tokens,
                 completion_tokens,
                 token_ids,
             }) => {
-                let mut choice = match p.endpoint {
-                    Endpoint::Completions => json!({
-                        "index": 0, "text": text, "logprobs": null, "finish_reason": reason.as_str(),
-                    }),
-                    Endpoint::Chat => json!({
-                        "index": 0,
-                        "message": { "role": "assistant", "content": text },
-                        "logprobs": null,
-                        "finish_reason": reason.as_str(),
-                    }),
-                };
-                if p.token_ids {
-                    choice["token_ids"] = json!(token_ids);
-                }
-                let mut body = json!({
-                    "id": p.id,
-                    "object": match p.endpoint {
-                        Endpoint::Completions => "text_completion",
-                        Endpoint::Chat => "chat.completion",
-                    },
-                    "created": p.created,
-                    "model": p.label,
-                    "choices": [choice],
-                    "usage": usage_json(prompt_tokens, completion_tokens),
+                return Ok(Finished {
+                    text,
+                    reason,
+                    prompt_tokens,
+                    completion_tokens,
+                    token_ids,
                 });
-                if p.token_ids {
-                    body["prompt_token_ids"] = json!(prompt_ids);
-                }
-                return Ok(body);
             }
         }
     }
+}
+
+async fn collect(p: Prepared, generation: Generation) -> Result<Value> {
+    let Generation {
+        events: mut rx,
+        prompt_ids,
+    } = generation;
+    let Finished {
+        text,
+        reason,
+        prompt_tokens,
+        completion_tokens,
+        token_ids,
+    } = gather(&mut rx, p.model.name()).await?;
+    let mut choice = match p.endpoint {
+        Endpoint::Completions => json!({
+            "index": 0, "text": text, "logprobs": null, "finish_reason": reason.as_str(),
+        }),
+        Endpoint::Chat => json!({
+            "index": 0,
+            "message": { "role": "assistant", "content": text },
+            "logprobs": null,
+            "finish_reason": reason.as_str(),
+        }),
+    };
+    if p.token_ids {
+        choice["token_ids"] = json!(token_ids);
+    }
+    let mut body = json!({
+        "id": p.id,
+        "object": match p.endpoint {
+            Endpoint::Completions => "text_completion",
+            Endpoint::Chat => "chat.completion",
+        },
+        "created": p.created,
+        "model": p.label,
+        "choices": [choice],
+        "usage": usage_json(prompt_tokens, completion_tokens),
+    });
+    if p.token_ids {
+        body["prompt_token_ids"] = json!(prompt_ids);
+    }
+    Ok(body)
 }
 
 pub(super) async fn completions(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::openai::{CompletionRequest, Endpoint, complete};
-use super::parse_json;
+use super::shared::parse_json;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 

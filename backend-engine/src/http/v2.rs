@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{MODEL_VERSION_HEADER, parse_json};
+use super::oip::{self, Parameters, TritonConfig};
+use super::shared::{MODEL_VERSION_HEADER, parse_json};
 use crate::engine::Engine;
 use crate::error::{Error, Result, V2Error};
 use crate::model::ModelVersion;
@@ -72,7 +73,7 @@ pub fn metadata_json(engine: &Engine, model: &ModelVersion) -> Value {
     json!({
         "name": model.name(),
         "versions": versions,
-        "platform": "onnxruntime_onnx",
+        "platform": super::oip::PLATFORM,
         "inputs": specs(&model.config.inputs),
         "outputs": specs(&model.config.outputs),
     })
@@ -92,6 +93,22 @@ pub(super) async fn model_metadata_v(
 ) -> V2Result<Json<Value>> {
     let m = engine.resolve(&model, Some(&version))?;
     Ok(Json(metadata_json(&engine, &m)))
+}
+
+pub(super) async fn model_config(
+    State(engine): State<Arc<Engine>>,
+    Path(model): Path<String>,
+) -> V2Result<Json<Value>> {
+    let m = engine.resolve(&model, None)?;
+    Ok(Json(TritonConfig::of(&m.config).to_json(&m.config)))
+}
+
+pub(super) async fn model_config_v(
+    State(engine): State<Arc<Engine>>,
+    Path((model, version)): Path<(String, String)>,
+) -> V2Result<Json<Value>> {
+    let m = engine.resolve(&model, Some(&version))?;
+    Ok(Json(TritonConfig::of(&m.config).to_json(&m.config)))
 }
 
 pub(super) async fn model_ready(
@@ -168,7 +185,7 @@ struct InferRequestJson {
     #[serde(default)]
     id: Option<String>,
     #[serde(default)]
-    parameters: HashMap<String, Value>,
+    parameters: Parameters,
     inputs: Vec<InputJson>,
     #[serde(default)]
     outputs: Vec<OutputJson>,
@@ -235,8 +252,7 @@ async fn infer_inner(
         )));
     }
     let wanted: Vec<String> = request.outputs.iter().map(|o| o.name.clone()).collect();
-    let outputs = target.infer(inputs).await?;
-    let outputs = crate::validate::select_outputs(&target.config, outputs, &wanted)?;
+    let outputs = oip::infer(engine, &target, inputs, &request.parameters, &wanted).await?;
     let all_binary = request
         .parameters
         .get("binary_data_output")

@@ -10,8 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ort::session::Session;
 use tokio::sync::mpsc;
@@ -20,17 +19,13 @@ use super::sampling::{Sampler, SamplingParams};
 use super::text::{Detokenizer, Step};
 use crate::error::{Error, Result};
 use crate::metrics::ModelMetrics;
-use crate::queue::{JobSender, Slot};
+use crate::queue::{Intake, JobSender, Slot};
 use crate::repository::model_config::{LmConfig, ModelConfig, TensorSpec};
 use crate::runtime;
 use crate::tensor::{DataType, NamedTensor, TensorData};
 
 /// Capacity of each sequence's event channel.
 pub const EVENT_BUFFER: usize = 64;
-
-/// How long the loop waits for new work when every active sequence is
-/// paused on a slow reader.
-const PAUSED_WAIT: Duration = Duration::from_millis(2);
 
 /// Why a sequence ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,9 +116,8 @@ impl Scheduler {
                     metrics,
                     max_active,
                     active: Vec::new(),
-                    waiting: VecDeque::new(),
                 }
-                .run(&rx);
+                .run(Intake::new(rx));
                 tracing::info!(model = %label, "decode loop drained and stopped");
             })
             .map_err(|e| Error::Runtime(format!("cannot start the decode thread: {e}")))?;
@@ -171,6 +165,10 @@ impl Sequence {
     /// client is gone, or it is done and everything was delivered).
     fn flush(&mut self) -> bool {
         while let Some(event) = self.outbox.pop_front() {
+            if self.done && self.outbox.is_empty() {
+                // The answer is complete: its last event leaves now.
+                self.job.slot.release();
+            }
             match self.job.events.try_send(event) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(event)) => {
@@ -255,48 +253,20 @@ struct DecodeLoop {
     metrics: ModelMetrics,
     max_active: usize,
     active: Vec<Sequence>,
-    waiting: VecDeque<GenerateJob>,
 }
 
 impl DecodeLoop {
-    fn run(mut self, rx: &Receiver<GenerateJob>) {
-        let mut open = true;
-        loop {
-            if self.active.is_empty() && self.waiting.is_empty() {
-                match rx.recv() {
-                    Ok(job) => self.waiting.push_back(job),
-                    Err(_) => return,
-                }
-            }
-            while open {
-                match rx.try_recv() {
-                    Ok(job) => self.waiting.push_back(job),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => open = false,
-                }
-            }
-            while self.active.len() < self.max_active {
-                let Some(job) = self.waiting.pop_front() else {
-                    break;
-                };
-                self.active.push(Sequence::new(job));
-            }
+    fn run(mut self, mut intake: Intake<GenerateJob>) {
+        while intake.collect(self.active.is_empty()) {
+            let room = self.max_active.saturating_sub(self.active.len());
+            self.active.extend(intake.take(room).map(Sequence::new));
             self.active.retain_mut(Sequence::flush);
             if self.active.iter().any(Sequence::runnable) {
                 self.step();
                 // Deliver this step's text before the next step.
                 self.active.retain_mut(Sequence::flush);
             } else if !self.active.is_empty() {
-                // Every sequence waits on a slow reader: wait for new work.
-                if open {
-                    match rx.recv_timeout(PAUSED_WAIT) {
-                        Ok(job) => self.waiting.push_back(job),
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => open = false,
-                    }
-                } else {
-                    std::thread::sleep(PAUSED_WAIT);
-                }
+                intake.pause();
             }
         }
     }

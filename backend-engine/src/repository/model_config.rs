@@ -151,6 +151,19 @@ pub struct EmbeddingConfig {
     pub max_tokens: usize,
 }
 
+/// The Open Inference Protocol input of a causal-lm model: BYTES `[N]`, one
+/// prompt (UTF-8 text) per element, each generated as its own sequence.
+pub const TEXT_INPUT: &str = "text_input";
+/// The Open Inference Protocol output of a causal-lm model: BYTES `[N]`, the
+/// generated text of each prompt (the prompt itself not included).
+pub const TEXT_OUTPUT: &str = "text_output";
+/// The Open Inference Protocol input of an embedding model: BYTES `[N]`, one
+/// text per element.
+pub const EMBEDDING_INPUT: &str = "text";
+/// The Open Inference Protocol output of an embedding model: FP32
+/// `[N, dimensions]`, one vector per text.
+pub const EMBEDDING_OUTPUT: &str = "embedding";
+
 /// What kind of model a version holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -240,9 +253,13 @@ pub struct ModelConfig {
     pub max_batch_size: usize,
     /// Longest wait for a batch to fill.
     pub max_queue_delay: std::time::Duration,
-    /// Inputs, in declaration order.
+    /// The tensors an Open Inference Protocol request gives, in declaration
+    /// order: the graph's own for the tensor and lm kinds; for causal-lm and
+    /// embedding models, whose graphs have fixed names, the text tensor
+    /// ([`TEXT_INPUT`], [`EMBEDDING_INPUT`]).
     pub inputs: Vec<TensorSpec>,
-    /// Outputs, in declaration order.
+    /// The tensors an Open Inference Protocol response may hold (as
+    /// `inputs`: [`TEXT_OUTPUT`], [`EMBEDDING_OUTPUT`] for the text kinds).
     pub outputs: Vec<TensorSpec>,
     /// Present for language models.
     pub lm: Option<LmConfig>,
@@ -343,6 +360,21 @@ impl ModelToml {
         if !problems.is_empty() {
             return Err(problems);
         }
+        let (inputs, outputs) = match (&causal_lm, &embedding) {
+            (Some(_), _) => (
+                vec![text_spec(TEXT_INPUT, DataType::Bytes, vec![-1])],
+                vec![text_spec(TEXT_OUTPUT, DataType::Bytes, vec![-1])],
+            ),
+            (_, Some(e)) => (
+                vec![text_spec(EMBEDDING_INPUT, DataType::Bytes, vec![-1])],
+                vec![text_spec(
+                    EMBEDDING_OUTPUT,
+                    DataType::Fp32,
+                    vec![-1, i64::try_from(e.dimensions).unwrap_or(-1)],
+                )],
+            ),
+            (None, None) => (inputs, outputs),
+        };
         Ok(ModelConfig {
             name: self.name,
             version: self.version,
@@ -355,6 +387,14 @@ impl ModelToml {
             causal_lm,
             embedding,
         })
+    }
+}
+
+fn text_spec(name: &str, datatype: DataType, shape: Vec<i64>) -> TensorSpec {
+    TensorSpec {
+        name: name.to_string(),
+        datatype,
+        shape,
     }
 }
 
@@ -594,6 +634,11 @@ kv_cache_mb = 512
         )
         .unwrap();
         assert_eq!(e.embedding.unwrap().pooling, Pooling::Mean);
+        // Both serve text over the Open Inference Protocol.
+        assert_eq!(c.inputs[0].name, TEXT_INPUT);
+        assert_eq!(c.outputs[0].datatype, DataType::Bytes);
+        assert_eq!(e.inputs[0].name, EMBEDDING_INPUT);
+        assert_eq!(e.outputs[0].shape, vec![-1, 384]);
     }
 
     #[test]

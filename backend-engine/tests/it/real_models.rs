@@ -1,7 +1,9 @@
 //! The real models of `scripts/setup-models.sh` (SmolLM2-135M-Instruct
 //! versions 1 and 2, all-MiniLM-L6-v2) through the real binary: greedy and
 //! chat goldens, the chat template, the tokenizer, continuous batching, the
-//! KV-cache budget, embeddings, refused parameters and tampered files.
+//! KV-cache budget, embeddings, refused parameters and tampered files; the
+//! Open Inference Protocol's text tensors in `oip.rs`, the decode loop's
+//! budget recovery and chunked prefill in `decode.rs`.
 //! The repository comes from `WEIR_MODELS_REPO`, else from running
 //! `scripts/setup-models.sh` (which only compares stamps when nothing changed).
 
@@ -13,6 +15,9 @@ use serde_json::{Value, json};
 use weir_engine::hf::{ChatTemplate, TemplateMessage, TextTokenizer};
 
 use crate::common::{Engine, client, crate_dir, golden, sse_data};
+
+mod decode;
+mod oip;
 
 const SMOL: &str = "smollm2-135m-instruct";
 const MINILM: &str = "all-minilm-l6-v2";
@@ -282,26 +287,6 @@ async fn unsupported_parameters_and_overlong_requests_are_refused() {
             .contains("KV cache"),
         "{out}"
     );
-    // Room for one such sequence at a time: the second waits its turn (429).
-    let mut first = client()
-        .post(engine.url("/v1/completions"))
-        .json(&json!({
-            "model": SMOL, "prompt": "Once upon a time", "max_tokens": 170,
-            "ignore_eos": true, "temperature": 0, "stream": true,
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(first.status(), 200);
-    let _ = first.chunk().await.unwrap();
-    let (status, out) = post(
-        &engine,
-        "/v1/completions",
-        json!({"model": SMOL, "prompt": "Hello", "max_tokens": 170}),
-    )
-    .await;
-    assert_eq!(status, 429, "{out}");
-    assert_eq!(out["error"]["code"], "kv_cache_full");
 }
 
 #[tokio::test]
@@ -463,13 +448,14 @@ async fn embeddings_match_the_golden_and_the_openai_shape() {
     )
     .await;
     assert_eq!(status, 400, "{out}");
-    // The stock openai SDK.
+    // The stock openai SDK and tritonclient.
     let python = std::env::var_os("WEIR_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate_dir().join("../.venv/bin/python"));
     let out = Command::new(&python)
         .arg(crate_dir().join("tests/python/test_real_models.py"))
         .env("WEIR_HTTP", engine.http.to_string())
+        .env("WEIR_GRPC", engine.grpc.to_string())
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .expect("run python");
@@ -507,4 +493,56 @@ async fn refuses_tampered(model: &str, file: &str) {
 async fn tampered_tokenizer_or_chat_template_is_refused() {
     refuses_tampered(MINILM, "tokenizer.json").await;
     refuses_tampered(SMOL, "chat_template.jinja").await;
+}
+
+/// Bringing your own model: a version folder copied under a new name,
+/// signed with `models/sign.py` and a key of its own, loads and serves.
+#[tokio::test]
+async fn a_folder_signed_with_sign_py_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("repo/my-encoder/3");
+    std::fs::create_dir_all(&dst).unwrap();
+    for entry in std::fs::read_dir(repo().join(MINILM).join("1")).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "manifest.json" {
+            std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+        }
+    }
+    let toml = std::fs::read_to_string(dst.join("model.toml")).unwrap();
+    let toml = toml
+        .replace(&format!("name = \"{MINILM}\""), "name = \"my-encoder\"")
+        .replace("version = \"1\"", "version = \"3\"");
+    std::fs::write(dst.join("model.toml"), toml).unwrap();
+    let python = std::env::var_os("WEIR_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate_dir().join("../.venv/bin/python"));
+    let keys = tmp.path().join("keys");
+    let out = Command::new(&python)
+        .arg(crate_dir().join("models/sign.py"))
+        .arg("--new-key")
+        .arg(&keys)
+        .arg("--key")
+        .arg(keys.join("signing.key"))
+        .arg(&dst)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("run sign.py");
+    assert!(
+        out.status.success(),
+        "sign.py:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = keys.join("models.pub").display().to_string();
+    let engine = Engine::launch(&binary(), &tmp.path().join("repo"), &["--public-key", &key])
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (status, out) = post(
+        &engine,
+        "/v1/embeddings",
+        json!({"model": "my-encoder", "input": "A man is playing a guitar."}),
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["model"], "my-encoder:3");
+    assert_eq!(out["data"][0]["embedding"].as_array().unwrap().len(), 384);
 }

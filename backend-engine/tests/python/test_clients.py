@@ -199,7 +199,7 @@ class ProtoMatchesTritonClient(unittest.TestCase):
     @unittest.skipIf(shutil.which("protoc") is None, "protoc not installed")
     def test_fields(self):
         from google.protobuf import descriptor_pb2
-        from tritonclient.grpc import service_pb2
+        from tritonclient.grpc import model_config_pb2, service_pb2
 
         with tempfile.TemporaryDirectory() as d:
             out = Path(d) / "x.pb"
@@ -219,7 +219,14 @@ class ProtoMatchesTritonClient(unittest.TestCase):
                     walk(nested, theirs.nested_types_by_name[nested.name], f"{path}.{nested.name}")
 
         for msg in mine.message_type:
-            walk(msg, service_pb2.DESCRIPTOR.message_types_by_name[msg.name], msg.name)
+            # Triton declares ModelConfig and its parts in model_config.proto,
+            # in the same package.
+            theirs = service_pb2.DESCRIPTOR.message_types_by_name.get(msg.name)
+            walk(msg, theirs or model_config_pb2.DESCRIPTOR.message_types_by_name[msg.name], msg.name)
+        for enum in mine.enum_type:
+            values = {v.name: v.number for v in model_config_pb2.DESCRIPTOR.enum_types_by_name[enum.name].values}
+            for v in enum.value:
+                self.assertEqual(values.get(v.name), v.number, f"{enum.name}.{v.name}")
         theirs = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
         for method in mine.service[0].method:
             t = theirs.methods_by_name[method.name]
