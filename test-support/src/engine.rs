@@ -50,6 +50,41 @@ impl Engine {
         repo_root().join("backend-engine/models/repo")
     }
 
+    /// The real models' repository (`scripts/setup-models.sh`: SmolLM2 and
+    /// MiniLM from pinned PyPI wheels): `WEIR_MODELS_REPO`, else the
+    /// script's answer (it converts on first use, then only compares
+    /// stamps). Its key is `<repository>/../keys/models.pub`.
+    pub fn real_repository() -> anyhow::Result<PathBuf> {
+        if let Some(dir) = std::env::var_os("WEIR_MODELS_REPO") {
+            return Ok(PathBuf::from(dir));
+        }
+        let out = Command::new("bash")
+            .arg("scripts/setup-models.sh")
+            .current_dir(repo_root())
+            .stderr(Stdio::inherit())
+            .output()
+            .context("run scripts/setup-models.sh")?;
+        if !out.status.success() {
+            bail!("scripts/setup-models.sh failed");
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let last = stdout
+            .lines()
+            .last()
+            .context("setup-models.sh printed nothing")?;
+        Ok(PathBuf::from(last.trim()))
+    }
+
+    /// Starts `binary` serving `models` of [`Engine::real_repository`],
+    /// with its key.
+    pub async fn start_real(binary: &Path, models: &[&str]) -> anyhow::Result<Self> {
+        let repo = Self::real_repository()?;
+        let key = repo.join("../keys/models.pub").display().to_string();
+        let mut args: Vec<&str> = vec!["--public-key", &key];
+        args.extend(models.iter().flat_map(|m| ["--model", m]));
+        Self::launch(binary, &repo, &args).await
+    }
+
     /// The ONNX Runtime library: `ORT_DYLIB_PATH`, else `<repo>/.ort/`.
     pub fn ort_lib() -> PathBuf {
         std::env::var_os("ORT_DYLIB_PATH")

@@ -22,28 +22,11 @@ mod oip;
 const SMOL: &str = "smollm2-135m-instruct";
 const MINILM: &str = "all-minilm-l6-v2";
 
-/// The real-model repository folder.
+/// The real-model repository folder (once per test binary).
 fn repo() -> PathBuf {
     static REPO: OnceLock<PathBuf> = OnceLock::new();
-    REPO.get_or_init(|| {
-        if let Some(dir) = std::env::var_os("WEIR_MODELS_REPO") {
-            return PathBuf::from(dir);
-        }
-        let root = crate_dir().join("..");
-        let out = Command::new("bash")
-            .arg("scripts/setup-models.sh")
-            .current_dir(&root)
-            .output()
-            .expect("run scripts/setup-models.sh");
-        assert!(
-            out.status.success(),
-            "setup-models.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        PathBuf::from(stdout.lines().last().expect("a repository line").trim())
-    })
-    .clone()
+    REPO.get_or_init(|| Engine::real_repository().expect("the real models' repository"))
+        .clone()
 }
 
 fn key() -> String {
