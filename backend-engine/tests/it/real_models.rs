@@ -3,7 +3,8 @@
 //! chat goldens, the chat template, the tokenizer, continuous batching, the
 //! KV-cache budget, embeddings, refused parameters and tampered files; the
 //! Open Inference Protocol's text tensors in `oip.rs`, the decode loop's
-//! budget recovery and chunked prefill in `decode.rs`.
+//! budget recovery and chunked prefill in `decode.rs`, and a GPT-2-architecture
+//! decoder built from random weights in `gpt2.rs`.
 //! The repository comes from `WEIR_MODELS_REPO`, else from running
 //! `scripts/setup-models.sh` (which only compares stamps when nothing changed).
 
@@ -17,6 +18,7 @@ use weir_engine::hf::{ChatTemplate, TemplateMessage, TextTokenizer};
 use crate::common::{Engine, client, crate_dir, golden, sse_data};
 
 mod decode;
+mod gpt2;
 mod oip;
 
 const SMOL: &str = "smollm2-135m-instruct";
@@ -35,6 +37,13 @@ fn key() -> String {
 
 fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weir-engine"))
+}
+
+/// The Python with the project's packages: `WEIR_PYTHON`, else `.venv`.
+fn python() -> PathBuf {
+    std::env::var_os("WEIR_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate_dir().join("../.venv/bin/python"))
 }
 
 async fn start(models: &[&str], extra: &[&str]) -> Engine {
@@ -432,10 +441,7 @@ async fn embeddings_match_the_golden_and_the_openai_shape() {
     .await;
     assert_eq!(status, 400, "{out}");
     // The stock openai SDK and tritonclient.
-    let python = std::env::var_os("WEIR_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate_dir().join("../.venv/bin/python"));
-    let out = Command::new(&python)
+    let out = Command::new(python())
         .arg(crate_dir().join("tests/python/test_real_models.py"))
         .env("WEIR_HTTP", engine.http.to_string())
         .env("WEIR_GRPC", engine.grpc.to_string())
@@ -496,11 +502,8 @@ async fn a_folder_signed_with_sign_py_loads() {
         .replace(&format!("name = \"{MINILM}\""), "name = \"my-encoder\"")
         .replace("version = \"1\"", "version = \"3\"");
     std::fs::write(dst.join("model.toml"), toml).unwrap();
-    let python = std::env::var_os("WEIR_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate_dir().join("../.venv/bin/python"));
     let keys = tmp.path().join("keys");
-    let out = Command::new(&python)
+    let out = Command::new(python())
         .arg(crate_dir().join("models/sign.py"))
         .arg("--new-key")
         .arg(&keys)
