@@ -72,6 +72,10 @@ impl AnswerRename {
         client: Option<String>,
         task: Option<String>,
     ) -> Option<Self> {
+        // Most answers: nothing to rewrite, nothing allocated.
+        if client.is_none() && task.is_none() {
+            return None;
+        }
         let ct = content_type.to_ascii_lowercase();
         if crate::usage::is_event_stream(&ct) {
             client.map(|client| AnswerRename::Sse { client })

@@ -58,16 +58,15 @@ pub(super) fn answer(
         Ok(host) => host,
         Err(e) => return Some(Err(e)),
     };
-    let naming: Vec<&RouteRt> = runtime
-        .routes
-        .iter()
-        .filter(|r| r.config.matches(host.as_deref(), path, false))
-        .collect();
     // Only a complete list is the gateway's to give: a route that takes
-    // the request without naming its models leaves it to its backends.
-    if naming.is_empty() || naming.iter().any(|r| r.config.catalogue().next().is_none()) {
+    // the request without naming its models leaves it to its backends
+    // (decided before anything is allocated: the usual case).
+    let takes = |r: &&RouteRt| r.config.matches(host.as_deref(), path, false);
+    let mut taking = runtime.routes.iter().filter(takes).peekable();
+    if taking.peek().is_none() || taking.any(|r| r.config.catalogue().next().is_none()) {
         return None;
     }
+    let naming: Vec<&RouteRt> = runtime.routes.iter().filter(takes).collect();
     let visible = match visible(shared, runtime, req, &naming) {
         Ok(v) => v,
         Err(e) => return Some(Err(e)),
