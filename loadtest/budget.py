@@ -15,11 +15,19 @@ proxy's processes only:
 - voluntary and involuntary context switches per request
   (`/proc/PID/status`).
 
+With `--allocs`, one more window per proxy counts weir's heap allocations
+per request: uprobes on the entry points of its allocator (mimalloc's
+`mi_malloc_aligned`, `mi_zalloc_aligned`, `mi_realloc_aligned`, which Rust's
+global allocator calls; heaptrack sees none of them, mimalloc never calls
+`malloc`). Uprobes slow every allocation, so that window's rate means
+nothing and its counts are kept apart from the timing rounds.
+
 Prints a Markdown table of medians (min–max) over the rounds and writes the
 figures as JSON to `loadtest/results/budget.json`.
 
     loadtest/budget.py                      # 5 rounds of 5 s
     loadtest/budget.py --rounds 3 --seconds 3 --bin-dir target/release
+    loadtest/budget.py --allocs             # ... and allocations per request
 
 Needs perf (Debian's linux-perf; run as root or with perf_event_paranoid
 <= 1 for the syscall count; without it the syscall column is empty).
@@ -35,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -117,6 +126,37 @@ def measure(name: str, url: str, pid: int, seconds: int, connections: int) -> di
     }
 
 
+ALLOCATORS = ("mi_malloc_aligned", "mi_zalloc_aligned", "mi_realloc_aligned")
+
+
+def allocations(weir: Path, pid: int, url: str, seconds: int, connections: int) -> dict:
+    """Allocations per request of the weighted GET and the filtered 1 KiB
+    POST, counted by uprobes (added here, removed after)."""
+    probes = [f"probe_weir:{f}" for f in ALLOCATORS]
+    # Probes left by an earlier run (perhaps of another build) go first.
+    subprocess.run(["perf", "probe", "-q", "-d", "probe_weir:*"], capture_output=True, check=False)
+    for f in ALLOCATORS:
+        subprocess.run(["perf", "probe", "-q", "-x", str(weir), f], check=True)
+    try:
+        out = {}
+        for name, script, path in (("weighted_get", "plain.lua", ""), ("filtered_post_1k", "post_1k.lua", "/filtered")):
+            perf = subprocess.Popen(["perf", "stat", "-x,", "-e", ",".join(probes), "-p", str(pid)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            # perf inserts the uprobes after it starts: give it time, or the
+            # first part of the window goes uncounted (a benchmark pause).
+            time.sleep(1)
+            row = run.wrk(url, script, seconds, connections, path=path)
+            perf.send_signal(2)
+            _, err = perf.communicate(timeout=30)
+            total = sum(int(line.split(",")[0]) for line in err.splitlines()
+                        if line.split(",")[0].isdigit() and "probe_weir:" in line)
+            out[name] = total / row["requests"]
+            log(f"allocations: {name} {out[name]:.1f} per request ({row['requests']} requests)")
+        return out
+    finally:
+        subprocess.run(["perf", "probe", "-q", "-d", "probe_weir:*"], capture_output=True, check=False)
+
+
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
 
@@ -127,10 +167,12 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--bin-dir", type=Path, help="take weir from here instead of building")
+    ap.add_argument("--allocs", action="store_true", help="also count weir's allocations per request (uprobes)")
     args = ap.parse_args()
     run.ensure_tools(False)
-    weir = args.bin_dir / "weir" if args.bin_dir else run.build() / "weir"
+    weir = (args.bin_dir / "weir" if args.bin_dir else run.build() / "weir").resolve()
     rows: list[dict] = []
+    allocs: dict = {}
     with tempfile.TemporaryDirectory(prefix="weir-budget-") as tmp, Stack(Path(tmp)) as stack:
         ports = {k: free_port() for k in ("v1", "v2", "nginx", "sse")}
         ports["sse"] = f"127.0.0.1:{ports['sse']}"
@@ -148,6 +190,8 @@ def main() -> int:
                 log(f"round {r + 1} {name}: {row['rps']:.0f} rps, user {row['user_us']:.1f} µs, "
                     f"kernel {row['kernel_us']:.1f} µs, syscalls {row['syscalls']}")
                 rows.append(row)
+        if args.allocs:
+            allocs = allocations(weir, weir_pid, weir_url, args.seconds, args.connections)
     print("| proxy | rps | user µs/req | kernel µs/req | syscalls/req | voluntary switches/req | involuntary/req |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in ("nginx", "weir"):
@@ -155,8 +199,11 @@ def main() -> int:
         col = lambda k: spread([r[k] for r in mine]) if all(r[k] is not None for r in mine) else "–"  # noqa: E731
         print(f"| {name} | {statistics.median(r['rps'] for r in mine):.0f} | {col('user_us')} | "
               f"{col('kernel_us')} | {col('syscalls')} | {col('voluntary_switches')} | {col('involuntary_switches')} |")
+    for name, per in allocs.items():
+        print(f"\nweir allocations per request, {name}: {per:.1f}")
     out = Path(__file__).resolve().parent / "results" / "budget.json"
-    out.write_text(json.dumps({"rounds": rows, "seconds": args.seconds, "connections": args.connections}, indent=1))
+    out.write_text(json.dumps({"rounds": rows, "allocations": allocs, "seconds": args.seconds,
+                               "connections": args.connections}, indent=1))
     return 1 if any(r["errors"] for r in rows) else 0
 
 
