@@ -11,7 +11,7 @@ use super::budget::KvReservation;
 use crate::error::Result;
 use crate::hf::TextTokenizer;
 use crate::lm::sampling::{Sampler, SamplingParams};
-use crate::lm::scheduler::{FinishReason, GenEvent};
+use crate::lm::scheduler::{FinishReason, GenEvent, send_queued};
 use crate::lm::text::{Detokenizer, Step};
 use crate::metrics::ModelMetrics;
 use crate::queue::Slot;
@@ -133,22 +133,18 @@ impl Sequence {
         if self.job.events.is_closed() {
             return false;
         }
-        while let Some(event) = self.outbox.pop_front() {
-            if self.done && self.outbox.is_empty() {
-                // The answer is complete: its last event leaves now.
-                self.job.slot.release();
-                self.job.reservation.release();
-            }
-            match self.job.events.try_send(event) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(event)) => {
-                    self.outbox.push_front(event);
-                    return true;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return false,
-            }
-        }
-        !self.done
+        let CausalJob {
+            slot,
+            reservation,
+            events,
+            ..
+        } = &mut self.job;
+        // The answer is complete: its place and budget go back as its last
+        // event leaves.
+        send_queued(&mut self.outbox, events, self.done, || {
+            slot.release();
+            reservation.release();
+        })
     }
 
     /// Ready for a decode step: prefilled, not done, nothing left to send.

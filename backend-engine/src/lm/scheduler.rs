@@ -164,21 +164,8 @@ impl Sequence {
     /// Sends what is queued; false when the sequence should leave (its
     /// client is gone, or it is done and everything was delivered).
     fn flush(&mut self) -> bool {
-        while let Some(event) = self.outbox.pop_front() {
-            if self.done && self.outbox.is_empty() {
-                // The answer is complete: its last event leaves now.
-                self.job.slot.release();
-            }
-            match self.job.events.try_send(event) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(event)) => {
-                    self.outbox.push_front(event);
-                    return true;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return false,
-            }
-        }
-        !self.done
+        let GenerateJob { slot, events, .. } = &mut self.job;
+        send_queued(&mut self.outbox, events, self.done, || slot.release())
     }
 
     fn runnable(&self) -> bool {
@@ -324,4 +311,32 @@ impl DecodeLoop {
             ))),
         }
     }
+}
+
+/// Sends a sequence's queued events in order without waiting, for both
+/// decode loops. Once the sequence is `done`, `finish` runs just before its
+/// last event leaves (the answer is complete: its queue place, and budget,
+/// go back). Returns false when the sequence should leave (its client is
+/// gone, or it is done and everything was delivered); true while it stays
+/// (more to come, or the channel is full and the rest waits in `outbox`).
+pub(crate) fn send_queued(
+    outbox: &mut VecDeque<GenEvent>,
+    events: &mpsc::Sender<GenEvent>,
+    done: bool,
+    mut finish: impl FnMut(),
+) -> bool {
+    while let Some(event) = outbox.pop_front() {
+        if done && outbox.is_empty() {
+            finish();
+        }
+        match events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                outbox.push_front(event);
+                return true;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+        }
+    }
+    !done
 }
