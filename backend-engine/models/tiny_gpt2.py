@@ -109,7 +109,7 @@ def build(c: Config, w: dict[str, np.ndarray]):
     """The ONNX decoder (onnx.ModelProto) with KV cache."""
     from onnx import TensorProto, helper
 
-    from convert.onnx_decoder import IR_VERSION, MASK_VALUE, OPSET, _G
+    from convert.onnx_decoder import IR_VERSION, MASK_VALUE, OPSET, _G, optimum_io
 
     g = _G()
     for name, value in w.items():
@@ -178,19 +178,7 @@ def build(c: Config, w: dict[str, np.ndarray]):
     lm_head = g.op("Transpose", ["transformer.wte.weight"], "lm_head", perm=[1, 0])  # tied
     g.nodes.append(helper.make_node("MatMul", [h, lm_head], ["logits"], name="lm_head_node"))
 
-    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
-    inputs = [
-        helper.make_tensor_value_info("input_ids", i64, ["batch_size", "sequence_length"]),
-        helper.make_tensor_value_info("attention_mask", i64, ["batch_size", "total_sequence_length"]),
-        helper.make_tensor_value_info("position_ids", i64, ["batch_size", "sequence_length"]),
-    ]
-    outs = [helper.make_tensor_value_info("logits", f32, ["batch_size", "sequence_length", c.vocab])]
-    for i in range(c.layers):
-        for kind in ("key", "value"):
-            inputs.append(helper.make_tensor_value_info(
-                f"past_key_values.{i}.{kind}", f32, ["batch_size", H, "past_sequence_length", hd]))
-            outs.append(helper.make_tensor_value_info(
-                f"present.{i}.{kind}", f32, ["batch_size", H, "total_sequence_length", hd]))
+    inputs, outs = optimum_io(c.layers, H, hd, c.vocab)
     graph = helper.make_graph(g.nodes, "gpt2_decoder", inputs, outs, g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="weir-tiny-gpt2")
     model.ir_version = IR_VERSION

@@ -172,24 +172,31 @@ def build(gg: LlamaGGUF, weights: str = "fp16", producer: str = "weir-convert") 
         lm = "lm_head.weight"
     g.nodes.append(helper.make_node("MatMul", [h, lm], ["logits"], name="lm_head_node"))
 
-    c_ = c
+    inputs, outs = optimum_io(c.num_layers, c.num_kv_heads, c.head_dim, c.vocab_size)
+    graph = helper.make_graph(g.nodes, "decoder", inputs, outs, g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name=producer)
+    model.ir_version = IR_VERSION
+    return model
+
+
+def optimum_io(num_layers: int, num_kv_heads: int, head_dim: int, vocab: int):
+    """The graph inputs and outputs of a Hugging Face Optimum decoder export
+    with KV cache (`text-generation-with-past`): the names and shapes
+    weir-engine's causal-lm kind reads."""
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     inputs = [
         helper.make_tensor_value_info("input_ids", i64, ["batch_size", "sequence_length"]),
         helper.make_tensor_value_info("attention_mask", i64, ["batch_size", "total_sequence_length"]),
         helper.make_tensor_value_info("position_ids", i64, ["batch_size", "sequence_length"]),
     ]
-    outs = [helper.make_tensor_value_info("logits", f32, ["batch_size", "sequence_length", c_.vocab_size])]
-    for i in range(c_.num_layers):
+    outs = [helper.make_tensor_value_info("logits", f32, ["batch_size", "sequence_length", vocab])]
+    for i in range(num_layers):
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(
-                f"past_key_values.{i}.{kind}", f32, ["batch_size", c_.num_kv_heads, "past_sequence_length", c_.head_dim]))
+                f"past_key_values.{i}.{kind}", f32, ["batch_size", num_kv_heads, "past_sequence_length", head_dim]))
             outs.append(helper.make_tensor_value_info(
-                f"present.{i}.{kind}", f32, ["batch_size", c_.num_kv_heads, "total_sequence_length", c_.head_dim]))
-    graph = helper.make_graph(g.nodes, "decoder", inputs, outs, g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name=producer)
-    model.ir_version = IR_VERSION
-    return model
+                f"present.{i}.{kind}", f32, ["batch_size", num_kv_heads, "total_sequence_length", head_dim]))
+    return inputs, outs
 
 
 def np_axes(g: _G, name: str, axes) -> str:
