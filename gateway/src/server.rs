@@ -153,11 +153,13 @@ struct Listener {
 
 #[async_trait]
 impl HttpServerApp for Listener {
-    async fn process_new_http(
+    // A plain future, not boxed per request (third_party/pingora/PATCHES.md,
+    // patch 5): the proxy's future is built in place inside the connection's.
+    fn process_new_http(
         self: &Arc<Self>,
         mut session: pingora_core::protocols::http::ServerSession,
         shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
+    ) -> impl std::future::Future<Output = Option<ReusedHttpStream>> + Send {
         if !*shutdown.borrow() {
             let secs = self.header_timeout.as_secs_f64().ceil().max(1.0) as u64;
             session.set_keepalive(Some(secs));
@@ -168,7 +170,7 @@ impl HttpServerApp for Listener {
         // order (RFC 9112 §9.3.2); without this Pingora answers the first
         // and closes the connection on the rest.
         session.set_pipelining_enabled(true);
-        self.proxy.process_new_http(session, shutdown).await
+        self.proxy.process_new_http(session, shutdown)
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {

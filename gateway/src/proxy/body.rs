@@ -157,7 +157,8 @@ pub(super) fn response_header(
                 content_type,
                 &route.response_filters,
                 route.config.filters.max_body,
-            );
+            )
+            .map(Box::new);
         }
         // A task's id leaves with its backend's tag.
         let task = ctx
@@ -167,19 +168,20 @@ pub(super) fn response_header(
             .filter(|_| state.task)
             .map(|b| crate::rename::task_suffix(crate::pool::address_tag(&b.addr)));
         state.resp_rename =
-            AnswerRename::for_content_type(content_type, state.client_model.clone(), task);
+            AnswerRename::for_content_type(content_type, state.client_model.clone(), task)
+                .map(Box::new);
         let sse = crate::usage::is_event_stream(content_type);
         if sse {
             state.stream = Some(StreamClock::new(Instant::now()));
         }
         if sse || ctx.openai || ctx.tenant.as_ref().is_some_and(|t| t.counts_tokens()) {
-            state.usage = UsageTap::for_content_type(content_type, state.strip_usage);
+            state.usage = UsageTap::for_content_type(content_type, state.strip_usage).map(Box::new);
         }
     }
     let state = &ctx.body;
     if state.resp_filter.is_some()
         || state.resp_rename.is_some()
-        || state.usage.as_ref().is_some_and(UsageTap::rewrites)
+        || state.usage.as_ref().is_some_and(|u| u.rewrites())
     {
         resp.remove_header(&http::header::CONTENT_LENGTH);
         if h1 && resp.headers.get(http::header::TRANSFER_ENCODING).is_none() {
@@ -351,12 +353,13 @@ mod tests {
                 for size in [1, 2, 5, 64, bytes.len()] {
                     let chunks: Vec<&[u8]> = bytes.chunks(size).collect();
                     let mut state = BodyState {
-                        usage: UsageTap::for_content_type("text/event-stream", strip),
+                        usage: UsageTap::for_content_type("text/event-stream", strip).map(Box::new),
                         resp_filter: ResponseFilter::for_content_type(
                             "text/event-stream",
                             &chain,
                             1 << 20,
-                        ),
+                        )
+                        .map(Box::new),
                         ..BodyState::default()
                     };
                     let pieces = feed(&chunks, |chunk, end| pass_answer(&mut state, chunk, end));

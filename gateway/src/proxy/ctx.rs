@@ -49,6 +49,11 @@ impl Routed {
 }
 
 /// Per-request state shared by the hooks.
+///
+/// Pingora keeps it inside every request's future, which is built (and
+/// copied once into a box) for each request: what only some requests need
+/// (spans, response filters, usage taps, renames) is boxed, so the common
+/// request carries a few hundred bytes, not kilobytes.
 pub struct GatewayCtx {
     pub(super) start: Instant,
     pub(super) request_id: Option<HeaderValue>,
@@ -161,9 +166,9 @@ pub(super) struct BodyState {
     /// `include_usage` was added: its usage-only chunk is not the client's.
     pub(super) strip_usage: bool,
     /// The route's response filters at work on this answer.
-    pub(super) resp_filter: Option<ResponseFilter>,
+    pub(super) resp_filter: Option<Box<ResponseFilter>>,
     /// Reads the answer's token usage.
-    pub(super) usage: Option<UsageTap>,
+    pub(super) usage: Option<Box<UsageTap>>,
     /// First and last streamed chunk of an SSE answer.
     pub(super) stream: Option<StreamClock>,
     /// The body is buffered so the arm's `model` can replace the client's.
@@ -172,7 +177,7 @@ pub(super) struct BodyState {
     /// answer's `model` goes back to it.
     pub(super) client_model: Option<String>,
     /// Renames the answer's `model` back (and tags its `task_id`).
-    pub(super) resp_rename: Option<AnswerRename>,
+    pub(super) resp_rename: Option<Box<AnswerRename>>,
     /// The request creates or polls a task: the answer's `task_id` gets
     /// its backend's tag.
     pub(super) task: bool,
@@ -203,7 +208,7 @@ pub(super) struct ObserveState {
     /// The W3C trace context sent upstream.
     pub(super) trace: Option<crate::trace::TraceContext>,
     /// The request's spans, when spans are exported.
-    pub(super) spans: Option<crate::otel::RequestSpans>,
+    pub(super) spans: Option<Box<crate::otel::RequestSpans>>,
     /// The `grpc-status` the upstream ended a gRPC call with.
     pub(super) grpc_status: Option<u16>,
 }

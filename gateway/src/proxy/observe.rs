@@ -25,7 +25,7 @@ pub(super) fn begin(shared: &Shared, req: &RequestHeader, ctx: &mut GatewayCtx) 
             .checked_sub(ctx.start.elapsed())
             .unwrap_or_else(std::time::SystemTime::now);
         let incoming = crate::trace::TraceContext::incoming(req);
-        ctx.observe.spans = Some(otel.begin(incoming, start));
+        ctx.observe.spans = Some(Box::new(otel.begin(incoming, start)));
     }
 }
 

@@ -155,6 +155,91 @@ ZZ\r\n",
         server.abort();
     }
 
+    /// Reuse through the idle pool (Weir patch 4) against a local server,
+    /// so that it runs without outside network: a released connection is
+    /// reused, and one whose fd does not match the peer is refused and
+    /// closed.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn test_reuse_over_loopback() {
+        use std::os::unix::prelude::AsRawFd;
+        use tokio::net::TcpListener;
+
+        #[derive(Clone)]
+        struct MismatchPeer(HttpPeer);
+
+        impl Display for MismatchPeer {
+            fn fmt(&self, f: &mut Formatter<'_>) -> FmtResult {
+                write!(f, "{}", self.0)
+            }
+        }
+
+        impl Peer for MismatchPeer {
+            fn address(&self) -> &SocketAddr {
+                self.0.address()
+            }
+            fn tls(&self) -> bool {
+                false
+            }
+            fn sni(&self) -> &str {
+                ""
+            }
+            fn reuse_hash(&self) -> u64 {
+                self.0.reuse_hash()
+            }
+            fn matches_fd<V: AsRawFd>(&self, _fd: V) -> bool {
+                false
+            }
+        }
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counted = accepted.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        let n = conn.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                                .await
+                                .unwrap();
+                        }
+                    }
+                });
+            }
+        });
+
+        let connector = Connector::new(None);
+        let peer = HttpPeer::new(addr, false, "".into());
+        let (mut http, reused) = connector.get_http_session(&peer).await.unwrap();
+        assert!(!reused);
+        get_http(&mut http, 200).await;
+        connector.release_http_session(http, &peer, None).await;
+
+        let (mut http, reused) = connector.get_http_session(&peer).await.unwrap();
+        assert!(reused, "the released connection is reused");
+        get_http(&mut http, 200).await;
+        connector.release_http_session(http, &peer, None).await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+        let mismatch = MismatchPeer(peer.clone());
+        assert!(connector.reused_http_session(&mismatch).await.is_none());
+        // the mismatched stream was closed, not put back
+        assert!(connector.reused_http_session(&peer).await.is_none());
+        server.abort();
+    }
+
     #[cfg(unix)]
     #[tokio::test]
     async fn test_reuse_rejects_fd_mismatch() {
