@@ -28,6 +28,24 @@ figures as JSON to `loadtest/results/budget.json`.
     loadtest/budget.py                      # 5 rounds of 5 s
     loadtest/budget.py --rounds 3 --seconds 3 --bin-dir target/release
     loadtest/budget.py --allocs             # ... and allocations per request
+    loadtest/budget.py --compare /tmp/weir-before   # a second weir build, same rounds
+    loadtest/budget.py --record weir.perf   # ... and a perf profile of weir
+
+`--compare PATH` starts a second weir (another build, same config) beside
+the first and adds it to every round (nginx, weir, weir-b, ...), so a
+change to the gateway or to Pingora is measured against the build before
+it on the same machine in the same minutes. `--record FILE` records a
+`perf record --call-graph dwarf` profile of the first weir for one more
+window, and one of nginx's worker in `FILE.nginx` (`perf report -i FILE
+--children` to read them).
+
+`--callgrind FILE` runs weir alone under `valgrind --tool=callgrind` (the
+weighted route only: compiling the Wasm filter under valgrind takes
+minutes), drives it with wrk for `--seconds` after a warm-up, and prints
+the instructions per request, in all and in `memcpy`: a count that does
+not depend on the machine's load, for changes too small for the rps
+rounds to resolve. `callgrind_annotate --inclusive=yes FILE.1` lists
+where they go (divide by the request count printed).
 
 Needs perf (Debian's linux-perf; run as root or with perf_event_paranoid
 <= 1 for the syscall count; without it the syscall column is empty).
@@ -157,6 +175,78 @@ def allocations(weir: Path, pid: int, url: str, seconds: int, connections: int) 
         subprocess.run(["perf", "probe", "-q", "-d", "probe_weir:*"], capture_output=True, check=False)
 
 
+def pid_of(binary: Path) -> int:
+    return int(subprocess.run(["pgrep", "-n", "-f", f"{binary} --config"], capture_output=True,
+                              text=True, check=True).stdout.split()[0])
+
+
+def record(out: Path, pid: int, url: str, seconds: int, connections: int) -> None:
+    """A call-graph profile of weir over one wrk window."""
+    perf = subprocess.Popen(["perf", "record", "-q", "-F", "2000", "--call-graph", "dwarf,32768",
+                             "-o", str(out), "-p", str(pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    run.wrk(url, "plain.lua", seconds, connections)
+    perf.send_signal(2)
+    perf.wait(timeout=120)
+    log(f"profile of {pid} written to {out}")
+
+
+def callgrind(weir: Path, out: Path, seconds: int) -> None:
+    """Instructions per proxied GET, counted by callgrind over a wrk window."""
+    with tempfile.TemporaryDirectory(prefix="weir-callgrind-") as tmp, Stack(Path(tmp)) as stack:
+        ports = {k: free_port() for k in ("v1", "v2")}
+        run.start_upstream(stack, ports)
+        cfg = Path(tmp) / "weir.toml"
+        cfg.write_text(run.SERVER_TOML + f"""
+[[pools]]
+name = "engine-v1"
+backends = [{{ address = "127.0.0.1:{ports['v1']}" }}]
+
+[[pools]]
+name = "engine-v2"
+backends = [{{ address = "127.0.0.1:{ports['v2']}" }}]
+
+[[routes]]
+name = "chat"
+prefix = "/"
+sticky_header = "x-user-id"
+fallback = "v1"
+arms = [
+  {{ name = "v1", pool = "engine-v1", weight = 90 }},
+  {{ name = "v2", pool = "engine-v2", weight = 10 }},
+]
+""")
+        proc = stack.spawn("weir", ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                                    str(weir), "--config", str(cfg)],
+                           env={**os.environ, "WEIR_LOG": "warn"}, stdout=subprocess.PIPE)
+        fields = run.listening_fields(proc.stdout.readline().decode() if proc.stdout else "")
+        if "proxy" not in fields:
+            raise RuntimeError(f"weir under callgrind did not start; see {tmp}/weir.log")
+        url = f"http://{fields['proxy']}"
+        run.wait_http(f"http://{fields['admin']}/readyz", 120)
+        run.wrk(url, "plain.lua", 3, 10)
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
+        row = run.wrk(url, "plain.lua", seconds, 10)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+        n = row["requests"]
+    dump = Path(f"{out}.1")
+    report = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", str(dump)],
+                            capture_output=True, text=True, check=True).stdout
+    total = memcpy = 0
+    for line in report.splitlines():
+        words = line.split()
+        if not words or not words[0].replace(",", "").isdigit():
+            continue
+        count = int(words[0].replace(",", ""))
+        if "PROGRAM TOTALS" in line:
+            total = count
+        elif "__memcpy" in line or "__memmove" in line:
+            memcpy += count
+    print(f"callgrind: {n} requests; {total / n:,.0f} instructions per request, "
+          f"{memcpy / n:,.0f} of them in memcpy; profile in {dump}")
+
+
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
 
@@ -168,9 +258,16 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--bin-dir", type=Path, help="take weir from here instead of building")
     ap.add_argument("--allocs", action="store_true", help="also count weir's allocations per request (uprobes)")
+    ap.add_argument("--compare", type=Path, help="a second weir binary measured in the same rounds (weir-b)")
+    ap.add_argument("--record", type=Path, help="write a perf profile of weir under load to this file")
+    ap.add_argument("--callgrind", type=Path, help="count weir's instructions per request under callgrind, "
+                    "profile written to this file (.1)")
     args = ap.parse_args()
     run.ensure_tools(False)
     weir = (args.bin_dir / "weir" if args.bin_dir else run.build() / "weir").resolve()
+    if args.callgrind:
+        callgrind(weir, args.callgrind.resolve(), args.seconds)
+        return 0
     rows: list[dict] = []
     allocs: dict = {}
     with tempfile.TemporaryDirectory(prefix="weir-budget-") as tmp, Stack(Path(tmp)) as stack:
@@ -180,21 +277,30 @@ def main() -> int:
         nginx_url = run.start_nginx_proxy(stack, ports)
         weir_url = run.start_weir(stack, weir, ports)
         nginx_pid = int((Path(tmp) / "nginx-proxy.pid").read_text())
-        weir_pid = int(subprocess.run(["pgrep", "-n", "-f", f"{weir} --config"], capture_output=True,
-                                      text=True, check=True).stdout.split()[0])
-        for url in (nginx_url, weir_url):  # warm-up
+        weir_pid = pid_of(weir)
+        proxies = [("nginx", nginx_url, nginx_pid), ("weir", weir_url, weir_pid)]
+        if args.compare:
+            other = args.compare.resolve()
+            if other == weir:
+                raise SystemExit("--compare names the same binary as weir")
+            proxies.append(("weir-b", run.start_weir(stack, other, ports, name="weir-b"), pid_of(other)))
+        for _, url, _ in proxies:  # warm-up
             run.wrk(url, "plain.lua", 1, args.connections)
         for r in range(args.rounds):
-            for name, url, pid in (("nginx", nginx_url, nginx_pid), ("weir", weir_url, weir_pid)):
+            for name, url, pid in proxies:
                 row = measure(name, url, pid, args.seconds, args.connections)
                 log(f"round {r + 1} {name}: {row['rps']:.0f} rps, user {row['user_us']:.1f} µs, "
                     f"kernel {row['kernel_us']:.1f} µs, syscalls {row['syscalls']}")
                 rows.append(row)
         if args.allocs:
             allocs = allocations(weir, weir_pid, weir_url, args.seconds, args.connections)
+        if args.record:
+            record(args.record, weir_pid, weir_url, args.seconds, args.connections)
+            nginx_worker = [p for p in family(nginx_pid) if p != nginx_pid] or [nginx_pid]
+            record(Path(f"{args.record}.nginx"), nginx_worker[0], nginx_url, args.seconds, args.connections)
     print("| proxy | rps | user µs/req | kernel µs/req | syscalls/req | voluntary switches/req | involuntary/req |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for name in ("nginx", "weir"):
+    for name, _, _ in proxies:
         mine = [r for r in rows if r["proxy"] == name]
         col = lambda k: spread([r[k] for r in mine]) if all(r[k] is not None for r in mine) else "–"  # noqa: E731
         print(f"| {name} | {statistics.median(r['rps'] for r in mine):.0f} | {col('user_us')} | "

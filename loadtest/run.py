@@ -63,7 +63,7 @@ LM_BODY = json.dumps({"model": "tiny-lm", "stream": True, "stream_options": {"in
 
 def ensure_tools(want_oha: bool) -> str | None:
     missing = [p for p, cmd in (("wrk", "wrk"), ("nginx-light", "nginx"), ("etcd-server", "etcd"),
-                                ("etcd-client", "etcdctl")) if not shutil.which(cmd)]
+                                ("etcd-client", "etcdctl"), ("haproxy", "haproxy")) if not shutil.which(cmd)]
     if missing:
         log(f"installing {missing}")
         sudo = [] if os.geteuid() == 0 else ["sudo"]
@@ -143,6 +143,78 @@ def start_nginx_proxy(stack: Stack, ports: dict) -> str:
     url = f"http://127.0.0.1:{ports['nginx']}"
     wait_http(url + "/")
     return url
+
+
+def start_haproxy(stack: Stack, ports: dict) -> str:
+    """HAProxy (Debian's) as the second peer: one thread, the same weighted
+    pair of upstreams, connections to them kept alive and shared."""
+    cfg = stack.tmp / "haproxy.cfg"
+    cfg.write_text(f"""
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend proxy
+    bind 127.0.0.1:{ports['haproxy']}
+    default_backend engines
+backend engines
+    balance roundrobin
+    server v1 127.0.0.1:{ports['v1']} weight 9
+    server v2 127.0.0.1:{ports['v2']} weight 1
+""")
+    stack.spawn("haproxy", pin(1) + ["haproxy", "-db", "-f", str(cfg)])
+    url = f"http://127.0.0.1:{ports['haproxy']}"
+    wait_http(url + "/")
+    return url
+
+
+def idle_clients_rss(url: str, pid: int, counts: tuple[int, ...]) -> dict:
+    """VmRSS of `pid` (MiB) once `n` keep-alive clients have each been
+    answered one request and stay connected, idle, for each n of `counts`
+    (cumulative: the clients of the first count stay open for the next)."""
+    import resource
+    import socket
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(counts) + 256
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    request = f"GET /v1/models HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    socks: list = []
+    out = {"rss_idle_mib": rss_mib(pid)}
+    try:
+        for n in sorted(counts):
+            fresh = []
+            while len(socks) + len(fresh) < n:
+                s = socket.create_connection((host, int(port)))
+                s.sendall(request)
+                fresh.append(s)
+            for s in fresh:  # every answer read: each client was served
+                got = b""
+                while b"\r\n\r\n" not in got:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        raise RuntimeError("an idle client's connection closed before its answer")
+                    got += chunk
+            socks += fresh
+            out[f"rss_{n}_clients_mib"] = rss_mib(pid)
+    finally:
+        for s in socks:
+            s.close()
+    return out
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def dictionary(path: Path, n: int = 1000) -> None:
@@ -332,6 +404,7 @@ def merge_rounds(rounds: list[dict]) -> dict:
     """One scenario's figures from its rounds: totals summed, the maximum
     kept, each percentile and the mean the median over the rounds."""
     row = {"requests": sum(r["requests"] for r in rounds),
+           "rps_rounds": [r["rps"] for r in rounds],
            "duration_us": sum(r["duration_us"] for r in rounds),
            "errors": sum(r["errors"] for r in rounds), "non2xx": sum(r["non2xx"] for r in rounds),
            "max": max(r["max"] for r in rounds), "rounds": len(rounds),
@@ -379,14 +452,31 @@ def evaluate(results: dict, targets: dict, quick: bool) -> list[str]:
     r = results["scenarios"]
     checks = []
     results["ratios"] = {}
-    if "weir_weighted" in r and "nginx_weighted" in r:
-        ratio = r["weir_weighted"]["rps"] / r["nginx_weighted"]["rps"]
-        results["ratios"]["rps_weir_over_nginx"] = ratio
-        checks.append(("weir rps / nginx rps", ratio, ">=", t["rps_ratio_vs_nginx_min"]))
+    # The closed-loop peers ran in alternating rounds: each ratio is the
+    # median of the rounds' ratios, with their spread.
+    for peer in ("nginx", "haproxy"):
+        if "weir_weighted" in r and f"{peer}_weighted" in r:
+            ours, theirs = r["weir_weighted"], r[f"{peer}_weighted"]
+            per_round = [a / b for a, b in zip(ours.get("rps_rounds", [ours["rps"]]),
+                                               theirs.get("rps_rounds", [theirs["rps"]])) if b]
+            ratio = statistics.median(per_round)
+            results["ratios"][f"rps_weir_over_{peer}"] = ratio
+            results["ratios"][f"rps_weir_over_{peer}_min"] = min(per_round)
+            results["ratios"][f"rps_weir_over_{peer}_max"] = max(per_round)
+            if peer == "nginx":
+                checks.append(("weir rps / nginx rps (median of rounds)", ratio, ">=", t["rps_ratio_vs_nginx_min"]))
     if "weir_one_in_flight" in r and "direct_one_in_flight" in r:
         added = r["weir_one_in_flight"]["p99"] - r["direct_one_in_flight"]["p99"]
         results["ratios"]["added_p99_one_in_flight_us"] = added
         checks.append(("added P99 at 1 in flight (us)", added, "<=", t["added_p99_one_in_flight_us_max"]))
+    if "weir_idle_clients" in r:
+        rss = r["weir_idle_clients"]
+        for n in IDLE_CLIENTS:
+            if f"rss_{n}_clients_mib" in rss:
+                results["ratios"][f"rss_{n}_idle_clients_mib"] = rss[f"rss_{n}_clients_mib"]
+        if "rss_1000_clients_mib" in rss:
+            checks.append(("weir RSS with 1000 idle clients (MiB)", rss["rss_1000_clients_mib"], "<=",
+                           t["rss_1000_idle_clients_mib_max"]))
     # Scenario 6: what weir adds to an SSE stream (no targets: reported only).
     for suffix, direct, through in (("", "sse_direct_one_in_flight", "sse_weir_one_in_flight"),
                                     (f"_c{SSE_STREAMS}", "sse_direct", "sse_weir")):
@@ -455,7 +545,7 @@ def write_results(results: dict, out: Path) -> None:
     ]
     streams = {n: s for n, s in results["scenarios"].items() if "ttft_p50" in s and s.get("kind") != "real"}
     for name, s in results["scenarios"].items():
-        if name in streams or s.get("kind") == "real":
+        if name in streams or s.get("kind") in ("real", "memory"):
             continue
         label = f"{name} ({s['flips']} flips)" if "flips" in s else name
         lines.append(f"| {label} | {s['rps']:.0f} | {s['p50']:.0f} | {s['p99']:.0f} | {s['p999']:.0f} | {s['errors']} |")
@@ -469,6 +559,12 @@ def write_results(results: dict, out: Path) -> None:
             lines.append(f"| {name} ({s['connections']} in flight) | {s['streams']} | {s['rps']:.1f} "
                          f"| {s['ttft_p50']:.0f} | {s['ttft_p99']:.0f} | {s['gap_p50']:.0f} | {s['gap_p99']:.0f} "
                          f"| {s['p50']:.0f} | {s['p99']:.0f} | {s['tokens_per_s']:.0f} | {s['errors']} |")
+    memory = {n: s for n, s in results["scenarios"].items() if s.get("kind") == "memory"}
+    for name, s in memory.items():
+        lines += ["", f"{name}: VmRSS of weir (MiB), idle and with N idle keep-alive clients each answered once:", "",
+                  "| clients | RSS MiB |", "|---:|---:|", f"| 0 | {s['rss_idle_mib']:.1f} |"]
+        lines += [f"| {k.split('_')[1]} | {v:.1f} |" for k, v in s.items()
+                  if k.startswith("rss_") and k.endswith("_clients_mib")]
     lines += real_models.table(results["scenarios"])
     skipped = results.get("skipped", {})
     for why in dict.fromkeys(skipped.values()):
@@ -489,10 +585,12 @@ def wrk_plan(connections: int) -> list[tuple]:
         ("direct", "direct", "plain.lua", connections),
         ("weir_weighted", "weir", "plain.lua", connections),
         ("nginx_weighted", "nginx", "plain.lua", connections),
+        ("haproxy_weighted", "haproxy", "plain.lua", connections),
         ("weir_ab_sticky", "weir", "ab_sticky.lua", connections),
         ("direct_one_in_flight", "direct", "plain.lua", 1),
         ("weir_one_in_flight", "weir", "plain.lua", 1),
         ("nginx_one_in_flight", "nginx", "plain.lua", 1),
+        ("haproxy_one_in_flight", "haproxy", "plain.lua", 1),
         # Scenario 5: 1 KiB chat bodies, without and with the Wasm filter
         # (1k-word mixed dictionary).
         ("weir_post_1k", "weir", "post_1k.lua", connections, "/v1/chat/completions"),
@@ -502,6 +600,11 @@ def wrk_plan(connections: int) -> list[tuple]:
         ("weir_filter_1k_one_in_flight", "weir", "post_1k.lua", 1, "/filtered/v1/chat/completions"),
     ]
 
+
+# The closed-loop scenarios run in alternating rounds: weir and its peers.
+PEERS = ("weir_weighted", "nginx_weighted", "haproxy_weighted")
+# Idle keep-alive clients whose memory weir_idle_clients measures.
+IDLE_CLIENTS = (1000, 10000)
 
 # Scenario 6: (name, server, streams in flight).
 SSE_PLAN = [("sse_direct", "direct", SSE_STREAMS), ("sse_weir", "weir", SSE_STREAMS),
@@ -520,7 +623,7 @@ BLACKHOLE_PLAN = [("weir_one_backend", False), ("weir_blackhole", True)]
 
 
 def scenario_names() -> list[str]:
-    return ([p[0] for p in wrk_plan(1)] + ["weir_etcd_flips"] + [p[0] for p in BLACKHOLE_PLAN]
+    return ([p[0] for p in wrk_plan(1)] + ["weir_etcd_flips", "weir_idle_clients"] + [p[0] for p in BLACKHOLE_PLAN]
             + [p[0] for p in SSE_PLAN]
             + [p[0] for p in ENGINE_PLAN] + [p[0] for p in HALF_RATE_PLAN] + real_models.NAMES)
 
@@ -568,7 +671,7 @@ def main() -> int:
     # Only a full run of every scenario is the committed record.
     default = "tmp/quick" if args.quick else ("tmp/only" if args.only else "latest")
     out = args.out or (HERE / "results" / default)
-    ports = {"v1": free_port(), "v2": free_port(), "nginx": free_port()}
+    ports = {"v1": free_port(), "v2": free_port(), "nginx": free_port(), "haproxy": free_port()}
     results = {"quick": args.quick, "seconds": seconds, "connections": args.connections,
                "machine": machine(), "scenarios": {}}
     if args.only:
@@ -580,14 +683,27 @@ def main() -> int:
         servers = {"direct": f"http://127.0.0.1:{ports['v1']}"}
         servers["weir"] = start_weir(stack, args.weir_binary or weir, ports)
         servers["nginx"] = start_nginx_proxy(stack, ports)
+        servers["haproxy"] = start_haproxy(stack, ports)
         plan = [p for p in wrk_plan(args.connections) if p[0] in chosen]
+        # The peers (weir, nginx, HAProxy on the weighted route) in
+        # alternating rounds, so their ratios compare the same minutes.
+        peers = [p for p in plan if p[0] in PEERS]
+        slice_s = max(1, round(seconds / ROUNDS))
+        if peers:
+            log(f"{', '.join(p[0] for p in peers)}: {args.connections} connection(s), "
+                f"{ROUNDS} alternating rounds of {slice_s}s")
+        peer_rounds = {p[0]: [] for p in peers}
+        for _ in range(ROUNDS if peers else 0):
+            for name, server, script, conns, *path in peers:
+                peer_rounds[name].append(wrk(servers[server], script, slice_s, conns, *path))
+        for name, rows in peer_rounds.items():
+            sc[name] = merge_rounds(rows)
         for name, server, script, conns, *path in plan:
-            if conns > 1:
+            if conns > 1 and name not in PEERS:
                 log(f"{name}: {seconds}s, {conns} connection(s)")
                 sc[name] = wrk(servers[server], script, seconds, conns, *path)
         single = [p for p in plan if p[3] == 1]
         rounds = {p[0]: [] for p in single}
-        slice_s = max(1, round(seconds / ROUNDS))
         if single:
             log(f"{', '.join(rounds)}: 1 connection, {ROUNDS} interleaved rounds of {slice_s}s")
         for _ in range(ROUNDS):
@@ -595,6 +711,13 @@ def main() -> int:
                 rounds[name].append(wrk(servers[server], script, slice_s, conns, *path))
         for name, rows in rounds.items():
             sc[name] = merge_rounds(rows)
+        # Memory: weir's RSS with 1k and 10k idle keep-alive clients.
+        if "weir_idle_clients" in chosen:
+            pid = int(subprocess.run(["pgrep", "-n", "-f", f"{args.weir_binary or weir} --config"],
+                                     capture_output=True, text=True, check=True).stdout.split()[0])
+            log(f"weir_idle_clients: RSS with {', '.join(map(str, IDLE_CLIENTS))} idle keep-alive clients")
+            sc["weir_idle_clients"] = {"kind": "memory", "errors": 0,
+                                       **idle_clients_rss(servers["weir"], pid, IDLE_CLIENTS)}
         # Scenario 7: the config from etcd, weights flipped every 100 ms under load.
         if "weir_etcd_flips" in chosen:
             etcd_weir, etcd_ep = start_etcd_weir(stack, weir, ports)
