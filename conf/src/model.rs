@@ -100,6 +100,11 @@ pub struct EtcdConfig {
     /// Longest wait for one etcd request, milliseconds (default 5000).
     #[serde(default = "default_etcd_request_ms")]
     pub request_timeout_ms: i64,
+    /// Lease TTL of the status this gateway keeps at `<prefix>-status/`
+    /// for `weirctl status`, seconds (default 10): a replica that dies
+    /// disappears from the list this long after its last keep-alive.
+    #[serde(default = "default_status_ttl")]
+    pub status_ttl_seconds: i64,
 }
 
 impl EtcdConfig {
@@ -114,6 +119,7 @@ impl EtcdConfig {
             tls: None,
             connect_timeout_ms: default_etcd_connect_ms(),
             request_timeout_ms: default_etcd_request_ms(),
+            status_ttl_seconds: default_status_ttl(),
         }
     }
 }
@@ -147,6 +153,10 @@ fn default_etcd_request_ms() -> i64 {
     5_000
 }
 
+fn default_status_ttl() -> i64 {
+    10
+}
+
 /// Listener addresses and process settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -171,6 +181,12 @@ pub struct ServerConfig {
     /// `/healthz` and `/readyz`); absent = the admin API is open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_sha256: Option<String>,
+    /// Named admin tokens with scopes (`[[server.admin_tokens]]`): the
+    /// audit log names the token that made a change, and a token without
+    /// the `weights` scope cannot write. `admin_token_sha256` is a token
+    /// named `admin` with every scope.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admin_tokens: Vec<AdminTokenConfig>,
     /// Longest wait for the next bytes of a client's request header (also
     /// the idle time of a kept-alive client connection, and between reads of
     /// a body), milliseconds, rounded up to whole seconds for the header
@@ -194,6 +210,21 @@ pub struct ServerConfig {
     /// does not know, and for tests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hosts_file: Option<String>,
+}
+
+/// `[[server.admin_tokens]]`: one named admin token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTokenConfig {
+    /// The name the audit log records for changes made with it (1-64
+    /// bytes, unique).
+    pub name: String,
+    /// SHA-256 of the token (hex, optionally `sha256:`-prefixed).
+    pub sha256: String,
+    /// What it may do: `read` (metrics, routes, weights, changes),
+    /// `weights` (write weights, roll back, clear rollbacks), `profile`
+    /// (CPU profiles).
+    pub scopes: Vec<String>,
 }
 
 /// `[server.tls]`: the TLS proxy listener.
@@ -248,6 +279,7 @@ impl Default for ServerConfig {
             grace_period_seconds: default_grace(),
             access_log: true,
             admin_token_sha256: None,
+            admin_tokens: Vec::new(),
             header_read_timeout_ms: default_header_read_ms(),
             upgrade_sock: default_upgrade_sock(),
             tls: None,

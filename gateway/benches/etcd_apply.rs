@@ -55,6 +55,7 @@ async fn main() {
         .import(
             &weir_conf::parse_toml(&text, "bench").unwrap(),
             weir_conf::etcd::Prune::Delete,
+            &weir_conf::etcd::Write::by(weir_conf::etcd::audit::Actor::cli("bench")),
         )
         .await
         .unwrap();

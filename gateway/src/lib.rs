@@ -45,6 +45,7 @@ pub mod ctl;
 pub mod errors;
 pub mod etcd;
 pub mod filtering;
+pub mod fleet;
 pub mod grpc;
 pub mod listen;
 pub mod metrics;

@@ -22,6 +22,9 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// `weir_config_generation`: generation of the live snapshot.
     pub generation: IntGauge,
+    /// `weir_config_changes_total{route,actor_kind}`: weights and rollback
+    /// changes made through this gateway's admin API.
+    pub config_changes: IntCounterVec,
     /// `weir_backend_healthy{pool,backend}`: 1 healthy, 0 not.
     pub backend_healthy: prometheus::IntGaugeVec,
     /// `weir_fallbacks_total{route,from,to}`.
@@ -103,6 +106,13 @@ const DURATION_BUCKETS: &[f64] = &[
 ];
 
 impl Metrics {
+    /// Counts one change made through the admin API.
+    pub fn count_change(&self, route: &str, actor_kind: &str) {
+        self.config_changes
+            .with_label_values(&[route, actor_kind])
+            .inc();
+    }
+
     /// Creates and registers every metric.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
@@ -141,6 +151,13 @@ impl Metrics {
                 "Config reloads by result (applied, rejected).",
             ),
             &["result"],
+        )?;
+        let config_changes = IntCounterVec::new(
+            Opts::new(
+                "weir_config_changes_total",
+                "Weights and rollback changes made through this gateway's admin API, by route and actor kind (token, local).",
+            ),
+            &["route", "actor_kind"],
         )?;
         let generation = IntGauge::new(
             "weir_config_generation",
@@ -259,6 +276,7 @@ impl Metrics {
             &["route", "arm"],
         )?;
         registry.register(Box::new(rollbacks.clone()))?;
+        registry.register(Box::new(config_changes.clone()))?;
         let redis_up = IntGauge::new(
             "weir_ratelimit_redis_up",
             "1 while the cluster-wide limits in Redis answer; 0 when Redis is not configured or unreachable (limits are then local).",
@@ -336,6 +354,7 @@ impl Metrics {
             connect_failures,
             resolve_failures,
             reloads,
+            config_changes,
             generation,
             backend_healthy,
             fallbacks,

@@ -220,7 +220,10 @@ pub fn serve(source: ConfigSource, upgrade: bool) -> anyhow::Result<()> {
     let mut listeners = vec![proxy_port];
     let (admin, admin_addr) = bind_admin(snapshot.server.admin, upgrade)?;
 
-    let shared = Arc::new(Shared::new(Metrics::new()?, snapshot.server.admin_token));
+    let shared = Arc::new(Shared::new(
+        Metrics::new()?,
+        snapshot.server.admin_tokens.clone(),
+    ));
     let host = std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
@@ -312,6 +315,8 @@ pub fn serve(source: ConfigSource, upgrade: bool) -> anyhow::Result<()> {
         admin: Mutex::new(Some(admin)),
         listeners: Mutex::new(listeners),
         proxy_addr,
+        admin_addr,
+        host: host.clone(),
     };
     server.add_service(proxy);
     server.add_service(background_service("control", control));
@@ -334,6 +339,8 @@ struct Control {
     /// The proxy listener first, then the TLS one if configured.
     listeners: Mutex<Vec<ListenPort>>,
     proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    host: String,
 }
 
 impl Control {
@@ -363,11 +370,14 @@ impl BackgroundService for Control {
                     return;
                 }
             };
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.changed().await;
-                })
-                .await;
+            let served = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop.changed().await;
+            })
+            .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "admin listener failed");
             }
@@ -379,6 +389,8 @@ impl BackgroundService for Control {
             }
         }
         tasks.spawn(crate::source::watch_names(Arc::clone(&self.shared)));
+        let (fleet_stop, fleet_stop_rx) = tokio::sync::watch::channel(false);
+        let mut fleet = None;
         match &self.source {
             ConfigSource::File(path) => {
                 let shared = Arc::clone(&self.shared);
@@ -395,6 +407,14 @@ impl BackgroundService for Control {
                     base.as_ref().clone(),
                     settings.as_ref().clone(),
                 ));
+                let reporter = crate::fleet::Reporter {
+                    shared: Arc::clone(&self.shared),
+                    settings: settings.as_ref().clone(),
+                    proxy: self.proxy_addr,
+                    admin: self.admin_addr,
+                    host: self.host.clone(),
+                };
+                fleet = Some(tokio::spawn(reporter.run(fleet_stop_rx)));
             }
             ConfigSource::Embedded => {}
         }
@@ -420,6 +440,11 @@ impl BackgroundService for Control {
         let _ = shutdown.changed().await;
         self.shared.set_ready(false);
         tracing::info!("shutting down");
+        // The replica status goes now rather than when its lease ends.
+        let _ = fleet_stop.send(true);
+        if let Some(fleet) = fleet {
+            let _ = tokio::time::timeout(Duration::from_secs(2), fleet).await;
+        }
         tasks.abort_all();
     }
 }

@@ -26,9 +26,12 @@ pub struct Shared {
     note: std::sync::Mutex<Option<String>>,
     /// The metrics registry.
     pub metrics: Metrics,
-    /// SHA-256 of the admin token, when the admin API needs one (from
-    /// `[server]`, read at start).
-    pub admin_token: Option<[u8; 32]>,
+    /// The admin tokens (from `[server]`, read at start; none: the admin
+    /// API is open for reads, writes only from this host).
+    pub admin_tokens: Vec<weir_conf::snapshot::AdminToken>,
+    /// Woken whenever what this gateway serves may have changed (a publish,
+    /// a note), for the replica status it keeps in etcd.
+    pub changed: tokio::sync::Notify,
     reload_lock: tokio::sync::Mutex<()>,
     /// Arms this gateway rolled back and no snapshot records yet.
     rollbacks: std::sync::Mutex<BTreeSet<(String, String)>>,
@@ -51,14 +54,15 @@ pub struct RollbackSink {
 
 impl Shared {
     /// Empty state: nothing published, not ready.
-    pub fn new(metrics: Metrics, admin_token: Option<[u8; 32]>) -> Self {
+    pub fn new(metrics: Metrics, admin_tokens: Vec<weir_conf::snapshot::AdminToken>) -> Self {
         Self {
             current: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
             listening: AtomicBool::new(false),
             note: std::sync::Mutex::new(None),
             metrics,
-            admin_token,
+            admin_tokens,
+            changed: tokio::sync::Notify::new(),
             rollbacks: std::sync::Mutex::new(BTreeSet::new()),
             sink: std::sync::OnceLock::new(),
             otel: std::sync::OnceLock::new(),
@@ -81,6 +85,7 @@ impl Shared {
     /// snapshot is live too).
     pub fn set_ready(&self, listening: bool) {
         self.listening.store(listening, Ordering::Release);
+        self.changed.notify_one();
     }
 
     /// A note on the config source for `/readyz` (e.g. serving from the cache).
@@ -91,8 +96,25 @@ impl Shared {
     /// Sets or clears the config source note.
     pub fn set_note(&self, note: Option<String>) {
         if let Ok(mut n) = self.note.lock() {
+            if *n == note {
+                return;
+            }
             *n = note;
         }
+        self.changed.notify_one();
+    }
+
+    /// The etcd the config comes from, when it does.
+    pub fn etcd_settings(&self) -> Option<weir_conf::etcd::EtcdSettings> {
+        self.sink.get().and_then(|s| s.etcd.clone())
+    }
+
+    /// This gateway's name in rollback records and the replica status.
+    pub fn identity(&self) -> String {
+        self.sink
+            .get()
+            .map(|s| s.identity.clone())
+            .unwrap_or_default()
     }
 
     /// Sets where rollbacks are recorded (once, at start).
@@ -170,7 +192,12 @@ impl Shared {
 
     /// Clears a rollback this gateway holds, and its etcd record. Returns
     /// whether there was one.
-    pub async fn clear_rollback(&self, route: &str, arm: &str) -> Result<bool, String> {
+    pub async fn clear_rollback(
+        &self,
+        route: &str,
+        arm: &str,
+        actor: weir_conf::etcd::audit::Actor,
+    ) -> Result<bool, String> {
         let key = (route.to_owned(), arm.to_owned());
         let local = self
             .rollbacks
@@ -183,7 +210,7 @@ impl Shared {
                 .await
                 .map_err(|e| e.to_string())?;
             recorded = store
-                .clear_rollback(route, arm)
+                .clear_rollback(route, arm, &weir_conf::etcd::Write::by(actor))
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -237,6 +264,7 @@ impl Shared {
             .generation
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
         self.metrics.reloads.with_label_values(&["applied"]).inc();
+        self.changed.notify_one();
         Ok(generation)
     }
 

@@ -19,6 +19,10 @@
 //!   `etcd`).
 //! - `snapshot`: [`build`], documents to a validated snapshot, every problem
 //!   named by its key (the invalid keys, [`invalid_keys`]) (feature `etcd`).
+//! - [`audit`]: the hash-chained audit log of operator changes, beside
+//!   the config prefix, and its verification (feature `etcd`).
+//! - [`fleet`]: the status each gateway replica keeps under a lease, beside
+//!   the config prefix (feature `etcd`).
 //! - [`store`]: reads and validated writes for operators (`weirctl`):
 //!   weights with compare-and-swap, import (`store::import`), export, check
 //!   (feature `etcd`).
@@ -40,7 +44,11 @@ pub mod keys;
 pub mod register;
 
 #[cfg(feature = "etcd")]
+pub mod audit;
+#[cfg(feature = "etcd")]
 pub mod cache;
+#[cfg(feature = "etcd")]
+pub mod fleet;
 #[cfg(feature = "etcd")]
 pub mod layout;
 #[cfg(feature = "etcd")]
@@ -59,7 +67,7 @@ pub use etcd_client;
 #[cfg(feature = "register")]
 pub use keys::KeyKind;
 #[cfg(feature = "register")]
-pub use register::{RegisterFlags, Registration, RegistrationOptions};
+pub use register::{Presence, RegisterFlags, Registration, RegistrationOptions};
 
 #[cfg(feature = "etcd")]
 pub use cache::{CacheError, CacheFile};
@@ -70,7 +78,7 @@ pub use snapshot::{build, invalid_keys, summary};
 #[cfg(feature = "etcd")]
 pub use store::import::{ImportReport, Prune};
 #[cfg(feature = "etcd")]
-pub use store::{Exported, Store, StoreError};
+pub use store::{Exported, Store, StoreError, WeightsChange, Write};
 #[cfg(feature = "etcd")]
 pub use watch::{Update, WatchStatus, Watcher};
 

@@ -203,14 +203,18 @@ impl Registration {
     ) -> Result<Self, EtcdError> {
         options.check()?;
         let key = settings.key(&member_key(&options.pool, &options.address));
+        let value = Arc::new(Leased {
+            value: std::sync::Mutex::new(options.value()?),
+            ttl: options.ttl,
+        });
         let mut client = settings.connect().await?;
-        let id = register(&settings, &mut client, &key, &options).await?;
+        let id = register(&settings, &mut client, &key, &value).await?;
         let lease = Arc::new(AtomicI64::new(id));
         let task = tokio::spawn(keep(
             settings.clone(),
             client,
             key.clone(),
-            options,
+            value,
             Arc::clone(&lease),
         ));
         tracing::info!(key, lease = id, "registered");
@@ -250,22 +254,113 @@ impl Registration {
     }
 }
 
-/// Grants a lease and puts the member under it.
+/// A key this process keeps under a lease and updates, such as a
+/// gateway's status under `<prefix>-status/`: it disappears one TTL after
+/// the process dies, at once after [`Presence::remove`].
+pub struct Presence {
+    settings: EtcdSettings,
+    client: Client,
+    key: String,
+    value: Arc<Leased>,
+    lease: Arc<AtomicI64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Presence {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Presence {
+    /// Puts `value` at the full `key` under a new lease (failing if etcd
+    /// cannot be reached), then keeps the lease alive, putting the key again
+    /// under a new lease whenever the old one is lost.
+    pub async fn start(
+        settings: EtcdSettings,
+        key: String,
+        value: String,
+        ttl: Duration,
+    ) -> Result<Self, EtcdError> {
+        let value = Arc::new(Leased {
+            value: std::sync::Mutex::new(value),
+            ttl,
+        });
+        let mut client = settings.connect().await?;
+        let id = register(&settings, &mut client, &key, &value).await?;
+        let lease = Arc::new(AtomicI64::new(id));
+        let task = tokio::spawn(keep(
+            settings.clone(),
+            client.clone(),
+            key.clone(),
+            Arc::clone(&value),
+            Arc::clone(&lease),
+        ));
+        Ok(Self {
+            settings,
+            client,
+            key,
+            value,
+            lease,
+            task,
+        })
+    }
+
+    /// Replaces the value (kept for when the lease must be renewed).
+    pub async fn set(&mut self, value: String) -> Result<(), EtcdError> {
+        if let Ok(mut v) = self.value.value.lock() {
+            v.clone_from(&value);
+        }
+        let put = PutOptions::new().with_lease(self.lease.load(Ordering::Acquire));
+        self.settings
+            .timed("put", self.client.put(self.key.clone(), value, Some(put)))
+            .await?;
+        Ok(())
+    }
+
+    /// Stops the keep-alives and deletes the key now.
+    pub async fn remove(mut self) -> Result<(), EtcdError> {
+        self.task.abort();
+        let id = self.lease.load(Ordering::Acquire);
+        let _ = self
+            .settings
+            .timed("lease revoke", self.client.lease_revoke(id))
+            .await;
+        self.settings
+            .timed("delete", self.client.delete(self.key.clone(), None))
+            .await?;
+        Ok(())
+    }
+}
+
+/// Grants a lease and puts the key under it.
 async fn register(
     settings: &EtcdSettings,
     client: &mut Client,
     key: &str,
-    options: &RegistrationOptions,
+    value: &Leased,
 ) -> Result<i64, EtcdError> {
-    let ttl = i64::try_from(options.ttl.as_secs()).unwrap_or(i64::MAX);
+    let ttl = i64::try_from(value.ttl.as_secs().max(1)).unwrap_or(i64::MAX);
     let lease = settings
         .timed("lease grant", client.lease_grant(ttl, None))
         .await?;
     let put = PutOptions::new().with_lease(lease.id());
     settings
-        .timed("put", client.put(key, options.value()?, Some(put)))
+        .timed("put", client.put(key, value.current(), Some(put)))
         .await?;
     Ok(lease.id())
+}
+
+/// A leased key's value (updatable) and TTL.
+struct Leased {
+    value: std::sync::Mutex<String>,
+    ttl: Duration,
+}
+
+impl Leased {
+    fn current(&self) -> String {
+        self.value.lock().map(|v| v.clone()).unwrap_or_default()
+    }
 }
 
 /// Why keeping one lease alive stopped.
@@ -280,7 +375,7 @@ async fn keep(
     settings: EtcdSettings,
     mut client: Client,
     key: String,
-    options: RegistrationOptions,
+    value: Arc<Leased>,
     lease: Arc<AtomicI64>,
 ) {
     let mut backoff = Backoff::new();
@@ -289,13 +384,13 @@ async fn keep(
             &settings,
             &mut client,
             lease.load(Ordering::Acquire),
-            &options,
+            value.ttl,
         )
         .await;
         match stop {
             Stop::Lost => {
                 tracing::warn!(key, "registration lease lost; registering again");
-                match register(&settings, &mut client, &key, &options).await {
+                match register(&settings, &mut client, &key, &value).await {
                     Ok(id) => {
                         lease.store(id, Ordering::Release);
                         backoff.reset();
@@ -316,13 +411,8 @@ async fn keep(
 
 /// Keeps lease `id` alive (a keep-alive every third of the TTL) until it is
 /// lost or etcd fails.
-async fn keep_one(
-    settings: &EtcdSettings,
-    client: &mut Client,
-    id: i64,
-    options: &RegistrationOptions,
-) -> Stop {
-    let every = (options.ttl / 3).max(Duration::from_millis(200));
+async fn keep_one(settings: &EtcdSettings, client: &mut Client, id: i64, ttl: Duration) -> Stop {
+    let every = (ttl / 3).max(Duration::from_millis(200));
     let (mut keeper, mut stream) = match settings
         .timed("lease keep-alive", client.lease_keep_alive(id))
         .await

@@ -42,6 +42,8 @@ pub struct EtcdSettings {
     pub connect_timeout: Duration,
     /// Longest wait for one request.
     pub request_timeout: Duration,
+    /// Lease TTL of a gateway's replica status.
+    pub status_ttl: Duration,
 }
 
 impl fmt::Debug for EtcdSettings {
@@ -76,6 +78,7 @@ impl EtcdSettings {
             tls: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            status_ttl: Duration::from_secs(10),
         }
     }
 
@@ -112,6 +115,14 @@ impl EtcdSettings {
                     format!("{ms} must be between 1 and 600000"),
                 );
             }
+        }
+        if (1..=300).contains(&c.status_ttl_seconds) {
+            s.status_ttl = Duration::from_secs(c.status_ttl_seconds.unsigned_abs());
+        } else {
+            problems.push(
+                format!("{at}.status_ttl_seconds"),
+                format!("{} must be between 1 and 300", c.status_ttl_seconds),
+            );
         }
         s.validate(at, problems);
         s

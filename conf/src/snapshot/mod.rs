@@ -29,7 +29,7 @@ use std::collections::HashMap;
 
 pub use pool::{Backend, HealthCheck, MAX_BACKEND_WEIGHT, Pool};
 pub use route::{Arm, DEFAULT_MAX_BODY, MAX_ARM_WEIGHT, MAX_HOST, MAX_PREFIX, Route};
-pub use server::{Server, TlsListener, Tracing};
+pub use server::{AdminToken, Scopes, Server, TlsListener, Tracing};
 pub use timeouts::{DEFAULT_CONNECT, DEFAULT_READ, DEFAULT_WRITE, Timeouts};
 pub use upstream::{PoolHeaders, Secret, UpstreamTls};
 pub use values::MAX_HEADER_NAME;

@@ -21,8 +21,9 @@ pub struct Server {
     pub grace_period: Duration,
     /// Whether to write access-log lines.
     pub access_log: bool,
-    /// SHA-256 of the admin token, if the admin API needs one.
-    pub admin_token: Option<[u8; 32]>,
+    /// The admin tokens (none: the admin API is open for reads, and writes
+    /// only from the gateway's own host).
+    pub admin_tokens: Vec<AdminToken>,
     /// Longest wait for a request header.
     pub header_read_timeout: Duration,
     /// The graceful-upgrade socket.
@@ -33,6 +34,37 @@ pub struct Server {
     pub tls: Option<TlsListener>,
     /// A hosts file consulted before the system resolver.
     pub hosts_file: Option<String>,
+}
+
+/// What an admin token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Scopes {
+    /// Metrics, routes, weights and changes.
+    pub read: bool,
+    /// Write weights, roll back, clear rollbacks.
+    pub weights: bool,
+    /// CPU profiles.
+    pub profile: bool,
+}
+
+impl Scopes {
+    /// Every scope.
+    pub const ALL: Self = Self {
+        read: true,
+        weights: true,
+        profile: true,
+    };
+}
+
+/// A validated admin token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    /// Its name, for the audit log.
+    pub name: String,
+    /// SHA-256 of the token.
+    pub digest: [u8; 32],
+    /// What it may do.
+    pub scopes: Scopes,
 }
 
 /// A validated `[server.tls]`.
@@ -67,19 +99,7 @@ pub(super) fn check_server(config: &Config, problems: &mut Problems) -> Option<S
     if s.grace_period_seconds > 3600 {
         problems.push("server.grace_period_seconds", "must be at most 3600");
     }
-    let admin_token = match &s.admin_token_sha256 {
-        None => None,
-        Some(text) => {
-            let digest = parse_digest(text);
-            if digest.is_none() {
-                problems.push(
-                    "server.admin_token_sha256",
-                    "must be the token's SHA-256 as 64 hex digits, never the token itself",
-                );
-            }
-            digest
-        }
-    };
+    let admin_tokens = check_admin_tokens(s, problems);
     let header_read_timeout = check_ms(
         Some(s.header_read_timeout_ms),
         "server.header_read_timeout_ms".to_owned(),
@@ -125,13 +145,79 @@ pub(super) fn check_server(config: &Config, problems: &mut Problems) -> Option<S
         threads: s.threads,
         grace_period: Duration::from_secs(s.grace_period_seconds),
         access_log: s.access_log,
-        admin_token,
+        admin_tokens,
         header_read_timeout,
         upgrade_sock: s.upgrade_sock.clone(),
         tracing,
         tls,
         hosts_file: s.hosts_file.clone(),
     })
+}
+
+const NOT_THE_TOKEN: &str = "must be the token's SHA-256 as 64 hex digits, never the token itself";
+
+fn check_admin_tokens(s: &crate::model::ServerConfig, problems: &mut Problems) -> Vec<AdminToken> {
+    let mut out = Vec::new();
+    if let Some(text) = &s.admin_token_sha256 {
+        match parse_digest(text) {
+            Some(digest) => out.push(AdminToken {
+                name: "admin".to_owned(),
+                digest,
+                scopes: Scopes::ALL,
+            }),
+            None => problems.push("server.admin_token_sha256", NOT_THE_TOKEN),
+        }
+    }
+    for (i, t) in s.admin_tokens.iter().enumerate() {
+        let at = format!("server.admin_tokens[{i}]");
+        if t.name.is_empty() || t.name.len() > 64 {
+            problems.push(format!("{at}.name"), "must be 1-64 bytes");
+        } else if out.iter().any(|o: &AdminToken| o.name == t.name) {
+            problems.push(
+                format!("{at}.name"),
+                format!(
+                    "{:?} is taken (admin_token_sha256 is named \"admin\")",
+                    t.name
+                ),
+            );
+        }
+        let digest = parse_digest(&t.sha256);
+        if digest.is_none() {
+            problems.push(format!("{at}.sha256"), NOT_THE_TOKEN);
+        }
+        let mut scopes = Scopes::default();
+        if t.scopes.is_empty() {
+            problems.push(
+                format!("{at}.scopes"),
+                "name at least one of read, weights, profile",
+            );
+        }
+        for scope in &t.scopes {
+            match scope.as_str() {
+                "read" => scopes.read = true,
+                "weights" => scopes.weights = true,
+                "profile" => scopes.profile = true,
+                other => problems.push(
+                    format!("{at}.scopes"),
+                    format!("unknown scope {other:?} (read, weights, profile)"),
+                ),
+            }
+        }
+        if let Some(digest) = digest {
+            if out.iter().any(|o| o.digest == digest) {
+                problems.push(
+                    format!("{at}.sha256"),
+                    "another admin token has the same digest",
+                );
+            }
+            out.push(AdminToken {
+                name: t.name.clone(),
+                digest,
+                scopes,
+            });
+        }
+    }
+    out
 }
 
 fn check_tracing(t: &TracingConfig, problems: &mut Problems) -> Option<Tracing> {

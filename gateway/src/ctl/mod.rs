@@ -1,15 +1,23 @@
 //! `weirctl`: the operator CLI for the config in etcd.
 //!
 //! ```text
-//! weirctl [--etcd URL[,URL]] [--prefix /weir/] [--json] weights get ROUTE
+//! weirctl [--etcd URL[,URL]] [--prefix /weir/] [--output table|json]
+//!         [--dry-run] [--actor NAME] [--reason TEXT] COMMAND
+//! weirctl ... weights get ROUTE
 //! weirctl ... weights set ROUTE ARM=WEIGHT... [--expect-revision N]
-//! weirctl ... config import [--prune] FILE | config export | config check [FILE]
+//! weirctl ... weights step ROUTE ARM=PERCENT [--expect-revision N]
+//! weirctl ... undo ROUTE | history [ROUTE] [--since REV] | status
+//! weirctl ... diff FILE | config import [--prune] FILE | config export | config check [FILE]
+//! weirctl ... rollback list | rollback clear ROUTE ARM | audit verify
 //! ```
 //!
 //! Every write is validated the way the gateway validates (see
-//! [`weir_conf::etcd::store`]); invalid keys under the prefix are named as
-//! a warning and do not stop reads or writes of the valid ones. Exit
-//! status: 0 done, 1 refused or failed, 2 bad usage, 3 compare-and-swap
+//! [`weir_conf::etcd::store`]), compare-and-swapped, and recorded in the
+//! hash-chained audit log in the same transaction (`--actor`, default
+//! `$USER`; `--reason`); `--dry-run` checks and reports without writing.
+//! Invalid keys under the prefix are named as a warning and do not stop
+//! reads or writes of the valid ones. Exit status: 0 done, 1 refused or
+//! failed (and a broken audit chain), 2 bad usage, 3 compare-and-swap
 //! conflict. `output` prints the results.
 
 mod output;
@@ -19,9 +27,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
+use weir_conf::etcd::audit::Actor;
 use weir_conf::etcd::settings::TlsFiles;
 use weir_conf::etcd::store::Portable;
-use weir_conf::etcd::{EtcdSettings, Prune, Store, StoreError};
+use weir_conf::etcd::{EtcdSettings, Prune, Store, StoreError, Write};
 use weir_conf::{ConfigError, Problems};
 
 use self::output::{Done, Output};
@@ -61,11 +70,32 @@ pub struct Cli {
     /// Client key (PEM).
     #[arg(long, global = true, value_name = "FILE", requires = "cert")]
     key: Option<PathBuf>,
-    /// Machine-readable JSON output.
+    /// Machine-readable JSON output (the same as `--output json`).
     #[arg(long, global = true)]
     json: bool,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    output: Format,
+    /// Check a write and show what it would do; write nothing.
+    #[arg(long, global = true)]
+    dry_run: bool,
+    /// Who makes the change, for the audit log (default: $USER).
+    #[arg(long, global = true, env = "WEIRCTL_ACTOR", value_name = "NAME")]
+    actor: Option<String>,
+    /// Why, for the audit log.
+    #[arg(long, global = true, value_name = "TEXT")]
+    reason: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--output`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    /// For people.
+    Table,
+    /// One JSON document.
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -79,6 +109,40 @@ enum Command {
     /// Canary arms that gateways rolled back.
     #[command(subcommand)]
     Rollback(RollbackCmd),
+    /// What `config import FILE` would change, key by key (deletions
+    /// included: they happen only with --prune).
+    Diff {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// Restore the weights a route had before its last change.
+    Undo {
+        /// The route.
+        route: String,
+        /// Write only if the weights key is still at this revision.
+        #[arg(long, value_name = "REVISION")]
+        expect_revision: Option<i64>,
+    },
+    /// The changes of the weights, each with its audit record; changes
+    /// made around the tools are marked unaudited.
+    History {
+        /// Only this route.
+        route: Option<String>,
+        /// Only changes after this revision.
+        #[arg(long, default_value_t = 0, value_name = "REVISION")]
+        since: i64,
+    },
+    /// Every live gateway replica, the revision it serves and its state.
+    Status,
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Recompute the hash chain and name the first broken or missing record.
+    Verify,
 }
 
 #[derive(Subcommand, Debug)]
@@ -114,6 +178,19 @@ enum WeightsCmd {
         #[arg(long, value_name = "REVISION")]
         expect_revision: Option<i64>,
     },
+    /// A canary step: ARM gets PERCENT % of the route's traffic, the other
+    /// arms share the rest in proportion to their weights now (equally
+    /// when they are all 0). Weights become percentages (they sum to 100).
+    Step {
+        /// The route.
+        route: String,
+        /// ARM=PERCENT, e.g. `v2=25`.
+        #[arg(value_name = "ARM=PERCENT", value_parser = parse_pair)]
+        step: (String, i64),
+        /// Write only if the weights key is still at this revision.
+        #[arg(long, value_name = "REVISION")]
+        expect_revision: Option<i64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -142,8 +219,68 @@ enum ConfigCmd {
 /// status (0 done, 1 refused or failed, 3 compare-and-swap conflict; clap
 /// exits with 2 on bad usage before this runs).
 pub async fn run(cli: Cli) -> ExitCode {
-    let json = cli.json;
+    let json = cli.json || cli.output == Format::Json;
     output::finish(execute(cli).await, json)
+}
+
+/// The write options of a command line.
+fn write(cli: &Cli, expect: Option<i64>) -> Write {
+    let name = cli
+        .actor
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned());
+    Write {
+        expect,
+        dry_run: cli.dry_run,
+        actor: Actor::cli(name),
+        reason: cli.reason.clone(),
+    }
+}
+
+/// The weights of a canary step: `arm` gets `percent`, the others share
+/// the rest in proportion to `current` (equally when all are 0), rounded
+/// so that the total is exactly 100.
+fn step_weights(
+    current: &[(String, i64)],
+    arm: &str,
+    percent: i64,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    if !(0..=100).contains(&percent) {
+        return Err(StoreError::Refused(format!(
+            "a step gives a share from 0 to 100 %, got {percent}"
+        )));
+    }
+    if !current.iter().any(|(a, _)| a == arm) {
+        let names: Vec<&str> = current.iter().map(|(a, _)| a.as_str()).collect();
+        return Err(StoreError::Refused(format!(
+            "the route has no arm {arm:?} (arms: {})",
+            names.join(", ")
+        )));
+    }
+    let others: Vec<&(String, i64)> = current.iter().filter(|(a, _)| a != arm).collect();
+    if others.is_empty() && percent != 100 {
+        return Err(StoreError::Refused(format!(
+            "{arm:?} is the route's only arm: it always has 100 %"
+        )));
+    }
+    let rest = 100 - percent;
+    let sum: i64 = others.iter().map(|(_, w)| *w).sum();
+    let mut out = vec![(arm.to_owned(), percent)];
+    let mut given = 0;
+    for (i, (a, w)) in others.iter().enumerate() {
+        let share = if i + 1 == others.len() {
+            rest - given
+        } else if sum == 0 {
+            rest / others.len() as i64
+        } else {
+            rest * w / sum
+        };
+        given += share;
+        out.push((a.clone(), share));
+    }
+    Ok(out)
 }
 
 /// `v1=80` → `("v1", 80)`: the syntax of a weight change, checked while the
@@ -212,12 +349,22 @@ fn clean(output: Output) -> Done {
     }
 }
 
+fn read_config(file: &std::path::Path) -> Result<weir_conf::Config, StoreError> {
+    let text = std::fs::read_to_string(file).map_err(|source| {
+        StoreError::Invalid(ConfigError::Io {
+            path: file.display().to_string(),
+            source,
+        })
+    })?;
+    weir_conf::parse_toml(&text, &file.display().to_string()).map_err(StoreError::Invalid)
+}
+
 async fn execute(cli: Cli) -> Result<Done, StoreError> {
     let settings = settings(&cli);
     let connect = || async { Store::connect(settings?).await };
-    match cli.command {
+    match &cli.command {
         Command::Weights(WeightsCmd::Get { route }) => {
-            let mut w = connect().await?.weights(&route).await?;
+            let mut w = connect().await?.weights(route).await?;
             let problems = std::mem::take(&mut w.problems);
             Ok(Done {
                 output: Output::Weights(w, None),
@@ -229,28 +376,84 @@ async fn execute(cli: Cli) -> Result<Done, StoreError> {
             weights,
             expect_revision,
         }) => {
-            let mut w = connect()
-                .await?
-                .set_weights(&route, &weights, expect_revision)
-                .await?;
-            let problems = std::mem::take(&mut w.problems);
+            let write = write(&cli, *expect_revision);
+            let mut c = connect().await?.set_weights(route, weights, &write).await?;
+            let problems = std::mem::take(&mut c.after.problems);
             Ok(Done {
-                output: Output::Weights(w, Some("set")),
+                output: Output::Change(c, "set"),
                 problems,
             })
         }
+        Command::Weights(WeightsCmd::Step {
+            route,
+            step: (arm, percent),
+            expect_revision,
+        }) => {
+            let mut store = connect().await?;
+            let now = store.weights(route).await?;
+            let weights = step_weights(&now.arms, arm, *percent)?;
+            let write = write(&cli, Some(expect_revision.unwrap_or(now.mod_revision)));
+            let mut c = store.set_weights(route, &weights, &write).await?;
+            let problems = std::mem::take(&mut c.after.problems);
+            Ok(Done {
+                output: Output::Change(c, "stepped"),
+                problems,
+            })
+        }
+        Command::Undo {
+            route,
+            expect_revision,
+        } => {
+            let write = write(&cli, *expect_revision);
+            let mut c = connect().await?.undo(route, &write).await?;
+            let problems = std::mem::take(&mut c.after.problems);
+            Ok(Done {
+                output: Output::Change(c, "restored"),
+                problems,
+            })
+        }
+        Command::History { route, since } => {
+            let h = connect().await?.history(route.as_deref(), *since).await?;
+            Ok(clean(Output::History(h)))
+        }
+        Command::Status => {
+            let mut store = connect().await?;
+            let replicas = store.replicas().await?;
+            let read = store.read().await?;
+            let latest = read
+                .entries
+                .values()
+                .map(|e| e.mod_revision)
+                .max()
+                .unwrap_or(0);
+            Ok(clean(Output::Status(replicas, latest)))
+        }
+        Command::Audit(AuditCmd::Verify) => {
+            let log = connect().await?.audit().await?;
+            if let Some(broken) = &log.verdict.broken {
+                return Err(StoreError::Refused(format!(
+                    "the audit chain is broken: {broken} ({} record(s) read)",
+                    log.records.len()
+                )));
+            }
+            Ok(clean(Output::Audit(log)))
+        }
+        Command::Diff { file } => {
+            let config = read_config(file)?;
+            let mut dry = write(&cli, None);
+            dry.dry_run = true;
+            let report = connect()
+                .await?
+                .import(&config, Prune::Delete, &dry)
+                .await?;
+            Ok(clean(Output::Diff(file.clone(), report)))
+        }
         Command::Config(ConfigCmd::Import { file, prune }) => {
-            let text = std::fs::read_to_string(&file).map_err(|source| {
-                StoreError::Invalid(ConfigError::Io {
-                    path: file.display().to_string(),
-                    source,
-                })
-            })?;
-            let config = weir_conf::parse_toml(&text, &file.display().to_string())
-                .map_err(StoreError::Invalid)?;
-            let prune = if prune { Prune::Delete } else { Prune::Refuse };
-            let report = connect().await?.import(&config, prune).await?;
-            Ok(clean(Output::Imported(file, report)))
+            let config = read_config(file)?;
+            let prune = if *prune { Prune::Delete } else { Prune::Refuse };
+            let write = write(&cli, None);
+            let report = connect().await?.import(&config, prune, &write).await?;
+            Ok(clean(Output::Imported(file.clone(), report)))
         }
         Command::Config(ConfigCmd::Export) => {
             let mut store = connect().await?;
@@ -277,10 +480,16 @@ async fn execute(cli: Cli) -> Result<Done, StoreError> {
             connect().await?.rollbacks().await?,
         ))),
         Command::Rollback(RollbackCmd::Clear { route, arm }) => {
-            let cleared = connect().await?.clear_rollback(&route, &arm).await?;
-            Ok(clean(Output::Cleared(route, arm, cleared)))
+            let write = write(&cli, None);
+            let cleared = connect().await?.clear_rollback(route, arm, &write).await?;
+            Ok(clean(Output::Cleared(
+                route.clone(),
+                arm.clone(),
+                cleared,
+                cli.dry_run,
+            )))
         }
-        Command::Config(ConfigCmd::Check { file: Some(file) }) => check_file(&file).map(clean),
+        Command::Config(ConfigCmd::Check { file: Some(file) }) => check_file(file).map(clean),
         Command::Config(ConfigCmd::Check { file: None }) => {
             let mut store = connect().await?;
             let (snapshot, revision) = store.check().await?;

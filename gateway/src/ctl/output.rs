@@ -10,8 +10,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use serde_json::{Value, json};
-use weir_conf::etcd::store::Weights;
-use weir_conf::etcd::{ImportReport, StoreError};
+use weir_conf::etcd::fleet::ReplicaStatus;
+use weir_conf::etcd::store::history::History;
+use weir_conf::etcd::store::{AuditLog, Weights};
+use weir_conf::etcd::{ImportReport, StoreError, WeightsChange};
 use weir_conf::{ConfigError, Problems};
 
 /// Exit status of a compare-and-swap conflict.
@@ -27,11 +29,16 @@ pub(super) struct Done {
 /// A command's result, shown for people or as JSON.
 pub(super) enum Output {
     Weights(Weights, Option<&'static str>),
+    Change(WeightsChange, &'static str),
     Imported(PathBuf, ImportReport),
+    Diff(PathBuf, ImportReport),
     Exported(String, Value),
     Checked(String, Value),
     Rollbacks(Vec<weir_conf::resilience::RollbackRecord>),
-    Cleared(String, String, bool),
+    Cleared(String, String, bool, bool),
+    History(History),
+    Status(Vec<ReplicaStatus>, i64),
+    Audit(AuditLog),
 }
 
 /// Prints a result (and its warnings) or an error; returns the exit status.
@@ -122,7 +129,173 @@ impl Output {
                 }
                 s
             }
+            Output::Change(c, verb) => {
+                let head = if c.dry_run {
+                    format!(
+                        "dry run, nothing written: route {} would be {verb}",
+                        c.after.route
+                    )
+                } else {
+                    format!(
+                        "route {} {verb} at revision {} (audit record {})",
+                        c.after.route,
+                        c.written.map_or(0, |w| w.revision),
+                        c.written.map_or(0, |w| w.audit_seq)
+                    )
+                };
+                let before: std::collections::BTreeMap<&str, i64> = c
+                    .before
+                    .arms
+                    .iter()
+                    .map(|(a, w)| (a.as_str(), *w))
+                    .collect();
+                let total: i64 = c.after.arms.iter().map(|(_, w)| *w).sum::<i64>().max(1);
+                let mut s = head;
+                for (arm, weight) in &c.after.arms {
+                    let was = before.get(arm.as_str()).copied().unwrap_or(0);
+                    let share = *weight as f64 * 100.0 / total as f64;
+                    let change = if was == *weight {
+                        String::new()
+                    } else {
+                        format!("  (was {was})")
+                    };
+                    s.push_str(&format!("\n  {arm:<16} {weight:>8}  {share:5.1} %{change}"));
+                }
+                if !c.dry_run {
+                    s.push_str(&format!(
+                        "\n  next --expect-revision {}",
+                        c.after.mod_revision
+                    ));
+                }
+                s
+            }
+            Output::Diff(file, r) => {
+                if r.diff.is_empty() {
+                    return format!(
+                        "{}: no difference with etcd (revision {})",
+                        file.display(),
+                        r.revision
+                    );
+                }
+                let mut s = format!(
+                    "{} against etcd (revision {}): {} to write, {} to delete with --prune, {} unchanged",
+                    file.display(),
+                    r.revision,
+                    r.written.len(),
+                    r.deleted.len(),
+                    r.unchanged
+                );
+                for d in &r.diff {
+                    match (&d.before, &d.after) {
+                        (None, Some(after)) => s.push_str(&format!("\n+ {}  {after}", d.key)),
+                        (Some(before), Some(after)) => {
+                            s.push_str(&format!("\n~ {}\n    - {before}\n    + {after}", d.key))
+                        }
+                        (Some(before), None) => s.push_str(&format!(
+                            "\n- {}  {before}  (deleted only with --prune)",
+                            d.key
+                        )),
+                        (None, None) => {}
+                    }
+                }
+                s
+            }
+            Output::History(h) => {
+                let mut lines = Vec::new();
+                if h.compacted > 0 {
+                    lines.push(format!(
+                        "etcd holds revisions from {} on; older changes are known only from the audit log",
+                        h.compacted
+                    ));
+                }
+                for c in &h.changes {
+                    let weights = c
+                        .weights
+                        .as_ref()
+                        .map_or_else(|| "(override deleted)".to_owned(), |w| w.to_string());
+                    let who = match &c.audit {
+                        Some(a) => format!(
+                            "#{} {} {} by {} ({}){}",
+                            a.record.seq,
+                            a.record.at,
+                            a.record.action,
+                            a.record.actor.name,
+                            a.record.actor.kind,
+                            a.record
+                                .reason
+                                .as_ref()
+                                .map(|r| format!(": {r}"))
+                                .unwrap_or_default()
+                        ),
+                        None => "UNAUDITED (written around weirctl and the admin API)".to_owned(),
+                    };
+                    lines.push(format!(
+                        "{:>8}  {:<16} {weights}  {who}",
+                        c.revision, c.route
+                    ));
+                }
+                for r in &h.other {
+                    lines.push(format!(
+                        "{:>8}  {:<16} #{} {} {} by {} ({})",
+                        r.revision,
+                        r.record.route.as_deref().unwrap_or("-"),
+                        r.record.seq,
+                        r.record.at,
+                        r.record.action,
+                        r.record.actor.name,
+                        r.record.actor.kind
+                    ));
+                }
+                if lines.is_empty() {
+                    "no change".to_owned()
+                } else {
+                    lines.join("\n")
+                }
+            }
+            Output::Status(replicas, latest) => {
+                if replicas.is_empty() {
+                    return "no gateway replica reports to this etcd".to_owned();
+                }
+                let mut s = format!(
+                    "{:<28} {:<10} {:>9} {:>5} {:<6} {}",
+                    "REPLICA", "SOURCE", "REVISION", "GEN", "READY", "CURRENT"
+                );
+                for r in replicas {
+                    let current = r.revision.is_some_and(|rev| rev >= *latest);
+                    s.push_str(&format!(
+                        "\n{:<28} {:<10} {:>9} {:>5} {:<6} {}{}",
+                        r.replica,
+                        r.source,
+                        r.revision.map_or_else(|| "-".to_owned(), |v| v.to_string()),
+                        r.generation,
+                        if r.ready { "yes" } else { "no" },
+                        if current { "yes" } else { "no" },
+                        r.detail
+                            .as_ref()
+                            .map(|d| format!("  ({d})"))
+                            .unwrap_or_default()
+                    ));
+                }
+                s.push_str(&format!(
+                    "\nthe config in etcd was last changed at revision {latest}"
+                ));
+                s
+            }
+            Output::Audit(log) => format!(
+                "ok: the audit chain holds: {} record(s), head at record {}",
+                log.records.len(),
+                log.verdict.head_seq
+            ),
             Output::Imported(file, r) => {
+                if r.dry_run {
+                    return format!(
+                        "dry run, nothing written: importing {} would write {} and delete {} key(s); {} unchanged",
+                        file.display(),
+                        r.written.len(),
+                        r.deleted.len(),
+                        r.unchanged
+                    );
+                }
                 let mut s = format!(
                     "imported {}: {} written, {} unchanged, {} deleted (revision {})",
                     file.display(),
@@ -152,8 +325,17 @@ impl Output {
                     .collect::<Vec<_>>()
                     .join("\n")
             }
-            Output::Cleared(route, arm, cleared) => {
-                if *cleared {
+            Output::Cleared(route, arm, cleared, dry) => {
+                if *dry {
+                    format!(
+                        "dry run, nothing written: {route}/{arm} {}",
+                        if *cleared {
+                            "would be cleared"
+                        } else {
+                            "is not rolled back"
+                        }
+                    )
+                } else if *cleared {
                     format!("{route}/{arm}: rollback cleared; the arm has its weight again")
                 } else {
                     format!("{route}/{arm}: was not rolled back")
@@ -171,13 +353,34 @@ impl Output {
                 }
                 v
             }
+            Output::Change(c, verb) => {
+                let mut v = weights_json(&c.after);
+                v["result"] = json!(verb);
+                v["dry_run"] = json!(c.dry_run);
+                v["before"] = weights_json(&c.before)["weights"].clone();
+                v["written"] = json!(c.written);
+                v
+            }
             Output::Imported(file, r) => {
                 json!({ "file": file.display().to_string(), "import": r })
             }
+            Output::Diff(file, r) => {
+                json!({ "file": file.display().to_string(), "revision": r.revision, "diff": r.diff })
+            }
+            Output::History(h) => json!(h),
+            Output::Status(replicas, latest) => {
+                json!({ "replicas": replicas, "config_revision": latest })
+            }
+            Output::Audit(log) => json!({
+                "ok": log.verdict.ok(),
+                "records": log.records.len(),
+                "head_seq": log.verdict.head_seq,
+                "revision": log.revision,
+            }),
             Output::Exported(_, v) | Output::Checked(_, v) => v.clone(),
             Output::Rollbacks(list) => json!({ "rollbacks": list }),
-            Output::Cleared(route, arm, cleared) => {
-                json!({ "route": route, "arm": arm, "cleared": cleared })
+            Output::Cleared(route, arm, cleared, dry) => {
+                json!({ "route": route, "arm": arm, "cleared": cleared, "dry_run": dry })
             }
         }
     }

@@ -11,6 +11,7 @@ mod support;
 mod invalid;
 mod limits;
 mod lockout;
+mod operating;
 mod outage;
 mod registration;
 mod rollback;

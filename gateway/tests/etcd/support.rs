@@ -6,8 +6,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
+use weir_conf::etcd::audit::Actor;
 use weir_conf::etcd::etcd_client::{Client, PutOptions};
-use weir_conf::etcd::{EtcdSettings, Prune, Store};
+use weir_conf::etcd::{EtcdSettings, Prune, Store, Write};
 pub use weir_test_support::Load;
 use weir_test_support::{Etcd, Upstream, Weir, eventually};
 
@@ -45,7 +46,12 @@ pub fn settings(endpoint: &str) -> EtcdSettings {
 pub async fn import(etcd: &Etcd, text: &str) -> i64 {
     let config = weir_conf::parse_toml(text, "test config").unwrap();
     let mut store = Store::connect(settings(&etcd.endpoint())).await.unwrap();
-    store.import(&config, Prune::Delete).await.unwrap().revision
+    let write = Write::by(Actor::cli("test"));
+    store
+        .import(&config, Prune::Delete, &write)
+        .await
+        .unwrap()
+        .revision
 }
 
 /// A raw etcd client.

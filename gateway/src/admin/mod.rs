@@ -1,7 +1,11 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/admin/routes`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/admin/routes`,
+//! the weights write API (`weights.rs`), rollbacks and CPU profiles.
 //!
-//! With `[server] admin_token_sha256` set, every path but `/healthz` and
-//! `/readyz` needs `Authorization: Bearer <token>` (401 otherwise).
+//! Who may call what is `auth.rs`: with admin tokens configured every path
+//! but `/healthz` and `/readyz` needs one, and each token has scopes.
+
+mod auth;
+mod weights;
 
 use std::sync::Arc;
 
@@ -26,9 +30,18 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/admin/rollbacks/{route}/{arm}",
             axum::routing::delete(clear_rollback),
         )
+        .route(
+            "/admin/routes/{route}/weights",
+            get(weights::get).put(weights::put),
+        )
+        .route(
+            "/admin/routes/{route}/rollback",
+            axum::routing::post(weights::rollback),
+        )
+        .route("/admin/changes", get(weights::changes))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&shared),
-            require_token,
+            auth::require,
         ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -37,32 +50,18 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Lets a request through when no admin token is configured or when it
-/// carries the token (compared by SHA-256 digest).
-async fn require_token(
-    State(shared): State<Arc<Shared>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let Some(want) = shared.admin_token else {
-        return next.run(req).await;
+/// An admin API error, in the proxy's shape:
+/// `{"error":{"message","type","code"}}`.
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    let kind = match status {
+        StatusCode::UNAUTHORIZED => "authentication_error",
+        StatusCode::FORBIDDEN => "permission_error",
+        s if s.is_server_error() => "server_error",
+        _ => "invalid_request_error",
     };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| crate::access::bearer_token(v.as_bytes()));
-    let ok = presented.is_some_and(|token| {
-        use sha2::Digest;
-        let digest: [u8; 32] = sha2::Sha256::digest(token).into();
-        digest == want
-    });
-    if ok {
-        return next.run(req).await;
-    }
     (
-        StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, "Bearer realm=\"weir-admin\"")],
-        axum::Json(json!({ "error": "the admin API needs Authorization: Bearer <admin token>" })),
+        status,
+        axum::Json(json!({ "error": { "message": message, "type": kind, "code": code } })),
     )
         .into_response()
 }
@@ -105,17 +104,25 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 /// weight again (and deletes its etcd record, when there is one).
 async fn clear_rollback(
     State(shared): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<auth::Caller>,
     axum::extract::Path((route, arm)): axum::extract::Path<(String, String)>,
 ) -> Response {
-    match shared.clear_rollback(&route, &arm).await {
+    let actor = weir_conf::etcd::audit::Actor {
+        name: caller.name.clone(),
+        kind: caller.kind.to_owned(),
+    };
+    match shared.clear_rollback(&route, &arm, actor).await {
         Ok(cleared) => {
+            if cleared {
+                shared.metrics.count_change(&route, caller.kind);
+            }
             axum::Json(json!({ "route": route, "arm": arm, "cleared": cleared })).into_response()
         }
-        Err(e) => (
+        Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "error": format!("could not clear the rollback: {e}") })),
-        )
-            .into_response(),
+            "etcd_unavailable",
+            &format!("could not clear the rollback: {e}"),
+        ),
     }
 }
 
