@@ -76,9 +76,11 @@ pub use layout::{Docs, Members, assemble, gather};
 #[cfg(feature = "etcd")]
 pub use snapshot::{build, invalid_keys, summary};
 #[cfg(feature = "etcd")]
+pub use store::audited::{AuditLog, WeightsChange, Write, Written};
+#[cfg(feature = "etcd")]
 pub use store::import::{ImportReport, Prune};
 #[cfg(feature = "etcd")]
-pub use store::{Exported, Store, StoreError, WeightsChange, Write};
+pub use store::{Exported, Store, StoreError};
 #[cfg(feature = "etcd")]
 pub use watch::{Update, WatchStatus, Watcher};
 

@@ -10,9 +10,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use serde_json::{Value, json};
+use weir_conf::etcd::AuditLog;
 use weir_conf::etcd::fleet::ReplicaStatus;
+use weir_conf::etcd::store::Weights;
 use weir_conf::etcd::store::history::History;
-use weir_conf::etcd::store::{AuditLog, Weights};
 use weir_conf::etcd::{ImportReport, StoreError, WeightsChange};
 use weir_conf::{ConfigError, Problems};
 

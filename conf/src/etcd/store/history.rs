@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, HashMap};
 use etcd_client::{EventType, WatchOptions};
 use serde::Serialize;
 
-use super::audited::Write;
+use super::audited::{WeightsChange, Write};
 
-use super::{Store, StoreError, WeightsChange};
+use super::{Store, StoreError};
 use crate::etcd::EtcdError;
 use crate::etcd::audit::Recorded;
 use crate::etcd::layout::{self, KeyKind};
