@@ -8,6 +8,15 @@ use clap::Parser;
 use crate::error::{Error, Result};
 use crate::runtime::DeviceRequest;
 
+/// How log lines are written (`--log-format`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `key=value` text.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// weir-engine: serves ONNX models from a signed model repository over the
 /// OpenAI API and the Open Inference Protocol (HTTP and gRPC).
 #[derive(Debug, Clone, Parser)]
@@ -21,6 +30,15 @@ pub struct Args {
     /// NAME:VERSION that version. Default: every model, highest version.
     #[arg(long = "model", value_name = "NAME[:VERSION]")]
     pub model: Vec<String>,
+
+    /// Log lines as `text` (key=value) or `json` (one object per line).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "text",
+        env = "WEIR_ENGINE_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
 
     /// HTTP listen address (OpenAI API, Open Inference Protocol, /metrics).
     #[arg(long, default_value = "127.0.0.1:8000", value_name = "ADDR")]

@@ -41,5 +41,5 @@ pub mod tensor;
 pub mod validate;
 pub mod watch;
 
-pub use config::Args;
+pub use config::{Args, LogFormat};
 pub use error::{Error, Result};

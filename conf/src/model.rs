@@ -176,6 +176,22 @@ pub struct ServerConfig {
     /// Write one access-log line per request (at `info`, target `weir::access`).
     #[serde(default = "default_true")]
     pub access_log: bool,
+    /// Log lines as `text` (key=value, the default) or `json` (one JSON
+    /// object per line, for log shippers).
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Send `X-Forwarded-For` and `X-Forwarded-Proto` upstream (default
+    /// true). A client's own `X-Forwarded-For` is kept (and extended) only
+    /// when it connects from one of `trusted_proxies`; otherwise it is
+    /// replaced by the client's address.
+    #[serde(default = "default_true")]
+    pub forwarded_headers: bool,
+    /// Networks of the proxies in front of the gateway (CIDRs such as
+    /// `10.0.0.0/8`, or single addresses) whose `X-Forwarded-For` and
+    /// `X-Forwarded-Proto` are believed; the access log's client is then
+    /// the first address, from the right, that is not one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
     /// SHA-256 (hex, optionally `sha256:`-prefixed) of the token the admin
     /// API requires as `Authorization: Bearer <token>` (all paths but
     /// `/healthz` and `/readyz`); absent = the admin API is open.
@@ -210,6 +226,17 @@ pub struct ServerConfig {
     /// does not know, and for tests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hosts_file: Option<String>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `key=value` text.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[[server.admin_tokens]]`: one named admin token.
@@ -278,6 +305,9 @@ impl Default for ServerConfig {
             threads: 0,
             grace_period_seconds: default_grace(),
             access_log: true,
+            log_format: LogFormat::Text,
+            forwarded_headers: true,
+            trusted_proxies: Vec::new(),
             admin_token_sha256: None,
             admin_tokens: Vec::new(),
             header_read_timeout_ms: default_header_read_ms(),

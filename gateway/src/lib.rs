@@ -46,6 +46,7 @@ pub mod errors;
 pub mod etcd;
 pub mod filtering;
 pub mod fleet;
+pub mod forwarded;
 pub mod grpc;
 pub mod listen;
 pub mod metrics;

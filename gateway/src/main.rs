@@ -53,20 +53,34 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let flags = EtcdFlags {
         endpoints: cli.etcd,
         prefix: cli.etcd_prefix,
         cache: cli.etcd_cache,
     };
-    let source = match ConfigSource::resolve(cli.config, flags) {
+    let source = ConfigSource::resolve(cli.config, flags);
+    // The log format is a `[server]` setting: read it before logging
+    // starts (a config that does not load is reported below, in text).
+    let json = source
+        .as_ref()
+        .ok()
+        .and_then(|s| s.load().ok())
+        .is_some_and(|s| s.server.log_format == weir_conf::model::LogFormat::Json);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+    let source = match source {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");

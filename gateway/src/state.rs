@@ -272,9 +272,12 @@ impl Shared {
     pub fn reject(&self, origin: &str, error: &dyn std::fmt::Display) {
         self.metrics.reloads.with_label_values(&["rejected"]).inc();
         self.metrics.rejected.inc();
+        // One line per problem list: a log shipper keeps a line together.
+        let problems = error.to_string().replace(":\n", ": ").replace('\n', "; ");
         tracing::error!(
             origin,
-            "config rejected, keeping the last good one:\n{error}"
+            problems,
+            "config rejected, keeping the last good one"
         );
     }
 }

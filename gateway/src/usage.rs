@@ -287,6 +287,11 @@ impl StreamClock {
         }
     }
 
+    /// When the first chunk left, if one did.
+    pub fn first(&self) -> Option<Instant> {
+        self.first
+    }
+
     /// Records a chunk sent at `now`; `true` for the first one.
     pub fn chunk(&mut self, now: Instant) -> bool {
         self.last = now;

@@ -65,6 +65,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(refuse_declared_oversize))
+        .layer(axum::middleware::from_fn(log_request))
         .layer(axum::middleware::map_response_with_state(
             engine.clone(),
             add_queue_depth,
@@ -92,6 +93,39 @@ async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
             .into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// One line per request (target `weir_engine::access`): method, path,
+/// status, time to the response header (a stream goes on after it), the
+/// caller's request id and user agent. `/metrics` scrapes are left out.
+async fn log_request(request: Request, next: axum::middleware::Next) -> Response {
+    let start = std::time::Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let header = |request: &Request, name: &str| -> String {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let request_id = header(&request, "x-request-id");
+    let user_agent = header(&request, "user-agent");
+    let response = next.run(request).await;
+    if path != "/metrics" {
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(
+            target: "weir_engine::access",
+            method = %method,
+            path,
+            status = response.status().as_u16(),
+            duration_ms = (ms * 1000.0).round() / 1000.0,
+            request_id,
+            user_agent,
+        );
+    }
+    response
 }
 
 /// Answers 413 at once to a request whose `Content-Length` is over the

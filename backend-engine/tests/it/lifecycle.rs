@@ -262,3 +262,36 @@ async fn sigterm_lets_streams_in_flight_finish() {
     let code = engine.wait_exit(Duration::from_secs(60)).await;
     assert_eq!(code.unwrap(), Some(0), "{}", engine.log());
 }
+
+#[tokio::test]
+async fn json_logs_name_every_request_on_one_line() {
+    let repo = TempRepo::with(&[("mlp", "1")]);
+    let engine = start_engine(&repo, &["--log-format", "json"]).await;
+    let resp = client()
+        .get(engine.url("/v2/models/mlp"))
+        .header("x-request-id", "engine-log-1")
+        .header("user-agent", "engine-logs/1.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let line = eventually(Duration::from_secs(10), || async {
+        engine
+            .log()
+            .lines()
+            .find(|l| l.contains("engine-log-1"))
+            .map(str::to_owned)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("no request line: {e}\n{}", engine.log()));
+    for l in engine.log().lines().filter(|l| !l.trim().is_empty()) {
+        serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+    }
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["target"], "weir_engine::access", "{v}");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/v2/models/mlp");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["user_agent"], "engine-logs/1.0");
+    assert!(v["duration_ms"].as_f64().unwrap() >= 0.0, "{v}");
+}

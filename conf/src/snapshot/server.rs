@@ -21,6 +21,12 @@ pub struct Server {
     pub grace_period: Duration,
     /// Whether to write access-log lines.
     pub access_log: bool,
+    /// How log lines are written.
+    pub log_format: crate::model::LogFormat,
+    /// Whether `X-Forwarded-For`/`-Proto` go upstream.
+    pub forwarded_headers: bool,
+    /// Proxies whose forwarding headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The admin tokens (none: the admin API is open for reads, and writes
     /// only from the gateway's own host).
     pub admin_tokens: Vec<AdminToken>,
@@ -100,6 +106,19 @@ pub(super) fn check_server(config: &Config, problems: &mut Problems) -> Option<S
         problems.push("server.grace_period_seconds", "must be at most 3600");
     }
     let admin_tokens = check_admin_tokens(s, problems);
+    let mut trusted_proxies = Vec::new();
+    for (i, text) in s.trusted_proxies.iter().enumerate() {
+        let parsed = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => trusted_proxies.push(net),
+            Err(_) => problems.push(
+                format!("server.trusted_proxies[{i}]"),
+                format!("{text:?} is not a network (10.0.0.0/8) or an address"),
+            ),
+        }
+    }
     let header_read_timeout = check_ms(
         Some(s.header_read_timeout_ms),
         "server.header_read_timeout_ms".to_owned(),
@@ -145,6 +164,9 @@ pub(super) fn check_server(config: &Config, problems: &mut Problems) -> Option<S
         threads: s.threads,
         grace_period: Duration::from_secs(s.grace_period_seconds),
         access_log: s.access_log,
+        log_format: s.log_format,
+        forwarded_headers: s.forwarded_headers,
+        trusted_proxies,
         admin_tokens,
         header_read_timeout,
         upgrade_sock: s.upgrade_sock.clone(),

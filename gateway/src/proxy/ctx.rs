@@ -151,6 +151,9 @@ pub(super) struct UpstreamState {
     pub(super) fallback: bool,
     /// A task poll: the tag of the backend that runs the task.
     pub(super) pinned: Option<u64>,
+    /// When the upstream's response header arrived (the access log's
+    /// upstream time).
+    pub(super) header_at: Option<Instant>,
 }
 
 /// What the body phases keep for one request.

@@ -112,13 +112,14 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut GatewayCtx,
     ) -> Result<()> {
         if let Some(id) = &ctx.request_id {
             upstream_request.insert_header("x-request-id", id.clone())?;
         }
+        observe::forward_headers(session, ctx, upstream_request)?;
         observe::trace_upstream(&self.shared, ctx, upstream_request)?;
         // Only authentication names the tenant, never the client.
         upstream_request.remove_header("x-weir-tenant");

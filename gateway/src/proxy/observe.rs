@@ -169,6 +169,48 @@ fn span_attributes(req: &RequestHeader, ctx: &GatewayCtx) -> Vec<KeyValue> {
     attributes
 }
 
+/// The request's forwarding headers, as `[server] forwarded_headers` and
+/// `trusted_proxies` say (`crate::forwarded`); `None` without a peer
+/// address (a Unix socket).
+fn forwarded_of(session: &Session, ctx: &GatewayCtx) -> Option<crate::forwarded::Forwarded> {
+    let peer = session.client_addr()?.as_inet()?.ip();
+    let server = &ctx.routed.as_ref()?.runtime.snapshot.server;
+    let req = session.req_header();
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    Some(crate::forwarded::forwarded(
+        peer,
+        req.headers.get("x-forwarded-for").map(|v| v.as_bytes()),
+        req.headers.get("x-forwarded-proto").map(|v| v.as_bytes()),
+        tls,
+        &server.trusted_proxies,
+    ))
+}
+
+/// `X-Forwarded-For` and `X-Forwarded-Proto` towards the upstream.
+pub(super) fn forward_headers(
+    session: &Session,
+    ctx: &GatewayCtx,
+    upstream_request: &mut RequestHeader,
+) -> pingora_error::Result<()> {
+    let on = ctx
+        .routed
+        .as_ref()
+        .is_some_and(|r| r.runtime.snapshot.server.forwarded_headers);
+    if !on {
+        return Ok(());
+    }
+    if let Some(f) = forwarded_of(session, ctx) {
+        upstream_request.insert_header("x-forwarded-for", f.for_header)?;
+        upstream_request.insert_header("x-forwarded-proto", f.proto)?;
+    }
+    Ok(())
+}
+
+/// Milliseconds with three decimals, as the access log writes durations.
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
 /// The access-log line (`target: weir::access`).
 fn log_access(
     session: &Session,
@@ -184,26 +226,58 @@ fn log_access(
         .backend()
         .map(|b| b.addr.to_string())
         .unwrap_or_default();
-    let client = session
+    let peer = session
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(SocketAddr::to_string)
         .unwrap_or_default();
+    // The client the trusted proxies name, else the peer.
+    let client = forwarded_of(session, ctx)
+        .map(|f| f.client.to_string())
+        .unwrap_or_else(|| peer.clone());
+    let header = |name: &str| {
+        req.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let host = req.uri.host().unwrap_or_else(|| header("host"));
+    let usage = ctx.body.usage.as_ref().and_then(|u| u.usage());
+    let tokens_out = ctx.body.usage.as_ref().and_then(|u| u.output_tokens());
+    let upstream_ms = ctx.upstream.header_at.map(|t| ms(t - ctx.start));
+    let ttft_ms = ctx
+        .body
+        .stream
+        .as_ref()
+        .and_then(|s| s.first())
+        .map(|t| ms(t - ctx.start));
     tracing::info!(
         target: "weir::access",
         request_id = ctx.id_str(),
         trace_id = trace_id.map(hex::encode).unwrap_or_default(),
         client = %client,
+        peer = %peer,
         method = %req.method,
         version = ?req.version,
+        host,
         path = %req.uri.path(),
+        user_agent = header("user-agent"),
+        tenant = ctx.tenant.as_ref().map_or("", |t| t.name.as_str()),
         route = ctx.route_name(),
         arm = ctx.arm_name(),
+        model = ctx.body.client_model.as_deref().unwrap_or(""),
         reason = ctx.reason.map(Reason::as_str).unwrap_or(""),
         fallback = ctx.upstream.fallback,
         backend = %backend,
         status,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        outcome = if e.is_some() || ctx.error.is_some() { "error" } else { "ok" },
+        bytes_in = session.body_bytes_read(),
+        bytes_out = session.body_bytes_sent(),
+        tokens_in = usage.and_then(|u| u.prompt),
+        tokens_out,
+        upstream_ms,
+        ttft_ms,
+        duration_ms = ms(elapsed),
         error = e.map(|e| e.to_string()).unwrap_or_default(),
     );
 }

@@ -201,6 +201,7 @@ pub(super) fn answered(
 ) -> Result<()> {
     let status = resp.status.as_u16();
     ctx.upstream.status = Some(status);
+    ctx.upstream.header_at = Some(std::time::Instant::now());
     if let Some(f) = ctx.upstream.in_flight.as_mut() {
         f.answered(crate::balance::now_ns(), status < 500);
         if let Some(depth) = resp
