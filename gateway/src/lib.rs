@@ -47,6 +47,7 @@ pub mod etcd;
 pub mod filtering;
 pub mod fleet;
 pub mod forwarded;
+pub mod genai;
 pub mod grpc;
 pub mod listen;
 pub mod metrics;

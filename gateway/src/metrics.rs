@@ -25,6 +25,8 @@ pub struct Metrics {
     /// `weir_config_changes_total{route,actor_kind}`: weights and rollback
     /// changes made through this gateway's admin API.
     pub config_changes: IntCounterVec,
+    /// The OpenTelemetry GenAI metrics (`crate::genai` bounds their labels).
+    pub genai: GenAi,
     /// `weir_backend_healthy{pool,backend}`: 1 healthy, 0 not.
     pub backend_healthy: prometheus::IntGaugeVec,
     /// `weir_fallbacks_total{route,from,to}`.
@@ -336,6 +338,7 @@ impl Metrics {
         registry.register(Box::new(ttft.clone()))?;
         registry.register(Box::new(tpot.clone()))?;
         registry.register(Box::new(tokens.clone()))?;
+        let genai = GenAi::new(&registry)?;
         let grpc_responses = IntCounterVec::new(
             Opts::new(
                 "weir_grpc_responses_total",
@@ -355,6 +358,7 @@ impl Metrics {
             resolve_failures,
             reloads,
             config_changes,
+            genai,
             generation,
             backend_healthy,
             fallbacks,
@@ -419,5 +423,106 @@ pub fn status_index(status: u16) -> usize {
         s if s < 400 => 16,
         s if s < 500 => 17,
         _ => 18,
+    }
+}
+
+/// The GenAI labels every request metric has, in this order.
+pub const GENAI_LABELS: [&str; 6] = [
+    "gen_ai_operation_name",
+    "gen_ai_request_model",
+    "gen_ai_response_model",
+    "weir_route",
+    "weir_arm",
+    "weir_tenant",
+];
+
+/// The OpenTelemetry GenAI semantic conventions in Prometheus form, beside
+/// the `weir_*` metrics (which stay): recorded for OpenAI requests only.
+#[derive(Clone)]
+pub struct GenAi {
+    /// `gen_ai_client_token_usage{gen_ai_token_type,...}`: tokens per
+    /// request, `input` and `output`.
+    pub token_usage: HistogramVec,
+    /// `gen_ai_server_request_duration_seconds{...,error_type}`.
+    pub duration: HistogramVec,
+    /// `gen_ai_server_time_to_first_token_seconds{...}`.
+    pub ttft: HistogramVec,
+    /// `gen_ai_server_time_per_output_token_seconds{...}`.
+    pub tpot: HistogramVec,
+    /// `weir_tenant_tokens_total{tenant,direction}`: for chargeback.
+    pub tenant_tokens: IntCounterVec,
+}
+
+impl GenAi {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let with = |extra: &'static str| {
+            let mut l = vec![extra];
+            l.extend(GENAI_LABELS);
+            l
+        };
+        let mut plus_error: Vec<&str> = GENAI_LABELS.to_vec();
+        plus_error.push("error_type");
+        let token_usage = HistogramVec::new(
+            HistogramOpts::new(
+                "gen_ai_client_token_usage",
+                "Tokens per OpenAI request (gen_ai_token_type input = prompt, output = completion).",
+            )
+            .buckets(vec![
+                1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0,
+                1048576.0, 4194304.0,
+            ]),
+            &with("gen_ai_token_type"),
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gen_ai_server_request_duration_seconds",
+                "Duration of OpenAI requests through the gateway (error_type empty when it succeeded).",
+            )
+            .buckets(vec![
+                0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96,
+                81.92,
+            ]),
+            &plus_error,
+        )?;
+        let ttft = HistogramVec::new(
+            HistogramOpts::new(
+                "gen_ai_server_time_to_first_token_seconds",
+                "Request start to the first streamed chunk of an OpenAI answer.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+                7.5, 10.0,
+            ]),
+            &GENAI_LABELS,
+        )?;
+        let tpot = HistogramVec::new(
+            HistogramOpts::new(
+                "gen_ai_server_time_per_output_token_seconds",
+                "First to last streamed chunk of an OpenAI answer per output token after the first.",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+            ]),
+            &GENAI_LABELS,
+        )?;
+        let tenant_tokens = IntCounterVec::new(
+            Opts::new(
+                "weir_tenant_tokens_total",
+                "Tokens of OpenAI answers by tenant and direction (input, output), for chargeback.",
+            ),
+            &["tenant", "direction"],
+        )?;
+        registry.register(Box::new(token_usage.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(ttft.clone()))?;
+        registry.register(Box::new(tpot.clone()))?;
+        registry.register(Box::new(tenant_tokens.clone()))?;
+        Ok(Self {
+            token_usage,
+            duration,
+            ttft,
+            tpot,
+            tenant_tokens,
+        })
     }
 }

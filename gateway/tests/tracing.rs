@@ -143,3 +143,38 @@ async fn a_collector_that_is_down_costs_no_request() {
         assert_eq!(resp.status(), 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openai_call_carries_the_genai_span_attributes() {
+    use weir_test_support::upstream::{REPLY_HEADER, USAGE_HEADER};
+    let sink = OtlpSink::start().await.unwrap();
+    let up = Upstream::local("v1").await.unwrap();
+    let weir = Weir::start(weir_bin(), &traced_config(&up, &sink, 1.0))
+        .await
+        .unwrap();
+    let caller = "00-5bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let resp = weir_test_support::client()
+        .post(weir.url("/v1/chat/completions"))
+        .header("traceparent", caller)
+        .header(REPLY_HEADER, "hello")
+        .header(USAGE_HEADER, "1")
+        .json(&serde_json::json!({ "model": "m", "messages": [] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap();
+    let request = eventually(Duration::from_secs(20), || async {
+        sink.spans()
+            .into_iter()
+            .find(|s| s.trace_id == "5bf92f3577b34da6a3ce929d0e0e4736" && s.name == "weir.request")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:#?}\n{}", sink.spans(), weir.log()));
+    assert_eq!(
+        request.attributes["gen_ai.operation.name"], "chat",
+        "{request:#?}"
+    );
+    assert_eq!(request.attributes["gen_ai.usage.input_tokens"], "1");
+    assert_eq!(request.attributes["gen_ai.usage.output_tokens"], "5");
+}

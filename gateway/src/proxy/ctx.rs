@@ -179,6 +179,8 @@ pub(super) struct BodyState {
     /// The model the client asked for, when the body was renamed: the
     /// answer's `model` goes back to it.
     pub(super) client_model: Option<String>,
+    /// The model an OpenAI request named, when routing read it.
+    pub(super) request_model: Option<String>,
     /// Renames the answer's `model` back (and tags its `task_id`).
     pub(super) resp_rename: Option<Box<AnswerRename>>,
     /// The request creates or polls a task: the answer's `task_id` gets
@@ -199,6 +201,7 @@ impl Default for BodyState {
             stream: None,
             rename: false,
             client_model: None,
+            request_model: None,
             resp_rename: None,
             task: false,
         }

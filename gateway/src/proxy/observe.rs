@@ -86,6 +86,9 @@ pub(super) fn finish(
         .unwrap_or(0);
     let elapsed = ctx.start.elapsed();
     count(shared, ctx, status, elapsed);
+    if ctx.openai {
+        count_genai(shared, session, ctx, status, elapsed);
+    }
     let trace_id = ctx
         .observe
         .trace
@@ -151,6 +154,69 @@ fn count(shared: &Arc<Shared>, ctx: &GatewayCtx, status: u16, elapsed: Duration)
     }
 }
 
+/// The GenAI metrics of an OpenAI request (`crate::genai`).
+fn count_genai(
+    shared: &Arc<Shared>,
+    session: &Session,
+    ctx: &GatewayCtx,
+    status: u16,
+    elapsed: Duration,
+) {
+    let Some(op) = crate::genai::operation(session.req_header().uri.path()) else {
+        return;
+    };
+    let Some(route) = ctx.route() else { return };
+    let asked = ctx
+        .body
+        .client_model
+        .as_deref()
+        .or(ctx.body.request_model.as_deref());
+    let request_model = crate::genai::model_label(&route.config, asked);
+    let response_model = ctx
+        .route()
+        .and_then(|r| r.config.arms.get(ctx.routed.as_ref()?.arm?))
+        .and_then(|a| a.model.as_deref())
+        .unwrap_or(request_model);
+    let tenant = ctx.tenant.as_ref().map_or("", |t| t.name.as_str());
+    let labels = [
+        op,
+        request_model,
+        response_model,
+        ctx.route_name(),
+        ctx.arm_name(),
+        tenant,
+    ];
+    let g = &shared.metrics.genai;
+    let mut with_error = labels.to_vec();
+    with_error.push(crate::genai::error_type(status));
+    g.duration
+        .with_label_values(&with_error)
+        .observe(elapsed.as_secs_f64());
+    let Some(tap) = &ctx.body.usage else { return };
+    let input = tap.usage().and_then(|u| u.prompt);
+    let output = tap.output_tokens();
+    for (kind, n) in [("input", input), ("output", output)] {
+        let Some(n) = n else { continue };
+        let mut l = vec![kind];
+        l.extend(labels);
+        g.token_usage.with_label_values(&l).observe(n as f64);
+        if !tenant.is_empty() {
+            g.tenant_tokens.with_label_values(&[tenant, kind]).inc_by(n);
+        }
+    }
+    if let Some(clock) = &ctx.body.stream
+        && let Some(first) = clock.first()
+    {
+        g.ttft
+            .with_label_values(&labels)
+            .observe((first - ctx.start).as_secs_f64());
+        if let Some(n) = output.filter(|n| *n >= 2) {
+            let per = clock.last().duration_since(first).as_secs_f64() / (n - 1) as f64;
+            g.tpot.with_label_values(&labels).observe(per);
+        }
+    }
+}
+
 /// The attributes of the request's server span.
 fn span_attributes(req: &RequestHeader, ctx: &GatewayCtx) -> Vec<KeyValue> {
     let mut attributes = vec![
@@ -165,6 +231,38 @@ fn span_attributes(req: &RequestHeader, ctx: &GatewayCtx) -> Vec<KeyValue> {
     }
     if let Some(b) = ctx.upstream.backend() {
         attributes.push(KeyValue::new("server.address", b.addr.to_string()));
+    }
+    // The GenAI semantic conventions, for OpenAI calls.
+    if let (true, Some(op), Some(route)) = (
+        ctx.openai,
+        crate::genai::operation(req.uri.path()),
+        ctx.route(),
+    ) {
+        attributes.push(KeyValue::new("gen_ai.operation.name", op));
+        let asked = ctx
+            .body
+            .client_model
+            .as_deref()
+            .or(ctx.body.request_model.as_deref());
+        if let Some(m) = asked {
+            attributes.push(KeyValue::new("gen_ai.request.model", m.to_owned()));
+        }
+        let arm_model = ctx
+            .routed
+            .as_ref()
+            .and_then(|r| route.config.arms.get(r.arm?))
+            .and_then(|a| a.model.as_deref());
+        if let Some(m) = arm_model.or(asked) {
+            attributes.push(KeyValue::new("gen_ai.response.model", m.to_owned()));
+        }
+        if let Some(tap) = &ctx.body.usage {
+            if let Some(n) = tap.usage().and_then(|u| u.prompt) {
+                attributes.push(KeyValue::new("gen_ai.usage.input_tokens", n as i64));
+            }
+            if let Some(n) = tap.output_tokens() {
+                attributes.push(KeyValue::new("gen_ai.usage.output_tokens", n as i64));
+            }
+        }
     }
     attributes
 }

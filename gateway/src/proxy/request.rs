@@ -88,6 +88,9 @@ pub(super) async fn admit(
             .and_then(|m| route.config.arm_for_model(m))
             .map(|i| (i, Reason::Model)),
     };
+    if ctx.openai {
+        ctx.body.request_model.clone_from(&model);
+    }
     let picked = pinned.or_else(|| route.table.select(ab, sticky));
     route.budget.request(now_ms());
     let (arm, reason) = picked.ok_or_else(|| GatewayError::NoArm {
