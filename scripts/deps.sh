@@ -8,6 +8,8 @@
 #                      that etcd-client's protos import
 #   etcd-server/client a real etcd for the config-source tests
 #   redis-server       a real Redis for the cluster-wide rate limit tests
+#   prometheus         promtool: checks the binaries' /metrics pages and
+#                      unit-tests the alert rules (deploy/prometheus/)
 #   wasm32-unknown-unknown  the Rust target the Wasm filter guest is built for
 set -euo pipefail
 
@@ -21,6 +23,7 @@ command -v redis-server >/dev/null || need+=(redis-server)   # cluster-wide rate
 command -v python3 >/dev/null || need+=(python3 python3-venv python3-pip)
 command -v unzip >/dev/null || need+=(unzip)
 command -v openssl >/dev/null || need+=(openssl)   # test certificates for etcd over TLS
+command -v promtool >/dev/null || need+=(prometheus)   # promtool: metrics pages and alert rules (deploy tests)
 
 if ((${#need[@]})); then
     SUDO=""

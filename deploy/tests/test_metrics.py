@@ -9,7 +9,9 @@ import hashlib
 import http.server
 import json
 import re
+import shutil
 import socket
+import subprocess
 import threading
 import warnings
 
@@ -21,6 +23,10 @@ import support as s
 DASHBOARD = s.DEPLOY / "grafana" / "weir.json"
 PLANNED = s.DEPLOY / "grafana" / "planned-metrics.txt"
 METRIC = re.compile(r"\b(weir_[a-z0-9_]+)\b")
+# The raw /metrics pages of the scrapes above, for promtool.
+RAW: dict[str, str] = {}
+ALERTS = s.DEPLOY / "prometheus" / "weir-alerts.yaml"
+ALERT_TESTS = s.DEPLOY / "prometheus" / "weir-alerts.test.yaml"
 # Labels Prometheus adds to every scraped series (target labels).
 TARGET_LABELS = {"instance", "job", "pod", "namespace", "service", "container", "endpoint"}
 
@@ -176,7 +182,9 @@ arms = [
             got = s.scrape(f"http://{admin}/metrics")
             return got if wanted <= set(got) else None
 
-        yield s.poll(ready, "gateway metrics with series", deadline_s=30, every_s=0.1)
+        got = s.poll(ready, "gateway metrics with series", deadline_s=30, every_s=0.1)
+        RAW["gateway"] = s.http("GET", f"http://{admin}/metrics")[1].decode()
+        yield got
     finally:
         proc.stop()
         up.shutdown()
@@ -191,6 +199,7 @@ def engine_scrape(engines):
                           json.dumps({"model": "tiny-lm", "prompt": "The Fox", "max_tokens": 8,
                                       "temperature": 0}).encode(), {"content-type": "application/json"})
     assert status == 200, body[:300]
+    RAW["engine"] = s.http("GET", f"http://{addr}/metrics")[1].decode()
     return s.scrape(f"http://{addr}/metrics")
 
 
@@ -332,3 +341,46 @@ def test_autoscaling_metrics_come_from_real_series(rendered, scraped):
         if source.startswith("weir_engine_") and not engine_scraped:
             continue
         assert source in scraped, f"adapter rule reads {source}, which no binary exports"
+
+
+# ---------------------------------------------------------------- promtool
+
+
+def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    tool = shutil.which("promtool")
+    if tool is None:
+        pytest.fail("promtool is missing: scripts/deps.sh installs it (Debian package prometheus)")
+    return subprocess.run([tool, *args], input=stdin, capture_output=True, text=True, timeout=120)
+
+
+def test_live_gateway_scrape_passes_promtool(gateway_scrape):
+    out = promtool("check", "metrics", stdin=RAW["gateway"])
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_live_engine_scrape_passes_promtool(engine_scrape):
+    out = promtool("check", "metrics", stdin=RAW["engine"])
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_alert_rules_are_valid_and_their_unit_tests_pass():
+    out = promtool("check", "rules", str(ALERTS))
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = promtool("test", "rules", str(ALERT_TESTS))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_alert_has_a_unit_test():
+    rules = yaml.safe_load(ALERTS.read_text())
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"]}
+    tests = yaml.safe_load(ALERT_TESTS.read_text())
+    tested = {a["alertname"] for t in tests["tests"] for a in t.get("alert_rule_test", [])
+              if a.get("exp_alerts")}
+    assert alerts == tested, f"alerts without a firing test: {alerts - tested}"
+
+
+def test_alert_metrics_come_from_real_series(scraped):
+    rules = yaml.safe_load(ALERTS.read_text())
+    names = {m for g in rules["groups"] for r in g["rules"] for m in re.findall(r"\b(weir_[a-z0-9_]+)\b", r["expr"])}
+    missing = sorted(n for n in names if n not in scraped)
+    assert not missing, f"alerts name metrics no binary exports: {missing}"
