@@ -26,8 +26,113 @@ pub struct Metrics {
     prefill_chunks: IntCounterVec,
     decode_steps_during_prefill: IntCounterVec,
     model_loads: IntCounterVec,
+    genai: GenAiFamilies,
     /// Outstanding requests over all models: the `x-weir-queue-depth` value.
     total_depth: Arc<AtomicUsize>,
+}
+
+/// The OpenTelemetry GenAI metrics in Prometheus form, by
+/// `gen_ai_request_model`, `gen_ai_response_model` (both the model's name)
+/// and `weir_model_version`.
+#[derive(Clone)]
+struct GenAiFamilies {
+    duration: HistogramVec,
+    ttft: HistogramVec,
+    tpot: HistogramVec,
+    tokens: HistogramVec,
+}
+
+/// The GenAI labels of the engine's metrics.
+const GENAI_LABELS: [&str; 3] = [
+    "gen_ai_request_model",
+    "gen_ai_response_model",
+    "weir_model_version",
+];
+
+impl GenAiFamilies {
+    fn new() -> prometheus::Result<Self> {
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>, labels: &[&str]| {
+            HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        };
+        let mut token_labels = vec!["gen_ai_token_type"];
+        token_labels.extend(GENAI_LABELS);
+        Ok(Self {
+            duration: histogram(
+                "gen_ai_server_request_duration_seconds",
+                "A generation from admission to its last token",
+                vec![
+                    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
+                    40.96, 81.92,
+                ],
+                &GENAI_LABELS,
+            )?,
+            ttft: histogram(
+                "gen_ai_server_time_to_first_token_seconds",
+                "Admission to the first generated token",
+                vec![
+                    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
+                    5.0, 7.5, 10.0,
+                ],
+                &GENAI_LABELS,
+            )?,
+            tpot: histogram(
+                "gen_ai_server_time_per_output_token_seconds",
+                "First to last generated token per token after the first",
+                vec![
+                    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+                ],
+                &GENAI_LABELS,
+            )?,
+            tokens: histogram(
+                "gen_ai_client_token_usage",
+                "Tokens per generation (gen_ai_token_type input = prompt, output = generated)",
+                vec![
+                    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0,
+                    1048576.0, 4194304.0,
+                ],
+                &token_labels,
+            )?,
+        })
+    }
+}
+
+/// One model version's GenAI handles.
+#[derive(Clone)]
+pub struct GenAi {
+    duration: Histogram,
+    ttft: Histogram,
+    tpot: Histogram,
+    input_tokens: Histogram,
+    output_tokens: Histogram,
+}
+
+impl GenAi {
+    /// The first token of a generation admitted `ttft` ago.
+    pub fn first_token(&self, ttft: std::time::Duration) {
+        self.ttft.observe(ttft.as_secs_f64());
+    }
+
+    /// A finished generation: admitted, first token, now; prompt and
+    /// generated token counts.
+    pub fn finished(
+        &self,
+        admitted: std::time::Instant,
+        first: Option<std::time::Instant>,
+        now: std::time::Instant,
+        prompt: usize,
+        generated: usize,
+    ) {
+        self.duration
+            .observe(now.duration_since(admitted).as_secs_f64());
+        self.input_tokens.observe(prompt as f64);
+        self.output_tokens.observe(generated as f64);
+        if let Some(first) = first
+            && generated >= 2
+        {
+            self.tpot
+                .observe(now.duration_since(first).as_secs_f64() / (generated - 1) as f64);
+        }
+    }
 }
 
 /// One model version's metric handles, resolved once at load.
@@ -58,6 +163,8 @@ pub struct ModelMetrics {
     pub decode_steps_during_prefill: IntCounter,
     /// Shared engine-wide outstanding count.
     pub total_depth: Arc<AtomicUsize>,
+    /// The GenAI conventions' metrics.
+    pub genai: GenAi,
 }
 
 fn buckets(start: f64, factor: f64, count: usize) -> Vec<f64> {
@@ -179,6 +286,15 @@ impl Metrics {
         ] {
             registry.register(c).map_err(err)?;
         }
+        let genai = GenAiFamilies::new().map_err(err)?;
+        for c in [
+            Box::new(genai.duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(genai.ttft.clone()),
+            Box::new(genai.tpot.clone()),
+            Box::new(genai.tokens.clone()),
+        ] {
+            registry.register(c).map_err(err)?;
+        }
         Ok(Metrics {
             registry,
             queue_depth,
@@ -193,6 +309,7 @@ impl Metrics {
             prefill_chunks,
             decode_steps_during_prefill,
             model_loads,
+            genai,
             total_depth: Arc::new(AtomicUsize::new(0)),
         })
     }
@@ -213,6 +330,22 @@ impl Metrics {
             prefill_chunks: self.prefill_chunks.with_label_values(l),
             decode_steps_during_prefill: self.decode_steps_during_prefill.with_label_values(l),
             total_depth: self.total_depth.clone(),
+            genai: GenAi {
+                duration: self
+                    .genai
+                    .duration
+                    .with_label_values(&[model, model, version]),
+                ttft: self.genai.ttft.with_label_values(&[model, model, version]),
+                tpot: self.genai.tpot.with_label_values(&[model, model, version]),
+                input_tokens: self
+                    .genai
+                    .tokens
+                    .with_label_values(&["input", model, model, version]),
+                output_tokens: self
+                    .genai
+                    .tokens
+                    .with_label_values(&["output", model, model, version]),
+            },
         }
     }
 

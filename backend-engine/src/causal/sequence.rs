@@ -193,9 +193,9 @@ pub(super) fn accept(
     let now = Instant::now();
     if seq.first_token.is_none() {
         seq.first_token = Some(now);
-        metrics
-            .ttft_seconds
-            .observe(now.duration_since(seq.job.admitted).as_secs_f64());
+        let ttft = now.duration_since(seq.job.admitted);
+        metrics.ttft_seconds.observe(ttft.as_secs_f64());
+        metrics.genai.first_token(ttft);
     }
     metrics.output_tokens.inc();
     let token = u32::try_from(seq.sampler.sample(logits)).unwrap_or(0);
@@ -216,6 +216,15 @@ pub(super) fn accept(
             }
         }
         Err(e) => seq.fail(&e.to_string()),
+    }
+    if seq.done {
+        metrics.genai.finished(
+            seq.job.admitted,
+            seq.first_token,
+            now,
+            seq.job.prompt.len(),
+            seq.generated.len(),
+        );
     }
     if seq.done
         && let Some(first) = seq.first_token

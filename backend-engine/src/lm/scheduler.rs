@@ -176,9 +176,9 @@ impl Sequence {
         let now = Instant::now();
         if self.first_token.is_none() {
             self.first_token = Some(now);
-            metrics
-                .ttft_seconds
-                .observe(now.duration_since(self.job.admitted).as_secs_f64());
+            let ttft = now.duration_since(self.job.admitted);
+            metrics.ttft_seconds.observe(ttft.as_secs_f64());
+            metrics.genai.first_token(ttft);
         }
         metrics.output_tokens.inc();
         let byte = u8::try_from(token).unwrap_or(b'?');
@@ -198,6 +198,15 @@ impl Sequence {
                 }
                 self.finish(FinishReason::Stop);
             }
+        }
+        if self.done {
+            metrics.genai.finished(
+                self.job.admitted,
+                self.first_token,
+                now,
+                self.job.prompt.len(),
+                self.detok.generated().len(),
+            );
         }
         if self.done
             && let Some(first) = self.first_token

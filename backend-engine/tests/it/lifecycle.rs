@@ -295,3 +295,64 @@ async fn json_logs_name_every_request_on_one_line() {
     assert_eq!(v["user_agent"], "engine-logs/1.0");
     assert!(v["duration_ms"].as_f64().unwrap() >= 0.0, "{v}");
 }
+
+#[tokio::test]
+async fn generations_are_measured_in_the_genai_conventions() {
+    let repo = TempRepo::with(&[("tiny-lm", "1")]);
+    let engine = start_engine(&repo, &[]).await;
+    let resp = client()
+        .post(engine.url("/v1/completions"))
+        .json(
+            &json!({ "model": "tiny-lm", "prompt": "The Fox", "max_tokens": 8, "temperature": 0 }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    let usage = &body["usage"];
+    let text = client()
+        .get(engine.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = |name: &str, labels: &[&str]| -> Option<f64> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter(|l| labels.iter().all(|want| l.contains(want)))
+            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let model = [
+        "gen_ai_request_model=\"tiny-lm\"",
+        "gen_ai_response_model=\"tiny-lm\"",
+        "weir_model_version=\"1\"",
+    ];
+    let mut input = model.to_vec();
+    input.push("gen_ai_token_type=\"input\"");
+    let mut output = model.to_vec();
+    output.push("gen_ai_token_type=\"output\"");
+    assert_eq!(
+        sample("gen_ai_client_token_usage_sum", &input),
+        usage["prompt_tokens"].as_f64(),
+        "{text}"
+    );
+    assert_eq!(
+        sample("gen_ai_client_token_usage_sum", &output),
+        usage["completion_tokens"].as_f64()
+    );
+    assert_eq!(
+        sample("gen_ai_server_request_duration_seconds_count", &model),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample("gen_ai_server_time_to_first_token_seconds_count", &model),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample("gen_ai_server_time_per_output_token_seconds_count", &model),
+        Some(1.0)
+    );
+}
