@@ -358,6 +358,23 @@ impl Runtime {
                 previous.and_then(|p| p.pools.iter().find(|x| x.config.name == pool.config.name));
             pool.commit(before.map(Arc::as_ref), metrics);
         }
+        // Series known from the config exist at zero from the start, so a
+        // rate() over them works before the first event.
+        for r in &self.snapshot.routes {
+            for kind in ["token", "local"] {
+                metrics
+                    .config_changes
+                    .with_label_values(&[r.name.as_str(), kind]);
+            }
+        }
+        for tenant in &self.snapshot.access.tenants {
+            for direction in ["input", "output"] {
+                metrics
+                    .genai
+                    .tenant_tokens
+                    .with_label_values(&[tenant.name.as_str(), direction]);
+            }
+        }
         for r in &self.snapshot.routes {
             if r.rollback.is_none() {
                 continue;
