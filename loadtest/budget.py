@@ -198,25 +198,7 @@ def callgrind(weir: Path, out: Path, seconds: int) -> None:
         ports = {k: free_port() for k in ("v1", "v2")}
         run.start_upstream(stack, ports)
         cfg = Path(tmp) / "weir.toml"
-        cfg.write_text(run.SERVER_TOML + f"""
-[[pools]]
-name = "engine-v1"
-backends = [{{ address = "127.0.0.1:{ports['v1']}" }}]
-
-[[pools]]
-name = "engine-v2"
-backends = [{{ address = "127.0.0.1:{ports['v2']}" }}]
-
-[[routes]]
-name = "chat"
-prefix = "/"
-sticky_header = "x-user-id"
-fallback = "v1"
-arms = [
-  {{ name = "v1", pool = "engine-v1", weight = 90 }},
-  {{ name = "v2", pool = "engine-v2", weight = 10 }},
-]
-""")
+        cfg.write_text(run.SERVER_TOML + run.weighted_route(ports))
         proc = stack.spawn("weir", ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                                     str(weir), "--config", str(cfg)],
                            env={**os.environ, "WEIR_LOG": "warn"}, stdout=subprocess.PIPE)

@@ -242,11 +242,10 @@ grace_period_seconds = 0
 """
 
 
-def start_weir(stack: Stack, weir: Path, ports: dict, extra: tuple[str, ...] = (), name: str = "weir") -> str:
-    cfg = stack.tmp / "weir.toml"
-    words = stack.tmp / "words.txt"
-    dictionary(words)
-    cfg.write_text(SERVER_TOML + f"""
+def weighted_route(ports: dict) -> str:
+    """The weighted route `chat` (v1 90 %, v2 10 %) and its two pools: the
+    part of the config every weir of the load test has."""
+    return f"""
 [[pools]]
 name = "engine-v1"
 backends = [{{ address = "127.0.0.1:{ports['v1']}" }}]
@@ -264,7 +263,14 @@ arms = [
   {{ name = "v1", pool = "engine-v1", weight = 90 }},
   {{ name = "v2", pool = "engine-v2", weight = 10 }},
 ]
+"""
 
+
+def start_weir(stack: Stack, weir: Path, ports: dict, extra: tuple[str, ...] = (), name: str = "weir") -> str:
+    cfg = stack.tmp / "weir.toml"
+    words = stack.tmp / "words.txt"
+    dictionary(words)
+    cfg.write_text(SERVER_TOML + weighted_route(ports) + f"""
 [[pools]]
 name = "sse"
 backends = [{{ address = "{ports['sse']}" }}]

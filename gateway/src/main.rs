@@ -61,11 +61,10 @@ fn main() -> ExitCode {
     let source = ConfigSource::resolve(cli.config, flags);
     // The log format is a `[server]` setting: read it before logging
     // starts (a config that does not load is reported below, in text).
-    let json = source
-        .as_ref()
-        .ok()
-        .and_then(|s| s.load().ok())
-        .is_some_and(|s| s.server.log_format == weir_conf::model::LogFormat::Json);
+    // Loaded once: `check` and `serve` use the same snapshot.
+    let loaded = source.as_ref().ok().map(ConfigSource::load);
+    let json =
+        matches!(&loaded, Some(Ok(s)) if s.server.log_format == weir_conf::model::LogFormat::Json);
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
@@ -87,8 +86,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let loaded = loaded.unwrap_or_else(|| source.load());
     match cli.command {
-        Some(Command::Check) => match source.load() {
+        Some(Command::Check) => match loaded {
             Ok(s) => {
                 println!("ok: {} route(s), {} pool(s)", s.routes.len(), s.pools.len());
                 ExitCode::SUCCESS
@@ -98,7 +98,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        None => match serve(source, cli.upgrade) {
+        None => match serve(source, loaded, cli.upgrade) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir: {e:#}");

@@ -209,12 +209,15 @@ fn bind_admin(addr: SocketAddr, upgrade: bool) -> anyhow::Result<(AdminSocket, S
     }
 }
 
-/// Runs the gateway until it is told to stop. With `upgrade`, the proxy's
-/// listening socket is taken over from the running process (see `--upgrade`).
-pub fn serve(source: ConfigSource, upgrade: bool) -> anyhow::Result<()> {
-    let snapshot = source
-        .load()
-        .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+/// Runs the gateway on `loaded` (what [`ConfigSource::load`] gave) until it
+/// is told to stop. With `upgrade`, the proxy's listening socket is taken
+/// over from the running process (see `--upgrade`).
+pub fn serve(
+    source: ConfigSource,
+    loaded: Result<Snapshot, ConfigError>,
+    upgrade: bool,
+) -> anyhow::Result<()> {
+    let snapshot = loaded.map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
     let proxy_port = ListenPort::reserve(snapshot.server.proxy, upgrade)?;
     let proxy_addr = proxy_port.addr;
     let mut listeners = vec![proxy_port];

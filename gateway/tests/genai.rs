@@ -11,15 +11,7 @@ use serde_json::json;
 use std::time::Duration;
 use weir_test_support::upstream::{REPLY_HEADER, SSE_HEADER, USAGE_HEADER};
 
-use weir_test_support::{Upstream, Weir, client, eventually};
-
-/// The value of the sample of `name` whose labels include all of `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-}
+use weir_test_support::{Upstream, Weir, client, eventually, sample_with as sample};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_requests_are_measured_in_the_genai_conventions_with_bounded_labels() {

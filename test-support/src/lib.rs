@@ -53,6 +53,16 @@ pub fn client() -> reqwest::Client {
         .unwrap_or_else(|_| reqwest::Client::new())
 }
 
+/// The value of the first sample of metric `name` in a Prometheus text page
+/// whose labels include every `label="value"` of `labels`, in any order.
+pub fn sample_with(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let start = format!("{name}{{");
+    text.lines()
+        .filter(|l| l.starts_with(&start))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 /// Polls `check` until it returns `Some`, at most `limit`, with a short backoff.
 /// This is how tests wait for a condition instead of sleeping blindly.
 pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> anyhow::Result<T>

@@ -319,12 +319,7 @@ async fn generations_are_measured_in_the_genai_conventions() {
         .text()
         .await
         .unwrap();
-    let sample = |name: &str, labels: &[&str]| -> Option<f64> {
-        text.lines()
-            .filter(|l| l.starts_with(&format!("{name}{{")))
-            .filter(|l| labels.iter().all(|want| l.contains(want)))
-            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-    };
+    let sample = |name: &str, labels: &[&str]| weir_test_support::sample_with(&text, name, labels);
     let model = [
         "gen_ai_request_model=\"tiny-lm\"",
         "gen_ai_response_model=\"tiny-lm\"",

@@ -182,23 +182,10 @@ pub async fn put(
         Ok(s) => s,
         Err(resp) => return resp,
     };
-    let write = Write {
-        expect: body.expect_revision,
-        dry_run: body.dry_run,
-        actor: actor(&caller),
-        reason: body.reason,
-    };
+    let write = write(&caller, body.expect_revision, body.dry_run, body.reason);
     let changes: Vec<(String, i64)> = body.weights.into_iter().collect();
-    match store.set_weights(&route, &changes, &write).await {
-        Ok(c) => {
-            if !c.dry_run {
-                shared.metrics.count_change(&route, caller.kind);
-                tracing::info!(route, actor = caller.name, revision = ?c.written.map(|w| w.revision), "weights set through the admin API");
-            }
-            Json(change_json(&c)).into_response()
-        }
-        Err(e) => store_error(e),
-    }
+    let done = store.set_weights(&route, &changes, &write).await;
+    answer(&shared, &caller, &route, done, "set")
 }
 
 /// `POST /admin/routes/{route}/rollback`: back to the weights the route had
@@ -217,20 +204,38 @@ pub async fn rollback(
         Ok(s) => s,
         Err(resp) => return resp,
     };
-    let write = Write {
-        expect: body.expect_revision,
-        dry_run: body.dry_run,
-        actor: actor(&caller),
-        reason: body.reason,
-    };
-    match store.undo(&route, &write).await {
+    let write = write(&caller, body.expect_revision, body.dry_run, body.reason);
+    let done = store.undo(&route, &write).await;
+    answer(&shared, &caller, &route, done, "rolled back")
+}
+
+/// The write options of a request by `caller`.
+fn write(caller: &Caller, expect: Option<i64>, dry_run: bool, reason: Option<String>) -> Write {
+    Write {
+        expect,
+        dry_run,
+        actor: actor(caller),
+        reason,
+    }
+}
+
+/// A weights write's answer; a real (not dry) write is counted and logged.
+fn answer(
+    shared: &Shared,
+    caller: &Caller,
+    route: &str,
+    done: Result<WeightsChange, StoreError>,
+    verb: &str,
+) -> Response {
+    match done {
         Ok(c) => {
             if !c.dry_run {
-                shared.metrics.count_change(&route, caller.kind);
+                shared.metrics.count_change(route, caller.kind);
                 tracing::info!(
                     route,
                     actor = caller.name,
-                    "weights rolled back through the admin API"
+                    revision = ?c.written.map(|w| w.revision),
+                    "weights {verb} through the admin API"
                 );
             }
             Json(change_json(&c)).into_response()

@@ -154,6 +154,20 @@ fn count(shared: &Arc<Shared>, ctx: &GatewayCtx, status: u16, elapsed: Duration)
     }
 }
 
+/// The model an OpenAI request named (as the client wrote it) and the model
+/// its arm sends upstream, when either is known.
+fn genai_models(ctx: &GatewayCtx) -> (Option<&str>, Option<&str>) {
+    let asked = ctx
+        .body
+        .client_model
+        .as_deref()
+        .or(ctx.body.request_model.as_deref());
+    let arm = ctx
+        .route()
+        .and_then(|r| r.config.arms.get(ctx.routed.as_ref()?.arm?));
+    (asked, arm.and_then(|a| a.model.as_deref()))
+}
+
 /// The GenAI metrics of an OpenAI request (`crate::genai`).
 fn count_genai(
     shared: &Arc<Shared>,
@@ -166,17 +180,9 @@ fn count_genai(
         return;
     };
     let Some(route) = ctx.route() else { return };
-    let asked = ctx
-        .body
-        .client_model
-        .as_deref()
-        .or(ctx.body.request_model.as_deref());
+    let (asked, arm_model) = genai_models(ctx);
     let request_model = crate::genai::model_label(&route.config, asked);
-    let response_model = ctx
-        .route()
-        .and_then(|r| r.config.arms.get(ctx.routed.as_ref()?.arm?))
-        .and_then(|a| a.model.as_deref())
-        .unwrap_or(request_model);
+    let response_model = arm_model.unwrap_or(request_model);
     let tenant = ctx.tenant.as_ref().map_or("", |t| t.name.as_str());
     let labels = [
         op,
@@ -233,25 +239,16 @@ fn span_attributes(req: &RequestHeader, ctx: &GatewayCtx) -> Vec<KeyValue> {
         attributes.push(KeyValue::new("server.address", b.addr.to_string()));
     }
     // The GenAI semantic conventions, for OpenAI calls.
-    if let (true, Some(op), Some(route)) = (
+    if let (true, Some(op), Some(_)) = (
         ctx.openai,
         crate::genai::operation(req.uri.path()),
         ctx.route(),
     ) {
         attributes.push(KeyValue::new("gen_ai.operation.name", op));
-        let asked = ctx
-            .body
-            .client_model
-            .as_deref()
-            .or(ctx.body.request_model.as_deref());
+        let (asked, arm_model) = genai_models(ctx);
         if let Some(m) = asked {
             attributes.push(KeyValue::new("gen_ai.request.model", m.to_owned()));
         }
-        let arm_model = ctx
-            .routed
-            .as_ref()
-            .and_then(|r| route.config.arms.get(r.arm?))
-            .and_then(|a| a.model.as_deref());
         if let Some(m) = arm_model.or(asked) {
             attributes.push(KeyValue::new("gen_ai.response.model", m.to_owned()));
         }

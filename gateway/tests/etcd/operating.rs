@@ -102,11 +102,7 @@ async fn metric(weir: &Weir, name: &str, labels: &[&str]) -> f64 {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+    weir_test_support::sample_with(&text, name, labels).unwrap_or(0.0)
 }
 
 fn store_revision(etcd: &Etcd) -> i64 {

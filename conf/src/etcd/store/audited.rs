@@ -193,17 +193,20 @@ impl Store {
         Err(Missed::Extra)
     }
 
+    /// Every key under a prefix beside the config's (the audit log, the
+    /// replicas' status).
+    async fn get_under(&mut self, prefix: &str) -> Result<etcd_client::GetResponse, StoreError> {
+        let options = GetOptions::new().with_prefix();
+        Ok(self
+            .settings
+            .timed("get", self.client.get(prefix, Some(options)))
+            .await?)
+    }
+
     /// Every key of the audit log.
     async fn audit_keys(&mut self) -> Result<(Vec<StoredKey>, i64), StoreError> {
         let prefix = self.audit_prefix();
-        let resp = self
-            .settings
-            .timed(
-                "get",
-                self.client
-                    .get(prefix.clone(), Some(GetOptions::new().with_prefix())),
-            )
-            .await?;
+        let resp = self.get_under(&prefix).await?;
         let keys = resp
             .kvs()
             .iter()
@@ -223,14 +226,7 @@ impl Store {
     /// The gateway replicas that report their status, by replica name.
     pub async fn replicas(&mut self) -> Result<Vec<ReplicaStatus>, StoreError> {
         let prefix = fleet::status_prefix(&self.settings.prefix);
-        let resp = self
-            .settings
-            .timed(
-                "get",
-                self.client
-                    .get(prefix.clone(), Some(GetOptions::new().with_prefix())),
-            )
-            .await?;
+        let resp = self.get_under(&prefix).await?;
         let mut out: Vec<ReplicaStatus> = resp
             .kvs()
             .iter()
