@@ -101,6 +101,21 @@ pub struct Args {
     #[arg(long, value_name = "MB")]
     pub kv_cache_mb: Option<usize>,
 
+    /// OTLP/gRPC collector (e.g. `http://127.0.0.1:4317`) that receives a
+    /// span for each API request, in the caller's trace when it sent a
+    /// `traceparent` (the gateway sends one); absent = no spans.
+    #[arg(long, env = "WEIR_ENGINE_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// `service.name` of the exported spans.
+    #[arg(long, default_value = "weir-engine", value_name = "NAME")]
+    pub otlp_service_name: String,
+
+    /// Share of new traces recorded, 0.0-1.0; a caller's `traceparent`
+    /// decides for the traces it started (its sampled flag).
+    #[arg(long, default_value_t = 1.0, value_name = "RATIO")]
+    pub otlp_sample_ratio: f64,
+
     /// Self-registration in a gateway pool through etcd (`--register-etcd`,
     /// `--pool`, `--advertise`, ...). The HTTP address is registered unless
     /// `--advertise` names another (for an h2c/gRPC pool, the gRPC address).
@@ -167,6 +182,16 @@ impl Args {
         }
         if self.max_tokens_limit == 0 {
             problems.push("--max-tokens-limit: must be at least 1".to_string());
+        }
+        if !(0.0..=1.0).contains(&self.otlp_sample_ratio) {
+            problems.push("--otlp-sample-ratio: must be between 0.0 and 1.0".to_string());
+        }
+        if let Some(url) = &self.otlp_endpoint
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            problems.push(format!(
+                "--otlp-endpoint {url:?}: must be an http:// or https:// URL"
+            ));
         }
         if problems.is_empty() {
             Ok(selections)

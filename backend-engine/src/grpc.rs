@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use opentelemetry::KeyValue;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
@@ -295,9 +296,34 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<ModelInferRequest>,
     ) -> std::result::Result<Response<ModelInferResponse>, Status> {
-        match self.infer(request.into_inner()).await {
-            Ok(r) => self.ok(r),
-            Err(e) => Err(self.fail(e)),
+        // A server span in the caller's trace (`crate::otel`), when spans
+        // are exported.
+        let span = crate::otel::RequestSpan::start(
+            "inference.GRPCInferenceService/ModelInfer".to_owned(),
+            request.metadata().as_ref(),
+            vec![
+                KeyValue::new("rpc.system", "grpc"),
+                KeyValue::new("rpc.service", "inference.GRPCInferenceService"),
+                KeyValue::new("rpc.method", "ModelInfer"),
+            ],
+        );
+        let request = request.into_inner();
+        if let Some(span) = &span {
+            span.set([
+                KeyValue::new("weir.model", request.model_name.clone()),
+                KeyValue::new("weir.model_version", request.model_version.clone()),
+            ]);
         }
+        let result = self.infer(request).await.map_err(|e| self.fail(e));
+        if let Some(span) = &span {
+            let code = result
+                .as_ref()
+                .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+            span.set([KeyValue::new("rpc.grpc.status_code", code as i64)]);
+            if let Err(status) = &result {
+                span.fail(status.message().to_owned());
+            }
+        }
+        result.and_then(|r| self.ok(r))
     }
 }

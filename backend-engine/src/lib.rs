@@ -8,7 +8,8 @@
 //! - the Open Inference Protocol (KServe v2) over HTTP (`/v2/...`) and gRPC
 //!   (`inference.GRPCInferenceService`, Triton-client compatible), with
 //!   `grpc.health.v1`;
-//! - Prometheus metrics at `/metrics`.
+//! - Prometheus metrics at `/metrics`, and a span per request exported over
+//!   OTLP in the caller's trace ([`otel`]).
 //!
 //! Models come from a repository whose every file is covered by a
 //! SHA-256 manifest signed with ed25519 ([`repository`]); nothing that fails
@@ -31,6 +32,7 @@ pub mod http;
 pub mod lm;
 pub mod metrics;
 pub mod model;
+pub mod otel;
 pub mod queue;
 pub mod register_args;
 pub mod repository;

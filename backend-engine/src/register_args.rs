@@ -1,5 +1,6 @@
 //! The registration flags of a self-registering server:
-//! `--register-etcd URL[,URL] --pool NAME [--advertise ADDR]`, parsed here
+//! `--register-etcd URL[,URL] --pool NAME [--advertise ADDR]` (and TLS and
+//! user flags for a secured etcd), parsed here
 //! and resolved by `weir-conf` ([`RegisterFlags::resolve`]).
 //!
 //! `weir-engine` flattens [`RegisterArgs`] into its flags; the demo upstream
@@ -41,6 +42,28 @@ pub struct RegisterArgs {
     /// Key prefix of the gateways' config.
     #[arg(long, default_value = "/weir/", value_name = "PREFIX")]
     pub register_prefix: String,
+    /// CA bundle that verifies etcd's certificate (https:// URLs).
+    #[arg(long, value_name = "PATH", requires = "register_etcd")]
+    pub register_cacert: Option<std::path::PathBuf>,
+    /// Client certificate for etcd (with --register-key).
+    #[arg(long, value_name = "PATH", requires = "register_etcd")]
+    pub register_cert: Option<std::path::PathBuf>,
+    /// The client certificate's key.
+    #[arg(long, value_name = "PATH", requires = "register_etcd")]
+    pub register_key: Option<std::path::PathBuf>,
+    /// The server name etcd's certificate must carry, when not the URL's host.
+    #[arg(long, value_name = "NAME", requires = "register_etcd")]
+    pub register_tls_domain: Option<String>,
+    /// NAME:PASSWORD for etcd authentication; the password may be
+    /// ${file:PATH} or ${env:NAME}.
+    #[arg(
+        long,
+        value_name = "NAME:PASSWORD",
+        env = "WEIR_REGISTER_USER",
+        hide_env_values = true,
+        requires = "register_etcd"
+    )]
+    pub register_user: Option<String>,
 }
 
 impl From<RegisterArgs> for RegisterFlags {
@@ -52,6 +75,11 @@ impl From<RegisterArgs> for RegisterFlags {
             register_weight: a.register_weight,
             register_ttl: a.register_ttl,
             register_prefix: a.register_prefix,
+            register_cacert: a.register_cacert,
+            register_cert: a.register_cert,
+            register_key: a.register_key,
+            register_tls_domain: a.register_tls_domain,
+            register_user: a.register_user,
         }
     }
 }

@@ -71,6 +71,7 @@ pub async fn serve(
             .map_err(|e| Error::Config(e.to_string()))?,
     };
 
+    crate::otel::start(args)?;
     if args.watch {
         crate::watch::spawn(engine.clone())?;
     }

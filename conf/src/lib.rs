@@ -18,6 +18,8 @@
 //! | layer | module | owns | may import |
 //! |---|---|---|---|
 //! | 0 names, errors | [`error`] | [`Problem`], [`Problems`], [`ConfigError`], [`error::quoted`] | nothing |
+//! | 0 | [`secrets`] | `${env:NAME}`/`${file:PATH}` in values: [`secrets::expand`] | `error` |
+//! | 0 | [`otlp`] | [`otlp::Exporter`]: the OTLP span exporter (feature `otlp`) | nothing |
 //! | 0 | `names` | the rule for names: `is_name`, `check_name`, `entry_path` | `error` |
 //! | 1 file types | `access::types` | `[[tenants]]`, `[auth]`, `[limits]`, [`access::AuthMode`] | nothing |
 //! | 1 | `filters::types` | `[[filters]]`, a route's `filters` table | nothing |
@@ -56,6 +58,8 @@
 //!   uses.
 //! - `etcd` (default; `validate` + `register`): the etcd config source and
 //!   the operator store (`weirctl`).
+//! - `otlp`: the OTLP/gRPC span exporter ([`otlp::Exporter`]) both
+//!   binaries start from their tracing settings.
 //!
 //! Without any feature the crate holds the file types and the validated
 //! etcd connection settings only.
@@ -67,7 +71,10 @@ pub mod filters;
 pub mod model;
 #[cfg(any(feature = "validate", feature = "register"))]
 pub(crate) mod names;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod resilience;
+pub mod secrets;
 
 #[cfg(feature = "validate")]
 mod file;

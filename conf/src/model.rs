@@ -88,7 +88,8 @@ pub struct EtcdConfig {
     /// User name for etcd authentication.
     #[serde(default)]
     pub username: Option<String>,
-    /// Password for etcd authentication (needs `username`).
+    /// Password for etcd authentication (needs `username`); `${file:PATH}`
+    /// or `${env:NAME}` reads it from a file or the environment.
     #[serde(default)]
     pub password: Option<String>,
     /// TLS to the etcd endpoints (`https://` URLs).

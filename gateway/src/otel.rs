@@ -12,69 +12,35 @@
 //!   the answer; its span id is the parent in the `traceparent` sent
 //!   upstream, so the engine's spans hang below it.
 //!
-//! Spans are batched and exported from a background thread (every second,
-//! or when 512 are waiting); a full queue drops spans, never requests.
+//! Spans are batched and exported by `weir_conf::otlp::Exporter`; a full
+//! queue or a collector that is down drops spans, never requests.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
-    TraceState, Tracer as _, TracerProvider as _,
+    TraceState, Tracer as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
-};
+use weir_conf::otlp::Exporter;
 
 use crate::trace::TraceContext;
 
 /// The exporter and its tracer; kept for the process's life.
 pub struct Otel {
-    tracer: SdkTracer,
-    _provider: SdkTracerProvider,
-    _runtime: tokio::runtime::Runtime,
+    exporter: Exporter,
 }
 
 impl Otel {
-    /// Starts the exporter for `settings` (its gRPC channel connects lazily,
-    /// on a small runtime of its own).
+    /// Starts the exporter for `settings` (`weir_conf::otlp`).
     pub fn start(settings: &weir_conf::Tracing) -> anyhow::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("weir-otlp")
-            .enable_all()
-            .build()?;
-        let provider = runtime.block_on(async {
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(settings.endpoint.clone())
-                .with_timeout(Duration::from_secs(5))
-                .build()?;
-            let batch = BatchConfigBuilder::default()
-                .with_scheduled_delay(Duration::from_secs(1))
-                .build();
-            let processor = BatchSpanProcessor::builder(exporter)
-                .with_batch_config(batch)
-                .build();
-            let resource = opentelemetry_sdk::Resource::builder()
-                .with_service_name(settings.service_name.clone())
-                .build();
-            anyhow::Ok(
-                SdkTracerProvider::builder()
-                    .with_span_processor(processor)
-                    .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                        settings.sample_ratio,
-                    ))))
-                    .with_resource(resource)
-                    .build(),
-            )
-        })?;
-        Ok(Self {
-            tracer: provider.tracer("weir"),
-            _provider: provider,
-            _runtime: runtime,
-        })
+        let exporter = Exporter::start(
+            &settings.endpoint,
+            &settings.service_name,
+            settings.sample_ratio,
+            "weir",
+        )?;
+        Ok(Self { exporter })
     }
 
     /// Opens the request and route spans of a request that started at
@@ -91,18 +57,20 @@ impl Otel {
             None => Context::new(),
         };
         let request = self
+            .exporter
             .tracer
             .span_builder("weir.request")
             .with_kind(SpanKind::Server)
             .with_start_time(start)
-            .start_with_context(&self.tracer, &parent);
+            .start_with_context(&self.exporter.tracer, &parent);
         let cx = parent.with_span(request);
         let route = self
+            .exporter
             .tracer
             .span_builder("weir.route")
             .with_kind(SpanKind::Internal)
             .with_start_time(start)
-            .start_with_context(&self.tracer, &cx);
+            .start_with_context(&self.exporter.tracer, &cx);
         RequestSpans {
             cx,
             route: Some(route),
@@ -114,10 +82,11 @@ impl Otel {
     /// to send upstream.
     pub fn upstream(&self, spans: &mut RequestSpans) -> TraceContext {
         let span = spans.upstream.get_or_insert_with(|| {
-            self.tracer
+            self.exporter
+                .tracer
                 .span_builder("weir.upstream")
                 .with_kind(SpanKind::Client)
-                .start_with_context(&self.tracer, &spans.cx)
+                .start_with_context(&self.exporter.tracer, &spans.cx)
         });
         let sc = span.span_context();
         TraceContext {

@@ -28,6 +28,9 @@ use crate::runtime::ArmRt;
 /// Largest JSON answer read for its usage; a larger one is not counted.
 const MAX_JSON: usize = 4 << 20;
 
+/// Most finish reasons kept of one answer (one per choice).
+const MAX_FINISH_REASONS: usize = 16;
+
 /// The token counts of one OpenAI `usage` object.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -57,9 +60,9 @@ impl Usage {
     }
 }
 
-/// What the gateway reads of an answer or a streamed chunk: its `usage`
-/// and whether it has `choices`. Every other field is skipped by the
-/// parser, never built into a document.
+/// What the gateway reads of an answer or a streamed chunk: its `usage`,
+/// whether it has `choices` and their finish reasons. Every other field is
+/// skipped by the parser, never built into a document.
 #[derive(Deserialize)]
 struct UsageView {
     #[serde(default)]
@@ -68,12 +71,35 @@ struct UsageView {
     choices: Option<Choices>,
 }
 
-/// `choices`: a list (only its length matters) or anything else.
+/// `choices`: a list or anything else.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Choices {
-    List(Vec<IgnoredAny>),
+    List(Vec<ChoiceView>),
     Other(IgnoredAny),
+}
+
+/// One choice: its `finish_reason`, and whether it carries text.
+#[derive(Deserialize)]
+struct ChoiceView {
+    #[serde(default)]
+    finish_reason: Option<Value>,
+    #[serde(default)]
+    delta: Option<DeltaView>,
+    #[serde(default)]
+    text: Option<Value>,
+}
+
+/// A streamed choice's `delta`: only whether it has content.
+#[derive(Deserialize)]
+struct DeltaView {
+    #[serde(default)]
+    content: Option<Value>,
+}
+
+/// Whether a JSON value is a non-empty string.
+fn has_text(v: Option<&Value>) -> bool {
+    matches!(v, Some(Value::String(s)) if !s.is_empty())
 }
 
 impl UsageView {
@@ -84,6 +110,37 @@ impl UsageView {
     fn usage(&self) -> Option<Usage> {
         self.usage.as_ref().and_then(Usage::of)
     }
+
+    /// Whether some choice carries text (a content chunk; a chunk that
+    /// only ends the answer carries none).
+    fn has_content(&self) -> bool {
+        match &self.choices {
+            Some(Choices::List(choices)) => choices.iter().any(|c| {
+                has_text(c.text.as_ref())
+                    || has_text(c.delta.as_ref().and_then(|d| d.content.as_ref()))
+            }),
+            _ => false,
+        }
+    }
+
+    /// Adds the choices' finish reasons (strings only) to `out`.
+    fn finish_reasons(&self, out: &mut Vec<Box<str>>) {
+        if let Some(Choices::List(choices)) = &self.choices {
+            for c in choices {
+                if let Some(Value::String(r)) = &c.finish_reason
+                    && out.len() < MAX_FINISH_REASONS
+                {
+                    out.push(r.as_str().into());
+                }
+            }
+        }
+    }
+}
+
+/// Whether a streamed event's data may name a finish reason (a quoted
+/// value, not `null`): only those events and usage events are parsed.
+fn names_a_finish_reason(data: &str) -> bool {
+    data.contains("\"finish_reason\":\"") || data.contains("\"finish_reason\": \"")
 }
 
 /// Makes a streamed OpenAI request report its usage. Returns the body to
@@ -121,6 +178,8 @@ pub enum UsageTap {
         buf: Option<BytesMut>,
         /// Usage found.
         usage: Option<Usage>,
+        /// The choices' finish reasons.
+        finish_reasons: Vec<Box<str>>,
     },
     /// An SSE stream, parsed event by event.
     Sse {
@@ -134,6 +193,8 @@ pub enum UsageTap {
         chunks: u64,
         /// Where a stripped chunk leaves a split CRLF's LF.
         line_ends: LineEnds,
+        /// The finish reasons of the chunks, in order.
+        finish_reasons: Vec<Box<str>>,
     },
 }
 
@@ -155,11 +216,13 @@ impl UsageTap {
                 usage: None,
                 chunks: 0,
                 line_ends: LineEnds::default(),
+                finish_reasons: Vec::new(),
             })
         } else if ct.starts_with("application/json") {
             Some(UsageTap::Json {
                 buf: Some(BytesMut::new()),
                 usage: None,
+                finish_reasons: Vec::new(),
             })
         } else {
             None
@@ -176,7 +239,12 @@ impl UsageTap {
         if let Some(piece) = self.read_events(chunk.as_deref(), end) {
             return sse_body(piece);
         }
-        if let UsageTap::Json { buf, usage } = self {
+        if let UsageTap::Json {
+            buf,
+            usage,
+            finish_reasons,
+        } = self
+        {
             if let (Some(b), Some(c)) = (buf.as_mut(), chunk.as_ref()) {
                 if b.len() + c.len() > MAX_JSON {
                     *buf = None;
@@ -184,8 +252,12 @@ impl UsageTap {
                     b.extend_from_slice(c);
                 }
             }
-            if end && let Some(b) = buf.take() {
-                *usage = UsageView::parse(&b).and_then(|v| v.usage());
+            if end
+                && let Some(b) = buf.take()
+                && let Some(view) = UsageView::parse(&b)
+            {
+                *usage = view.usage();
+                view.finish_reasons(finish_reasons);
             }
         }
         chunk
@@ -202,6 +274,7 @@ impl UsageTap {
             usage,
             chunks,
             line_ends,
+            finish_reasons,
         } = self
         else {
             return None;
@@ -216,18 +289,22 @@ impl UsageTap {
             let Some(data) = e.data.as_deref() else {
                 return true;
             };
-            let with_usage = data
-                .contains("\"usage\"")
+            let view = (data.contains("\"usage\"") || names_a_finish_reason(data))
                 .then(|| UsageView::parse(data.as_bytes()))
                 .flatten();
             let mut keep = true;
             let mut content = data != "[DONE]";
-            if let Some(doc) = with_usage
+            if let Some(doc) = &view {
+                doc.finish_reasons(finish_reasons);
+                // A parsed chunk counts only when it carries text.
+                content = content && doc.has_content();
+            }
+            if let Some(doc) = view
                 && let Some(u) = doc.usage()
             {
                 *usage = Some(u);
                 let usage_only = matches!(&doc.choices, Some(Choices::List(c)) if c.is_empty());
-                content = !usage_only;
+                content = content && !usage_only;
                 keep = !(*strip && usage_only);
             }
             if content {
@@ -252,6 +329,15 @@ impl UsageTap {
     pub fn usage(&self) -> Option<Usage> {
         match self {
             UsageTap::Json { usage, .. } | UsageTap::Sse { usage, .. } => *usage,
+        }
+    }
+
+    /// The finish reasons the answer's choices reported, in order.
+    pub fn finish_reasons(&self) -> &[Box<str>] {
+        match self {
+            UsageTap::Json { finish_reasons, .. } | UsageTap::Sse { finish_reasons, .. } => {
+                finish_reasons
+            }
         }
     }
 
@@ -362,6 +448,36 @@ mod tests {
             assert_eq!(out.as_deref(), Some(part));
         }
         assert_eq!(tap.tokens(), Some(12));
+    }
+
+    #[test]
+    fn finish_reasons_are_read_from_answers_and_stream_chunks() {
+        let mut tap = UsageTap::for_content_type("application/json", false).unwrap();
+        let body = br#"{"choices":[{"index":0,"message":{"content":"x"},"finish_reason":"stop"},{"index":1,"finish_reason":"length"}],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#;
+        tap.push(Some(Bytes::copy_from_slice(body)), true);
+        let reasons: Vec<&str> = tap.finish_reasons().iter().map(|r| &**r).collect();
+        assert_eq!(reasons, ["stop", "length"]);
+
+        // A stream: content chunks name none (null), the last chunk names
+        // one; a content text that quotes the marker is not a reason.
+        let stream = concat!(
+            "data: {\"choices\":[{\"delta\":{\"content\":\"\\\"finish_reason\\\":\\\"x\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{},\"finish_reason\": \"stop\"}]}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let mut tap = UsageTap::for_content_type("text/event-stream", false).unwrap();
+        for part in stream.as_bytes().chunks(7) {
+            tap.push(Some(Bytes::copy_from_slice(part)), false);
+        }
+        tap.push(None, true);
+        let reasons: Vec<&str> = tap.finish_reasons().iter().map(|r| &**r).collect();
+        assert_eq!(reasons, ["stop"]);
+        assert!(
+            !names_a_finish_reason(r#"{"choices":[{"finish_reason":null}]}"#),
+            "a null reason needs no parse"
+        );
+        // The chunk that only ends the answer is no output token.
+        assert_eq!(tap.output_tokens(), Some(1));
     }
 
     #[test]

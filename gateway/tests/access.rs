@@ -420,6 +420,45 @@ async fn the_auth_matrix_gives_the_right_status_and_the_upstream_sees_only_tenan
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_digest_can_come_from_a_secret_file() {
+    // As a Kubernetes Secret mounted as files gives it.
+    let secret = tempfile::tempdir().unwrap();
+    let file = secret.path().join("token.sha256");
+    std::fs::write(&file, format!("{}\n", digest("from-a-file"))).unwrap();
+    let line = format!("admin_token_sha256 = \"${{file:{}}}\"", file.display());
+    let admin_line = format!("admin_token_sha256 = \"{}\"", digest("admin-secret"));
+    let (_up, weir, _dir) = gateway(&[(&admin_line, &line)]).await;
+    let status = |token: Option<&'static str>| {
+        let mut req = weir_test_support::client().get(weir.admin_url("/admin/routes"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(None).await, 401);
+    assert_eq!(status(Some("admin-secret")).await, 401);
+    assert_eq!(status(Some("from-a-file")).await, 200);
+
+    // A missing file, or one holding the token itself, is refused by name.
+    let missing = secret.path().join("absent");
+    let cfg = format!(
+        "{SERVER}admin_token_sha256 = \"${{file:{}}}\"\n\
+         [[server.admin_tokens]]\nname = \"ci\"\nsha256 = \"${{file:{}}}\"\nscopes = [\"read\"]\n\
+         [[pools]]\nname = \"p\"\nbackends = [{{ address = \"127.0.0.1:1\" }}]\n",
+        missing.display(),
+        secret.path().join("plain").display(),
+    );
+    std::fs::write(secret.path().join("plain"), "the-token-itself").unwrap();
+    common::assert_check_refuses(
+        &cfg,
+        &[
+            "server.admin_token_sha256: cannot read secret file",
+            "server.admin_tokens[0].sha256: must be the token's SHA-256",
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_rate_limit_admits_the_configured_rate() {
     let (up, weir, _dir) = gateway(&[(
         "name = \"acme\"\n",

@@ -177,4 +177,91 @@ async fn an_openai_call_carries_the_genai_span_attributes() {
     );
     assert_eq!(request.attributes["gen_ai.usage.input_tokens"], "1");
     assert_eq!(request.attributes["gen_ai.usage.output_tokens"], "5");
+    assert_eq!(
+        request.attributes["gen_ai.response.finish_reasons"], "stop",
+        "{request:#?}"
+    );
+}
+
+/// The engine's spans join the gateway's trace: a streamed completion
+/// through `weir` to a real `weir-engine`, both exporting to one collector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engines_span_is_a_child_of_the_gateways_upstream_span() {
+    use weir_test_support::Engine;
+    let sink = OtlpSink::start().await.unwrap();
+    let endpoint = format!("http://{}", sink.addr);
+    let binary = Engine::binary_beside(weir_bin()).unwrap();
+    let engine = Engine::launch(
+        &binary,
+        &Engine::shipped_repository(),
+        &["--model", "tiny-lm", "--otlp-endpoint", &endpoint],
+    )
+    .await
+    .unwrap();
+    let cfg = format!(
+        "{SERVER}[server.tracing]\notlp_endpoint = \"{endpoint}\"\nservice_name = \"weir-test\"\n\n\
+         [[pools]]\nname = \"e\"\nbackends = [{{ address = \"{}\" }}]\n\n\
+         [[routes]]\nname = \"lm\"\nmodels = [\"tiny-lm\"]\narms = [{{ name = \"v1\", pool = \"e\", weight = 1 }}]\n",
+        engine.http
+    );
+    let weir = Weir::start(weir_bin(), &cfg).await.unwrap();
+    let trace = "6bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = weir_test_support::client()
+        .post(weir.url("/v1/completions"))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&serde_json::json!({
+            "model": "tiny-lm", "prompt": "ab", "max_tokens": 4, "stream": true,
+            "temperature": 0, "ignore_eos": true,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("[DONE]"), "{body}");
+    let spans = eventually(Duration::from_secs(20), || async {
+        let spans: Vec<_> = sink
+            .spans()
+            .into_iter()
+            .filter(|s| s.trace_id == trace)
+            .collect();
+        let engine_done = spans.iter().any(|s| s.service == "weir-engine");
+        let gateway_done = spans.iter().any(|s| s.name == "weir.request");
+        (engine_done && gateway_done).then_some(spans)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:#?}\ngateway:\n{}\nengine:\n{}",
+            sink.spans(),
+            weir.log(),
+            engine.log()
+        )
+    });
+    let one = |service: &str, name: &str| {
+        spans
+            .iter()
+            .find(|s| s.service == service && s.name == name)
+            .unwrap_or_else(|| panic!("no {service} {name}: {spans:#?}"))
+            .clone()
+    };
+    let upstream = one("weir-test", "weir.upstream");
+    let request = one("weir-test", "weir.request");
+    let served = one("weir-engine", "text_completion tiny-lm");
+    assert_eq!(served.parent_span_id, upstream.span_id, "{spans:#?}");
+    assert_eq!(served.kind, 2, "a server span");
+    let a = &served.attributes;
+    assert_eq!(a["gen_ai.operation.name"], "text_completion");
+    assert_eq!(a["gen_ai.request.model"], "tiny-lm");
+    assert!(a["gen_ai.response.model"].starts_with("tiny-lm:"), "{a:?}");
+    assert_eq!(a["gen_ai.usage.output_tokens"], "4", "{a:?}");
+    assert_eq!(a["gen_ai.usage.input_tokens"], "2", "{a:?}");
+    assert_eq!(a["gen_ai.response.finish_reasons"], "length", "{a:?}");
+    assert_eq!(a["http.response.status_code"], "200");
+    // The gateway read the same output and finish reason from the stream
+    // (a chunk per token: the stream carries no usage, as the client asked
+    // for none).
+    let g = &request.attributes;
+    assert_eq!(g["gen_ai.usage.output_tokens"], "4", "{g:?}");
+    assert_eq!(g["gen_ai.response.finish_reasons"], "length", "{g:?}");
 }

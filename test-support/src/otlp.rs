@@ -26,7 +26,8 @@ pub struct SpanRecord {
     pub parent_span_id: String,
     /// OTLP span kind (1 internal, 2 server, 3 client).
     pub kind: i32,
-    /// String, integer and boolean attributes, as text.
+    /// String, integer, float and boolean attributes, as text; arrays as
+    /// their items joined by `,`.
     pub attributes: BTreeMap<String, String>,
     /// `service.name` of the resource that sent it.
     pub service: String,
@@ -37,21 +38,35 @@ struct Sink {
     spans: Arc<Mutex<Vec<SpanRecord>>>,
 }
 
+/// An attribute value as text; an array as its items joined by `,`.
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::StringValue(s) => s.clone(),
+        Value::IntValue(i) => i.to_string(),
+        Value::BoolValue(b) => b.to_string(),
+        Value::DoubleValue(d) => d.to_string(),
+        Value::ArrayValue(a) => a
+            .values
+            .iter()
+            .filter_map(|v| v.value.as_ref())
+            .map(value_text)
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => String::new(),
+    }
+}
+
 #[tonic::async_trait]
 impl TraceService for Sink {
     async fn export(
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let text = |v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>| match v
-            .as_ref()
-            .and_then(|v| v.value.as_ref())
-        {
-            Some(Value::StringValue(s)) => s.clone(),
-            Some(Value::IntValue(i)) => i.to_string(),
-            Some(Value::BoolValue(b)) => b.to_string(),
-            Some(Value::DoubleValue(d)) => d.to_string(),
-            _ => String::new(),
+        let text = |v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>| {
+            v.as_ref()
+                .and_then(|v| v.value.as_ref())
+                .map(value_text)
+                .unwrap_or_default()
         };
         let mut got = Vec::new();
         for rs in request.into_inner().resource_spans {

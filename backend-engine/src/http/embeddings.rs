@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use opentelemetry::KeyValue;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -93,10 +94,24 @@ fn parse_input(input: Value) -> Result<EmbedInput> {
     Ok(parsed)
 }
 
-pub(super) async fn embeddings(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+pub(super) async fn embeddings(
+    State(engine): State<Arc<Engine>>,
+    span: Option<Extension<crate::otel::RequestSpan>>,
+    body: Bytes,
+) -> Response {
     let result = async {
         let req: EmbeddingRequest = parse_json(&body)?;
         let model = engine.resolve_openai(&req.model)?;
+        let label = format!("{}:{}", model.name(), model.version());
+        if let Some(Extension(span)) = &span {
+            span.rename(format!("embeddings {}", req.model));
+            span.set([
+                KeyValue::new("gen_ai.operation.name", "embeddings"),
+                KeyValue::new("gen_ai.request.model", req.model.clone()),
+                KeyValue::new("gen_ai.response.model", label.clone()),
+                KeyValue::new("weir.model_version", model.version().to_owned()),
+            ]);
+        }
         let settings = model.config.embedding.clone().ok_or_else(|| {
             Error::InvalidRequest(format!(
                 "model '{}' (kind {}) is not an embedding model",
@@ -122,6 +137,12 @@ pub(super) async fn embeddings(State(engine): State<Arc<Engine>>, body: Bytes) -
             }
         };
         let (vectors, tokens) = model.embed(parse_input(req.input)?).await?;
+        if let Some(Extension(span)) = &span {
+            span.set([KeyValue::new(
+                "gen_ai.usage.input_tokens",
+                i64::try_from(tokens).unwrap_or(i64::MAX),
+            )]);
+        }
         let data: Vec<Value> = vectors
             .iter()
             .enumerate()
@@ -138,7 +159,7 @@ pub(super) async fn embeddings(State(engine): State<Arc<Engine>>, body: Bytes) -
         let mut response = Json(json!({
             "object": "list",
             "data": data,
-            "model": format!("{}:{}", model.name(), model.version()),
+            "model": label,
             "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
         }))
         .into_response();

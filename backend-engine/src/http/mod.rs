@@ -66,6 +66,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(refuse_declared_oversize))
         .layer(axum::middleware::from_fn(log_request))
+        .layer(axum::middleware::from_fn(trace_request))
         .layer(axum::middleware::map_response_with_state(
             engine.clone(),
             add_queue_depth,
@@ -126,6 +127,51 @@ async fn log_request(request: Request, next: axum::middleware::Next) -> Response
         );
     }
     response
+}
+
+/// A server span per request when spans are exported (`crate::otel`), but
+/// for `/metrics` and the health checks; handlers find it in the request's
+/// extensions and add to it, and it ends when the response body has been
+/// sent (a stream's last event) or dropped.
+async fn trace_request(mut request: Request, next: axum::middleware::Next) -> Response {
+    use http_body_util::BodyExt as _;
+    use opentelemetry::KeyValue;
+
+    let path = request.uri().path();
+    if path == "/metrics" || path.starts_with("/v2/health") {
+        return next.run(request).await;
+    }
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |m| m.as_str());
+    let attributes = vec![
+        KeyValue::new("http.request.method", request.method().to_string()),
+        KeyValue::new("url.path", path.to_owned()),
+        KeyValue::new("http.route", route.to_owned()),
+    ];
+    let name = format!("{} {route}", request.method());
+    let Some(span) = crate::otel::RequestSpan::start(name, request.headers(), attributes) else {
+        return next.run(request).await;
+    };
+    request.extensions_mut().insert(span.clone());
+    let response = next.run(request).await;
+    let status = response.status();
+    span.set([KeyValue::new(
+        "http.response.status_code",
+        i64::from(status.as_u16()),
+    )]);
+    if status.is_server_error() {
+        span.fail(status.to_string());
+    }
+    // The body holds the span to its end (size hint kept: a Content-Length
+    // answer stays one).
+    response.map(|body| {
+        axum::body::Body::new(body.map_frame(move |frame| {
+            let _held = &span;
+            frame
+        }))
+    })
 }
 
 /// Answers 413 at once to a request whose `Content-Length` is over the

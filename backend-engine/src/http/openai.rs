@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::HeaderValue;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
+use opentelemetry::KeyValue;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -21,6 +22,7 @@ use crate::error::{Error, Protocol, Result};
 use crate::lm::scheduler::{FinishReason, GenEvent};
 use crate::lm::{ChatMessage, sampling::SamplingParams};
 use crate::model::{GenOptions, Generation, ModelVersion};
+use crate::otel::RequestSpan;
 use crate::tasks::unix_now;
 
 /// Default `max_tokens` for `/v1/completions` (as OpenAI's).
@@ -398,7 +400,7 @@ pub async fn complete(
 ) -> Result<Value> {
     let p = prepare(engine, req, endpoint)?;
     let generation = p.model.generate(&p.prompt, p.params.clone(), p.options)?;
-    collect(p, generation).await
+    collect(p, generation, None).await
 }
 
 /// A generation run to its end.
@@ -441,7 +443,7 @@ pub(super) async fn gather(rx: &mut mpsc::Receiver<GenEvent>, model: &str) -> Re
     }
 }
 
-async fn collect(p: Prepared, generation: Generation) -> Result<Value> {
+async fn collect(p: Prepared, generation: Generation, span: Option<&RequestSpan>) -> Result<Value> {
     let Generation {
         events: mut rx,
         prompt_ids,
@@ -453,6 +455,13 @@ async fn collect(p: Prepared, generation: Generation) -> Result<Value> {
         completion_tokens,
         token_ids,
     } = gather(&mut rx, p.model.name()).await?;
+    if let Some(span) = span {
+        span.set(crate::otel::usage(
+            prompt_tokens,
+            completion_tokens,
+            reason.as_str(),
+        ));
+    }
     let mut choice = match p.endpoint {
         Endpoint::Completions => json!({
             "index": 0, "text": text, "logprobs": null, "finish_reason": reason.as_str(),
@@ -484,24 +493,72 @@ async fn collect(p: Prepared, generation: Generation) -> Result<Value> {
     Ok(body)
 }
 
-pub(super) async fn completions(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
-    handle(&engine, &body, Endpoint::Completions).await
+pub(super) async fn completions(
+    State(engine): State<Arc<Engine>>,
+    span: Option<Extension<RequestSpan>>,
+    body: Bytes,
+) -> Response {
+    handle(&engine, span.map(|s| s.0), &body, Endpoint::Completions).await
 }
 
-pub(super) async fn chat_completions(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
-    handle(&engine, &body, Endpoint::Chat).await
+pub(super) async fn chat_completions(
+    State(engine): State<Arc<Engine>>,
+    span: Option<Extension<RequestSpan>>,
+    body: Bytes,
+) -> Response {
+    handle(&engine, span.map(|s| s.0), &body, Endpoint::Chat).await
 }
 
-async fn handle(engine: &Engine, body: &[u8], endpoint: Endpoint) -> Response {
+/// The GenAI semantic conventions' name and attributes of a prepared
+/// request, on its span.
+fn describe(span: &RequestSpan, p: &Prepared, asked: &str) {
+    let operation = match p.endpoint {
+        Endpoint::Completions => "text_completion",
+        Endpoint::Chat => "chat",
+    };
+    span.rename(format!("{operation} {asked}"));
+    let mut attributes = vec![
+        KeyValue::new("gen_ai.operation.name", operation),
+        KeyValue::new("gen_ai.request.model", asked.to_owned()),
+        KeyValue::new("gen_ai.response.model", p.label.clone()),
+        KeyValue::new("gen_ai.response.id", p.id.clone()),
+        KeyValue::new("weir.model_version", p.model.version().to_owned()),
+        KeyValue::new(
+            "gen_ai.request.max_tokens",
+            i64::try_from(p.params.max_tokens).unwrap_or(i64::MAX),
+        ),
+        KeyValue::new(
+            "gen_ai.request.temperature",
+            f64::from(p.params.temperature),
+        ),
+        KeyValue::new("gen_ai.request.top_p", f64::from(p.params.top_p)),
+    ];
+    if p.stream {
+        attributes.push(KeyValue::new("gen_ai.request.stream", true));
+    }
+    span.set(attributes);
+}
+
+async fn handle(
+    engine: &Engine,
+    span: Option<RequestSpan>,
+    body: &[u8],
+    endpoint: Endpoint,
+) -> Response {
     let result = async {
         let req: CompletionRequest = parse_json(body)?;
+        let asked = req.model.clone();
         let p = prepare(engine, req, endpoint)?;
+        if let Some(span) = &span {
+            describe(span, &p, &asked);
+        }
         let generation = p.model.generate(&p.prompt, p.params.clone(), p.options)?;
         let version = HeaderValue::from_str(p.model.version()).ok();
         let mut response = if p.stream {
-            Sse::new(sse_stream(p, generation.events)).into_response()
+            Sse::new(sse_stream(p, generation.events, span)).into_response()
         } else {
-            Json(collect(p, generation).await?).into_response()
+            let body = collect(p, generation, span.as_ref()).await?;
+            Json(body).into_response()
         };
         if let Some(v) = version {
             response.headers_mut().insert(MODEL_VERSION_HEADER, v);
@@ -524,6 +581,9 @@ struct StreamState {
     p: Prepared,
     rx: mpsc::Receiver<GenEvent>,
     phase: Phase,
+    /// Ends when the stream is dropped (after its last event, or when the
+    /// client went away).
+    span: Option<RequestSpan>,
 }
 
 impl StreamState {
@@ -579,15 +639,28 @@ impl StreamState {
                         completion_tokens,
                         ..
                     }) => {
+                        if let Some(span) = &self.span {
+                            span.set(crate::otel::usage(
+                                prompt_tokens,
+                                completion_tokens,
+                                reason.as_str(),
+                            ));
+                        }
                         self.phase = Phase::Usage(usage_json(prompt_tokens, completion_tokens));
                         return Some(self.chunk(self.choice(None, Some(reason.as_str()))));
                     }
                     Some(GenEvent::Failed(m)) => {
                         self.phase = Phase::Done;
+                        if let Some(span) = &self.span {
+                            span.fail(m.clone());
+                        }
                         return Some(error_event(Error::Runtime(m)));
                     }
                     None => {
                         self.phase = Phase::Done;
+                        if let Some(span) = &self.span {
+                            span.fail("the model stopped before the answer ended".to_owned());
+                        }
                         return Some(error_event(Error::Unavailable(
                             self.p.model.name().to_string(),
                         )));
@@ -630,11 +703,13 @@ fn error_event(e: Error) -> Event {
 fn sse_stream(
     p: Prepared,
     rx: mpsc::Receiver<GenEvent>,
+    span: Option<RequestSpan>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let state = StreamState {
         p,
         rx,
         phase: Phase::Start,
+        span,
     };
     futures::stream::unfold(state, |mut st| async move {
         st.next_event().await.map(|e| (Ok(e), st))

@@ -182,3 +182,87 @@ async fn grpc_health_reports_serving() {
         assert_eq!(r.status(), ServingStatus::Serving, "{service:?}");
     }
 }
+
+/// With `--otlp-endpoint`, a `ModelInfer` call's span reaches a real OTLP
+/// collector as the child of the caller's `traceparent`, with its gRPC
+/// status; an HTTP request's span names its route and status.
+#[tokio::test]
+async fn inference_spans_continue_the_callers_trace() {
+    use std::time::Duration;
+    use weir_test_support::{OtlpSink, eventually};
+
+    let sink = OtlpSink::start().await.unwrap();
+    let endpoint = format!("http://{}", sink.addr);
+    let repo = TempRepo::with(&[("mlp", "1")]);
+    let engine = start_engine(&repo, &["--otlp-endpoint", &endpoint]).await;
+    let mut c = GrpcInferenceServiceClient::connect(engine.grpc_url())
+        .await
+        .unwrap();
+    let trace = "7bf92f3577b34da6a3ce929d0e0e4736";
+    let call = |req: ModelInferRequest| {
+        let mut req = tonic::Request::new(req);
+        req.metadata_mut().insert(
+            "traceparent",
+            format!("00-{trace}-00f067aa0ba902b7-01").parse().unwrap(),
+        );
+        req
+    };
+    c.model_infer(call(mlp_request(vec![1, 16], None, Some(vec![0.5; 16]))))
+        .await
+        .unwrap();
+    let bad = c
+        .model_infer(call(mlp_request(vec![1, 3], None, Some(vec![0.5; 3]))))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    // HTTP, and a caller whose trace is not sampled: no span for it.
+    let http = weir_test_support::client();
+    let ready = http
+        .get(engine.url("/v2/models/mlp"))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let unsampled = "8bf92f3577b34da6a3ce929d0e0e4736";
+    http.get(engine.url("/v2/models/mlp"))
+        .header("traceparent", format!("00-{unsampled}-00f067aa0ba902b7-00"))
+        .send()
+        .await
+        .unwrap();
+
+    let spans = eventually(Duration::from_secs(20), || async {
+        let spans: Vec<_> = sink
+            .spans()
+            .into_iter()
+            .filter(|s| s.trace_id == trace)
+            .collect();
+        (spans.len() >= 3).then_some(spans)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:#?}\n{}", sink.spans(), engine.log()));
+    let infer: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == "inference.GRPCInferenceService/ModelInfer")
+        .collect();
+    assert_eq!(infer.len(), 2, "{spans:#?}");
+    for s in &spans {
+        assert_eq!(s.parent_span_id, "00f067aa0ba902b7", "{s:#?}");
+        assert_eq!(s.service, "weir-engine");
+        assert_eq!(s.kind, 2);
+    }
+    let codes: Vec<&str> = infer
+        .iter()
+        .map(|s| s.attributes["rpc.grpc.status_code"].as_str())
+        .collect();
+    assert!(codes.contains(&"0") && codes.contains(&"3"), "{codes:?}");
+    let meta = spans
+        .iter()
+        .find(|s| s.name == "GET /v2/models/{model}")
+        .unwrap_or_else(|| panic!("{spans:#?}"));
+    assert_eq!(meta.attributes["http.response.status_code"], "200");
+    assert!(
+        !sink.spans().iter().any(|s| s.trace_id == unsampled),
+        "an unsampled caller's trace was recorded"
+    );
+}

@@ -98,7 +98,9 @@ impl CacheFile {
         Ok(cache)
     }
 
-    /// Writes the file atomically: a sibling temp file, fsync, rename.
+    /// Writes the file atomically: a sibling temp file of its own, fsync,
+    /// rename; concurrent writers (replicas on a shared volume) each rename
+    /// a whole file.
     pub fn write(&self, path: &Path) -> Result<(), CacheError> {
         let shown = path.display().to_string();
         let io = |source| CacheError::Io {
@@ -109,10 +111,21 @@ impl CacheFile {
             path: shown.clone(),
             message: e.to_string(),
         })?;
+        // A name no other writer uses: gateways in containers are all PID 1
+        // on a shared cache volume, so the process id alone is not enough;
+        // `create_new` refuses a name that is taken all the same.
         let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-        tmp_name.push(format!(".tmp.{}", std::process::id()));
+        tmp_name.push(format!(
+            ".tmp.{}.{:016x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
         let tmp = path.with_file_name(tmp_name);
-        let mut file = std::fs::File::create(&tmp).map_err(io)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io)?;
         file.write_all(&text).map_err(io)?;
         file.sync_all().map_err(io)?;
         drop(file);

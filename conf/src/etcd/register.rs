@@ -22,6 +22,7 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -31,10 +32,11 @@ use etcd_client::{Client, PutOptions};
 use super::backoff::Backoff;
 use super::error::EtcdError;
 use super::keys::member_key;
-use super::settings::EtcdSettings;
+use super::settings::{EtcdSettings, TlsFiles};
 use crate::error::Problems;
 use crate::model::{BackendConfig, default_etcd_prefix};
 use crate::names::is_name;
+use crate::secrets::expand;
 
 /// Default lease TTL.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
@@ -125,6 +127,19 @@ pub struct RegisterFlags {
     /// Key prefix of the gateways' config (`--register-prefix`, default
     /// `/weir/`).
     pub register_prefix: String,
+    /// CA bundle that verifies etcd's certificate (`--register-cacert`;
+    /// `https://` URLs).
+    pub register_cacert: Option<PathBuf>,
+    /// Client certificate and key (`--register-cert`, `--register-key`).
+    pub register_cert: Option<PathBuf>,
+    /// The client certificate's key.
+    pub register_key: Option<PathBuf>,
+    /// The server name etcd's certificate must carry, when not the URL's
+    /// host (`--register-tls-domain`).
+    pub register_tls_domain: Option<String>,
+    /// `NAME:PASSWORD` for etcd authentication (`--register-user`); the
+    /// password may be `${file:PATH}` or `${env:NAME}`.
+    pub register_user: Option<String>,
 }
 
 impl Default for RegisterFlags {
@@ -137,6 +152,11 @@ impl Default for RegisterFlags {
             register_weight: 1,
             register_ttl: DEFAULT_TTL.as_secs(),
             register_prefix: default_etcd_prefix(),
+            register_cacert: None,
+            register_cert: None,
+            register_key: None,
+            register_tls_domain: None,
+            register_user: None,
         }
     }
 }
@@ -163,8 +183,40 @@ impl RegisterFlags {
             }
             None => bound,
         };
-        let settings = EtcdSettings::new(self.register_etcd.clone(), &self.register_prefix);
+        let mut settings = EtcdSettings::new(self.register_etcd.clone(), &self.register_prefix);
         let mut problems = Problems::default();
+        if let Some(user) = &self.register_user {
+            let (name, password) = user.split_once(':').unwrap_or((user.as_str(), ""));
+            let password = if password.is_empty() {
+                Some(String::new())
+            } else {
+                expand(password, "--register-user", &mut problems)
+            };
+            if let Some(password) = password {
+                settings.user = Some((name.to_owned(), password));
+            }
+        }
+        let identity = match (&self.register_cert, &self.register_key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            _ => {
+                problems.push(
+                    "--register-cert",
+                    "--register-cert and --register-key go together",
+                );
+                None
+            }
+        };
+        if self.register_cacert.is_some()
+            || identity.is_some()
+            || self.register_tls_domain.is_some()
+        {
+            settings.tls = Some(TlsFiles {
+                ca: self.register_cacert.clone(),
+                identity,
+                domain: self.register_tls_domain.clone(),
+            });
+        }
         settings.validate("--register-etcd", &mut problems);
         if !problems.is_empty() {
             return Err(EtcdError::Lease(problems.to_string()));

@@ -87,7 +87,11 @@ impl EtcdSettings {
         let mut s = Self::new(c.endpoints.clone(), &c.prefix);
         s.cache = c.cache.as_ref().map(PathBuf::from);
         match (&c.username, &c.password) {
-            (Some(u), Some(p)) => s.user = Some((u.clone(), p.clone())),
+            (Some(u), Some(p)) => {
+                if let Some(p) = crate::secrets::expand(p, &format!("{at}.password"), problems) {
+                    s.user = Some((u.clone(), p));
+                }
+            }
             (Some(u), None) => s.user = Some((u.clone(), String::new())),
             (None, Some(_)) => problems.push(format!("{at}.password"), "needs username"),
             (None, None) => {}

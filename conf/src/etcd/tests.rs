@@ -294,6 +294,37 @@ fn the_cache_round_trips_and_refuses_other_prefixes_and_garbage() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
 
+/// Writers that share a process id (gateways in containers are all PID 1
+/// on a shared cache volume; here, threads of one process) never rename
+/// each other's half-written file over the cache.
+#[test]
+fn concurrent_writers_never_leave_a_torn_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    let d = docs(&demo_config());
+    CacheFile::new(PREFIX, 1, &d).write(&path).unwrap();
+    std::thread::scope(|s| {
+        for writer in 0..4i64 {
+            let (path, d) = (&path, &d);
+            s.spawn(move || {
+                for i in 0..100 {
+                    CacheFile::new(PREFIX, writer * 1000 + i, d)
+                        .write(path)
+                        .unwrap();
+                }
+            });
+        }
+        let path = &path;
+        s.spawn(move || {
+            for _ in 0..400 {
+                let cache = CacheFile::read(path, PREFIX);
+                assert!(cache.is_ok(), "a torn cache: {:?}", cache.err());
+            }
+        });
+    });
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
 #[test]
 fn settings_report_every_bad_value() {
     let mut problems = Problems::default();
@@ -331,6 +362,7 @@ fn register_flags_resolve_to_a_registration() {
         register_weight: 2,
         register_ttl: 5,
         register_prefix: "/weir/".into(),
+        ..RegisterFlags::default()
     };
     let (settings, options) = flags.resolve(bound).unwrap().unwrap();
     assert_eq!(settings.prefix, "/weir/");
@@ -362,6 +394,45 @@ fn register_flags_resolve_to_a_registration() {
         ..flags
     };
     assert!(bad.resolve(bound).unwrap_err().to_string().contains("TTL"));
+}
+
+#[test]
+fn register_flags_take_tls_files_and_a_password_from_a_file() {
+    let bound: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("password");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let flags = RegisterFlags {
+        register_etcd: vec!["https://etcd.weir.svc:2379".into()],
+        pool: Some("engine-v1".into()),
+        register_cacert: Some("/etc/etcd/ca.crt".into()),
+        register_cert: Some("/etc/etcd/tls.crt".into()),
+        register_key: Some("/etc/etcd/tls.key".into()),
+        register_tls_domain: Some("weir-etcd".into()),
+        register_user: Some(format!("engine:${{file:{}}}", secret.display())),
+        ..RegisterFlags::default()
+    };
+    let (settings, _) = flags.resolve(bound).unwrap().unwrap();
+    assert_eq!(settings.user, Some(("engine".into(), "s3cret".into())));
+    let tls = settings.tls.unwrap();
+    assert_eq!(
+        tls.ca.as_deref(),
+        Some(std::path::Path::new("/etc/etcd/ca.crt"))
+    );
+    assert_eq!(tls.domain.as_deref(), Some("weir-etcd"));
+    assert!(tls.identity.is_some());
+    let half = RegisterFlags {
+        register_key: None,
+        ..flags.clone()
+    };
+    let err = half.resolve(bound).unwrap_err().to_string();
+    assert!(err.contains("--register-key"), "{err}");
+    let missing = RegisterFlags {
+        register_user: Some("engine:${file:/nonexistent/password}".into()),
+        ..flags
+    };
+    let err = missing.resolve(bound).unwrap_err().to_string();
+    assert!(err.contains("cannot read secret file"), "{err}");
 }
 
 #[test]

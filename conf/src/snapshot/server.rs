@@ -7,6 +7,7 @@ use super::values::{check_ms, parse_addr};
 use crate::access::check::parse_digest;
 use crate::error::Problems;
 use crate::model::{Config, TracingConfig};
+use crate::secrets::expand;
 
 /// Validated listener settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -181,13 +182,16 @@ const NOT_THE_TOKEN: &str = "must be the token's SHA-256 as 64 hex digits, never
 fn check_admin_tokens(s: &crate::model::ServerConfig, problems: &mut Problems) -> Vec<AdminToken> {
     let mut out = Vec::new();
     if let Some(text) = &s.admin_token_sha256 {
-        match parse_digest(text) {
-            Some(digest) => out.push(AdminToken {
-                name: "admin".to_owned(),
-                digest,
-                scopes: Scopes::ALL,
-            }),
-            None => problems.push("server.admin_token_sha256", NOT_THE_TOKEN),
+        let at = "server.admin_token_sha256";
+        if let Some(text) = expand(text, at, problems) {
+            match parse_digest(&text) {
+                Some(digest) => out.push(AdminToken {
+                    name: "admin".to_owned(),
+                    digest,
+                    scopes: Scopes::ALL,
+                }),
+                None => problems.push(at, NOT_THE_TOKEN),
+            }
         }
     }
     for (i, t) in s.admin_tokens.iter().enumerate() {
@@ -203,10 +207,16 @@ fn check_admin_tokens(s: &crate::model::ServerConfig, problems: &mut Problems) -
                 ),
             );
         }
-        let digest = parse_digest(&t.sha256);
-        if digest.is_none() {
-            problems.push(format!("{at}.sha256"), NOT_THE_TOKEN);
-        }
+        let digest = match expand(&t.sha256, &format!("{at}.sha256"), problems) {
+            Some(text) => {
+                let digest = parse_digest(&text);
+                if digest.is_none() {
+                    problems.push(format!("{at}.sha256"), NOT_THE_TOKEN);
+                }
+                digest
+            }
+            None => None,
+        };
         let mut scopes = Scopes::default();
         if t.scopes.is_empty() {
             problems.push(

@@ -12,9 +12,8 @@ use std::fmt;
 use super::values::{check_header, check_len};
 use crate::error::{Problems, quoted};
 use crate::model::{PoolHeadersConfig, Protocol, UpstreamTlsConfig};
+use crate::secrets::expand;
 
-/// Longest header value set on upstream requests, bytes.
-pub const MAX_SET_HEADER_VALUE: usize = 8_192;
 /// Largest PEM file (CA bundle, certificate, key), bytes.
 pub const MAX_PEM_FILE: u64 = 1 << 20;
 /// Longest TLS server name, bytes.
@@ -205,77 +204,6 @@ pub(super) fn check_headers(
     remove.sort();
     remove.dedup();
     PoolHeaders { set, remove }
-}
-
-/// Replaces `${env:NAME}` and `${file:PATH}` in `value`; the result must be
-/// a valid header value. Problems name the variable or file, never a value.
-fn expand(value: &str, at: &str, problems: &mut Problems) -> Option<String> {
-    let mut out = String::with_capacity(value.len());
-    let mut rest = value;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
-            problems.push(
-                at,
-                "an unclosed ${ (secrets are ${env:NAME} or ${file:PATH})",
-            );
-            return None;
-        };
-        let reference = &after[..end];
-        match reference.split_once(':') {
-            Some(("env", name)) => match std::env::var(name) {
-                Ok(v) => out.push_str(&v),
-                Err(_) => {
-                    problems.push(at, format!("environment variable {name:?} is not set"));
-                    return None;
-                }
-            },
-            Some(("file", path)) => {
-                let too_big =
-                    std::fs::metadata(path).is_ok_and(|m| m.len() > MAX_SET_HEADER_VALUE as u64);
-                match std::fs::read_to_string(path) {
-                    Ok(_) if too_big => {
-                        problems.push(
-                            at,
-                            format!("secret file {path:?} is over {MAX_SET_HEADER_VALUE} bytes"),
-                        );
-                        return None;
-                    }
-                    Ok(v) => out.push_str(v.trim_end_matches(['\n', '\r'])),
-                    Err(e) => {
-                        problems.push(at, format!("cannot read secret file {path:?}: {e}"));
-                        return None;
-                    }
-                }
-            }
-            _ => {
-                problems.push(
-                    at,
-                    format!("${{{reference}}} is neither ${{env:NAME}} nor ${{file:PATH}}"),
-                );
-                return None;
-            }
-        }
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    if out.len() > MAX_SET_HEADER_VALUE {
-        problems.push(
-            at,
-            format!("the value is over {MAX_SET_HEADER_VALUE} bytes"),
-        );
-        return None;
-    }
-    // Visible ASCII and spaces/tabs only: no line breaks, no control bytes.
-    if out.is_empty() || !out.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
-        problems.push(
-            at,
-            "the value (after reading its secrets) is empty or not a valid header value",
-        );
-        return None;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

@@ -70,6 +70,10 @@ pub struct Cli {
     /// Client key (PEM).
     #[arg(long, global = true, value_name = "FILE", requires = "cert")]
     key: Option<PathBuf>,
+    /// The server name etcd's certificate must carry, when not the
+    /// endpoint's host (e.g. through `kubectl port-forward`).
+    #[arg(long, global = true, value_name = "NAME")]
+    tls_domain: Option<String>,
     /// Machine-readable JSON output (the same as `--output json`).
     #[arg(long, global = true)]
     json: bool,
@@ -305,11 +309,11 @@ fn settings(cli: &Cli) -> Result<EtcdSettings, StoreError> {
         let (name, password) = user.split_once(':').unwrap_or((user.as_str(), ""));
         s.user = Some((name.to_owned(), password.to_owned()));
     }
-    if cli.cacert.is_some() || cli.cert.is_some() {
+    if cli.cacert.is_some() || cli.cert.is_some() || cli.tls_domain.is_some() {
         s.tls = Some(TlsFiles {
             ca: cli.cacert.clone(),
             identity: cli.cert.clone().zip(cli.key.clone()),
-            domain: None,
+            domain: cli.tls_domain.clone(),
         });
     }
     let mut problems = Problems::default();

@@ -259,6 +259,17 @@ fn span_attributes(req: &RequestHeader, ctx: &GatewayCtx) -> Vec<KeyValue> {
             if let Some(n) = tap.output_tokens() {
                 attributes.push(KeyValue::new("gen_ai.usage.output_tokens", n as i64));
             }
+            let reasons = tap.finish_reasons();
+            if !reasons.is_empty() {
+                let reasons = reasons
+                    .iter()
+                    .map(|r| opentelemetry::StringValue::from(r.to_string()))
+                    .collect::<Vec<_>>();
+                attributes.push(KeyValue::new(
+                    "gen_ai.response.finish_reasons",
+                    opentelemetry::Value::Array(reasons.into()),
+                ));
+            }
         }
     }
     attributes
