@@ -21,6 +21,16 @@ def rendered() -> dict[str, list[dict]]:
 
 
 @pytest.fixture(scope="session")
+def with_components() -> dict[str, list[dict]]:
+    """Each overlay with every optional component ("cpu+all", "gpu+all"), and
+    the cpu overlay with each one alone ("cpu+etcd-tls", ...)."""
+    out = {f"{o}+all": s.render_with(o, *s.OPTIONAL_COMPONENTS) for o in s.OVERLAYS}
+    for c in s.OPTIONAL_COMPONENTS:
+        out[f"cpu+{c}"] = s.render_with("cpu", c)
+    return out
+
+
+@pytest.fixture(scope="session")
 def weir_help() -> s.Help:
     return s.parse_help(s.weir_bin())
 
@@ -103,7 +113,10 @@ def remap(text: str, paths: dict[str, Path]) -> str:
     return rx.sub(lambda m: str(paths[m.group(1)]), text)
 
 
-REGISTER_FLAGS = ("--register-etcd", "--pool", "--advertise")
+# weir-engine's registration flags (all of them need --register-etcd).
+REGISTER_FLAGS = ("--register-etcd", "--pool", "--advertise", "--register-weight", "--register-ttl",
+                  "--register-prefix", "--register-cacert", "--register-cert", "--register-key",
+                  "--register-tls-domain", "--register-user")
 
 
 class Engines:
@@ -114,26 +127,31 @@ class Engines:
     as the address it is bound to (the manifest's `--advertise` names the
     pod IP); without one it does not register."""
 
-    def __init__(self, docs: list[dict], etcd: s.Etcd | None):
+    def __init__(self, docs: list[dict], etcd: s.Etcd | None, paths: dict[str, Path] | None = None):
         self.procs: dict[str, tuple[s.Proc, str]] = {}
         self.docs = docs
         self.etcd = etcd
+        # Local stand-ins for mounted folders the tests fill themselves
+        # (e.g. a Secret's certificates), over the empty ones of engine_mounts.
+        self.paths = paths or {}
         self.tmp = Path(tempfile.mkdtemp(prefix="deploy-engines-"))
 
-    def start(self, name: str) -> str:
+    def start(self, name: str, drop: tuple[str, ...] = (), extra: tuple[str, ...] = ()) -> str:
+        """Starts the Deployment `name`'s engine (without the flags `drop`,
+        with the arguments `extra` after its own); returns its HTTP address."""
         if name in self.procs:
             return self.procs[name][1]
         dep = s.one(self.docs, "Deployment", name)
         tmp = self.tmp / name
         tmp.mkdir()
-        mounts = engine_mounts(self.docs, dep, tmp)
+        mounts = {**engine_mounts(self.docs, dep, tmp), **self.paths}
         paths = {**image_paths(s.DOCKER / "weir-engine.Dockerfile"), **mounts}
         for init in s.pod_spec(dep).get("initContainers", []):
             cmd = [remap(a, paths) for a in init["command"] + init.get("args", [])]
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
             assert out.returncode == 0, f"{name} init container {init['name']} {cmd}: {out.stderr}"
         c = s.container(dep, "engine")
-        args = [remap(a, paths) for a in c["args"]]
+        args = s.drop_args([remap(a, paths) for a in [*c["args"], *extra]], *drop)
         args = s.replace_arg(args, "--http", "127.0.0.1:0")
         args = s.replace_arg(args, "--grpc", "127.0.0.1:0")
         if self.etcd is not None and s.arg_value(args, "--register-etcd"):

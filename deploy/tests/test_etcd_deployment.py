@@ -2,14 +2,21 @@
 Job's own command seeds it (once: running it again leaves an operator's
 changes alone), the gateway runs with the Deployment's own arguments and
 serves from etcd, the engines register in their pools with the manifests'
-arguments and the gateway routes to them, and a gateway restarted while etcd
-is down serves from its cache."""
+arguments and the gateway routes to them, a gateway restarted while etcd
+is down serves from its cache, and replicas share one cache file (the
+component gateway-cache-pvc) safely."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import threading
+import time
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +24,7 @@ import support as s
 
 
 def admin_routes(admin: str) -> dict:
-    status, body = s.http("GET", f"http://{admin}/admin/routes")
+    status, body = s.http("GET", f"http://{admin}/admin/routes", headers=s.ADMIN_HEADERS)
     assert status == 200, body[:200]
     return json.loads(body)
 
@@ -69,6 +76,21 @@ def test_the_gateway_serves_the_imported_config_and_its_probes_answer(seeded):
     assert arm_weights(admin) == seeded_weights(docs)
     # The cache file in the pod's writable volume holds what it applied.
     s.poll(lambda: seeded["cache"].is_file() and seeded["cache"].stat().st_size > 0, "the etcd cache file")
+
+
+def test_the_admin_api_needs_the_token_and_the_probes_do_not(seeded):
+    """weir.toml's admin_token_sha256 reads the digest from the Secret's
+    file: the admin API answers only with the token; the probes' paths and
+    the proxy need none."""
+    docs, admin = seeded["docs"], seeded["admin"]
+    c = s.container(s.one(docs, "Deployment", "weir-gateway"), "weir")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert s.http("GET", f"http://{admin}{c[probe]['httpGet']['path']}")[0] == 200, probe
+    for path in ("/admin/routes", "/metrics"):
+        assert s.http("GET", f"http://{admin}{path}")[0] == 401, path
+        wrong = {"authorization": "Bearer not-the-token"}
+        assert s.http("GET", f"http://{admin}{path}", headers=wrong)[0] == 401, path
+        assert s.http("GET", f"http://{admin}{path}", headers=s.ADMIN_HEADERS)[0] == 200, path
 
 
 def test_running_the_job_again_keeps_operator_changes(seeded, etcd):
@@ -163,6 +185,132 @@ def test_a_restarted_gateway_serves_from_its_cache_while_etcd_is_down(rendered, 
         finally:
             proc.stop()
     finally:
+        etcd.close()
+
+
+def pid1_wrapper() -> list[str]:
+    """A command prefix that runs a program as process 1 of a new PID
+    namespace, as every gateway is in its container (`unshare`, where this
+    user may), else nothing."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return []
+    argv = [unshare, "--pid", "--fork", "--kill-child"]
+    ok = subprocess.run([*argv, "sh", "-c", 'test "$$" = 1'], capture_output=True, timeout=10).returncode == 0
+    return argv if ok else []
+
+
+def start_gateway(args: list[str], wrapper: list[str], ready: bool = True) -> tuple[s.Proc, str]:
+    proc = s.Proc([*wrapper, str(s.weir_bin()), *args], r"weir listening proxy=(\S+) admin=(\S+)",
+                  env={"WEIR_LOG": "warn"})
+    admin = proc.match.group(2)
+    try:
+        s.poll(lambda: s.get_200(f"http://{admin}/{'readyz' if ready else 'healthz'}"), "weir answering")
+    except AssertionError:
+        err = proc.stderr()
+        stop_gateway(proc)
+        raise AssertionError(f"weir {args}:\n{err}") from None
+    return proc, admin
+
+
+def stop_gateway(proc: s.Proc):
+    """SIGINT to weir itself (under unshare, the wrapper's child), then the
+    usual stop."""
+    try:
+        children = Path(f"/proc/{proc.p.pid}/task/{proc.p.pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for child in children:
+        try:
+            os.kill(int(child), signal.SIGINT)
+        except ProcessLookupError:
+            pass
+    if children:
+        try:
+            proc.p.wait(20)
+        except subprocess.TimeoutExpired:
+            pass
+    proc.stop()
+
+
+def test_replicas_share_one_cache_file_safely(with_components, tmp_path):
+    """gateway-cache-pvc: three gateways with the Deployment's arguments
+    write one cache file in one shared folder (the ReadWriteMany claim),
+    each as process 1 as in its container where `unshare` is allowed.
+    Through thirty weight changes, which every replica applies and writes
+    within milliseconds of the others, a reader never finds a torn or
+    invalid file, and no temporary file is left; then, with etcd down, a new
+    gateway (a new pod) serves the last weights from that file."""
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd not installed (scripts/deps.sh installs etcd-server)")
+    docs = with_components["cpu+gateway-cache-pvc"]
+    dep = s.one(docs, "Deployment", "weir-gateway")
+    cache_path = s.arg_value(s.container(dep, "weir")["args"], "--etcd-cache")
+    claim = {v["name"]: v for v in s.pod_spec(dep)["volumes"]}["etcd-cache"]["persistentVolumeClaim"]
+    assert s.one(docs, "PersistentVolumeClaim", claim["claimName"])["spec"]["accessModes"] == ["ReadWriteMany"]
+    shared = tmp_path / "claim"
+    shared.mkdir()
+    cache = shared / cache_path.rsplit("/", 1)[1]
+    wrapper = pid1_wrapper()
+    etcd = s.Etcd()
+    gateways: list[tuple[s.Proc, str]] = []
+    try:
+        run = s.run_import_job(docs, tmp_path / "job", etcd.endpoint)
+        assert run.returncode == 0, run.stderr
+
+        def args_for(name: str) -> list[str]:
+            args, _own = s.local_gateway_args(docs, tmp_path / name, etcd.endpoint)
+            return s.replace_arg(args, "--etcd-cache", str(cache))
+
+        for i in range(3):
+            gateways.append(start_gateway(args_for(f"replica-{i}"), wrapper))
+        s.poll(lambda: cache.is_file(), "the shared cache file")
+
+        bad: list[str] = []
+        reads = [0]
+        done = threading.Event()
+
+        def reader():
+            while not done.is_set():
+                try:
+                    text = cache.read_text()
+                except FileNotFoundError:
+                    bad.append("the cache file vanished")
+                    continue
+                try:
+                    json.loads(text)
+                    reads[0] += 1
+                except ValueError:
+                    bad.append(text[:200])
+
+        thread = threading.Thread(target=reader, daemon=True)
+        thread.start()
+        try:
+            for n in range(1, 31):
+                s.weirctl("--etcd", etcd.endpoint, "weights", "set", "chat", f"v1={100 - n}", f"v2={n}")
+            final = {"v1": 70, "v2": 30}
+            for _proc, admin in gateways:
+                s.poll(lambda: arm_weights(admin) == final, "every replica applying the last change", deadline_s=10)
+            time.sleep(0.5)
+        finally:
+            done.set()
+            thread.join(5)
+        assert not bad, bad[:3]
+        assert reads[0] > 0
+        assert sorted(p.name for p in shared.iterdir()) == [cache.name], "temporary files left behind"
+        for proc, _admin in gateways:
+            stop_gateway(proc)
+        gateways.clear()
+        etcd.stop()
+
+        proc, admin = start_gateway(args_for("new-pod"), wrapper)
+        gateways.append((proc, admin))
+        status, body = readyz(admin)
+        assert status == 200 and body["source"] == "etcd-cache", body
+        assert arm_weights(admin) == final
+    finally:
+        for proc, _admin in gateways:
+            stop_gateway(proc)
         etcd.close()
 
 

@@ -325,13 +325,16 @@ def test_dashboard_shape():
         assert w.lower() in titles, f"no panel about {w}"
 
 
-def test_autoscaling_metrics_come_from_real_series(rendered, scraped):
-    """The prometheus-adapter rules serve the custom metrics the HPAs use, from
-    series the binaries export."""
+def test_autoscaling_metrics_come_from_real_series(rendered, with_components, scraped):
+    """The prometheus-adapter rules serve the custom metrics the HPAs use
+    (with components/hpa-custom-metrics), from series the binaries export."""
     rules = yaml.safe_load((s.K8S / "prometheus-adapter" / "rules.yaml").read_text())["rules"]["custom"]
     served = {r["name"]["as"]: METRIC.findall(r["seriesQuery"])[0] for r in rules}
     engine_scraped = any(n.startswith("weir_engine_") for n in scraped)
-    for overlay, docs in rendered.items():
+    used = {m["pods"]["metric"]["name"] for docs in with_components.values()
+            for hpa in s.find(docs, "HorizontalPodAutoscaler") for m in hpa["spec"]["metrics"] if m["type"] == "Pods"}
+    assert used == set(served), f"HPAs use {used}, the adapter serves {set(served)}"
+    for overlay, docs in {**rendered, **with_components}.items():
         for hpa in s.find(docs, "HorizontalPodAutoscaler"):
             for m in hpa["spec"]["metrics"]:
                 if m["type"] == "Pods":
