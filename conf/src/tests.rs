@@ -234,9 +234,11 @@ module = "/nonexistent/x.wasm"
 words_file = "/nonexistent/words.txt"
 mask_char = "**"
 memory_limit_mb = 0
+folds = { case = false }
 [[filters]]
 name = "w"
 words = [{ word = " " }]
+folds = { traditional = "maybe", separators = "commas", max_gap = 17 }
 [[routes]]
 name = "r"
 arms = [{ name = "a", pool = "p", weight = 1 }]
@@ -253,6 +255,10 @@ filters = { request = ["nope"], max_body_bytes = 0 }
         "filters[w].words[0]: a word must not be blank",
         "routes[r].filters.request[0]: no filter named \"nope\"",
         "routes[r].filters.max_body_bytes: 0 must be between",
+        "filters[w].folds: only the bundled sensitive-words module folds",
+        "filters[w].folds.traditional: \"maybe\" is not auto, on or off",
+        "filters[w].folds.separators: \"commas\" is not none",
+        "filters[w].folds.max_gap: 17 must be between 0 and 16",
     ] {
         assert!(
             got.iter().any(|g| g.starts_with(want)),

@@ -1,5 +1,6 @@
-//! Scan throughput of the Wasm sensitive-word filter against the native
-//! `aho-corasick` crate on the same deterministic 1k-word mixed
+//! Scan throughput of the Wasm sensitive-word filter (every default fold
+//! on, and every fold off) against the native `aho-corasick` crate (ASCII
+//! case folding only) on the same deterministic 1k-word mixed
 //! Chinese/English dictionary and text, and the added cost of one request
 //! (1 KiB body) and of one streamed answer (alone, and after a usage
 //! reader's parse: re-read as bytes, or taken as events).
@@ -16,12 +17,20 @@ use aho_corasick::{AhoCorasick, MatchKind};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use weir_filters::openai::filter_request;
 use weir_filters::sse::SseParser;
-use weir_filters::{Filter, FilterSpec, StreamFilter};
+use weir_filters::{Filter, FilterSpec, Folds, StreamFilter};
 
 fn benches(c: &mut Criterion) {
     let dictionary = common::mixed_dictionary(1000, 1);
-    let filter = Filter::sensitive_words(FilterSpec::new("bench", dictionary.clone()))
-        .expect("load the filter");
+    // Every default fold on (ignorables, width, case, confusables,
+    // traditional Chinese), and every fold off.
+    let filter = Filter::sensitive_words(
+        FilterSpec::new("bench", dictionary.clone()).with_folds(Folds::default()),
+    )
+    .expect("load the filter");
+    let unfolded = Filter::sensitive_words(
+        FilterSpec::new("bench-off", dictionary.clone()).with_folds(Folds::NONE),
+    )
+    .expect("load the filter without folds");
     // The same dictionary, natively: leftmost-longest, ASCII case folded.
     let native = AhoCorasick::builder()
         .match_kind(MatchKind::LeftmostLongest)
@@ -42,6 +51,10 @@ fn benches(c: &mut Criterion) {
     });
     group.bench_function("wasm_session", |b| {
         let mut session = filter.session();
+        b.iter(|| session.scan(black_box(&text)).map(|r| r.matches.len()))
+    });
+    group.bench_function("wasm_session_folds_off", |b| {
+        let mut session = unfolded.session();
         b.iter(|| session.scan(black_box(&text)).map(|r| r.matches.len()))
     });
     group.bench_function("wasm_fresh_instance", |b| {

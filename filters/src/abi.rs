@@ -46,12 +46,18 @@ pub struct ScanResult {
     pub holdback_start: usize,
 }
 
-/// Encodes a dictionary as `weir_init` expects it: one
-/// `"<category_index>\t<word>\n"` line per word.
-pub fn encode_config<'a>(words: impl IntoIterator<Item = (&'a str, u32)>) -> Vec<u8> {
+/// Encodes the `weir_init` configuration: option lines `!name=value`, then
+/// `category_index<TAB>word` lines.
+pub fn encode_config<'a>(
+    options: &[String],
+    words: impl IntoIterator<Item = (&'a str, u32)>,
+) -> Vec<u8> {
     let mut config = String::new();
-    for (word, category) in words {
+    for option in options {
         // Writing to a String cannot fail.
+        let _ = writeln!(config, "!{option}");
+    }
+    for (word, category) in words {
         let _ = writeln!(config, "{category}\t{word}");
     }
     config.into_bytes()

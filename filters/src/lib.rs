@@ -65,6 +65,9 @@ pub use abi::{Match, ScanResult};
 pub use engine::{EngineOptions, MAX_MEMORY_LIMIT, MAX_WASM_STACK, configure_engine};
 pub use error::FilterError;
 pub use filter::{Filter, SENSITIVE_WORDS_WASM, Session};
-pub use spec::{Action, DEFAULT_MEMORY_LIMIT, FilterSpec, FuelBudget, Policy};
+pub use spec::{
+    Action, DEFAULT_MEMORY_LIMIT, FilterSpec, Folds, FuelBudget, HOLDBACK_HIDDEN_PER_GAP, MAX_GAP,
+    Policy, Separators, Traditional,
+};
 pub use stream::{StreamFilter, StreamReport};
 pub use verdict::{Outcome, Verdict, mask};

@@ -26,6 +26,143 @@ pub enum Policy {
     FailClosed,
 }
 
+/// Traditional-to-simplified Chinese folding ([`Folds::traditional`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Traditional {
+    /// On when some dictionary word has a Han character.
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
+/// Which characters between two characters of a word are skipped
+/// ([`Folds::separators`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Separators {
+    /// None: a word's characters must be adjacent (but for hidden ones).
+    #[default]
+    None,
+    /// Whitespace.
+    Whitespace,
+    /// Punctuation (Unicode general category P*).
+    Punctuation,
+    /// Both.
+    WhitespaceAndPunctuation,
+}
+
+impl Separators {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Whitespace => "whitespace",
+            Self::Punctuation => "punctuation",
+            Self::WhitespaceAndPunctuation => "whitespace+punctuation",
+        }
+    }
+}
+
+/// Most separators in a row between two characters of a word.
+pub const MAX_GAP: u16 = 16;
+
+/// Hidden (default-ignorable) characters between two characters of a word
+/// that a stream's hold-back makes room for; more may still split a word
+/// across two chunks unseen.
+pub const HOLDBACK_HIDDEN_PER_GAP: usize = 8;
+
+/// How the bundled `sensitive-words` module folds text (and its words)
+/// before matching, so that disguised words are found: each character maps
+/// to zero or one folded character, and a match masks exactly the original
+/// characters of the word, hidden ones between them included. The
+/// defaults are all on but `separators`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Folds {
+    /// Drop `Default_Ignorable_Code_Point`s (zero-width spaces and joiners,
+    /// soft hyphens, BOMs, variation selectors, ...).
+    pub ignorables: bool,
+    /// NFKC compatibility and width folding (full-width forms,
+    /// mathematical alphanumerics, circled letters, ...).
+    pub width: bool,
+    /// Case folding.
+    pub case: bool,
+    /// Look-alikes to their UTS #39 confusable skeleton (Cyrillic `е` to
+    /// `e`, `0` to `o`, ...).
+    pub confusables: bool,
+    /// Traditional Chinese characters to simplified ones.
+    pub traditional: Traditional,
+    /// Separators skipped between a word's characters.
+    pub separators: Separators,
+    /// Most separators in a row (0-[`MAX_GAP`]).
+    pub max_gap: u16,
+}
+
+impl Default for Folds {
+    fn default() -> Self {
+        Self {
+            ignorables: true,
+            width: true,
+            case: true,
+            confusables: true,
+            traditional: Traditional::Auto,
+            separators: Separators::None,
+            max_gap: 2,
+        }
+    }
+}
+
+impl Folds {
+    /// No folding at all: words match byte for byte.
+    pub const NONE: Self = Self {
+        ignorables: false,
+        width: false,
+        case: false,
+        confusables: false,
+        traditional: Traditional::Off,
+        separators: Separators::None,
+        max_gap: 0,
+    };
+
+    /// The option lines of the `weir_init` configuration.
+    fn lines(&self) -> Vec<String> {
+        let flag = |on: bool| if on { "on" } else { "off" };
+        vec![
+            format!("ignorables={}", flag(self.ignorables)),
+            format!("width={}", flag(self.width)),
+            format!("case={}", flag(self.case)),
+            format!("confusables={}", flag(self.confusables)),
+            format!(
+                "traditional={}",
+                match self.traditional {
+                    Traditional::Auto => "auto",
+                    Traditional::On => "on",
+                    Traditional::Off => "off",
+                }
+            ),
+            format!("separators={}", self.separators.as_str()),
+            format!("max_gap={}", self.max_gap),
+        ]
+    }
+
+    /// Bytes a stream may hold back for a word of `chars` characters: each
+    /// character (up to 4 bytes) and, after each, a run of separators and
+    /// hidden characters.
+    fn holdback(&self, chars: usize) -> usize {
+        let gap = if self.separators == Separators::None {
+            0
+        } else {
+            usize::from(self.max_gap)
+        };
+        let hidden = if self.ignorables {
+            HOLDBACK_HIDDEN_PER_GAP
+        } else {
+            0
+        };
+        chars.saturating_mul(4 + 4 * (gap + hidden))
+    }
+}
+
 /// CPU budget of filter calls, in wasmtime fuel (about one unit per Wasm
 /// instruction).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,11 +211,17 @@ pub struct FilterSpec {
     pub fuel: FuelBudget,
     /// Cap on the filter's linear memory, in bytes.
     pub memory_limit: usize,
+    /// Folding options sent to the module (the bundled `sensitive-words`
+    /// takes them); `None` sends none (a module of one's own; the bundled
+    /// one then folds with [`Folds::default`]).
+    pub folds: Option<Folds>,
 }
 
 /// Default memory cap of a filter instance. The initialised memory of the
-/// bundled filter is about 2.3 MiB for 1k words and 32 MiB for 20k words
-/// (the automaton's construction peak).
+/// bundled filter is about 6 MiB for 1k words and 11 MiB for 2k (searched
+/// with a DFA up to 16 KiB of folded words), 6 MiB for 3k words (a
+/// contiguous NFA beyond) and 24-33 MiB for 20k words (the automaton's
+/// construction peak).
 pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
 
 impl FilterSpec {
@@ -92,7 +235,14 @@ impl FilterSpec {
             policy: Policy::FailClosed,
             fuel: FuelBudget::default(),
             memory_limit: DEFAULT_MEMORY_LIMIT,
+            folds: None,
         }
+    }
+
+    /// Sets the folding options (for the bundled `sensitive-words` module).
+    pub fn with_folds(mut self, folds: Folds) -> Self {
+        self.folds = Some(folds);
+        self
     }
 
     /// Sets the action.
@@ -134,6 +284,11 @@ impl FilterSpec {
                 "memory_limit: {} is above the maximum {MAX_MEMORY_LIMIT}",
                 self.memory_limit
             ));
+        }
+        if let Some(f) = &self.folds
+            && f.max_gap > MAX_GAP
+        {
+            problems.push(format!("folds.max_gap: {} is above {MAX_GAP}", f.max_gap));
         }
         if self.fuel.init == 0 || self.fuel.base == 0 {
             problems.push("fuel: init and base must be > 0".to_owned());
@@ -177,12 +332,14 @@ impl FilterSpec {
             .map(|(word, _)| *word)
             .collect::<Vec<_>>()
             .join(" ");
+        let options = self.folds.map(|f| f.lines()).unwrap_or_default();
         Ok(Prepared {
-            config: crate::abi::encode_config(lines),
+            config: crate::abi::encode_config(&options, lines),
             categories,
             // A character of text may be up to 4 bytes whatever the word's
-            // own encoding (full-width forms fold to ASCII, for one).
-            max_holdback: longest_chars.saturating_mul(4),
+            // own encoding (full-width forms fold to ASCII, for one), and
+            // hidden characters and separators may sit between two.
+            max_holdback: self.folds.unwrap_or_default().holdback(longest_chars),
             probe,
         })
     }

@@ -25,7 +25,10 @@ use bytes::{Bytes, BytesMut};
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 use weir_conf::filters::{FilterAction, FilterDef, FilterModule, FilterPolicy, NonJson};
 use weir_filters::sse::{SseChunk, SseParser};
-use weir_filters::{Action, Filter, FilterSpec, Outcome, Policy, StreamFilter, Verdict, openai};
+use weir_filters::{
+    Action, Filter, FilterSpec, Folds, Outcome, Policy, Separators, StreamFilter, Traditional,
+    Verdict, openai,
+};
 
 use crate::errors::GatewayError;
 use crate::metrics::Metrics;
@@ -136,10 +139,13 @@ fn load_one(def: FilterDef, metrics: &Metrics) -> Result<LoadedFilter, String> {
         FilterPolicy::FailClosed => Policy::FailClosed,
         FilterPolicy::FailOpen => Policy::FailOpen,
     };
-    let spec = FilterSpec::new(def.name.clone(), def.words.clone())
+    let mut spec = FilterSpec::new(def.name.clone(), def.words.clone())
         .with_action(action)
         .with_policy(policy)
         .with_memory_limit(def.memory_limit);
+    if let Some(f) = def.folds {
+        spec = spec.with_folds(folds(f));
+    }
     let filter = match &def.module {
         FilterModule::Bundled => Filter::sensitive_words(spec),
         FilterModule::File { wasm, .. } => Filter::load(wasm, spec),
@@ -151,6 +157,28 @@ fn load_one(def: FilterDef, metrics: &Metrics) -> Result<LoadedFilter, String> {
         filter,
         metrics,
     })
+}
+
+/// The bundled module's folds, from the config's validated ones.
+fn folds(f: weir_conf::filters::Folds) -> Folds {
+    Folds {
+        ignorables: f.ignorables,
+        width: f.width,
+        case: f.case,
+        confusables: f.confusables,
+        traditional: match f.traditional {
+            None => Traditional::Auto,
+            Some(true) => Traditional::On,
+            Some(false) => Traditional::Off,
+        },
+        separators: match (f.whitespace, f.punctuation) {
+            (false, false) => Separators::None,
+            (true, false) => Separators::Whitespace,
+            (false, true) => Separators::Punctuation,
+            (true, true) => Separators::WhitespaceAndPunctuation,
+        },
+        max_gap: f.max_gap,
+    }
 }
 
 /// `request` or `response` (the `direction` label).

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use common::{SERVER, weir_bin};
 use serde_json::{Value, json};
-use weir_test_support::upstream::{ECHO_HEADER, REPLY_HEADER, SSE_CHUNK_HEADER, SSE_HEADER};
+use weir_test_support::upstream::{
+    ECHO_HEADER, REPLY_HEADER, SSE_CHUNK_HEADER, SSE_HEADER, SSE_SPLIT_HEADER,
+};
 use weir_test_support::wasm::module_misbehaving_on_bang;
 use weir_test_support::{Upstream, Weir, eventually};
 
@@ -69,6 +71,17 @@ mask_char = "*"
 name = "blocker"
 words = [{{ word = "炸弹", category = "violence" }}, {{ word = "bomb", category = "violence" }}]
 action = "block"
+
+[[filters]]
+name = "disguised"
+words = [{{ word = "坏词" }}, {{ word = "敏感词" }}, {{ word = "secret" }}]
+folds = {{ separators = "whitespace+punctuation", max_gap = 2 }}
+
+[[routes]]
+name = "disguised"
+prefix = "/disguised"
+arms = [{{ name = "a", pool = "p", weight = 1 }}]
+filters = {{ request = ["disguised"], response = ["disguised"] }}
 
 [[routes]]
 name = "mask"
@@ -440,4 +453,83 @@ async fn a_dictionary_change_is_hot_reloaded_without_failed_requests() {
     println!("{sent} requests across the dictionary reload, {failed} failed");
     assert_eq!(failed, 0);
     assert!(sent > 0);
+}
+
+/// Each disguise of a dictionary word (hidden characters, look-alikes,
+/// mathematical and full-width letters, traditional characters,
+/// separators), with the masked text the client or upstream must see.
+const DISGUISES: &[(&str, &str)] = &[
+    ("x 坏\u{200b}词 y", "x *** y"),
+    ("x se\u{200d}cret y", "x ******* y"),
+    ("x sec\u{ad}ret y", "x ******* y"),
+    ("x \u{feff}secret y", "x \u{feff}****** y"),
+    ("x s\u{435}cret y", "x ****** y"),
+    ("x \u{455}ecret y", "x ****** y"),
+    ("x 𝐬𝐞𝐜𝐫𝐞𝐭 y", "x ****** y"),
+    ("x 壞詞 y", "x ** y"),
+    ("x 敏感詞 y", "x *** y"),
+    ("x 坏 词 y", "x *** y"),
+    ("x 坏*词 y", "x *** y"),
+    ("x 坏-词 y", "x *** y"),
+    ("x 坏。词 y", "x *** y"),
+    ("x 坏   词 y", "x 坏   词 y"),
+];
+
+/// The concatenated delta contents of an SSE answer.
+fn streamed_content(raw: &str) -> String {
+    let mut content = String::new();
+    for data in raw.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if data == "[DONE]" {
+            continue;
+        }
+        let event: Value = serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {data}"));
+        content.push_str(
+            event["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap_or(""),
+        );
+    }
+    content
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disguised_words_are_masked_in_requests_answers_and_byte_split_streams() {
+    let s = setup().await;
+    let client = weir_test_support::client();
+    for (text, want) in DISGUISES {
+        // The request body the upstream receives.
+        let (status, echoed) = post(&s.weir, "/disguised/v1/chat/completions", &chat(text)).await;
+        assert_eq!(status, 200, "{text:?}: {echoed}");
+        let sent: Value = serde_json::from_str(echoed["body"].as_str().unwrap()).unwrap();
+        assert_eq!(sent["messages"][1]["content"], *want, "request {text:?}");
+
+        // A JSON answer.
+        let resp = client
+            .post(s.weir.url("/disguised/v1/chat/completions"))
+            .header(REPLY_HEADER, *text)
+            .body(chat("hi"))
+            .send()
+            .await
+            .unwrap();
+        let answer: Value = resp.json().await.unwrap();
+        assert_eq!(
+            answer["choices"][0]["message"]["content"], *want,
+            "answer {text:?}"
+        );
+
+        // A stream written one byte at a time, one character per event.
+        let resp = client
+            .post(s.weir.url("/disguised/v1/chat/completions"))
+            .header(SSE_HEADER, *text)
+            .header(SSE_CHUNK_HEADER, "1")
+            .header(SSE_SPLIT_HEADER, "1")
+            .header("x-test-sse-gap-ms", "0")
+            .body(chat("hi"))
+            .send()
+            .await
+            .unwrap();
+        let raw = resp.text().await.unwrap();
+        assert_eq!(streamed_content(&raw), *want, "stream {text:?}");
+        assert!(raw.trim_end().ends_with("data: [DONE]"), "{raw}");
+    }
 }

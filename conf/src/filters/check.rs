@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::types::{
-    BUNDLED_MODULE, FilterAction, FilterConfig, FilterPolicy, MAX_BODY_LIMIT, MAX_MEMORY_MB,
-    NonJson, RouteFiltersConfig,
+    BUNDLED_MODULE, FilterAction, FilterConfig, FilterPolicy, FoldsConfig, MAX_BODY_LIMIT,
+    MAX_MEMORY_MB, NonJson, RouteFiltersConfig,
 };
 use crate::error::Problems;
 use crate::names::{check_name, entry_path};
@@ -44,6 +44,76 @@ pub struct FilterDef {
     pub policy: FilterPolicy,
     /// Memory cap, bytes.
     pub memory_limit: usize,
+    /// The bundled module's folds; `None` for a module of one's own.
+    pub folds: Option<Folds>,
+}
+
+/// Validated `folds` of the bundled module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Folds {
+    /// Drop default-ignorable characters.
+    pub ignorables: bool,
+    /// NFKC compatibility and width folding.
+    pub width: bool,
+    /// Case folding.
+    pub case: bool,
+    /// Confusable skeletons.
+    pub confusables: bool,
+    /// Traditional to simplified Chinese: `None` = when a word has Han.
+    pub traditional: Option<bool>,
+    /// Skip whitespace between a word's characters.
+    pub whitespace: bool,
+    /// Skip punctuation between a word's characters.
+    pub punctuation: bool,
+    /// Most separators in a row.
+    pub max_gap: u16,
+}
+
+/// Largest `folds.max_gap`.
+pub const MAX_FOLD_GAP: i64 = 16;
+
+fn check_folds(f: &FoldsConfig, at: &str, problems: &mut Problems) -> Folds {
+    let traditional = match f.traditional.as_str() {
+        "auto" => None,
+        "on" => Some(true),
+        "off" => Some(false),
+        other => {
+            problems.push(
+                format!("{at}.traditional"),
+                format!("{other:?} is not auto, on or off"),
+            );
+            None
+        }
+    };
+    let (whitespace, punctuation) = match f.separators.as_str() {
+        "none" => (false, false),
+        "whitespace" => (true, false),
+        "punctuation" => (false, true),
+        "whitespace+punctuation" => (true, true),
+        other => {
+            problems.push(
+                format!("{at}.separators"),
+                format!("{other:?} is not none, whitespace, punctuation or whitespace+punctuation"),
+            );
+            (false, false)
+        }
+    };
+    if !(0..=MAX_FOLD_GAP).contains(&f.max_gap) {
+        problems.push(
+            format!("{at}.max_gap"),
+            format!("{} must be between 0 and {MAX_FOLD_GAP}", f.max_gap),
+        );
+    }
+    Folds {
+        ignorables: f.ignorables,
+        width: f.width,
+        case: f.case,
+        confusables: f.confusables,
+        traditional,
+        whitespace,
+        punctuation,
+        max_gap: u16::try_from(f.max_gap.clamp(0, MAX_FOLD_GAP)).unwrap_or(2),
+    }
 }
 
 /// A route's validated filters: indices into [`crate::Snapshot::filters`].
@@ -140,6 +210,21 @@ pub fn check_filters(filters: &[FilterConfig], problems: &mut Problems) -> Vec<F
                 ),
             );
         }
+        let folds = if f.module == BUNDLED_MODULE {
+            Some(check_folds(
+                &f.folds.clone().unwrap_or_default(),
+                &format!("{at}.folds"),
+                problems,
+            ))
+        } else {
+            if f.folds.is_some() {
+                problems.push(
+                    format!("{at}.folds"),
+                    "only the bundled sensitive-words module folds",
+                );
+            }
+            None
+        };
         out.push(FilterDef {
             name: f.name.clone(),
             module,
@@ -149,6 +234,7 @@ pub fn check_filters(filters: &[FilterConfig], problems: &mut Problems) -> Vec<F
             policy: f.policy,
             memory_limit: usize::try_from(f.memory_limit_mb.clamp(1, MAX_MEMORY_MB)).unwrap_or(64)
                 << 20,
+            folds,
         });
     }
     out

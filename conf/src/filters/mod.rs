@@ -12,6 +12,9 @@
 //! mask_char = "*"
 //! policy = "fail_closed"              # or "fail_open"
 //! memory_limit_mb = 64
+//! # disguised words (the bundled module; these are the defaults)
+//! folds = { ignorables = true, width = true, case = true, confusables = true,
+//!           traditional = "auto", separators = "none", max_gap = 2 }
 //!
 //! [[routes]]
 //! # ...
@@ -32,8 +35,10 @@ pub(crate) mod types;
 pub(crate) mod check;
 
 #[cfg(feature = "validate")]
-pub use check::{FilterDef, FilterModule, RouteFilters, check_filters, check_route_filters};
+pub use check::{
+    FilterDef, FilterModule, Folds, MAX_FOLD_GAP, RouteFilters, check_filters, check_route_filters,
+};
 pub use types::{
     BUNDLED_MODULE, DEFAULT_MAX_BODY, DEFAULT_MEMORY_MB, FilterAction, FilterConfig, FilterPolicy,
-    MAX_BODY_LIMIT, MAX_MEMORY_MB, NonJson, RouteFiltersConfig, WordConfig,
+    FoldsConfig, MAX_BODY_LIMIT, MAX_MEMORY_MB, NonJson, RouteFiltersConfig, WordConfig,
 };

@@ -46,14 +46,80 @@ pub struct FilterConfig {
     /// Cap on the filter instance's memory, MiB (default 64).
     #[serde(default = "default_memory_mb")]
     pub memory_limit_mb: i64,
+    /// How the bundled module folds disguised words before matching
+    /// (absent: every default). Only for `module = "sensitive-words"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folds: Option<FoldsConfig>,
+}
+
+/// `folds`: the bundled module's folding of text and words before
+/// matching (docs/filters.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FoldsConfig {
+    /// Drop invisible (default-ignorable) characters such as zero-width
+    /// spaces and soft hyphens (default true).
+    #[serde(default = "yes")]
+    pub ignorables: bool,
+    /// NFKC compatibility and width folding (default true).
+    #[serde(default = "yes")]
+    pub width: bool,
+    /// Case folding (default true).
+    #[serde(default = "yes")]
+    pub case: bool,
+    /// Look-alike letters to their Unicode confusable skeleton (default
+    /// true).
+    #[serde(default = "yes")]
+    pub confusables: bool,
+    /// Traditional Chinese to simplified: `auto` (default: when some word
+    /// has a Han character), `on` or `off`.
+    #[serde(default = "default_traditional")]
+    pub traditional: String,
+    /// Characters skipped between two characters of a word: `none`
+    /// (default), `whitespace`, `punctuation` or `whitespace+punctuation`.
+    #[serde(default = "default_separators")]
+    pub separators: String,
+    /// Most separators in a row between two characters of a word
+    /// (default 2, at most 16).
+    #[serde(default = "default_max_gap")]
+    pub max_gap: i64,
+}
+
+impl Default for FoldsConfig {
+    fn default() -> Self {
+        Self {
+            ignorables: true,
+            width: true,
+            case: true,
+            confusables: true,
+            traditional: default_traditional(),
+            separators: default_separators(),
+            max_gap: default_max_gap(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_traditional() -> String {
+    "auto".to_owned()
+}
+
+fn default_separators() -> String {
+    "none".to_owned()
+}
+
+fn default_max_gap() -> i64 {
+    2
 }
 
 /// One dictionary entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WordConfig {
-    /// The word (matched case-insensitively for Latin letters, full-width
-    /// forms folded).
+    /// The word (folded as the filter's `folds` say, like the text).
     pub word: String,
     /// Its category (default: the filter's `category`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -282,6 +282,7 @@ mod tests {
             mask_char,
             policy: FilterPolicy::FailClosed,
             memory_limit: 16 << 20,
+            folds: None,
         };
         let defs = [def("en", "badword", '*'), def("zh", "坏词", '#')];
         let metrics = crate::metrics::Metrics::new().unwrap();
