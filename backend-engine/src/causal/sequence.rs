@@ -201,21 +201,22 @@ pub(super) fn accept(
     let token = u32::try_from(seq.sampler.sample(logits)).unwrap_or(0);
     seq.generated.push(token);
     if !seq.job.ignore_eos && stop_ids.contains(&token) {
+        // The stop token ends the answer (and still counts below).
         seq.finish(FinishReason::Stop, tokenizer);
-        return;
-    }
-    match seq.text.push(tokenizer, token) {
-        Ok((text, stopped)) => {
-            if !text.is_empty() {
-                seq.outbox.push_back(GenEvent::Text(text));
+    } else {
+        match seq.text.push(tokenizer, token) {
+            Ok((text, stopped)) => {
+                if !text.is_empty() {
+                    seq.outbox.push_back(GenEvent::Text(text));
+                }
+                if stopped {
+                    seq.finish(FinishReason::Stop, tokenizer);
+                } else if seq.generated.len() >= seq.job.params.max_tokens {
+                    seq.finish(FinishReason::Length, tokenizer);
+                }
             }
-            if stopped {
-                seq.finish(FinishReason::Stop, tokenizer);
-            } else if seq.generated.len() >= seq.job.params.max_tokens {
-                seq.finish(FinishReason::Length, tokenizer);
-            }
+            Err(e) => seq.fail(&e.to_string()),
         }
-        Err(e) => seq.fail(&e.to_string()),
     }
     if seq.done {
         metrics.genai.finished(

@@ -163,9 +163,40 @@ async fn causal_lm_greedy_and_chat_match_goldens_for_both_versions() {
         }
     }
     assert_eq!(text, g["chat"]["answer_text"].as_str().unwrap());
+    let chat_tokens = g["chat"]["generated_ids"].as_array().unwrap().len();
     assert_eq!(
         usage["completion_tokens"].as_u64().unwrap() as usize,
-        g["chat"]["generated_ids"].as_array().unwrap().len()
+        chat_tokens
+    );
+    // Every generation of version 1 is in the GenAI metrics, those that
+    // ended at the stop token (the two chats) as well as the one that ran
+    // to max_tokens.
+    let page = client()
+        .get(engine.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let v1 = "weir_model_version=\"1\"";
+    let sample = |name: &str, extra: &[&str]| {
+        let mut labels = vec![v1];
+        labels.extend_from_slice(extra);
+        weir_test_support::sample_with(&page, name, &labels).unwrap_or(-1.0)
+    };
+    assert_eq!(
+        sample("gen_ai_server_request_duration_seconds_count", &[]),
+        3.0,
+        "{page}"
+    );
+    assert_eq!(
+        sample(
+            "gen_ai_client_token_usage_sum",
+            &["gen_ai_token_type=\"output\""]
+        ),
+        (32 + 2 * chat_tokens) as f64,
+        "{page}"
     );
 }
 
