@@ -101,6 +101,18 @@ pub struct Args {
     #[arg(long, value_name = "MB")]
     pub kv_cache_mb: Option<usize>,
 
+    /// Put the process in a sandbox (no_new_privs, Landlock, seccomp) once
+    /// the listeners are bound and ONNX Runtime is loaded, before any
+    /// model file is read: `auto` wherever the kernel supports it, `on`
+    /// (an error where it cannot), `off` (docs/security.md).
+    #[arg(
+        long,
+        default_value = "auto",
+        env = "WEIR_ENGINE_SANDBOX",
+        value_name = "on|off|auto"
+    )]
+    pub sandbox: weir_conf::sandbox::Mode,
+
     /// OTLP/gRPC collector (e.g. `http://127.0.0.1:4317`) that receives a
     /// span for each API request, in the caller's trace when it sent a
     /// `traceparent` (the gateway sends one); absent = no spans.

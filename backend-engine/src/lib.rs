@@ -37,6 +37,7 @@ pub mod queue;
 pub mod register_args;
 pub mod repository;
 pub mod runtime;
+pub mod sandbox;
 pub mod server;
 pub mod tasks;
 pub mod tensor;

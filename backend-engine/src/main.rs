@@ -22,6 +22,15 @@ fn main() -> std::process::ExitCode {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
     }
+    // Before the runtime starts a thread: Landlock binds the calling
+    // thread and the threads it starts afterwards.
+    let listeners = match weir_engine::sandbox::enter(&args) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("weir-engine: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -32,11 +41,16 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(weir_engine::server::run(args, shutdown_signal(), |bound| {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", bound.listening_line());
-        let _ = out.flush();
-    }));
+    let result = runtime.block_on(weir_engine::server::run_with(
+        args,
+        listeners,
+        shutdown_signal(),
+        |bound| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", bound.listening_line());
+            let _ = out.flush();
+        },
+    ));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -287,6 +287,19 @@ impl Metrics {
             registry.register(c).map_err(err)?;
         }
         let genai = GenAiFamilies::new().map_err(err)?;
+        // Whether the process sandbox is in force (crate::sandbox): set once
+        // at start, before the metrics exist.
+        let sandbox = prometheus::IntGauge::new(
+            "weir_engine_sandbox_enabled",
+            "1 when the process runs in its sandbox (no_new_privs, Landlock, seccomp), else 0",
+        )
+        .map_err(err)?;
+        sandbox.set(i64::from(
+            crate::sandbox::APPLIED
+                .get()
+                .is_some_and(weir_conf::sandbox::Report::enabled),
+        ));
+        registry.register(Box::new(sandbox)).map_err(err)?;
         for c in [
             Box::new(genai.duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(genai.ttft.clone()),

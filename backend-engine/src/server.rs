@@ -42,11 +42,48 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(Bound),
 ) -> Result<()> {
+    run_with(args, None, shutdown, on_bound).await
+}
+
+/// Listeners bound before the runtime started (to sandbox the process
+/// after binding them and before any thread exists).
+#[derive(Debug)]
+pub struct Listeners {
+    /// HTTP.
+    pub http: std::net::TcpListener,
+    /// gRPC.
+    pub grpc: std::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds both of `args`'s addresses.
+    pub fn bind(args: &Args) -> Result<Self> {
+        let bind = |addr: SocketAddr, flag: &str| {
+            let l = std::net::TcpListener::bind(addr)
+                .map_err(|e| Error::Config(format!("{flag} {addr}: {e}")))?;
+            l.set_nonblocking(true)
+                .map_err(|e| Error::Config(format!("{flag} {addr}: {e}")))?;
+            Ok::<_, Error>(l)
+        };
+        Ok(Self {
+            http: bind(args.http, "--http")?,
+            grpc: bind(args.grpc, "--grpc")?,
+        })
+    }
+}
+
+/// [`run`] on listeners already bound (`None`: bind them here).
+pub async fn run_with(
+    args: Args,
+    listeners: Option<Listeners>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(Bound),
+) -> Result<()> {
     let engine_args = args.clone();
     let engine = tokio::task::spawn_blocking(move || Engine::start(&engine_args))
         .await
         .map_err(|e| Error::Runtime(format!("startup task failed: {e}")))??;
-    serve(engine, &args, shutdown, on_bound).await
+    serve_with(engine, &args, listeners, shutdown, on_bound).await
 }
 
 /// Serves an already started engine.
@@ -56,11 +93,24 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(Bound),
 ) -> Result<()> {
-    let http_listener = TcpListener::bind(args.http)
-        .await
+    serve_with(engine, args, None, shutdown, on_bound).await
+}
+
+/// [`serve`] on listeners already bound (`None`: bind them here).
+pub async fn serve_with(
+    engine: Arc<Engine>,
+    args: &Args,
+    listeners: Option<Listeners>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(Bound),
+) -> Result<()> {
+    let listeners = match listeners {
+        Some(l) => l,
+        None => Listeners::bind(args)?,
+    };
+    let http_listener = TcpListener::from_std(listeners.http)
         .map_err(|e| Error::Config(format!("--http {}: {e}", args.http)))?;
-    let grpc_listener = TcpListener::bind(args.grpc)
-        .await
+    let grpc_listener = TcpListener::from_std(listeners.grpc)
         .map_err(|e| Error::Config(format!("--grpc {}: {e}", args.grpc)))?;
     let bound = Bound {
         http: http_listener

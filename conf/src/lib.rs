@@ -19,6 +19,7 @@
 //! |---|---|---|---|
 //! | 0 names, errors | [`error`] | [`Problem`], [`Problems`], [`ConfigError`], [`error::quoted`] | nothing |
 //! | 0 | [`secrets`] | `${env:NAME}`/`${file:PATH}` in values: [`secrets::expand`] | `error` |
+//! | 0 | [`sandbox`] | Landlock and seccomp for both binaries (feature `sandbox`) | nothing |
 //! | 0 | [`otlp`] | [`otlp::Exporter`]: the OTLP span exporter (feature `otlp`) | nothing |
 //! | 0 | `names` | the rule for names: `is_name`, `check_name`, `entry_path` | `error` |
 //! | 1 file types | `access::types` | `[[tenants]]`, `[auth]`, `[limits]`, [`access::AuthMode`] | nothing |
@@ -58,6 +59,8 @@
 //!   uses.
 //! - `etcd` (default; `validate` + `register`): the etcd config source and
 //!   the operator store (`weirctl`).
+//! - `sandbox`: the process sandbox (Landlock, seccomp) both binaries put
+//!   themselves in.
 //! - `otlp`: the OTLP/gRPC span exporter ([`otlp::Exporter`]) both
 //!   binaries start from their tracing settings.
 //!
@@ -74,6 +77,8 @@ pub(crate) mod names;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod resilience;
+#[cfg(feature = "sandbox")]
+pub mod sandbox;
 pub mod secrets;
 
 #[cfg(feature = "validate")]

@@ -148,6 +148,11 @@ impl Engine {
         crate::base_url(self.grpc)
     }
 
+    /// The process id (for `/proc/<pid>/status`).
+    pub fn pid(&self) -> Option<u32> {
+        Some(self.child.id())
+    }
+
     /// What the engine logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

@@ -21,7 +21,7 @@ use crate::common::{
 
 /// Rewrites a version folder's manifest, signed with the key from `seed`;
 /// returns the public key as hex.
-fn resign(dir: &Path, model: &str, version: &str, seed: u8) -> String {
+pub(crate) fn resign(dir: &Path, model: &str, version: &str, seed: u8) -> String {
     let pair = Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
     let public = pair.public_key().as_ref().to_vec();
     let mut files = BTreeMap::new();
@@ -74,7 +74,7 @@ fn sign_with_test_key(repo: &TempRepo) -> std::path::PathBuf {
     key
 }
 
-async fn served_versions(engine: &Engine, model: &str) -> Value {
+pub(crate) async fn served_versions(engine: &Engine, model: &str) -> Value {
     let v: Value = client()
         .get(engine.url(&format!("/v2/models/{model}")))
         .send()

@@ -17,4 +17,5 @@ mod python_clients;
 mod queue;
 mod real_models;
 mod registration;
+mod sandbox;
 mod v2_http;
