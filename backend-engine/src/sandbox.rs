@@ -4,7 +4,8 @@
 //!
 //! Readable: the model repository, the public key, the ONNX Runtime
 //! library's folder (the CUDA provider libraries beside it are loaded
-//! later), and what every process needs (`Rules::base`: system libraries,
+//! later), the etcd registration's TLS files and password file, and what
+//! every process needs (`Rules::base`: system libraries,
 //! name service files, `/proc`, `/sys`, `/dev/null`, `/dev/urandom`). With
 //! `--device cuda` or `auto`, also the NVIDIA device files (read-write),
 //! `/usr/local/cuda` and the folders of `LD_LIBRARY_PATH`. Nothing is
@@ -32,6 +33,28 @@ pub fn rules(args: &Args, library: &Path) -> Rules {
         .read(args.public_key_path());
     if let Some(dir) = library.parent() {
         rules = rules.read(dir);
+    }
+    // Registration in a secured etcd reads its TLS files and a password
+    // file when it connects, after the sandbox is entered.
+    let register = &args.register;
+    for file in [
+        &register.register_cacert,
+        &register.register_cert,
+        &register.register_key,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        rules = rules.read(file);
+    }
+    if let Some(path) = register
+        .register_user
+        .as_deref()
+        .and_then(|u| u.split_once("${file:"))
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map(|(path, _)| path)
+    {
+        rules = rules.read(path);
     }
     if args.device != DeviceRequest::Cpu {
         for device in ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"] {
