@@ -47,13 +47,7 @@ pub fn rules(args: &Args, library: &Path) -> Rules {
     {
         rules = rules.read(file);
     }
-    if let Some(path) = register
-        .register_user
-        .as_deref()
-        .and_then(|u| u.split_once("${file:"))
-        .and_then(|(_, rest)| rest.split_once('}'))
-        .map(|(path, _)| path)
-    {
+    for path in weir_conf::secrets::files(register.register_user.as_deref().unwrap_or("")) {
         rules = rules.read(path);
     }
     if args.device != DeviceRequest::Cpu {

@@ -7,6 +7,32 @@ use crate::error::Problems;
 /// Longest value once its secrets are read, bytes.
 pub const MAX_SECRET: usize = 8_192;
 
+/// The text before the first `${` of `rest`, then what is inside it and
+/// the text after its `}` (`None` for an unclosed `${`); `None` when `rest`
+/// holds no `${`.
+fn next_reference(rest: &str) -> Option<(&str, Option<(&str, &str)>)> {
+    let start = rest.find("${")?;
+    let after = &rest[start + 2..];
+    let reference = after
+        .find('}')
+        .map(|end| (&after[..end], &after[end + 1..]));
+    Some((&rest[..start], reference))
+}
+
+/// The files `value`'s `${file:PATH}` references name, as [`expand`] would
+/// read them (for a sandbox that must leave them readable).
+pub fn files(value: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = value;
+    while let Some((_, Some((reference, after)))) = next_reference(rest) {
+        if let Some(("file", path)) = reference.split_once(':') {
+            out.push(path);
+        }
+        rest = after;
+    }
+    out
+}
+
 /// Replaces `${env:NAME}` and `${file:PATH}` in `value` (a file's trailing
 /// line break is dropped); the result must be visible ASCII, spaces and
 /// tabs (a valid header value), at most [`MAX_SECRET`] bytes. Problems are
@@ -14,17 +40,15 @@ pub const MAX_SECRET: usize = 8_192;
 pub fn expand(value: &str, at: &str, problems: &mut Problems) -> Option<String> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
+    while let Some((before, reference)) = next_reference(rest) {
+        out.push_str(before);
+        let Some((reference, after)) = reference else {
             problems.push(
                 at,
                 "an unclosed ${ (secrets are ${env:NAME} or ${file:PATH})",
             );
             return None;
         };
-        let reference = &after[..end];
         match reference.split_once(':') {
             Some(("env", name)) => match std::env::var(name) {
                 Ok(v) => out.push_str(&v),
@@ -58,7 +82,7 @@ pub fn expand(value: &str, at: &str, problems: &mut Problems) -> Option<String> 
                 return None;
             }
         }
-        rest = &after[end + 1..];
+        rest = after;
     }
     out.push_str(rest);
     if out.len() > MAX_SECRET {
@@ -74,4 +98,20 @@ pub fn expand(value: &str, at: &str, problems: &mut Problems) -> Option<String> 
         return None;
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn files_names_the_file_references_only() {
+        assert_eq!(
+            files("a${file:/x/p}b${env:E}c${file:/y}${unclosed"),
+            ["/x/p", "/y"]
+        );
+        assert!(files("plain").is_empty());
+    }
 }

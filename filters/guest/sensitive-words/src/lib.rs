@@ -114,18 +114,6 @@ impl Default for Options {
 }
 
 impl Options {
-    /// Folds nothing (for comparisons).
-    pub const NONE: Self = Self {
-        ignorables: false,
-        width: false,
-        case: false,
-        confusables: false,
-        traditional: Some(false),
-        whitespace: false,
-        punctuation: false,
-        max_gap: 0,
-    };
-
     /// Applies one `name=value` option line (without the `!`).
     fn set(&mut self, line: &str) -> Result<(), i32> {
         let (name, value) = line.split_once('=').ok_or(E_OPTION)?;
