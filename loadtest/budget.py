@@ -30,6 +30,7 @@ figures as JSON to `loadtest/results/budget.json`.
     loadtest/budget.py --allocs             # ... and allocations per request
     loadtest/budget.py --compare /tmp/weir-before   # a second weir build, same rounds
     loadtest/budget.py --record weir.perf   # ... and a perf profile of weir
+    loadtest/budget.py --sandbox-off        # ... and the same weir with --sandbox off
 
 `--compare PATH` starts a second weir (another build, same config) beside
 the first and adds it to every round (nginx, weir, weir-b, ...), so a
@@ -38,6 +39,10 @@ it on the same machine in the same minutes. `--record FILE` records a
 `perf record --call-graph dwarf` profile of the first weir for one more
 window, and one of nginx's worker in `FILE.nginx` (`perf report -i FILE
 --children` to read them).
+
+`--sandbox-off` adds the same weir binary started with `--sandbox off`
+(`weir-nosandbox`) to every round: what the sandbox (the seccomp filter on
+every system call, Landlock on every open) costs per request.
 
 `--callgrind FILE` runs weir alone under `valgrind --tool=callgrind` (the
 weighted route only: compiling the Wasm filter under valgrind takes
@@ -241,6 +246,8 @@ def main() -> int:
     ap.add_argument("--bin-dir", type=Path, help="take weir from here instead of building")
     ap.add_argument("--allocs", action="store_true", help="also count weir's allocations per request (uprobes)")
     ap.add_argument("--compare", type=Path, help="a second weir binary measured in the same rounds (weir-b)")
+    ap.add_argument("--sandbox-off", action="store_true",
+                    help="also measure the same weir with --sandbox off (weir-nosandbox)")
     ap.add_argument("--record", type=Path, help="write a perf profile of weir under load to this file")
     ap.add_argument("--callgrind", type=Path, help="count weir's instructions per request under callgrind, "
                     "profile written to this file (.1)")
@@ -266,6 +273,9 @@ def main() -> int:
             if other == weir:
                 raise SystemExit("--compare names the same binary as weir")
             proxies.append(("weir-b", run.start_weir(stack, other, ports, name="weir-b"), pid_of(other)))
+        if args.sandbox_off:
+            url = run.start_weir(stack, weir, ports, extra=("--sandbox", "off"), name="weir-nosandbox")
+            proxies.append(("weir-nosandbox", url, pid_of(weir)))
         for _, url, _ in proxies:  # warm-up
             run.wrk(url, "plain.lua", 1, args.connections)
         for r in range(args.rounds):

@@ -1,6 +1,7 @@
 //! The engine's sandbox (`weir_conf::sandbox`): entered by the binary
-//! after its listeners are bound and ONNX Runtime is loaded, before the
-//! async runtime starts a thread and before any model file is read.
+//! after its listeners are bound and ONNX Runtime's library is found,
+//! before ONNX Runtime's environment or the async runtime starts a thread
+//! and before any model file is read.
 //!
 //! Readable: the model repository, the public key, the ONNX Runtime
 //! library's folder (the CUDA provider libraries beside it are loaded
@@ -70,8 +71,8 @@ pub fn rules(args: &Args, library: &Path) -> Rules {
     rules
 }
 
-/// Binds the listeners, loads ONNX Runtime and enters the sandbox (as
-/// `--sandbox` says); returns the listeners to serve on (`None` with
+/// Binds the listeners, enters the sandbox (as `--sandbox` says), then loads
+/// ONNX Runtime; returns the listeners to serve on (`None` with
 /// `--sandbox off`: they are bound later, as without a sandbox). Call it
 /// before any thread is started.
 pub fn enter(args: &Args) -> Result<Option<Listeners>> {
@@ -81,10 +82,13 @@ pub fn enter(args: &Args) -> Result<Option<Listeners>> {
     }
     let listeners = Listeners::bind(args)?;
     let library = runtime::resolve_library(args.ort_lib.as_deref())?;
-    runtime::init_environment(&library)?;
     let rules = rules(args, &library);
     let report = weir_conf::sandbox::apply(args.sandbox, &rules, false)
         .map_err(|e| Error::Config(format!("--sandbox on: {e}")))?;
+    // ONNX Runtime starts a thread of its own when its environment is
+    // made: inside the sandbox, or that thread would stay outside
+    // Landlock's rules (which bind only threads started after them).
+    runtime::init_environment(&library)?;
     tracing::info!(
         no_new_privs = report.no_new_privs,
         landlock = report.landlock,

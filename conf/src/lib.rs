@@ -86,6 +86,8 @@ mod file;
 #[cfg(feature = "validate")]
 pub mod matching;
 #[cfg(feature = "validate")]
+pub mod paths;
+#[cfg(feature = "validate")]
 pub mod snapshot;
 
 pub use error::{ConfigError, Problem, Problems};

@@ -227,6 +227,32 @@ pub struct ServerConfig {
     /// does not know, and for tests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hosts_file: Option<String>,
+    /// `[server.sandbox]`: paths the sandboxed gateway may reach beyond
+    /// the ones this file names (read at start; `weir --sandbox`).
+    #[serde(default, skip_serializing_if = "SandboxConfig::is_empty")]
+    pub sandbox: SandboxConfig,
+}
+
+/// `[server.sandbox]`: extra file-system rights of the sandboxed gateway
+/// (`weir --sandbox`, docs/security.md). The folders of the files this
+/// config names are readable anyway; list here what a later config (from
+/// etcd, or a reloaded file) may name elsewhere.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Folders (or files) that may be read, with everything beneath.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read: Vec<String>,
+    /// Folders (or files) that may be read and written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub write: Vec<String>,
+}
+
+impl SandboxConfig {
+    /// Whether nothing is listed (then it is not serialized).
+    pub fn is_empty(&self) -> bool {
+        self.read.is_empty() && self.write.is_empty()
+    }
 }
 
 /// How log lines are written.
@@ -316,6 +342,7 @@ impl Default for ServerConfig {
             tls: None,
             tracing: TracingConfig::default(),
             hosts_file: None,
+            sandbox: SandboxConfig::default(),
         }
     }
 }

@@ -185,6 +185,16 @@ pub fn apply(mode: Mode, rules: &Rules, allow_perf: bool) -> Result<Report, Stri
     if mode == Mode::Off {
         return Ok(report);
     }
+    // Landlock binds the calling thread and the threads it starts later,
+    // not threads already running: say so rather than pretend.
+    let threads = std::fs::read_dir("/proc/self/task").map_or(1, Iterator::count);
+    if threads > 1 {
+        let why = format!("Landlock binds only new threads: {threads} were already running");
+        if mode == Mode::On {
+            return Err(why);
+        }
+        report.missing.push(why);
+    }
     let abi = ABI::V5;
     let level = if mode == Mode::On {
         CompatLevel::HardRequirement

@@ -62,6 +62,7 @@ pub mod retry;
 pub mod route_match;
 pub mod routing;
 pub mod runtime;
+pub mod sandbox;
 pub mod server;
 pub mod source;
 pub mod state;

@@ -41,6 +41,17 @@ struct Cli {
     /// send SIGQUIT to the old process, which finishes what it has and exits.
     #[arg(long)]
     upgrade: bool,
+    /// Put the process in a sandbox (no_new_privs, Landlock, seccomp) once
+    /// its listeners are bound: `auto` (default) wherever the kernel
+    /// supports it, `on` (an error where it cannot), `off`. Extra paths:
+    /// `[server.sandbox]`; docs/security.md lists the rules.
+    #[arg(
+        long,
+        env = "WEIR_SANDBOX",
+        default_value = "auto",
+        value_name = "on|off|auto"
+    )]
+    sandbox: weir_conf::sandbox::Mode,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -98,7 +109,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        None => match serve(source, loaded, cli.upgrade) {
+        None => match serve(source, loaded, cli.upgrade, cli.sandbox) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir: {e:#}");

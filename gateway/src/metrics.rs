@@ -39,6 +39,8 @@ pub struct Metrics {
     pub apply_seconds: Histogram,
     /// `weir_etcd_connected`: 1 while the etcd watch is established.
     pub etcd_connected: IntGauge,
+    /// `weir_sandbox_enabled`: 1 when the process runs in its sandbox.
+    pub sandbox_enabled: IntGauge,
     /// `weir_etcd_resyncs_total`: full re-reads after a compaction or cancelled watch.
     pub etcd_resyncs: IntCounter,
     /// `weir_config_invalid_keys`: keys under the etcd prefix that problems
@@ -198,6 +200,10 @@ impl Metrics {
             "weir_etcd_connected",
             "1 while the watch on etcd is established, else 0.",
         )?;
+        let sandbox_enabled = IntGauge::new(
+            "weir_sandbox_enabled",
+            "1 when the process runs in its sandbox (no_new_privs, Landlock, seccomp), else 0.",
+        )?;
         let etcd_resyncs = IntCounter::new(
             "weir_etcd_resyncs_total",
             "Full re-reads of the etcd prefix after a compacted revision or a cancelled watch.",
@@ -302,6 +308,7 @@ impl Metrics {
         registry.register(Box::new(revision.clone()))?;
         registry.register(Box::new(apply_seconds.clone()))?;
         registry.register(Box::new(etcd_connected.clone()))?;
+        registry.register(Box::new(sandbox_enabled.clone()))?;
         registry.register(Box::new(etcd_resyncs.clone()))?;
         registry.register(Box::new(invalid_keys.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -366,6 +373,7 @@ impl Metrics {
             revision,
             apply_seconds,
             etcd_connected,
+            sandbox_enabled,
             etcd_resyncs,
             invalid_keys,
             filter_matches,

@@ -216,6 +216,7 @@ pub fn serve(
     source: ConfigSource,
     loaded: Result<Snapshot, ConfigError>,
     upgrade: bool,
+    sandbox: weir_conf::sandbox::Mode,
 ) -> anyhow::Result<()> {
     let snapshot = loaded.map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
     let proxy_port = ListenPort::reserve(snapshot.server.proxy, upgrade)?;
@@ -240,12 +241,6 @@ pub fn serve(
         },
         identity: format!("{host} {proxy_addr}"),
     });
-    if let Some(settings) = &snapshot.server.tracing {
-        let otel = crate::otel::Otel::start(settings)
-            .map_err(|e| anyhow::anyhow!("cannot start the OTLP exporter: {e}"))?;
-        tracing::info!(endpoint = %settings.endpoint, "exporting spans over OTLP");
-        let _ = shared.otel.set(otel);
-    }
     let threads = match snapshot.server.threads {
         0 => std::thread::available_parallelism()
             .map(|n| n.get())
@@ -269,7 +264,33 @@ pub fn serve(
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // A graceful upgrade takes the old process's sockets over here, through
+    // the upgrade socket: before the sandbox, which leaves no folder of it
+    // writable.
     server.bootstrap();
+
+    // No thread has started yet (Landlock binds only threads started
+    // after it): the sandbox now, the exporter and Pingora's runtimes after.
+    let (config_file, cache) = match &source {
+        ConfigSource::File(p) => (Some(p.as_path()), None),
+        ConfigSource::Etcd { settings, .. } => (None, settings.cache.as_deref()),
+        ConfigSource::Embedded => (None, None),
+    };
+    crate::sandbox::enter(
+        sandbox,
+        &crate::sandbox::rules(&snapshot, config_file, cache),
+    )?;
+    shared.metrics.sandbox_enabled.set(i64::from(
+        crate::sandbox::APPLIED
+            .get()
+            .is_some_and(weir_conf::sandbox::Report::enabled),
+    ));
+    if let Some(settings) = &snapshot.server.tracing {
+        let otel = crate::otel::Otel::start(settings)
+            .map_err(|e| anyhow::anyhow!("cannot start the OTLP exporter: {e}"))?;
+        tracing::info!(endpoint = %settings.endpoint, "exporting spans over OTLP");
+        let _ = shared.otel.set(otel);
+    }
 
     let mut http =
         pingora_proxy::http_proxy(&server.configuration, Gateway::new(Arc::clone(&shared)));

@@ -116,7 +116,8 @@ const WORDS: &str = r#"{ word = "secret" }, { word = "坏词", category = "abuse
 struct Setup {
     up: Upstream,
     weir: Weir,
-    _dir: tempfile::TempDir,
+    /// The modules' folder (the sandbox lets the gateway read it).
+    dir: tempfile::TempDir,
 }
 
 async fn setup() -> Setup {
@@ -125,11 +126,7 @@ async fn setup() -> Setup {
     let weir = Weir::start(weir_bin(), &config(&up, WORDS, dir.path()))
         .await
         .unwrap();
-    Setup {
-        up,
-        weir,
-        _dir: dir,
-    }
+    Setup { up, weir, dir }
 }
 
 /// POSTs `body` (JSON) to `path` asking the upstream to echo it.
@@ -385,7 +382,7 @@ async fn a_misbehaving_module_yields_its_policy_and_the_gateway_keeps_serving() 
     assert_eq!(status, 200);
 
     // A module that does not compile is rejected; the old chain keeps working.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = &s.dir;
     let broken = dir.path().join("broken.wasm");
     std::fs::write(&broken, b"\0asm garbage").unwrap();
     let bad = config(&s.up, WORDS, dir.path()).replace(
@@ -399,6 +396,12 @@ async fn a_misbehaving_module_yields_its_policy_and_the_gateway_keeps_serving() 
     })
     .await
     .unwrap();
+    // Refused for its bytes, not by the sandbox.
+    assert!(
+        !s.weir.log().contains("Permission denied"),
+        "{}",
+        s.weir.log()
+    );
     let (status, _) = post(&s.weir, "/closed-loop/v1/chat/completions", &chat("!loop")).await;
     assert_eq!(status, 503, "the old chain keeps serving");
 }
@@ -430,7 +433,7 @@ async fn a_dictionary_change_is_hot_reloaded_without_failed_requests() {
             (sent, failed)
         });
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = &s.dir;
     let words = format!("{WORDS}, {{ word = \"banana\" }}");
     s.weir
         .write_config(&config(&s.up, &words, dir.path()))

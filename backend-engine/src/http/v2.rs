@@ -42,7 +42,16 @@ pub(super) async fn ready(State(engine): State<Arc<Engine>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({ "ready": ready }))).into_response()
+    let sandbox = match crate::sandbox::APPLIED.get() {
+        Some(r) => json!({
+            "enabled": r.enabled(),
+            "no_new_privs": r.no_new_privs,
+            "landlock": r.landlock,
+            "seccomp": r.seccomp,
+        }),
+        None => json!({ "enabled": false }),
+    };
+    (status, Json(json!({ "ready": ready, "sandbox": sandbox }))).into_response()
 }
 
 pub(super) async fn server_metadata() -> Json<Value> {

@@ -53,6 +53,23 @@ async fn the_engine_sandboxes_itself_by_default_and_serves() {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", engine.log());
 
+    let ready = client()
+        .get(engine.url("/v2/health/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(ready["sandbox"]["enabled"], true, "{ready}");
+    assert_eq!(ready["sandbox"]["landlock"], "full", "{ready}");
+
+    // `on` refuses to start where a layer is missing, or where a thread
+    // (ONNX Runtime's own) would already run outside Landlock's rules.
+    let on = start_engine(&repo, &["--sandbox", "on"]).await;
+    assert_eq!(status(&on), Some((1, 2)), "{}", on.log());
+    assert!(!on.log().contains("already running"), "{}", on.log());
+
     let off = start_engine(&repo, &["--sandbox", "off"]).await;
     assert_eq!(status(&off), Some((0, 0)));
     assert_eq!(sandbox_gauge(&off).await, Some(0.0));

@@ -41,6 +41,8 @@ pub struct Server {
     pub tls: Option<TlsListener>,
     /// A hosts file consulted before the system resolver.
     pub hosts_file: Option<String>,
+    /// Extra paths of the sandboxed gateway.
+    pub sandbox: crate::model::SandboxConfig,
 }
 
 /// What an admin token may do.
@@ -130,6 +132,13 @@ pub(super) fn check_server(config: &Config, problems: &mut Problems) -> Option<S
         problems.push("server.upgrade_sock", "must be a path");
     }
     let tracing = check_tracing(&s.tracing, problems);
+    for (kind, paths) in [("read", &s.sandbox.read), ("write", &s.sandbox.write)] {
+        for (i, path) in paths.iter().enumerate() {
+            if path.trim().is_empty() {
+                problems.push(format!("server.sandbox.{kind}[{i}]"), "must be a path");
+            }
+        }
+    }
     let tls = s.tls.as_ref().and_then(|t| {
         let listen = parse_addr(&t.listen, "server.tls.listen", problems);
         for (field, path) in [("cert", &t.cert), ("key", &t.key)] {
@@ -174,6 +183,7 @@ pub(super) fn check_server(config: &Config, problems: &mut Problems) -> Option<S
         tracing,
         tls,
         hosts_file: s.hosts_file.clone(),
+        sandbox: s.sandbox.clone(),
     })
 }
 

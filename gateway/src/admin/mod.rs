@@ -75,7 +75,11 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let mut body = json!({ "ready": ready, "generation": generation });
+    let mut body = json!({
+        "ready": ready,
+        "generation": generation,
+        "sandbox": crate::sandbox::detail(),
+    });
     if let Some(rt) = &current {
         body["source"] = json!(rt.origin.kind());
         body["revision"] = json!(rt.origin.revision());

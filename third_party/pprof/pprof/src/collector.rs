@@ -4,12 +4,11 @@ use std::collections::hash_map::DefaultHasher;
 use std::convert::TryInto;
 use std::fmt::Debug;
 use std::hash::{Hash, Hasher};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 
 use crate::frames::UnresolvedFrames;
 
 use aligned_vec::AVec;
-use tempfile::NamedTempFile;
 
 pub const BUCKETS: usize = 1 << 12;
 pub const BUCKETS_ASSOCIATIVITY: usize = 4;
@@ -146,7 +145,8 @@ impl<T: Hash + Eq> HashCounter<T> {
 }
 
 pub struct TempFdArray<T: 'static> {
-    file: NamedTempFile,
+    // Weir patch 3: an anonymous file, not a named one in the temp folder.
+    file: std::fs::File,
     buffer: Box<[T; BUFFER_LENGTH]>,
     buffer_index: usize,
     flush_n: usize,
@@ -154,7 +154,7 @@ pub struct TempFdArray<T: 'static> {
 
 impl<T: Default + Debug> TempFdArray<T> {
     fn new() -> std::io::Result<TempFdArray<T>> {
-        let file = NamedTempFile::new()?;
+        let file = anonymous_file()?;
 
         let mut v: Vec<T> = Vec::with_capacity(BUFFER_LENGTH);
         v.resize_with(BUFFER_LENGTH, Default::default);
@@ -199,20 +199,44 @@ impl<T> TempFdArray<T> {
         let size = BUFFER_LENGTH * self.flush_n * std::mem::size_of::<T>();
 
         let mut file_vec = AVec::with_capacity(std::mem::align_of::<T>(), size);
-        let mut file = self.file.reopen()?;
 
         unsafe {
             // it's safe as the capacity is initialized to `size`, and it'll be filled with `size` bytes
             file_vec.set_len(size);
         }
-        file.read_exact(&mut file_vec[0..size])?;
-        file.seek(SeekFrom::End(0))?;
+        // Weir patch 3: read at an offset (the write position stays at the
+        // end) instead of reopening the file by its name.
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut file_vec[0..size], 0)?;
 
         Ok(TempFdArrayIterator {
             buffer: &self.buffer[0..self.buffer_index],
             file_vec,
             index: 0,
         })
+    }
+}
+
+/// Weir patch 3: the overflow file of the sample collector. On Linux an
+/// anonymous memory file (`memfd_create`): no path, so a process whose file
+/// system is restricted (Landlock, a read-only root) can still profile, and
+/// nothing is left behind if the process dies. Elsewhere an unnamed file in
+/// the temp folder.
+fn anonymous_file() -> std::io::Result<std::fs::File> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::FromRawFd;
+        let fd = nix::sys::memfd::memfd_create(
+            c"pprof-samples",
+            nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+        )
+        .map_err(std::io::Error::from)?;
+        // SAFETY: `fd` was just returned by memfd_create(2): it is open and
+        // owned by nothing else, so the `File` may own (and close) it.
+        Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        tempfile::tempfile()
     }
 }
 
