@@ -60,6 +60,13 @@ pub(crate) fn engine() -> Result<&'static Engine, FilterError> {
         .map_err(|e| FilterError::Instantiate(format!("wasm engine unavailable: {e}")))
 }
 
+/// Modules compile on the calling thread only (wasmtime is built without
+/// its `parallel-compilation` feature): the compiler's temporaries are
+/// then freed on one thread, which can give them back to the system at
+/// once (the gateway does, after each load), instead of staying with the
+/// idle workers of a compile thread pool. Measured on the gateway with the
+/// bundled filter, idle: 61 MiB resident against 80-100 MiB, for a start-up
+/// about 0.25 s longer on 2 cores.
 fn build(options: EngineOptions) -> Result<Engine, String> {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_core_instances(options.max_instances)

@@ -122,9 +122,15 @@ pub async fn load(
             continue;
         }
         let (owned, metrics) = (def.clone(), metrics.clone());
-        let loaded = tokio::task::spawn_blocking(move || load_one(owned, &metrics))
-            .await
-            .map_err(|e| format!("filters[{}]: loader failed: {e}", def.name))??;
+        let loaded = tokio::task::spawn_blocking(move || {
+            let loaded = load_one(owned, &metrics);
+            // The compiler's temporaries, freed on this thread, which goes
+            // idle now: given back at once (tens of MiB per module).
+            crate::alloc::give_back_freed_memory();
+            loaded
+        })
+        .await
+        .map_err(|e| format!("filters[{}]: loader failed: {e}", def.name))??;
         out.push(Arc::new(loaded));
     }
     Ok(out)

@@ -38,6 +38,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod alloc;
 pub mod balance;
 pub mod breaker;
 pub mod canary;

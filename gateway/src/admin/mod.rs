@@ -199,7 +199,7 @@ async fn profile(
         drop(report);
         drop(guard);
         backtrace::clear_symbol_cache();
-        give_back_freed_memory();
+        crate::alloc::give_back_freed_memory();
         Ok(out)
     })
     .await;
@@ -220,18 +220,6 @@ async fn profile(
         )
             .into_response(),
     }
-}
-
-/// Asks the allocator (mimalloc, the binary's global allocator) to return
-/// the memory this thread freed to the system now rather than after its
-/// purge delay, which on an idle thread never comes.
-#[allow(unsafe_code)]
-fn give_back_freed_memory() {
-    // SAFETY: `mi_collect` takes no pointers and has no preconditions; it
-    // only walks the calling thread's mimalloc heap and the shared arenas,
-    // and is safe to call on any thread at any time (it also works, doing
-    // little, when mimalloc is not the global allocator, as in unit tests).
-    unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
 async fn routes(State(shared): State<Arc<Shared>>) -> Response {
