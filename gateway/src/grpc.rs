@@ -39,11 +39,14 @@ pub fn status_name(code: u16) -> &'static str {
     NAMES.get(usize::from(code)).copied().unwrap_or("UNKNOWN")
 }
 
+/// Parsed once: looked up in every upstream answer.
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// The `grpc-status` in a header map (response headers of a trailers-only
 /// answer, or trailers), if valid.
 pub fn status_in(headers: &http::HeaderMap) -> Option<u16> {
     headers
-        .get("grpc-status")?
+        .get(&GRPC_STATUS)?
         .to_str()
         .ok()?
         .trim()

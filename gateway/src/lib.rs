@@ -50,6 +50,7 @@ pub mod fleet;
 pub mod forwarded;
 pub mod genai;
 pub mod grpc;
+pub mod headers;
 pub mod listen;
 pub mod metrics;
 pub mod normalize;

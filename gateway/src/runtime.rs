@@ -95,6 +95,10 @@ pub struct RouteRt {
     pub table: ArmTable,
     /// The name as a ready-made `x-weir-route` header value.
     pub name_header: HeaderValue,
+    /// `ab_header`, parsed once (looked up in every request).
+    pub ab_header: Option<http::HeaderName>,
+    /// `sticky_header`, parsed once.
+    pub sticky_header: Option<http::HeaderName>,
     /// Arms, in config order (indices match `table`).
     pub arms: Vec<ArmRt>,
     /// Retries spent against requests (kept across reloads by route name).
@@ -328,6 +332,11 @@ impl Runtime {
                     table: arm_table(r, &arms),
                     config: r.clone(),
                     name_header: header_value(&r.name),
+                    ab_header: http::HeaderName::from_bytes(r.ab_header.as_bytes()).ok(),
+                    sticky_header: r
+                        .sticky_header
+                        .as_deref()
+                        .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
                     arms,
                     last_check: AtomicU64::new(0),
                 }

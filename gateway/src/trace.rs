@@ -20,13 +20,16 @@ pub struct TraceContext {
     pub flags: u8,
 }
 
+/// Parsed once: looked up in every request.
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 impl TraceContext {
     /// The caller's context (its span is `span_id`), when `req` carries a
     /// valid `traceparent`.
     pub fn incoming(req: &RequestHeader) -> Option<Self> {
         let (trace_id, span_id, flags) = req
             .headers
-            .get("traceparent")
+            .get(&TRACEPARENT)
             .and_then(|v| parse(v.as_bytes()))?;
         Some(Self {
             trace_id,

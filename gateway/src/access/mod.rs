@@ -152,7 +152,10 @@ impl AccessRt {
 
     /// The tenant that `req` authenticates as.
     pub fn authenticate(&self, req: &RequestHeader) -> Result<usize, GatewayError> {
-        let api_key = req.headers.get("x-api-key").map(|v| v.as_bytes());
+        let api_key = req
+            .headers
+            .get(crate::headers::X_API_KEY.name())
+            .map(|v| v.as_bytes());
         let bearer = req
             .headers
             .get(http::header::AUTHORIZATION)

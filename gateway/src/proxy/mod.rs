@@ -117,18 +117,19 @@ impl ProxyHttp for Gateway {
         ctx: &mut GatewayCtx,
     ) -> Result<()> {
         if let Some(id) = &ctx.request_id {
-            upstream_request.insert_header("x-request-id", id.clone())?;
+            upstream_request.insert_header(&crate::headers::X_REQUEST_ID, id.clone())?;
         }
         observe::forward_headers(session, ctx, upstream_request)?;
         observe::trace_upstream(&self.shared, ctx, upstream_request)?;
         // Only authentication names the tenant, never the client.
-        upstream_request.remove_header("x-weir-tenant");
+        upstream_request.remove_header(crate::headers::X_WEIR_TENANT.name());
         if let Some(tenant) = &ctx.tenant {
             // The gateway consumed the credentials; the upstream learns who
             // is calling, not how they proved it.
             upstream_request.remove_header(&http::header::AUTHORIZATION);
-            upstream_request.remove_header("x-api-key");
-            upstream_request.insert_header("x-weir-tenant", tenant.header.clone())?;
+            upstream_request.remove_header(crate::headers::X_API_KEY.name());
+            upstream_request
+                .insert_header(&crate::headers::X_WEIR_TENANT, tenant.header.clone())?;
         }
         respond::pool_headers(ctx, upstream_request)?;
         body::upstream_headers(ctx, upstream_request)

@@ -45,7 +45,7 @@ pub(super) fn trace_upstream(
     };
     state.trace = Some(trace);
     if let Some(value) = trace.header() {
-        req.insert_header("traceparent", value)?;
+        req.insert_header(&crate::headers::TRACEPARENT, value)?;
     }
     Ok(())
 }
@@ -285,8 +285,12 @@ fn forwarded_of(session: &Session, ctx: &GatewayCtx) -> Option<crate::forwarded:
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     Some(crate::forwarded::forwarded(
         peer,
-        req.headers.get("x-forwarded-for").map(|v| v.as_bytes()),
-        req.headers.get("x-forwarded-proto").map(|v| v.as_bytes()),
+        req.headers
+            .get(crate::headers::X_FORWARDED_FOR.name())
+            .map(|v| v.as_bytes()),
+        req.headers
+            .get(crate::headers::X_FORWARDED_PROTO.name())
+            .map(|v| v.as_bytes()),
         tls,
         &server.trusted_proxies,
     ))
@@ -306,8 +310,8 @@ pub(super) fn forward_headers(
         return Ok(());
     }
     if let Some(f) = forwarded_of(session, ctx) {
-        upstream_request.insert_header("x-forwarded-for", f.for_header)?;
-        upstream_request.insert_header("x-forwarded-proto", f.proto)?;
+        upstream_request.insert_header(&crate::headers::X_FORWARDED_FOR, f.for_header)?;
+        upstream_request.insert_header(&crate::headers::X_FORWARDED_PROTO, f.proto)?;
     }
     Ok(())
 }

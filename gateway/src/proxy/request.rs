@@ -68,12 +68,8 @@ pub(super) async fn admit(
         let limit = route.config.max_body;
         return Err(GatewayError::BodyTooLarge { limit });
     }
-    let ab = header(req, &route.config.ab_header);
-    let sticky = route
-        .config
-        .sticky_header
-        .as_deref()
-        .and_then(|h| header(req, h));
+    let ab = route.ab_header.as_ref().and_then(|h| header(req, h));
+    let sticky = route.sticky_header.as_ref().and_then(|h| header(req, h));
     // A task poll goes to the backend that runs the task; a request naming
     // an arm's upstream model (a pinned version) goes to that arm, whatever
     // the split says.
@@ -132,7 +128,7 @@ fn is_openai_call(req: &RequestHeader) -> bool {
 }
 
 /// A header's value, when present and not empty.
-fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
+fn header<'a>(req: &'a RequestHeader, name: &http::HeaderName) -> Option<&'a [u8]> {
     req.headers
         .get(name)
         .map(|v| v.as_bytes())
@@ -141,7 +137,7 @@ fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
 
 /// The client's `x-request-id` when it is usable, else a new UUID.
 fn request_id(req: &RequestHeader) -> Option<HeaderValue> {
-    match req.headers.get("x-request-id") {
+    match req.headers.get(crate::headers::X_REQUEST_ID.name()) {
         Some(id) if !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.to_str().is_ok() => {
             Some(id.clone())
         }
@@ -191,8 +187,9 @@ mod tests {
     #[test]
     fn empty_headers_count_as_absent() {
         let r = req("GET", "/", &[("x-ab-group", ""), ("x-user", "u1")]);
-        assert_eq!(header(&r, "x-ab-group"), None);
-        assert_eq!(header(&r, "x-user"), Some(&b"u1"[..]));
-        assert_eq!(header(&r, "x-none"), None);
+        let name = http::HeaderName::from_static;
+        assert_eq!(header(&r, &name("x-ab-group")), None);
+        assert_eq!(header(&r, &name("x-user")), Some(&b"u1"[..]));
+        assert_eq!(header(&r, &name("x-none")), None);
     }
 }

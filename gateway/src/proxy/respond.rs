@@ -88,16 +88,16 @@ pub(super) fn refuse(ctx: &mut GatewayCtx, err: GatewayError) -> Box<Error> {
 /// Adds the `x-weir-*`, `x-ratelimit-*` and `x-request-id` headers.
 pub(super) fn decorate(resp: &mut ResponseHeader, ctx: &GatewayCtx) -> Result<()> {
     if let Some(id) = &ctx.request_id {
-        resp.insert_header("x-request-id", id.clone())?;
+        resp.insert_header(&crate::headers::X_REQUEST_ID, id.clone())?;
     }
     if let Some(route) = ctx.route() {
-        resp.insert_header("x-weir-route", route.name_header.clone())?;
+        resp.insert_header(&crate::headers::X_WEIR_ROUTE, route.name_header.clone())?;
         if let Some(arm) = ctx.arm() {
-            resp.insert_header("x-weir-arm", arm.name_header.clone())?;
+            resp.insert_header(&crate::headers::X_WEIR_ARM, arm.name_header.clone())?;
         }
     }
     if ctx.upstream.fallback {
-        resp.insert_header("x-weir-fallback", "1")?;
+        resp.insert_header(&crate::headers::X_WEIR_FALLBACK, "1")?;
     }
     for (name, value) in ctx.rate_headers.pairs() {
         resp.insert_header(name, value.to_string())?;
