@@ -234,8 +234,9 @@ def callgrind(weir: Path, out: Path, seconds: int) -> None:
           f"{memcpy / n:,.0f} of them in memcpy; profile in {dump}")
 
 
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+def spread(values: list[float], fmt: str = ".2f") -> str:
+    """Median (min–max) of `values`, each formatted with `fmt`."""
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
 
 
 def main() -> int:

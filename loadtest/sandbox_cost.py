@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run  # noqa: E402  (the load test's own process setup)
+from budget import spread  # noqa: E402
 from harness import Stack, free_port, listening_fields, log, ort_lib, pin, wrk  # noqa: E402
 
 
@@ -58,10 +58,6 @@ def ready_after(argv: list[str], ready_path: str, env: dict, key: str) -> float:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-def spread(values: list[float], fmt: str = ".1f") -> str:
-    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
 
 
 def main() -> int:
@@ -116,8 +112,8 @@ def main() -> int:
     print("| what | sandbox on | sandbox off |")
     print("|---|---:|---:|")
     for binary in ("weir", "weir-engine"):
-        print(f"| {binary} start-up to ready, ms | {spread(starts[(binary, 'on')])} | "
-              f"{spread(starts[(binary, 'off')])} |")
+        print(f"| {binary} start-up to ready, ms | {spread(starts[(binary, 'on')], '.1f')} | "
+              f"{spread(starts[(binary, 'off')], '.1f')} |")
     print(f"| weir-engine rps, mlp infer, {args.connections} connections | {spread(rates['on'], '.0f')} | "
           f"{spread(rates['off'], '.0f')} |")
     return 1 if errors else 0

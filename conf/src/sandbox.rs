@@ -127,6 +127,21 @@ impl Report {
     }
 }
 
+/// The sandbox state as the readiness answers show it (`/readyz` of the
+/// gateway, `/v2/health/ready` of the engine): `report` is what [`apply`]
+/// gave, `None` when the process did not enter the sandbox.
+pub fn detail(report: Option<&Report>) -> serde_json::Value {
+    match report {
+        Some(r) => serde_json::json!({
+            "enabled": r.enabled(),
+            "no_new_privs": r.no_new_privs,
+            "landlock": r.landlock,
+            "seccomp": r.seccomp,
+        }),
+        None => serde_json::json!({ "enabled": false }),
+    }
+}
+
 /// System calls refused with `EPERM` (see the module documentation).
 #[cfg(target_os = "linux")]
 pub const DENIED: &[(&str, i64)] = &[

@@ -88,8 +88,9 @@ pub fn enter(mode: Mode, rules: &Rules) -> anyhow::Result<()> {
         tracing::info!("sandbox off (--sandbox off)");
         return Ok(());
     }
+    let base = Rules::base();
     for path in rules.read.iter().chain(&rules.write) {
-        if !path.exists() && !Rules::base().read.contains(path) {
+        if !path.exists() && !base.read.contains(path) {
             tracing::warn!(path = %path.display(), "sandbox: a path to allow does not exist (not allowed)");
         }
     }
@@ -106,19 +107,6 @@ pub fn enter(mode: Mode, rules: &Rules) -> anyhow::Result<()> {
     );
     let _ = APPLIED.set(report);
     Ok(())
-}
-
-/// The sandbox state for `/readyz` and the metrics.
-pub fn detail() -> serde_json::Value {
-    match APPLIED.get() {
-        Some(r) => serde_json::json!({
-            "enabled": r.enabled(),
-            "no_new_privs": r.no_new_privs,
-            "landlock": r.landlock,
-            "seccomp": r.seccomp,
-        }),
-        None => serde_json::json!({ "enabled": false }),
-    }
 }
 
 #[cfg(test)]

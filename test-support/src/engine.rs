@@ -153,6 +153,20 @@ impl Engine {
         Some(self.child.id())
     }
 
+    /// One sample of a metric from `/metrics` (exact series, see
+    /// [`crate::sample`]); `None` when absent or the scrape fails.
+    pub async fn metric_sample(&self, series: &str) -> Option<f64> {
+        let text = crate::client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        crate::sample(&text, series).ok()?
+    }
+
     /// What the engine logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

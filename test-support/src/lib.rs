@@ -53,6 +53,20 @@ pub fn client() -> reqwest::Client {
         .unwrap_or_else(|_| reqwest::Client::new())
 }
 
+/// The value of `series` (exact, labels included, e.g.
+/// `weir_config_reloads_total{result="rejected"}`) in a Prometheus text
+/// exposition; `None` when absent, an error when its value is not a number.
+pub fn sample(text: &str, series: &str) -> anyhow::Result<Option<f64>> {
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix(series)
+            && let Some(v) = rest.strip_prefix(' ')
+        {
+            return Ok(Some(v.trim().parse()?));
+        }
+    }
+    Ok(None)
+}
+
 /// The value of the first sample of metric `name` in a Prometheus text page
 /// whose labels include every `label="value"` of `labels`, in any order.
 pub fn sample_with(text: &str, name: &str, labels: &[&str]) -> Option<f64> {

@@ -146,13 +146,13 @@ impl Weir {
     /// `weir_config_reloads_total{result="rejected"}`); 0 when absent, an
     /// error when the scrape fails.
     pub async fn metric(&self, series: &str) -> anyhow::Result<f64> {
-        Ok(sample(&self.scrape().await?, series)?.unwrap_or(0.0))
+        Ok(crate::sample(&self.scrape().await?, series)?.unwrap_or(0.0))
     }
 
     /// One sample of a metric; `None` when the series is absent or the
     /// scrape fails.
     pub async fn metric_sample(&self, series: &str) -> Option<f64> {
-        sample(&self.scrape().await.ok()?, series).ok()?
+        crate::sample(&self.scrape().await.ok()?, series).ok()?
     }
 
     async fn scrape(&self) -> anyhow::Result<String> {
@@ -223,16 +223,4 @@ impl Drop for Weir {
     fn drop(&mut self) {
         process::kill(&mut self.child);
     }
-}
-
-/// The value of `series` in a Prometheus text exposition.
-fn sample(text: &str, series: &str) -> anyhow::Result<Option<f64>> {
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix(series)
-            && let Some(v) = rest.strip_prefix(' ')
-        {
-            return Ok(Some(v.trim().parse()?));
-        }
-    }
-    Ok(None)
 }

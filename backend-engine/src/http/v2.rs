@@ -42,15 +42,7 @@ pub(super) async fn ready(State(engine): State<Arc<Engine>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let sandbox = match crate::sandbox::APPLIED.get() {
-        Some(r) => json!({
-            "enabled": r.enabled(),
-            "no_new_privs": r.no_new_privs,
-            "landlock": r.landlock,
-            "seccomp": r.seccomp,
-        }),
-        None => json!({ "enabled": false }),
-    };
+    let sandbox = weir_conf::sandbox::detail(crate::sandbox::APPLIED.get());
     (status, Json(json!({ "ready": ready, "sandbox": sandbox }))).into_response()
 }
 

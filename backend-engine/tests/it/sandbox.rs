@@ -16,26 +16,15 @@ fn status(engine: &Engine) -> Option<(u32, u32)> {
     weir_conf::sandbox::proc_status(&engine.pid()?.to_string())
 }
 
-async fn sandbox_gauge(engine: &Engine) -> Option<f64> {
-    let page = client()
-        .get(engine.url("/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    page.lines()
-        .find_map(|l| l.strip_prefix("weir_engine_sandbox_enabled "))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 #[tokio::test]
 async fn the_engine_sandboxes_itself_by_default_and_serves() {
     let repo = TempRepo::with(&[("mlp", "1"), ("tiny-lm", "1")]);
     let engine = start_engine(&repo, &[]).await;
     assert_eq!(status(&engine), Some((1, 2)), "{}", engine.log());
-    assert_eq!(sandbox_gauge(&engine).await, Some(1.0));
+    assert_eq!(
+        engine.metric_sample("weir_engine_sandbox_enabled").await,
+        Some(1.0)
+    );
     assert!(engine.log().contains("sandbox applied"), "{}", engine.log());
     // It serves: a completion and a tensor inference.
     let r = client()
@@ -72,7 +61,10 @@ async fn the_engine_sandboxes_itself_by_default_and_serves() {
 
     let off = start_engine(&repo, &["--sandbox", "off"]).await;
     assert_eq!(status(&off), Some((0, 0)));
-    assert_eq!(sandbox_gauge(&off).await, Some(0.0));
+    assert_eq!(
+        off.metric_sample("weir_engine_sandbox_enabled").await,
+        Some(0.0)
+    );
 }
 
 /// Version 2 of `mlp` whose `model.onnx` is a symbolic link to a copy

@@ -78,7 +78,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     let mut body = json!({
         "ready": ready,
         "generation": generation,
-        "sandbox": crate::sandbox::detail(),
+        "sandbox": weir_conf::sandbox::detail(crate::sandbox::APPLIED.get()),
     });
     if let Some(rt) = &current {
         body["source"] = json!(rt.origin.kind());
