@@ -840,10 +840,19 @@ fn http_header_map_upper_bound(size_hint: Option<usize>) -> usize {
     // We select the size hint or the max size here, ensuring that we pick a value substantially lower
     // than 1 << 15 with room to grow the header map.
     std::cmp::min(
-        size_hint.unwrap_or(INIT_HEADER_SIZE),
+        size_hint
+            .unwrap_or(INIT_HEADER_SIZE)
+            .saturating_add(HEADER_HEADROOM),
         PINGORA_MAX_HEADER_COUNT,
     )
 }
+
+/// Weir patch 7: room left in a header map built for a known number of headers (a parsed
+/// request or response), for the headers a proxy adds before forwarding it
+/// (`x-forwarded-for`, a request id, trace context, ...). Without it, a map
+/// sized exactly to what was parsed is rehashed and reallocated (each of its
+/// two maps) on the first few inserts.
+const HEADER_HEADROOM: usize = 8;
 
 #[inline]
 fn append_header_value<T>(
@@ -1067,9 +1076,40 @@ mod tests {
 
     #[test]
     fn header_map_upper_bound() {
-        assert_eq!(8, http_header_map_upper_bound(None));
-        assert_eq!(16, http_header_map_upper_bound(Some(16)));
+        assert_eq!(16, http_header_map_upper_bound(None));
+        assert_eq!(24, http_header_map_upper_bound(Some(16)));
         assert_eq!(4096, http_header_map_upper_bound(Some(7777)));
+        assert_eq!(4096, http_header_map_upper_bound(Some(usize::MAX)));
+    }
+
+    #[test]
+    fn parsed_size_leaves_room_for_added_headers() {
+        // A header parsed with one field, then given the headers a proxy adds:
+        // neither map grows (a grow rehashes and reallocates).
+        let mut req = RequestHeader::build("GET", b"/", Some(1)).unwrap();
+        req.insert_header("Host", "example.com").unwrap();
+        let before = (
+            req.headers.capacity(),
+            req.header_name_map.as_ref().unwrap().capacity(),
+        );
+        for i in 0..8 {
+            req.insert_header(format!("X-Added-{i}"), "v").unwrap();
+        }
+        let after = (
+            req.headers.capacity(),
+            req.header_name_map.as_ref().unwrap().capacity(),
+        );
+        assert_eq!(before, after);
+        assert_eq!(req.headers.len(), 9);
+
+        let mut resp = ResponseHeader::build(200, Some(2)).unwrap();
+        resp.insert_header("Content-Length", "0").unwrap();
+        resp.insert_header("Content-Type", "text/plain").unwrap();
+        let before = resp.headers.capacity();
+        for i in 0..8 {
+            resp.insert_header(format!("X-Added-{i}"), "v").unwrap();
+        }
+        assert_eq!(before, resp.headers.capacity());
     }
 
     #[test]

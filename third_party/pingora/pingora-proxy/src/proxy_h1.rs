@@ -113,7 +113,8 @@ where
             return (false, true, Some(e));
         }
 
-        session.set_upstream_h1_upgrade_request_status(is_h1_upgrade_req(&req));
+        let upstream_upgrade = is_h1_upgrade_req(&req);
+        session.set_upstream_h1_upgrade_request_status(upstream_upgrade);
 
         session.upstream_compression.request_filter(&req);
 
@@ -124,6 +125,12 @@ where
             Err(e) => {
                 return (false, false, Some(e.into_up()));
             }
+        }
+
+        if !upstream_upgrade && sequential_eligible(session) {
+            return self
+                .proxy_1to1_sequential(session, client_session, ctx)
+                .await;
         }
 
         let mut downstream_custom_message_writer = session
@@ -188,6 +195,128 @@ where
                 (downstream_can_reuse, upstream_can_reuse, None)
             }
             Err(e) => (false, false, Some(e)),
+        }
+    }
+
+    /// Weir patch 8: [`Self::proxy_1to1`] for a request that [`sequential_eligible`] allows:
+    /// no request body to stream, so nothing has to run beside the response.
+    /// The request body filters run once (with no data, end of body), then
+    /// the response is read and written in turn, each read racing the
+    /// downstream idle read so that a client that leaves is noticed as in the
+    /// duplex path. The tasks, filters, batching (what the upstream has
+    /// already buffered is written with the header) and errors are those of
+    /// the duplex path; what is saved is its two task channels, the join of
+    /// its two halves and their `select!` loops.
+    async fn proxy_1to1_sequential(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> (bool, bool, Option<Box<Error>>)
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        session.as_mut().enable_retry_buffering();
+
+        // The (empty) request body, as `send_body_to_pipe` and `send_body_to1`.
+        let mut data = None;
+        if let Err(e) = session
+            .downstream_modules_ctx
+            .request_body_filter(&mut data, true)
+            .await
+        {
+            return (false, false, Some(e));
+        }
+        if let Err(e) = self
+            .inner
+            .request_body_filter(session, &mut data, true, ctx)
+            .await
+        {
+            return (false, false, Some(e));
+        }
+        let mut upstream_can_reuse = true;
+        // As the duplex path: a failed request body write is reported only if
+        // the response cannot be read either.
+        let mut send_error = None;
+        if let Err(e) = send_body_to1(client_session, Some(HttpTask::Body(data, true))).await {
+            warn!("send error, draining read buf: {e}");
+            upstream_can_reuse = false;
+            send_error = Some(e);
+        }
+
+        let mut serve_from_cache = ServeFromCache::new();
+        let mut range_body_filter = RangeBodyFilter::new();
+        loop {
+            let read = tokio::select! {
+                biased;
+                task = client_session.read_response_task() => task,
+                // Only ever an error (the client left or sent bytes after
+                // its request) or pending.
+                idle = session.downstream_session.read_body_or_idle(true) => {
+                    let e = match idle {
+                        Err(e) => e,
+                        Ok(_) => Error::explain(InternalError, "body data on a request without a body"),
+                    };
+                    return (false, false, Some(e.into_down()));
+                }
+            };
+            let mut upstream_done;
+            let mut tasks = Vec::with_capacity(2);
+            let mut next = Some(read);
+            // What the upstream has already sent goes down with this write.
+            while let Some(read) = next.take() {
+                let task = match read {
+                    Ok(task) => task,
+                    Err(e) => {
+                        upstream_can_reuse = false;
+                        HttpTask::Failed(send_error.take().unwrap_or(e).into_up())
+                    }
+                };
+                upstream_done = task.is_end();
+                let mut task = task;
+                session.upstream_compression.response_filter(&mut task);
+                let task = match self
+                    .h1_response_filter(
+                        session,
+                        task,
+                        ctx,
+                        &mut serve_from_cache,
+                        &mut range_body_filter,
+                        false,
+                    )
+                    .await
+                {
+                    Ok(task) => task,
+                    Err(e) => return (false, false, Some(e)),
+                };
+                tasks.push(task);
+                if !upstream_done {
+                    next = tokio::task::unconstrained(client_session.read_response_task())
+                        .now_or_never();
+                }
+                if next.is_none() {
+                    // Written below; the loop goes on while the answer does.
+                    let written = match session.write_response_tasks(tasks).await {
+                        Ok(done) => done,
+                        Err(e) => return (false, false, Some(e)),
+                    };
+                    if written || upstream_done {
+                        // A response the downstream writer ended before the
+                        // upstream did leaves unread bytes upstream.
+                        upstream_can_reuse &= upstream_done;
+                        let reuse_downstream = match session.as_mut().finish_body().await {
+                            Ok(_) => true,
+                            Err(e) => {
+                                error!("Error finish sending body to downstream: {}", e);
+                                false
+                            }
+                        };
+                        return (reuse_downstream, upstream_can_reuse, None);
+                    }
+                    break;
+                }
+            }
         }
     }
 
@@ -1072,6 +1201,21 @@ where
     }
 }
 
+/// Whether [`HttpProxy::proxy_1to1`] may run `session` sequentially: an
+/// HTTP/1.x downstream whose request has no body (nor a retry buffer), no
+/// upgrade, no cache and no proxy-task writer; anything else takes the
+/// duplex path.
+fn sequential_eligible(session: &mut Session) -> bool {
+    !cfg!(feature = "upstream_modules")
+        && session.downstream_session.as_http1().is_some()
+        && !session.downstream_session.supports_proxy_task_api()
+        && !session.downstream_session.is_upgrade_req()
+        && !session.cache.enabled()
+        && !session.cache.bypassing()
+        && session.as_ref().get_retry_buffer().is_none()
+        && session.as_mut().is_body_empty()
+}
+
 pub(crate) async fn send_body_to1(
     client_session: &mut HttpSessionV1,
     recv_task: Option<HttpTask>,
@@ -1206,6 +1350,178 @@ mod tests {
             .await
             .expect("test request should parse");
         session
+    }
+
+    /// A proxy with no hooks beyond its peer (the tests hand it the upstream).
+    struct Plain;
+
+    #[async_trait]
+    impl ProxyHttp for Plain {
+        type CTX = ();
+
+        fn new_ctx(&self) -> Self::CTX {}
+
+        async fn upstream_peer(
+            &self,
+            _session: &mut Session,
+            _ctx: &mut Self::CTX,
+        ) -> Result<Box<HttpPeer>> {
+            unreachable!("tests call proxy_1to1 directly")
+        }
+    }
+
+    /// A downstream session that has read `request`, and the client's end.
+    async fn downstream(request: &[u8]) -> (Session, tokio::io::DuplexStream) {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        client
+            .write_all(request)
+            .await
+            .expect("test request should be written");
+        let mut session = Session::new_h1(Box::new(server) as pingora_core::protocols::Stream);
+        session
+            .read_request()
+            .await
+            .expect("test request should parse");
+        (session, client)
+    }
+
+    /// An upstream client session, and the upstream server's end.
+    fn upstream() -> (HttpSessionV1, tokio::io::DuplexStream) {
+        let (proxy_side, server) = tokio::io::duplex(64 * 1024);
+        let session = HttpSessionV1::new(Box::new(proxy_side) as pingora_core::protocols::Stream);
+        (session, server)
+    }
+
+    /// Reads from `stream` until what was read holds `until`.
+    async fn read_until(stream: &mut tokio::io::DuplexStream, until: &[u8]) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(until.len()).any(|w| w == until) {
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before {until:?}; read {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    fn peer() -> HttpPeer {
+        HttpPeer::new("127.0.0.1:80", false, String::new())
+    }
+
+    #[tokio::test]
+    async fn sequential_path_only_for_bodyless_plain_requests() {
+        let (mut get, _c) = downstream(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        assert!(sequential_eligible(&mut get));
+        let (mut post, _c) =
+            downstream(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi").await;
+        assert!(!sequential_eligible(&mut post));
+        let (mut chunked, _c) = downstream(
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        )
+        .await;
+        assert!(!sequential_eligible(&mut chunked));
+        let mut upgrade = upgrade_request_session().await;
+        assert!(!sequential_eligible(&mut upgrade));
+    }
+
+    #[tokio::test]
+    async fn bodyless_request_proxied_in_turn_and_both_sides_reusable() {
+        let proxy = HttpProxy::new(Plain, Arc::new(ServerConf::default()));
+        let (peer, mut ctx) = (peer(), ());
+        let (mut session, mut client) =
+            downstream(b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n").await;
+        let (mut client_session, mut server) = upstream();
+        let origin = async {
+            let request = read_until(&mut server, b"\r\n\r\n").await;
+            server
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+                .await
+                .unwrap();
+            request
+        };
+        let ((reuse_down, reuse_up, err), request) = tokio::join!(
+            proxy.proxy_1to1(&mut session, &mut client_session, &peer, &mut ctx),
+            origin
+        );
+        assert!(err.is_none(), "{err:?}");
+        assert!(reuse_down && reuse_up);
+        assert!(request.starts_with(b"GET /x HTTP/1.1\r\n"), "{request:?}");
+        let answer = read_until(&mut client, b"hello").await;
+        assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"), "{answer:?}");
+    }
+
+    #[tokio::test]
+    async fn streamed_answer_forwarded_before_it_ends() {
+        let proxy = HttpProxy::new(Plain, Arc::new(ServerConf::default()));
+        let (peer, mut ctx) = (peer(), ());
+        let (mut session, mut client) = downstream(b"GET /s HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        let (mut client_session, mut server) = upstream();
+        let (first_seen, first_seen_rx) = tokio::sync::oneshot::channel::<()>();
+        let origin = async {
+            read_until(&mut server, b"\r\n\r\n").await;
+            server
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+                .await
+                .unwrap();
+            // The rest only once the client has the first chunk.
+            first_seen_rx.await.unwrap();
+            server.write_all(b"4\r\nlast\r\n0\r\n\r\n").await.unwrap();
+        };
+        let client_side = async {
+            read_until(&mut client, b"first").await;
+            first_seen.send(()).unwrap();
+            read_until(&mut client, b"0\r\n\r\n").await
+        };
+        let ((reuse_down, reuse_up, err), (), rest) = tokio::join!(
+            proxy.proxy_1to1(&mut session, &mut client_session, &peer, &mut ctx),
+            origin,
+            client_side
+        );
+        assert!(err.is_none(), "{err:?}");
+        assert!(reuse_down && reuse_up);
+        assert!(rest.windows(4).any(|w| w == b"last"), "{rest:?}");
+    }
+
+    #[tokio::test]
+    async fn client_leaving_before_the_answer_ends_the_request() {
+        let proxy = HttpProxy::new(Plain, Arc::new(ServerConf::default()));
+        let (peer, mut ctx) = (peer(), ());
+        let (mut session, client) = downstream(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        let (mut client_session, mut server) = upstream();
+        let origin = async {
+            read_until(&mut server, b"\r\n\r\n").await;
+            // The client leaves; the upstream never answers.
+            drop(client);
+        };
+        let ((reuse_down, reuse_up, err), ()) = tokio::join!(
+            proxy.proxy_1to1(&mut session, &mut client_session, &peer, &mut ctx),
+            origin
+        );
+        let err = err.expect("an error");
+        assert_eq!(err.esource(), &ErrorSource::Downstream);
+        assert_eq!(err.etype(), &ConnectionClosed);
+        assert!(!reuse_down && !reuse_up);
+    }
+
+    #[tokio::test]
+    async fn upstream_closing_without_an_answer_is_an_upstream_error() {
+        let proxy = HttpProxy::new(Plain, Arc::new(ServerConf::default()));
+        let (peer, mut ctx) = (peer(), ());
+        let (mut session, _client) = downstream(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        let (mut client_session, mut server) = upstream();
+        let origin = async move {
+            read_until(&mut server, b"\r\n\r\n").await;
+            drop(server);
+        };
+        let ((reuse_down, reuse_up, err), ()) = tokio::join!(
+            proxy.proxy_1to1(&mut session, &mut client_session, &peer, &mut ctx),
+            origin
+        );
+        let err = err.expect("an error");
+        assert_eq!(err.esource(), &ErrorSource::Upstream);
+        assert!(!reuse_down && !reuse_up);
+        assert!(session.response_written().is_none());
     }
 
     #[tokio::test]
