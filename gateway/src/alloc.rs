@@ -11,3 +11,28 @@ pub fn give_back_freed_memory() {
     // little, when mimalloc is not the global allocator, as in unit tests).
     unsafe { libmimalloc_sys::mi_collect(true) };
 }
+
+/// The environment variable of the allocator's own switch for transparent
+/// huge pages; when it is set, its value decides and the gateway leaves
+/// the process as it is.
+const ALLOW_THP: &str = "MIMALLOC_ALLOW_THP";
+
+/// Turns transparent huge pages off for this process (Linux
+/// `PR_SET_THP_DISABLE`), unless `MIMALLOC_ALLOW_THP` is set. mimalloc asks
+/// for huge pages on its arenas (`MADV_HUGEPAGE`), so wherever the kernel's
+/// THP mode is `madvise` or `always` a 4 KiB page touched in an arena makes
+/// a whole 2 MiB resident: most of an idle gateway's anonymous memory
+/// (measured in `loadtest/README.md` § Idle memory). A gateway's heap is
+/// small and spread over many connections; the TLB gain of huge pages does
+/// not pay for that. Called first in `main`, before threads start; pages
+/// already huge stay so. Returns whether THP is now off.
+#[allow(unsafe_code)]
+pub fn no_transparent_huge_pages() -> bool {
+    if std::env::var_os(ALLOW_THP).is_some() {
+        return false;
+    }
+    // SAFETY: `prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)` takes no pointers; it
+    // sets a flag on the calling process's memory descriptor and fails
+    // harmlessly (EINVAL) on kernels without it.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0 }
+}

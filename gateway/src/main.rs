@@ -63,6 +63,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let thp_off = weir_gateway::alloc::no_transparent_huge_pages();
     let cli = Cli::parse();
     let flags = EtcdFlags {
         endpoints: cli.etcd,
@@ -89,6 +90,9 @@ fn main() -> ExitCode {
     } else {
         logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
+    }
+    if thp_off {
+        tracing::debug!("transparent huge pages off for this process (MIMALLOC_ALLOW_THP unset)");
     }
     let source = match source {
         Ok(s) => s,
