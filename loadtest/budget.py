@@ -180,11 +180,6 @@ def allocations(weir: Path, pid: int, url: str, seconds: int, connections: int) 
         subprocess.run(["perf", "probe", "-q", "-d", "probe_weir:*"], capture_output=True, check=False)
 
 
-def pid_of(binary: Path) -> int:
-    return int(subprocess.run(["pgrep", "-n", "-f", f"{binary} --config"], capture_output=True,
-                              text=True, check=True).stdout.split()[0])
-
-
 def record(out: Path, pid: int, url: str, seconds: int, connections: int) -> None:
     """A call-graph profile of weir over one wrk window."""
     perf = subprocess.Popen(["perf", "record", "-q", "-F", "2000", "--call-graph", "dwarf,32768",
@@ -267,16 +262,16 @@ def main() -> int:
         nginx_url = run.start_nginx_proxy(stack, ports)
         weir_url = run.start_weir(stack, weir, ports)
         nginx_pid = int((Path(tmp) / "nginx-proxy.pid").read_text())
-        weir_pid = pid_of(weir)
+        weir_pid = stack.procs["weir"].pid
         proxies = [("nginx", nginx_url, nginx_pid), ("weir", weir_url, weir_pid)]
         if args.compare:
             other = args.compare.resolve()
             if other == weir:
                 raise SystemExit("--compare names the same binary as weir")
-            proxies.append(("weir-b", run.start_weir(stack, other, ports, name="weir-b"), pid_of(other)))
+            proxies.append(("weir-b", run.start_weir(stack, other, ports, name="weir-b"), stack.procs["weir-b"].pid))
         if args.sandbox_off:
             url = run.start_weir(stack, weir, ports, extra=("--sandbox", "off"), name="weir-nosandbox")
-            proxies.append(("weir-nosandbox", url, pid_of(weir)))
+            proxies.append(("weir-nosandbox", url, stack.procs["weir-nosandbox"].pid))
         for _, url, _ in proxies:  # warm-up
             run.wrk(url, "plain.lua", 1, args.connections)
         for r in range(args.rounds):

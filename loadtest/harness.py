@@ -56,10 +56,13 @@ class Stack(contextlib.ExitStack):
     def __init__(self, tmp: Path):
         super().__init__()
         self.tmp = tmp
+        # The last process started under each name.
+        self.procs: dict[str, subprocess.Popen] = {}
 
     def spawn(self, name: str, argv: list[str], env: dict | None = None, stdout=None) -> subprocess.Popen:
         logf = open(self.tmp / f"{name}.log", "w")
         proc = subprocess.Popen(argv, stdout=stdout or logf, stderr=logf, env=env)
+        self.procs[name] = proc
 
         def stop() -> None:
             proc.terminate()

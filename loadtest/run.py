@@ -719,8 +719,9 @@ def main() -> int:
             sc[name] = merge_rounds(rows)
         # Memory: weir's RSS with 1k and 10k idle keep-alive clients.
         if "weir_idle_clients" in chosen:
-            pid = int(subprocess.run(["pgrep", "-n", "-f", f"{args.weir_binary or weir} --config"],
-                                     capture_output=True, text=True, check=True).stdout.split()[0])
+            # The weir this run started (`taskset` execs it: the same pid),
+            # not the newest process of that name on the machine.
+            pid = stack.procs["weir"].pid
             log(f"weir_idle_clients: RSS with {', '.join(map(str, IDLE_CLIENTS))} idle keep-alive clients")
             sc["weir_idle_clients"] = {"kind": "memory", "errors": 0,
                                        **idle_clients_rss(servers["weir"], pid, IDLE_CLIENTS)}
