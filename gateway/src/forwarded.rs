@@ -20,7 +20,7 @@ pub struct Forwarded {
     /// The client, as far as the trusted proxies tell.
     pub client: IpAddr,
     /// The `X-Forwarded-Proto` value.
-    pub proto: String,
+    pub proto: &'static str,
 }
 
 fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
@@ -41,7 +41,7 @@ pub fn forwarded(
         return Forwarded {
             for_header: peer.to_string(),
             client: peer,
-            proto: own_proto.to_owned(),
+            proto: own_proto,
         };
     }
     let listed = xff
@@ -67,11 +67,11 @@ pub fn forwarded(
             }
         }
     }
-    let proto = xfp
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .filter(|v| v == "http" || v == "https")
-        .unwrap_or_else(|| own_proto.to_owned());
+    let proto = match xfp.map(<[u8]>::trim_ascii) {
+        Some(v) if v.eq_ignore_ascii_case(b"https") => "https",
+        Some(v) if v.eq_ignore_ascii_case(b"http") => "http",
+        _ => own_proto,
+    };
     Forwarded {
         for_header,
         client,
@@ -102,7 +102,7 @@ mod tests {
         assert_eq!(f.client, ip("203.0.113.9"));
         assert_eq!(f.proto, "http");
         let f = forwarded(ip("::1"), None, None, true, &[]);
-        assert_eq!((f.for_header.as_str(), f.proto.as_str()), ("::1", "https"));
+        assert_eq!((f.for_header.as_str(), f.proto), ("::1", "https"));
     }
 
     #[test]

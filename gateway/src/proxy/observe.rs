@@ -311,7 +311,8 @@ pub(super) fn forward_headers(
     }
     if let Some(f) = forwarded_of(session, ctx) {
         upstream_request.insert_header(&crate::headers::X_FORWARDED_FOR, f.for_header)?;
-        upstream_request.insert_header(&crate::headers::X_FORWARDED_PROTO, f.proto)?;
+        let proto = http::HeaderValue::from_static(f.proto);
+        upstream_request.insert_header(&crate::headers::X_FORWARDED_PROTO, proto)?;
     }
     Ok(())
 }
