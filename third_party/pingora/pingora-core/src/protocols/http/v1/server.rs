@@ -216,10 +216,14 @@ impl HttpSession {
         &mut self,
         buf: &mut BytesMut,
         already_read: usize,
+        own_timeout: bool,
     ) -> Result<Option<usize>> {
         let read_result = {
             let read_event = self.underlying_stream.read_buf(buf);
             match self.keepalive_timeout {
+                // Weir patch 10: the caller's bound ends first (see
+                // `read_request_buf_before`); no timer of its own.
+                _ if !own_timeout => read_event.await,
                 KeepaliveStatus::Timeout(d) => match timeout(d, read_event).await {
                     Ok(res) => res,
                     Err(e) => {
@@ -286,10 +290,18 @@ impl HttpSession {
         deadline: Option<(std::time::Instant, Duration)>,
     ) -> Result<Option<usize>> {
         let Some((deadline, bound)) = deadline else {
-            return self.read_request_buf(buf, already_read).await;
+            return self.read_request_buf(buf, already_read, true).await;
         };
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match timeout(left, self.read_request_buf(buf, already_read)).await {
+        // The keep-alive or read timeout of the read itself only matters
+        // when it can end first: otherwise it would register a second timer
+        // for every read that waits (Weir patch 10).
+        let own_timeout = match self.keepalive_timeout {
+            KeepaliveStatus::Timeout(d) => d <= left,
+            KeepaliveStatus::Infinite => false,
+            KeepaliveStatus::Off => self.read_timeout.is_some_and(|t| t <= left),
+        };
+        match timeout(left, self.read_request_buf(buf, already_read, own_timeout)).await {
             Ok(read) => read,
             Err(_) if already_read == 0 => {
                 debug!("no request header within {bound:?}, closing");
@@ -1937,6 +1949,29 @@ mod tests_stream {
         let mut http_stream = HttpSession::new(Box::new(server));
         http_stream.set_request_header_timeout(Some(Duration::from_secs(3600)));
         assert_eq!(http_stream.read_request().await.unwrap(), Some(18));
+
+        // A keep-alive timeout longer than the bound: the bound ends the wait
+        // (the read keeps no timer of its own), quietly with nothing read ...
+        let (_client, server) = tokio::io::duplex(1024);
+        let mut http_stream = HttpSession::new(Box::new(server));
+        http_stream.set_keepalive(Some(3600));
+        http_stream.set_request_header_timeout(Some(Duration::from_millis(50)));
+        assert!(http_stream.read_request().await.unwrap().is_none());
+        // ... and as a timeout with part of a header.
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let mut http_stream = HttpSession::new(Box::new(server));
+        http_stream.set_keepalive(Some(3600));
+        http_stream.set_request_header_timeout(Some(Duration::from_millis(50)));
+        let res = http_stream.read_request().await;
+        assert_eq!(res.unwrap_err().etype(), &ReadTimedout);
+
+        // A keep-alive timeout shorter than the bound still ends an idle wait.
+        let (_client, server) = tokio::io::duplex(1024);
+        let mut http_stream = HttpSession::new(Box::new(server));
+        http_stream.set_keepalive(Some(1));
+        http_stream.set_request_header_timeout(Some(Duration::from_secs(3600)));
+        assert!(http_stream.read_request().await.unwrap().is_none());
     }
 
     #[tokio::test]
