@@ -726,6 +726,14 @@ impl Session {
         }
     }
 
+    /// The HTTP/1.x session, mutable (Weir patch 11).
+    pub fn as_http1_mut(&mut self) -> Option<&mut SessionV1> {
+        match self {
+            Self::H1(s) => Some(s),
+            _ => None,
+        }
+    }
+
     pub fn as_http2(&self) -> Option<&SessionV2> {
         match self {
             Self::H1(_) => None,

@@ -1063,6 +1063,66 @@ impl HttpSession {
         self.pipelining_enabled = enabled;
     }
 
+    /// Weir patch 11: waits for the first bytes of this session's request
+    /// without allocating the header buffer: they are read into a small
+    /// buffer on the caller's stack and kept as the pipelined prefix, which
+    /// [`Self::read_request`] parses first. A caller that builds its
+    /// per-request state only after this returns `true` keeps nothing else
+    /// for an idle keep-alive client.
+    ///
+    /// Returns `false` when the client closed, the read failed, or the wait
+    /// passed the keep-alive timeout (the read timeout with keep-alive off)
+    /// or the request header bound, whichever is first: the cases where
+    /// `read_request`, having read nothing, lets the client go.
+    pub async fn wait_for_request(&mut self) -> bool {
+        /// Most request headers arrive whole in one read this size.
+        const FIRST_READ: usize = 2048;
+        if self
+            .pipelined_prefix
+            .as_ref()
+            .is_some_and(|prefix| !prefix.is_empty())
+        {
+            return true;
+        }
+        let own = match self.keepalive_timeout {
+            KeepaliveStatus::Timeout(d) => Some(d),
+            KeepaliveStatus::Infinite => None,
+            KeepaliveStatus::Off => self.read_timeout,
+        };
+        let limit = match (own, self.request_header_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut first = [0u8; FIRST_READ];
+        let read = self.underlying_stream.read(&mut first);
+        let read = match limit {
+            Some(limit) => match timeout(limit, read).await {
+                Ok(read) => read,
+                Err(_) => {
+                    debug!("no request within {limit:?}, closing");
+                    return false;
+                }
+            },
+            None => read.await,
+        };
+        match read {
+            Ok(0) => {
+                debug!("Client prematurely closed connection with 0 byte sent");
+                false
+            }
+            Ok(n) => {
+                let mut prefix = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE.max(n));
+                prefix.extend_from_slice(&first[..n]);
+                self.pipelined_prefix = Some(prefix);
+                true
+            }
+            Err(e) => {
+                debug!("read error while waiting for a request: {e}");
+                false
+            }
+        }
+    }
+
     /// Set pipelined bytes to be parsed as the start of this session's request.
     ///
     /// Called by the proxy layer when continuing a keep-alive connection whose
@@ -1972,6 +2032,46 @@ mod tests_stream {
         http_stream.set_keepalive(Some(1));
         http_stream.set_request_header_timeout(Some(Duration::from_secs(3600)));
         assert!(http_stream.read_request().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn wait_for_request_keeps_the_first_bytes_for_read_request() {
+        init_log();
+        // Bytes arrive: kept, and the request reads whole, the rest of it
+        // read after the wait.
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(b"GET /a HTTP/1.1\r\nHo").await.unwrap();
+        let mut http_stream = HttpSession::new(Box::new(server));
+        assert!(http_stream.wait_for_request().await);
+        client.write_all(b"st: x\r\n\r\n").await.unwrap();
+        assert_eq!(http_stream.read_request().await.unwrap(), Some(28));
+        assert_eq!(http_stream.req_header().uri.path(), "/a");
+
+        // The client closes: nothing to wait for.
+        let (client, server) = tokio::io::duplex(1024);
+        drop(client);
+        let mut http_stream = HttpSession::new(Box::new(server));
+        assert!(!http_stream.wait_for_request().await);
+
+        // Nothing within the request header bound (or the keep-alive
+        // timeout, whichever is shorter): let go.
+        let (_client, server) = tokio::io::duplex(1024);
+        let mut http_stream = HttpSession::new(Box::new(server));
+        http_stream.set_keepalive(Some(3600));
+        http_stream.set_request_header_timeout(Some(Duration::from_millis(50)));
+        assert!(!http_stream.wait_for_request().await);
+        let (_client, server) = tokio::io::duplex(1024);
+        let mut http_stream = HttpSession::new(Box::new(server));
+        http_stream.set_keepalive(Some(1));
+        http_stream.set_request_header_timeout(Some(Duration::from_secs(3600)));
+        assert!(!http_stream.wait_for_request().await);
+
+        // A pipelined prefix already holds the request's first bytes.
+        let (_client, server) = tokio::io::duplex(1024);
+        let mut http_stream = HttpSession::new(Box::new(server));
+        http_stream.set_pipelined_prefix(BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]));
+        assert!(http_stream.wait_for_request().await);
+        assert_eq!(http_stream.read_request().await.unwrap(), Some(18));
     }
 
     #[tokio::test]
