@@ -31,6 +31,7 @@ figures as JSON to `loadtest/results/budget.json`.
     loadtest/budget.py --compare /tmp/weir-before   # a second weir build, same rounds
     loadtest/budget.py --record weir.perf   # ... and a perf profile of weir
     loadtest/budget.py --sandbox-off        # ... and the same weir with --sandbox off
+    loadtest/budget.py --thp-on             # ... and the same weir with transparent huge pages
 
 `--compare PATH` starts a second weir (another build, same config) beside
 the first and adds it to every round (nginx, weir, weir-b, ...), so a
@@ -43,6 +44,10 @@ window, and one of nginx's worker in `FILE.nginx` (`perf report -i FILE
 `--sandbox-off` adds the same weir binary started with `--sandbox off`
 (`weir-nosandbox`) to every round: what the sandbox (the seccomp filter on
 every system call, Landlock on every open) costs per request.
+
+`--thp-on` adds the same weir binary started with `MIMALLOC_ALLOW_THP=1`
+(`weir-thp`: transparent huge pages left on, as before `weir` turned them
+off for itself) to every round.
 
 `--callgrind FILE` runs weir alone under `valgrind --tool=callgrind` (the
 weighted route only: compiling the Wasm filter under valgrind takes
@@ -244,6 +249,8 @@ def main() -> int:
     ap.add_argument("--compare", type=Path, help="a second weir binary measured in the same rounds (weir-b)")
     ap.add_argument("--sandbox-off", action="store_true",
                     help="also measure the same weir with --sandbox off (weir-nosandbox)")
+    ap.add_argument("--thp-on", action="store_true",
+                    help="also measure the same weir with MIMALLOC_ALLOW_THP=1 (weir-thp)")
     ap.add_argument("--record", type=Path, help="write a perf profile of weir under load to this file")
     ap.add_argument("--callgrind", type=Path, help="count weir's instructions per request under callgrind, "
                     "profile written to this file (.1)")
@@ -272,6 +279,9 @@ def main() -> int:
         if args.sandbox_off:
             url = run.start_weir(stack, weir, ports, extra=("--sandbox", "off"), name="weir-nosandbox")
             proxies.append(("weir-nosandbox", url, stack.procs["weir-nosandbox"].pid))
+        if args.thp_on:
+            url = run.start_weir(stack, weir, ports, name="weir-thp", env={"MIMALLOC_ALLOW_THP": "1"})
+            proxies.append(("weir-thp", url, stack.procs["weir-thp"].pid))
         for _, url, _ in proxies:  # warm-up
             run.wrk(url, "plain.lua", 1, args.connections)
         for r in range(args.rounds):

@@ -266,7 +266,8 @@ arms = [
 """
 
 
-def start_weir(stack: Stack, weir: Path, ports: dict, extra: tuple[str, ...] = (), name: str = "weir") -> str:
+def start_weir(stack: Stack, weir: Path, ports: dict, extra: tuple[str, ...] = (), name: str = "weir",
+               env: dict | None = None) -> str:
     cfg = stack.tmp / "weir.toml"
     words = stack.tmp / "words.txt"
     dictionary(words)
@@ -290,14 +291,14 @@ prefix = "/filtered"
 arms = [{{ name = "v1", pool = "engine-v1", weight = 1 }}]
 filters = {{ request = ["words"] }}
 """)
-    return launch_weir(stack, weir, name, cfg, extra, log="warn")
+    return launch_weir(stack, weir, name, cfg, extra, log="warn", env=env)
 
 
 def launch_weir(stack: Stack, weir: Path, name: str, cfg: Path, extra: tuple[str, ...] = (),
-                log: str = "warn") -> str:
-    """Starts `weir --config cfg` on the proxy's CPU, waits until it is ready
-    and returns its proxy URL."""
-    env = {**os.environ, "WEIR_LOG": log}
+                log: str = "warn", env: dict | None = None) -> str:
+    """Starts `weir --config cfg` on the proxy's CPU (with `env` added to
+    the environment), waits until it is ready and returns its proxy URL."""
+    env = {**os.environ, **(env or {}), "WEIR_LOG": log}
     proc = stack.spawn(name, pin(1) + [str(weir), "--config", str(cfg), *extra], env=env, stdout=subprocess.PIPE)
     line = proc.stdout.readline().decode() if proc.stdout else ""
     fields = listening_fields(line)
