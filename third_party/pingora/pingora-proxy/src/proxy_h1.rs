@@ -1484,6 +1484,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn answer_ended_by_close_goes_down_chunked() {
+        // An HTTP/1.0 answer without a length ends when the upstream
+        // closes: the client gets it chunked, on a connection it can keep.
+        let proxy = HttpProxy::new(Plain, Arc::new(ServerConf::default()));
+        let (peer, mut ctx) = (peer(), ());
+        let (mut session, mut client) = downstream(b"GET /old HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        let (mut client_session, mut server) = upstream();
+        let origin = async move {
+            read_until(&mut server, b"\r\n\r\n").await;
+            server
+                .write_all(b"HTTP/1.0 200 OK\r\n\r\nhello")
+                .await
+                .unwrap();
+            drop(server);
+        };
+        let ((reuse_down, reuse_up, err), ()) = tokio::join!(
+            proxy.proxy_1to1(&mut session, &mut client_session, &peer, &mut ctx),
+            origin
+        );
+        assert!(err.is_none(), "{err:?}");
+        // The answer was read to its end; the connection itself is not kept
+        // (HTTP/1.0 without keep-alive), which the connector decides from it.
+        assert!(reuse_down && reuse_up);
+        client_session.respect_keepalive();
+        assert!(!client_session.will_keepalive());
+        let answer = read_until(&mut client, b"0\r\n\r\n").await;
+        let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(text.contains("transfer-encoding: chunked"), "{text}");
+        assert!(text.contains("5\r\nhello\r\n"), "{text}");
+    }
+
+    #[tokio::test]
     async fn client_leaving_before_the_answer_ends_the_request() {
         let proxy = HttpProxy::new(Plain, Arc::new(ServerConf::default()));
         let (peer, mut ctx) = (peer(), ());
