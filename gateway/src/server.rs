@@ -170,6 +170,11 @@ impl HttpServerApp for Listener {
         // order (RFC 9112 §9.3.2); without this Pingora answers the first
         // and closes the connection on the rest.
         session.set_pipelining_enabled(true);
+        // Field names are not kept in the case they were sent in (HTTP/1.x
+        // names are case-insensitive; HTTP/2 ones lower case): one header
+        // map per request instead of two (Pingora patch 12). The answer
+        // follows the request.
+        session.set_keep_header_case(false);
         self.proxy.process_new_http(session, shutdown)
     }
 

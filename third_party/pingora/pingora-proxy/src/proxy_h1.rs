@@ -42,6 +42,8 @@ where
     {
         client_session.read_timeout = peer.options.read_timeout;
         client_session.write_timeout = peer.options.write_timeout;
+        // Weir patch 12: the answer keeps its names' case when the request did.
+        client_session.set_keep_header_case(session.req_header().has_case());
 
         // phase 2 send to upstream
 
@@ -1449,6 +1451,47 @@ mod tests {
         assert!(request.starts_with(b"GET /x HTTP/1.1\r\n"), "{request:?}");
         let answer = read_until(&mut client, b"hello").await;
         assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"), "{answer:?}");
+    }
+
+    #[tokio::test]
+    async fn answer_keeps_its_names_case_when_the_request_did() {
+        for keep in [true, false] {
+            let proxy = HttpProxy::new(Plain, Arc::new(ServerConf::default()));
+            let (peer, mut ctx) = (peer(), ());
+            let (mut client, server) = tokio::io::duplex(64 * 1024);
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .unwrap();
+            let mut session = Session::new_h1(Box::new(server) as pingora_core::protocols::Stream);
+            session.downstream_session.set_keep_header_case(keep);
+            session.read_request().await.unwrap();
+            assert_eq!(session.req_header().has_case(), keep);
+            let (mut client_session, mut server) = upstream();
+            let origin = async move {
+                read_until(&mut server, b"\r\n\r\n").await;
+                server
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Mixed-Case: 1\r\n\r\nok")
+                    .await
+                    .unwrap();
+                server
+            };
+            let ((_, _, err), _server) = tokio::join!(
+                proxy.proxy_1to1(&mut session, &mut client_session, &peer, &mut ctx),
+                origin
+            );
+            assert!(err.is_none(), "{err:?}");
+            let answer = read_until(&mut client, b"ok").await;
+            let name: &[u8] = if keep {
+                b"X-Mixed-Case: 1"
+            } else {
+                b"x-mixed-case: 1"
+            };
+            assert!(
+                answer.windows(name.len()).any(|w| w == name),
+                "{keep}: {answer:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -959,6 +959,15 @@ impl Session {
         }
     }
 
+    /// Whether an HTTP/1.x request header keeps the case of its field names
+    /// (Weir patch 12; see the v1 session's `set_keep_header_case`). No-op
+    /// for other sessions: HTTP/2 names are lower case.
+    pub fn set_keep_header_case(&mut self, keep: bool) {
+        if let Self::H1(s) = self {
+            s.set_keep_header_case(keep);
+        }
+    }
+
     /// Set pipelined bytes to be parsed as the start of this session's request.
     ///
     /// No-op for non-H1 sessions. See

@@ -51,6 +51,9 @@ pub struct HttpSession {
     /// request.
     pub write_timeout: Option<Duration>,
     keepalive_timeout: KeepaliveStatus,
+    /// Whether response headers keep the case of their field names (Weir
+    /// patch 12). Defaults to true.
+    keep_header_case: bool,
     pub(crate) digest: Box<Digest>,
     response_header: Option<Box<ResponseHeader>>,
     request_written: Option<Box<RequestHeader>>,
@@ -89,6 +92,7 @@ impl HttpSession {
             body_reader: BodyReader::new(true),
             body_writer: BodyWriter::new(),
             keepalive_timeout: KeepaliveStatus::Off,
+            keep_header_case: true,
             response_header: None,
             request_written: None,
             read_timeout: None,
@@ -284,13 +288,16 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        let mut response_header = match ResponseHeader::build(
-                            resp.code.unwrap(),
-                            Some(resp.headers.len()),
-                        ) {
-                            Ok(header) => Box::new(header),
-                            Err(e) => return self.fail_response_header_read(e),
+                        let build = if self.keep_header_case {
+                            ResponseHeader::build
+                        } else {
+                            ResponseHeader::build_no_case
                         };
+                        let mut response_header =
+                            match build(resp.code.unwrap(), Some(resp.headers.len())) {
+                                Ok(header) => Box::new(header),
+                                Err(e) => return self.fail_response_header_read(e),
+                            };
 
                         // TODO: enforce https://datatracker.ietf.org/doc/html/rfc9110#section-15.2
                         // "Since HTTP/1.0 did not define any 1xx status codes,
@@ -432,6 +439,13 @@ impl HttpSession {
                 }
             }
         }
+    }
+
+    /// Weir patch 12: whether response headers read from now on keep the
+    /// case of their field names (default true); see the server session's
+    /// `set_keep_header_case`.
+    pub fn set_keep_header_case(&mut self, keep: bool) {
+        self.keep_header_case = keep;
     }
 
     /// Similar to [`Self::read_response()`], read the response header and then return a copy of it.
@@ -989,6 +1003,29 @@ mod tests_stream {
             http_stream.resp_header().unwrap().get_reason_phrase(),
             Some("Just Fine")
         );
+    }
+
+    #[tokio::test]
+    async fn response_header_case_kept_or_not() {
+        init_log();
+        let input = b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 0\r\nX-Mixed-Case: 1\r\n\r\n";
+        for keep in [true, false] {
+            let mock_io = Builder::new().read(&input[..]).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.set_keep_header_case(keep);
+            http_stream.read_response().await.unwrap();
+            let header = http_stream.resp_header().unwrap();
+            assert_eq!(header.has_case(), keep);
+            assert_eq!(header.headers.get("x-mixed-case").unwrap(), "1");
+            let mut wire = BytesMut::new();
+            header.header_to_h1_wire(&mut wire);
+            let expected: &[u8] = if keep {
+                b"CONTENT-LENGTH: 0\r\nX-Mixed-Case: 1\r\n"
+            } else {
+                b"Content-Length: 0\r\nx-mixed-case: 1\r\n"
+            };
+            assert_eq!(&wire[..], expected);
+        }
     }
 
     #[tokio::test]

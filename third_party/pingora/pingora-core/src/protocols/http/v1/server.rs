@@ -146,6 +146,10 @@ pub struct HttpSession {
     /// Defaults to false. Can be enabled via [`set_pipelining_enabled`](Self::set_pipelining_enabled).
     /// See [`Self::set_pipelining_enabled`] for RFC 9112 §9.3.2 semantics.
     pipelining_enabled: bool,
+    /// Whether the request header keeps the case its field names were sent
+    /// in (a second map of original-case names). Defaults to true. Weir
+    /// patch 12: see [`Self::set_keep_header_case`].
+    keep_header_case: bool,
     /// Pipelined bytes from the previous request on the same keep-alive connection,
     /// to be parsed as the start of this session's request. Consumed on the first
     /// call to [`Self::read_request`]. Set via [`Self::set_pipelined_prefix`] after
@@ -207,6 +211,7 @@ impl HttpSession {
             abort_on_close: true,
             proxy_tasks_enabled: false,
             pipelining_enabled: false,
+            keep_header_case: true,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
         }
@@ -397,7 +402,12 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
+                        let build = if self.keep_header_case {
+                            RequestHeader::build
+                        } else {
+                            RequestHeader::build_no_case
+                        };
+                        let mut request_header = Box::new(build(
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
@@ -1121,6 +1131,16 @@ impl HttpSession {
                 false
             }
         }
+    }
+
+    /// Weir patch 12: whether the next request header read keeps the case
+    /// of its field names (default true). Without it the header has one map
+    /// instead of two (values and original-case names), which every insert,
+    /// removal and clone touches; written out again, standard names take
+    /// their usual capitalisation and others are lower case, as an HTTP/2
+    /// peer would see them anyway.
+    pub fn set_keep_header_case(&mut self, keep: bool) {
+        self.keep_header_case = keep;
     }
 
     /// Set pipelined bytes to be parsed as the start of this session's request.
@@ -2072,6 +2092,31 @@ mod tests_stream {
         http_stream.set_pipelined_prefix(BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]));
         assert!(http_stream.wait_for_request().await);
         assert_eq!(http_stream.read_request().await.unwrap(), Some(18));
+    }
+
+    #[tokio::test]
+    async fn request_header_case_kept_or_not() {
+        init_log();
+        let input = b"GET / HTTP/1.1\r\nHOST: a\r\nX-Mixed-Case: 1\r\n\r\n";
+        // Kept (the default): written back as sent.
+        let mut http_stream = HttpSession::new(Box::new(Builder::new().read(&input[..]).build()));
+        http_stream.read_request().await.unwrap();
+        let header = http_stream.req_header();
+        assert!(header.has_case());
+        let mut wire = BytesMut::new();
+        header.header_to_h1_wire(&mut wire);
+        assert_eq!(&wire[..], b"HOST: a\r\nX-Mixed-Case: 1\r\n");
+        // Not kept: one map; standard names in their usual form, others
+        // lower case.
+        let mut http_stream = HttpSession::new(Box::new(Builder::new().read(&input[..]).build()));
+        http_stream.set_keep_header_case(false);
+        http_stream.read_request().await.unwrap();
+        let header = http_stream.req_header();
+        assert!(!header.has_case());
+        assert_eq!(header.headers.get("x-mixed-case").unwrap(), "1");
+        let mut wire = BytesMut::new();
+        header.header_to_h1_wire(&mut wire);
+        assert_eq!(&wire[..], b"Host: a\r\nx-mixed-case: 1\r\n");
     }
 
     #[tokio::test]
