@@ -263,20 +263,18 @@ where
                     return (false, false, Some(e.into_down()));
                 }
             };
-            let mut upstream_done;
             let mut tasks = Vec::with_capacity(2);
             let mut next = Some(read);
             // What the upstream has already sent goes down with this write.
             while let Some(read) = next.take() {
-                let task = match read {
+                let mut task = match read {
                     Ok(task) => task,
                     Err(e) => {
                         upstream_can_reuse = false;
                         HttpTask::Failed(send_error.take().unwrap_or(e).into_up())
                     }
                 };
-                upstream_done = task.is_end();
-                let mut task = task;
+                let upstream_done = task.is_end();
                 session.upstream_compression.response_filter(&mut task);
                 let task = match self
                     .h1_response_filter(

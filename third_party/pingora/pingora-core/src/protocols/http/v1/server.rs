@@ -284,6 +284,17 @@ impl HttpSession {
         }
     }
 
+    /// The timeout [`Self::read_request_buf`] puts on a read of its own: the
+    /// keep-alive timeout, or the read timeout with keep-alive off (none
+    /// with keep-alive infinite).
+    fn header_read_timeout(&self) -> Option<Duration> {
+        match self.keepalive_timeout {
+            KeepaliveStatus::Timeout(d) => Some(d),
+            KeepaliveStatus::Infinite => None,
+            KeepaliveStatus::Off => self.read_timeout,
+        }
+    }
+
     /// [`Self::read_request_buf`] within what is left of the whole header's
     /// time (`deadline`: when it ends, and the bound it came from). A client
     /// that sent nothing by then is let go like an idle keep-alive client;
@@ -301,11 +312,7 @@ impl HttpSession {
         // The keep-alive or read timeout of the read itself only matters
         // when it can end first: otherwise it would register a second timer
         // for every read that waits (Weir patch 10).
-        let own_timeout = match self.keepalive_timeout {
-            KeepaliveStatus::Timeout(d) => d <= left,
-            KeepaliveStatus::Infinite => false,
-            KeepaliveStatus::Off => self.read_timeout.is_some_and(|t| t <= left),
-        };
+        let own_timeout = self.header_read_timeout().is_some_and(|t| t <= left);
         match timeout(left, self.read_request_buf(buf, already_read, own_timeout)).await {
             Ok(read) => read,
             Err(_) if already_read == 0 => {
@@ -1094,15 +1101,10 @@ impl HttpSession {
         {
             return true;
         }
-        let own = match self.keepalive_timeout {
-            KeepaliveStatus::Timeout(d) => Some(d),
-            KeepaliveStatus::Infinite => None,
-            KeepaliveStatus::Off => self.read_timeout,
-        };
-        let limit = match (own, self.request_header_timeout) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let limit = [self.header_read_timeout(), self.request_header_timeout]
+            .into_iter()
+            .flatten()
+            .min();
         let mut first = [0u8; FIRST_READ];
         let read = self.underlying_stream.read(&mut first);
         let read = match limit {
