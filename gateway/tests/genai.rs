@@ -53,14 +53,7 @@ async fn openai_requests_are_measured_in_the_genai_conventions_with_bounded_labe
 
     // The gateway counts a request once it has answered it: wait for both.
     let text = eventually(Duration::from_secs(10), || async {
-        let text = client()
-            .get(weir.admin_url("/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = weir.scrape().await.ok()?;
         (genai_requests(&text) >= 2.0).then_some(text)
     })
     .await

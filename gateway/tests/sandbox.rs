@@ -154,29 +154,17 @@ async fn transparent_huge_pages_off_unless_the_allocator_is_told() {
         return;
     }
     let up = Upstream::local("v1").await.unwrap();
-    let weir = Weir::start(weir_bin(), &config(&up, None, ""))
-        .await
-        .unwrap();
-    assert_eq!(
-        thp_enabled(weir.pid()).as_deref(),
-        Some("0"),
-        "{}",
-        weir.log()
-    );
-    assert_eq!(chat(&weir, "hello").await, 200);
-
-    let told = Weir::start_with_env(
-        weir_bin(),
-        &config(&up, None, ""),
-        &[("MIMALLOC_ALLOW_THP", "1")],
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        thp_enabled(told.pid()).as_deref(),
-        Some("1"),
-        "{}",
-        told.log()
-    );
-    assert_eq!(chat(&told, "hello").await, 200);
+    let by_default: &[(&str, &str)] = &[];
+    for (env, expected) in [(by_default, "0"), (&[("MIMALLOC_ALLOW_THP", "1")], "1")] {
+        let weir = Weir::start_with_env(weir_bin(), &config(&up, None, ""), env)
+            .await
+            .unwrap();
+        assert_eq!(
+            thp_enabled(weir.pid()).as_deref(),
+            Some(expected),
+            "{env:?}: {}",
+            weir.log()
+        );
+        assert_eq!(chat(&weir, "hello").await, 200);
+    }
 }

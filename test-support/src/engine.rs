@@ -156,14 +156,7 @@ impl Engine {
     /// One sample of a metric from `/metrics` (exact series, see
     /// [`crate::sample`]); `None` when absent or the scrape fails.
     pub async fn metric_sample(&self, series: &str) -> Option<f64> {
-        let text = crate::client()
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = crate::scrape(&self.url("/metrics")).await.ok()?;
         crate::sample(&text, series).ok()?
     }
 

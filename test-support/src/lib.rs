@@ -53,6 +53,11 @@ pub fn client() -> reqwest::Client {
         .unwrap_or_else(|_| reqwest::Client::new())
 }
 
+/// The text of a Prometheus `/metrics` page at `url`.
+pub async fn scrape(url: &str) -> anyhow::Result<String> {
+    Ok(client().get(url).send().await?.text().await?)
+}
+
 /// The value of `series` (exact, labels included, e.g.
 /// `weir_config_reloads_total{result="rejected"}`) in a Prometheus text
 /// exposition; `None` when absent, an error when its value is not a number.

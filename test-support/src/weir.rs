@@ -155,13 +155,9 @@ impl Weir {
         crate::sample(&self.scrape().await.ok()?, series).ok()?
     }
 
-    async fn scrape(&self) -> anyhow::Result<String> {
-        Ok(crate::client()
-            .get(self.admin_url("/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?)
+    /// The text of the admin port's `/metrics`.
+    pub async fn scrape(&self) -> anyhow::Result<String> {
+        crate::scrape(&self.admin_url("/metrics")).await
     }
 
     /// GETs an admin path and parses its JSON body (e.g. `/admin/routes`).
