@@ -87,6 +87,21 @@ pub async fn split(
     counts
 }
 
+/// Asserts that `share` (percent of `n` independent weighted picks) fits a
+/// route weight of `expected` percent: within five standard deviations of
+/// the binomial draw (`5 * sqrt(p * (1 - p) / n)`). A correct split falls
+/// outside about once in 1.7 million runs (a fixed band of three or four
+/// deviations failed now and then across the suite's many draws); a
+/// config that did not apply (10 % against 50 or 90) stays far outside.
+pub fn assert_share(share: f64, n: usize, expected: f64, what: &str) {
+    let p = expected / 100.0;
+    let band = 5.0 * (p * (1.0 - p) / n as f64).sqrt() * 100.0;
+    assert!(
+        (share - expected).abs() <= band,
+        "{what}: {share:.2}% over {n} requests, expected {expected}% +- {band:.2}"
+    );
+}
+
 pub async fn generation(weir: &Weir) -> f64 {
     weir.metric("weir_config_generation").await.unwrap()
 }

@@ -198,8 +198,7 @@ async fn invalid_values_are_rejected_and_the_last_good_config_keeps_serving() {
     assert!(!weir.log().contains("panicked"), "{}", weir.log());
 
     // Throughout, the last good 90/10 config served.
-    let share = support::v2_share(&weir, 2_000).await;
-    assert!((share - 10.0).abs() <= 3.0, "v2 got {share}%");
+    support::assert_v2_share(&weir, 2_000, 10.0, "v2 under the last good config").await;
     println!("{} values rejected", rejected);
 
     // A later valid value is applied normally.

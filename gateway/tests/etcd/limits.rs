@@ -49,8 +49,7 @@ async fn oversized_values_are_invalid_keys_and_never_applied() {
             out.stderr
         );
         // The last good 90/10 config serves throughout.
-        let share = support::v2_share(weir, 400).await;
-        assert!((share - 10.0).abs() <= 5.0, "v2 got {share}%");
+        support::assert_v2_share(weir, 400, 10.0, key).await;
         if *key == "routes/chat" {
             put(&mut client, key, &good_route).await;
         } else {

@@ -96,8 +96,7 @@ async fn an_invalid_key_neither_locks_operators_out_nor_blocks_a_restart() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no etcd revision in {body}"));
     assert!(seen >= etcd_rev, "{body}");
-    let share = support::v2_share(&weir, 400).await;
-    assert!((share - 10.0).abs() <= 5.0, "v2 got {share}%");
+    support::assert_v2_share(&weir, 400, 10.0, "v2 after the restart").await;
 
     // Deleting the invalid key applies what etcd holds: the 50/50 set above.
     let fixed = support::delete(&mut client, BAD).await;
@@ -109,6 +108,5 @@ async fn an_invalid_key_neither_locks_operators_out_nor_blocks_a_restart() {
     .await
     .unwrap_or_else(|e| panic!("{e}: {:?}", weir.log()));
     assert_eq!(weir.metric("weir_config_invalid_keys").await.unwrap(), 0.0);
-    let share = support::v2_share(&weir, 400).await;
-    assert!((share - 50.0).abs() <= 10.0, "v2 got {share}%");
+    support::assert_v2_share(&weir, 400, 50.0, "v2 after the fix").await;
 }

@@ -148,6 +148,13 @@ pub async fn v2_share(weir: &Weir, n: usize) -> f64 {
     counts.get("v2").copied().unwrap_or(0) as f64 * 100.0 / n as f64
 }
 
+/// Asserts v2's share over `n` requests fits a weight of `expected` percent
+/// ([`crate::common::assert_share`]).
+pub async fn assert_v2_share(weir: &Weir, n: usize, expected: f64, what: &str) {
+    let share = v2_share(weir, n).await;
+    crate::common::assert_share(share, n, expected, what);
+}
+
 /// `weirctl` against one etcd.
 pub struct Ctl {
     pub endpoint: String,

@@ -17,14 +17,12 @@ async fn a_weights_put_changes_the_live_split_and_a_delete_restores_it() {
     let dir = tempfile::tempdir().unwrap();
     let weir = support::weir(&etcd.endpoint(), &dir.path().join("cache.json")).await;
     wait_revision(&weir, imported).await;
-    let share = support::v2_share(&weir, 2_000).await;
-    assert!((share - 10.0).abs() <= 3.0, "v2 got {share}% at 90/10");
+    support::assert_v2_share(&weir, 2_000, 10.0, "v2 at 90/10").await;
 
     let mut client = support::client(&etcd).await;
     let rev = put(&mut client, "routes/chat/weights", r#"{"v1":10,"v2":90}"#).await;
     wait_revision(&weir, rev).await;
-    let share = support::v2_share(&weir, 2_000).await;
-    assert!((share - 90.0).abs() <= 3.0, "v2 got {share}% after the put");
+    support::assert_v2_share(&weir, 2_000, 90.0, "v2 after the put").await;
 
     // The admin view names the source and the revision.
     let routes = weir.admin_json("/admin/routes").await.unwrap();

@@ -48,8 +48,7 @@ async fn weirctl_round_trips_refuses_bad_writes_and_reports_conflicts() {
     // report their status (beside the config prefix).
     let rev = got["mod_revision"].as_i64().unwrap();
     wait_revision(&weir, rev).await;
-    let share = support::v2_share(&weir, 1_000).await;
-    assert!((share - 80.0).abs() <= 5.0, "v2 got {share}%");
+    support::assert_v2_share(&weir, 1_000, 80.0, "v2 after the override").await;
 
     // Refusals: nothing written, a clear message, exit 1.
     for (args, message) in [
