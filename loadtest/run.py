@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import tomllib
 from pathlib import Path
 
@@ -177,7 +178,11 @@ backend engines
 def idle_clients_rss(url: str, pid: int, counts: tuple[int, ...]) -> dict:
     """VmRSS of `pid` (MiB) once `n` keep-alive clients have each been
     answered one request and stay connected, idle, for each n of `counts`
-    (cumulative: the clients of the first count stay open for the next)."""
+    (cumulative: the clients of the first count stay open for the next).
+    `rss_N_clients_mib` is the settled figure (`settled_rss_mib`: what the
+    clients hold once the burst that served them is over);
+    `rss_N_clients_answered_mib` the figure read right after the last
+    answer, with what the burst freed not yet given back."""
     import resource
     import socket
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -187,7 +192,7 @@ def idle_clients_rss(url: str, pid: int, counts: tuple[int, ...]) -> dict:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     request = f"GET /v1/models HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
     socks: list = []
-    out = {"rss_idle_mib": rss_mib(pid)}
+    out = {"rss_idle_mib": settled_rss_mib(pid)}
     try:
         for n in sorted(counts):
             fresh = []
@@ -203,11 +208,30 @@ def idle_clients_rss(url: str, pid: int, counts: tuple[int, ...]) -> dict:
                         raise RuntimeError("an idle client's connection closed before its answer")
                     got += chunk
             socks += fresh
-            out[f"rss_{n}_clients_mib"] = rss_mib(pid)
+            out[f"rss_{n}_clients_answered_mib"] = rss_mib(pid)
+            out[f"rss_{n}_clients_mib"] = settled_rss_mib(pid)
     finally:
         for s in socks:
             s.close()
     return out
+
+
+def settled_rss_mib(pid: int, timeout: float = 10.0) -> float:
+    """VmRSS of `pid` (MiB) once it stops falling: read every 0.5 s until
+    two readings in a row differ by less than 0.1 MiB (or `timeout`
+    passes). weir's allocator gives freed pages back a second or two after
+    they were freed (mimalloc's purge delay, then weir's once-a-second
+    collect), so right after a burst of 1,000 requests the figure still
+    holds what the burst freed."""
+    deadline = time.monotonic() + timeout
+    last = rss_mib(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = rss_mib(pid)
+        if abs(now - last) < 0.1:
+            return now
+        last = now
+    return last
 
 
 def rss_mib(pid: int) -> float:
@@ -568,10 +592,12 @@ def write_results(results: dict, out: Path) -> None:
                          f"| {s['p50']:.0f} | {s['p99']:.0f} | {s['tokens_per_s']:.0f} | {s['errors']} |")
     memory = {n: s for n, s in results["scenarios"].items() if s.get("kind") == "memory"}
     for name, s in memory.items():
-        lines += ["", f"{name}: VmRSS of weir (MiB), idle and with N idle keep-alive clients each answered once:", "",
-                  "| clients | RSS MiB |", "|---:|---:|", f"| 0 | {s['rss_idle_mib']:.1f} |"]
-        lines += [f"| {k.split('_')[1]} | {v:.1f} |" for k, v in s.items()
-                  if k.startswith("rss_") and k.endswith("_clients_mib")]
+        lines += ["", f"{name}: VmRSS of weir (MiB), idle and with N idle keep-alive clients each answered once"
+                  " (settled: once it stops falling; and right after the last answer):", "",
+                  "| clients | RSS MiB, settled | right after the last answer |", "|---:|---:|---:|",
+                  f"| 0 | {s['rss_idle_mib']:.1f} | |"]
+        lines += [f"| {k.split('_')[1]} | {v:.1f} | {s.get(k.replace('_clients_mib', '_clients_answered_mib'), 0):.1f} |"
+                  for k, v in s.items() if k.startswith("rss_") and k.endswith("_clients_mib")]
     lines += real_models.table(results["scenarios"])
     skipped = results.get("skipped", {})
     for why in dict.fromkeys(skipped.values()):

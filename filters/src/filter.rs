@@ -11,8 +11,8 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use wasmtime::{
-    Engine, Extern, ExternType, FuncType, Instance, InstancePre, Linker, Memory, Module,
-    ModuleExport, ResourceLimiter, Store, Trap, TypedFunc, ValType,
+    Extern, ExternType, FuncType, Instance, InstancePre, Linker, Memory, Module, ModuleExport,
+    ResourceLimiter, Store, Trap, TypedFunc, ValType,
 };
 
 use crate::FilterError;
@@ -130,7 +130,7 @@ impl Filter {
     pub fn load(wasm: &[u8], spec: FilterSpec) -> Result<Self, FilterError> {
         let prepared = spec.prepare()?;
         let engine = engine()?;
-        let module = compile(engine, wasm)?;
+        let module = compile_cached(wasm)?;
         check_module(&module)?;
         let exports = Exports::of(&module)?;
         let pre = Linker::new(engine)
@@ -171,8 +171,12 @@ impl Filter {
         let baked =
             bake::bake(wasm_binary(wasm)?.as_ref(), memory).map_err(FilterError::InvalidModule)?;
         let image_len = memory.len();
-        let baked = Module::new(engine, &baked)
-            .map_err(|e| FilterError::InvalidModule(format!("baked module: {e:#}")))?;
+        let baked = crate::engine::compile(&baked).map_err(|e| match e {
+            FilterError::InvalidModule(e) => {
+                FilterError::InvalidModule(format!("baked module: {e}"))
+            }
+            e => e,
+        })?;
         let exports = Exports::of(&baked)?;
         let pre = Linker::new(engine)
             .instantiate_pre(&baked)
@@ -458,7 +462,7 @@ fn wasm_binary(wasm: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, FilterError> {
 
 /// Compiles `wasm`, reusing the module compiled from the same bytes
 /// recently (a dictionary change does not recompile the module).
-fn compile(engine: &Engine, wasm: &[u8]) -> Result<Module, FilterError> {
+fn compile_cached(wasm: &[u8]) -> Result<Module, FilterError> {
     static CACHE: Mutex<Vec<(Arc<[u8]>, Module)>> = Mutex::new(Vec::new());
     let cached = |cache: &mut Vec<(Arc<[u8]>, Module)>| {
         let at = cache.iter().position(|(bytes, _)| **bytes == *wasm)?;
@@ -470,8 +474,7 @@ fn compile(engine: &Engine, wasm: &[u8]) -> Result<Module, FilterError> {
     if let Some(module) = cached(&mut CACHE.lock().unwrap_or_else(PoisonError::into_inner)) {
         return Ok(module);
     }
-    let module =
-        Module::new(engine, wasm).map_err(|e| FilterError::InvalidModule(format!("{e:#}")))?;
+    let module = crate::engine::compile(wasm)?;
     let mut cache = CACHE.lock().unwrap_or_else(PoisonError::into_inner);
     if cached(&mut cache).is_none() {
         if cache.len() >= MODULE_CACHE {

@@ -3,19 +3,89 @@
 /// Asks the allocator to return the memory this thread freed to the
 /// system now rather than after its purge delay, which on a thread that
 /// goes idle never comes (a profile's symbol tables, a filter's compile).
-#[allow(unsafe_code)]
 pub fn give_back_freed_memory() {
+    collect(true);
+}
+
+/// Gives back, once a second, the memory any thread freed more than the
+/// allocator's purge delay ago (mimalloc: 1 s). mimalloc purges freed
+/// pages only when some thread next calls into it after that delay; a
+/// proxy worker that goes idle after a burst (a thousand clients that
+/// connect at once and then wait) never does, and an idle gateway kept
+/// what the burst freed: ~13 MiB after 1,000 such clients, ~47 MiB after
+/// 10,000 (`loadtest/README.md` § Idle memory). The purge is process-wide,
+/// so one task on any thread serves every worker; when nothing has
+/// expired it returns at once.
+pub async fn purge_freed_memory() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        collect(false);
+    }
+}
+
+/// `mi_collect(force)`: the calling thread's freed pages, and the
+/// process's expired (or, forced, all) purges.
+#[allow(unsafe_code)]
+fn collect(force: bool) {
     // SAFETY: `mi_collect` takes no pointers and has no preconditions; it
     // only walks the calling thread's mimalloc heap and the shared arenas,
     // and is safe to call on any thread at any time (it also works, doing
     // little, when mimalloc is not the global allocator, as in unit tests).
-    unsafe { libmimalloc_sys::mi_collect(true) };
+    unsafe { libmimalloc_sys::mi_collect(force) };
+}
+
+/// Takes this executable's machine code out of the process's resident
+/// pages (`MADV_DONTNEED` on the file mapping that holds `.text`): the
+/// code that keeps running faults back in from the page cache (minor
+/// faults, no disk read while another mapping or the cache holds it);
+/// the rest stays out. Called after a Wasm filter compiles: the compiler
+/// paged in ~6.5 MiB of code that the gateway then does not run until
+/// the next compile. Safe for the code pages because they are never
+/// written (a private, read-and-execute mapping of the file: dropping a
+/// page loses nothing that the file does not hold). Returns the bytes of
+/// the mapping, or why nothing was done.
+pub fn release_code_pages() -> Result<usize, String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").map_err(|e| e.to_string())?;
+    let here = release_code_pages as *const () as usize;
+    let (start, end) = maps
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (range, perms) = (fields.next()?, fields.next()?);
+            let (from, to) = range.split_once('-')?;
+            let from = usize::from_str_radix(from, 16).ok()?;
+            let to = usize::from_str_radix(to, 16).ok()?;
+            let inode = fields.nth(2)?;
+            // Only the read-and-execute private mapping of a file.
+            (from <= here && here < to && perms == "r-xp" && inode != "0").then_some((from, to))
+        })
+        .ok_or("the code mapping was not found")?;
+    advise_dont_need(start, end - start)?;
+    Ok(end - start)
+}
+
+#[allow(unsafe_code)]
+fn advise_dont_need(start: usize, len: usize) -> Result<(), String> {
+    // SAFETY: [start, start + len) is a whole mapping read from
+    // /proc/self/maps that holds this very function: a private file
+    // mapping with read and execute rights only, so its pages can never
+    // have been written and `MADV_DONTNEED` only drops page-table entries
+    // that the next access refills from the same file (threads running
+    // code there meanwhile fault it back in). No Rust object lives in it.
+    let rc = unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().to_string())
+    }
 }
 
 /// The environment variable of the allocator's own switch for transparent
 /// huge pages; when it is set, its value decides and the gateway leaves
 /// the process as it is.
-const ALLOW_THP: &str = "MIMALLOC_ALLOW_THP";
+const ALLOW_THP: &std::ffi::CStr = c"MIMALLOC_ALLOW_THP";
 
 /// Turns transparent huge pages off for this process (Linux
 /// `PR_SET_THP_DISABLE`), unless `MIMALLOC_ALLOW_THP` is set. mimalloc asks
@@ -24,15 +94,71 @@ const ALLOW_THP: &str = "MIMALLOC_ALLOW_THP";
 /// a whole 2 MiB resident: most of an idle gateway's anonymous memory
 /// (measured in `loadtest/README.md` § Idle memory). A gateway's heap is
 /// small and spread over many connections; the TLB gain of huge pages does
-/// not pay for that. Called first in `main`, before threads start; pages
-/// already huge stay so. Returns whether THP is now off.
+/// not pay for that. Pages already huge stay so: `weir` calls this before
+/// `main`, before its first allocation (see `THP_OFF_AT_LOAD` in
+/// `main.rs`). Allocates nothing. Returns whether THP is now off.
 #[allow(unsafe_code)]
 pub fn no_transparent_huge_pages() -> bool {
-    if std::env::var_os(ALLOW_THP).is_some() {
+    // SAFETY: `getenv` reads the environment through a NUL-terminated name;
+    // the pointer it returns is only compared with null, never read, so a
+    // concurrent `setenv` (none runs before `main`, where this is called
+    // from) could not make it dangle in a way that matters.
+    if !unsafe { libc::getenv(ALLOW_THP.as_ptr()) }.is_null() {
         return false;
     }
     // SAFETY: `prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)` takes no pointers; it
     // sets a flag on the calling process's memory descriptor and fails
     // harmlessly (EINVAL) on kernels without it.
-    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0 }
+    let off = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0 };
+    THP_OFF.store(off, std::sync::atomic::Ordering::Relaxed);
+    off
+}
+
+/// Whether [`no_transparent_huge_pages`] turned THP off.
+pub fn thp_off() -> bool {
+    THP_OFF.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static THP_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    /// Resident KiB of the mapping that holds this test's code.
+    fn code_rss_kib() -> u64 {
+        let here = code_rss_kib as *const () as usize;
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ')
+                && let Some((from, to)) = range.split_once('-')
+                && let (Ok(from), Ok(to)) = (
+                    usize::from_str_radix(from, 16),
+                    usize::from_str_radix(to, 16),
+                )
+            {
+                inside = from <= here && here < to;
+            } else if inside && let Some(kib) = line.strip_prefix("Rss:") {
+                return kib.trim().trim_end_matches(" kB").parse().unwrap();
+            }
+        }
+        panic!("no mapping holds this code");
+    }
+
+    /// The code mapping leaves the resident set, and code keeps running
+    /// from it afterwards (faulted back in from the page cache).
+    #[test]
+    fn code_pages_are_released_and_refault() {
+        let before = code_rss_kib();
+        let len = release_code_pages().expect("released");
+        let after = code_rss_kib();
+        assert!(len > 0);
+        assert!(after < before, "resident code {before} KiB -> {after} KiB");
+        let words: Vec<String> = (0..1000).map(|i| format!("w{i}")).collect();
+        assert_eq!(words.join(",").split(',').count(), 1000);
+        // Again: the same mapping.
+        assert_eq!(release_code_pages().expect("released again"), len);
+    }
 }

@@ -125,8 +125,12 @@ pub async fn load(
         let loaded = tokio::task::spawn_blocking(move || {
             let loaded = load_one(owned, &metrics);
             // The compiler's temporaries, freed on this thread, which goes
-            // idle now: given back at once (tens of MiB per module).
+            // idle now: given back at once (tens of MiB per module); and
+            // its code, paged in by the compile, out of the resident set.
             crate::alloc::give_back_freed_memory();
+            if let Err(e) = crate::alloc::release_code_pages() {
+                tracing::debug!(error = %e, "code pages kept resident");
+            }
             loaded
         })
         .await

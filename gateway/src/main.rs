@@ -13,6 +13,27 @@ use weir_gateway::server::{ConfigSource, EtcdFlags, serve};
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
+/// Turns transparent huge pages off ([`weir_gateway::alloc::no_transparent_huge_pages`])
+/// when the binary is loaded, before `main`: the allocator's first arena
+/// pages are touched by the first allocation, and called first thing in
+/// `main` it left two huge pages (4 MiB) made by the runtime's allocations
+/// before it. `#[used]` keeps the `.init_array` entry, which the loader
+/// runs with the other constructors.
+#[cfg(target_os = "linux")]
+#[used]
+// SAFETY: `.init_array` holds pointers to `extern "C" fn()` that the loader
+// calls once, single-threaded, before `main`; this is such a function, and
+// what it runs needs nothing `main` sets up (no allocation, no std state:
+// `getenv` and `prctl` only).
+#[allow(unsafe_code)]
+#[unsafe(link_section = ".init_array")]
+static THP_OFF_AT_LOAD: extern "C" fn() = {
+    extern "C" fn at_load() {
+        weir_gateway::alloc::no_transparent_huge_pages();
+    }
+    at_load
+};
+
 /// Weir, the weighted-routing AI API gateway.
 #[derive(Parser)]
 #[command(version, about)]
@@ -63,7 +84,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let thp_off = weir_gateway::alloc::no_transparent_huge_pages();
     let cli = Cli::parse();
     let flags = EtcdFlags {
         endpoints: cli.etcd,
@@ -91,7 +111,7 @@ fn main() -> ExitCode {
         logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
-    if thp_off {
+    if weir_gateway::alloc::thp_off() {
         tracing::debug!("transparent huge pages off for this process (MIMALLOC_ALLOW_THP unset)");
     }
     let source = match source {

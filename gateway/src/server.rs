@@ -418,6 +418,7 @@ impl BackgroundService for Control {
             }
         }
         tasks.spawn(crate::source::watch_names(Arc::clone(&self.shared)));
+        tasks.spawn(crate::alloc::purge_freed_memory());
         let (fleet_stop, fleet_stop_rx) = tokio::sync::watch::channel(false);
         let mut fleet = None;
         match &self.source {
