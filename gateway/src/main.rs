@@ -5,13 +5,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mimalloc::MiMalloc;
 use weir_gateway::server::{ConfigSource, EtcdFlags, serve};
 
 /// Pingora allocates and frees several buffers per request; mimalloc's
-/// thread-local free lists make that markedly cheaper than glibc malloc.
+/// thread-local free lists make that markedly cheaper than glibc malloc
+/// ([`weir_gateway::alloc::Allocator`]: mimalloc through its plain entry
+/// points where the alignment allows).
 #[global_allocator]
-static GLOBAL: MiMalloc = MiMalloc;
+static GLOBAL: weir_gateway::alloc::Allocator = weir_gateway::alloc::Allocator;
 
 /// Turns transparent huge pages off ([`weir_gateway::alloc::no_transparent_huge_pages`])
 /// when the binary is loaded, before `main`: the allocator's first arena
