@@ -283,14 +283,18 @@ fn forwarded_of(session: &Session, ctx: &GatewayCtx) -> Option<crate::forwarded:
     let server = &ctx.routed.as_ref()?.runtime.snapshot.server;
     let req = session.req_header();
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    // A peer that is not a trusted proxy has its headers replaced: they
+    // are not even looked up.
+    let header = |name: &pingora_http::StaticHeaderName| {
+        crate::forwarded::trusted(peer, &server.trusted_proxies)
+            .then(|| req.headers.get(name.name()))
+            .flatten()
+            .map(|v| v.as_bytes())
+    };
     Some(crate::forwarded::forwarded(
         peer,
-        req.headers
-            .get(crate::headers::X_FORWARDED_FOR.name())
-            .map(|v| v.as_bytes()),
-        req.headers
-            .get(crate::headers::X_FORWARDED_PROTO.name())
-            .map(|v| v.as_bytes()),
+        header(&crate::headers::X_FORWARDED_FOR),
+        header(&crate::headers::X_FORWARDED_PROTO),
         tls,
         &server.trusted_proxies,
     ))
