@@ -4,8 +4,8 @@
 Starts the load test's fixed-response nginx upstream, nginx as a one-worker
 keep-alive proxy and weir with one thread (the same weighted route as
 `run.py`'s `weir_weighted`), both pinned to CPU 1, wrk pinned to CPU 0.
-Then, in alternating rounds (nginx, weir, nginx, weir, ...), drives each
-with wrk (closed loop, 50 connections, GET /v1/models) and reads, for the
+Then, in alternating rounds (nginx, weir, then weir, nginx, ...: the
+order rotates each round), drives each with wrk (closed loop, 50 connections, GET /v1/models) and reads, for the
 proxy's processes only:
 
 - user and kernel CPU time (`/proc/PID/stat` utime/stime, children
@@ -285,7 +285,11 @@ def main() -> int:
         for _, url, _ in proxies:  # warm-up
             run.wrk(url, "plain.lua", 1, args.connections)
         for r in range(args.rounds):
-            for name, url, pid in proxies:
+            # The order rotates each round: whichever proxy runs right
+            # after nginx was measured slower (more involuntary context
+            # switches on the shared CPU), which favoured the later ones.
+            shift = r % len(proxies)
+            for name, url, pid in proxies[shift:] + proxies[:shift]:
                 row = measure(name, url, pid, args.seconds, args.connections)
                 log(f"round {r + 1} {name}: {row['rps']:.0f} rps, user {row['user_us']:.1f} µs, "
                     f"kernel {row['kernel_us']:.1f} µs, syscalls {row['syscalls']}")
