@@ -216,21 +216,23 @@ def idle_clients_rss(url: str, pid: int, counts: tuple[int, ...]) -> dict:
     return out
 
 
-def settled_rss_mib(pid: int, timeout: float = 10.0) -> float:
-    """VmRSS of `pid` (MiB) once it stops falling: read every 0.5 s until
-    two readings in a row differ by less than 0.1 MiB (or `timeout`
-    passes). weir's allocator gives freed pages back a second or two after
-    they were freed (mimalloc's purge delay, then weir's once-a-second
-    collect), so right after a burst of 1,000 requests the figure still
-    holds what the burst freed."""
+def settled_rss_mib(pid: int, quiet: float = 3.0, timeout: float = 15.0) -> float:
+    """VmRSS of `pid` (MiB) once it has stopped falling: read every 0.5 s
+    until it has not moved by 0.1 MiB for `quiet` seconds (or `timeout`
+    passes). weir's allocator gives freed pages back one to two seconds
+    after they were freed (mimalloc's 1 s purge delay, then weir's
+    once-a-second collect), so right after a burst of 1,000 requests the
+    figure still holds what the burst freed, and it can hold still for a
+    second before it falls."""
     deadline = time.monotonic() + timeout
-    last = rss_mib(pid)
+    last, since = rss_mib(pid), time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(0.5)
         now = rss_mib(pid)
-        if abs(now - last) < 0.1:
+        if abs(now - last) >= 0.1:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
             return now
-        last = now
     return last
 
 
