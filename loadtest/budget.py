@@ -5,8 +5,8 @@ Starts the load test's fixed-response nginx upstream, nginx as a one-worker
 keep-alive proxy and weir with one thread (the same weighted route as
 `run.py`'s `weir_weighted`), both pinned to CPU 1, wrk pinned to CPU 0.
 Then, in alternating rounds (nginx, weir, then weir, nginx, ...: the
-order rotates each round), drives each with wrk (closed loop, 50 connections, GET /v1/models) and reads, for the
-proxy's processes only:
+order rotates each round), drives each with wrk (closed loop, 50
+connections, GET /v1/models) and reads, for the proxy's processes only:
 
 - user and kernel CPU time (`/proc/PID/stat` utime/stime, children
   included) per request, in microseconds;

@@ -126,10 +126,17 @@ fn collect(force: bool) {
 /// page loses nothing that the file does not hold). Returns the bytes of
 /// the mapping, or why nothing was done.
 pub fn release_code_pages() -> Result<usize, String> {
+    let (start, end) = code_mapping()?;
+    advise_dont_need(start, end - start)?;
+    Ok(end - start)
+}
+
+/// The address range of the read-and-execute private file mapping that
+/// holds this code (`/proc/self/maps`).
+fn code_mapping() -> Result<(usize, usize), String> {
     let maps = std::fs::read_to_string("/proc/self/maps").map_err(|e| e.to_string())?;
-    let here = release_code_pages as *const () as usize;
-    let (start, end) = maps
-        .lines()
+    let here = code_mapping as *const () as usize;
+    maps.lines()
         .find_map(|line| {
             let mut fields = line.split_whitespace();
             let (range, perms) = (fields.next()?, fields.next()?);
@@ -137,12 +144,9 @@ pub fn release_code_pages() -> Result<usize, String> {
             let from = usize::from_str_radix(from, 16).ok()?;
             let to = usize::from_str_radix(to, 16).ok()?;
             let inode = fields.nth(2)?;
-            // Only the read-and-execute private mapping of a file.
             (from <= here && here < to && perms == "r-xp" && inode != "0").then_some((from, to))
         })
-        .ok_or("the code mapping was not found")?;
-    advise_dont_need(start, end - start)?;
-    Ok(end - start)
+        .ok_or_else(|| "the code mapping was not found".to_owned())
 }
 
 #[allow(unsafe_code)]
@@ -175,22 +179,22 @@ const ALLOW_THP: &std::ffi::CStr = c"MIMALLOC_ALLOW_THP";
 /// small and spread over many connections; the TLB gain of huge pages does
 /// not pay for that. Pages already huge stay so: `weir` calls this before
 /// `main`, before its first allocation (see `THP_OFF_AT_LOAD` in
-/// `main.rs`). Allocates nothing. Returns whether THP is now off.
+/// `main.rs`). Allocates nothing; [`thp_off`] says whether it turned THP
+/// off.
 #[allow(unsafe_code)]
-pub fn no_transparent_huge_pages() -> bool {
+pub fn no_transparent_huge_pages() {
     // SAFETY: `getenv` reads the environment through a NUL-terminated name;
     // the pointer it returns is only compared with null, never read, so a
     // concurrent `setenv` (none runs before `main`, where this is called
     // from) could not make it dangle in a way that matters.
     if !unsafe { libc::getenv(ALLOW_THP.as_ptr()) }.is_null() {
-        return false;
+        return;
     }
     // SAFETY: `prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)` takes no pointers; it
     // sets a flag on the calling process's memory descriptor and fails
     // harmlessly (EINVAL) on kernels without it.
     let off = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0 };
     THP_OFF.store(off, std::sync::atomic::Ordering::Relaxed);
-    off
 }
 
 /// Whether [`no_transparent_huge_pages`] turned THP off.
@@ -255,25 +259,16 @@ mod tests {
         }
     }
 
-    /// Resident KiB of the mapping that holds this test's code.
+    /// Resident KiB of the code mapping ([`code_mapping`]).
     fn code_rss_kib() -> u64 {
-        let here = code_rss_kib as *const () as usize;
+        let (start, _) = code_mapping().unwrap();
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let mut inside = false;
-        for line in smaps.lines() {
-            if let Some((range, _)) = line.split_once(' ')
-                && let Some((from, to)) = range.split_once('-')
-                && let (Ok(from), Ok(to)) = (
-                    usize::from_str_radix(from, 16),
-                    usize::from_str_radix(to, 16),
-                )
-            {
-                inside = from <= here && here < to;
-            } else if inside && let Some(kib) = line.strip_prefix("Rss:") {
-                return kib.trim().trim_end_matches(" kB").parse().unwrap();
-            }
-        }
-        panic!("no mapping holds this code");
+        let header = format!("{start:x}-");
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&header));
+        let kib = lines
+            .find_map(|l| l.strip_prefix("Rss:"))
+            .unwrap_or_else(|| panic!("no smaps entry at {header}"));
+        kib.trim().trim_end_matches(" kB").parse().unwrap()
     }
 
     /// The code mapping leaves the resident set, and code keeps running

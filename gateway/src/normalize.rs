@@ -148,24 +148,19 @@ pub fn host(raw: &str) -> Result<Cow<'_, str>, Refused> {
         None => raw,
     };
     let name = name.strip_suffix('.').unwrap_or(name);
-    let (mut label, mut upper) = (0usize, false);
+    let mut label = 0usize;
     for b in name.bytes() {
         match b {
             b'.' if label == 0 => return Err(Refused::BadHost),
             b'.' => label = 0,
-            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => label += 1,
-            b'A'..=b'Z' => (label, upper) = (label + 1, true),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => label += 1,
             _ => return Err(Refused::BadHost),
         }
     }
     if label == 0 {
         return Err(Refused::BadHost);
     }
-    Ok(if upper {
-        Cow::Owned(name.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(name)
-    })
+    Ok(lower(name))
 }
 
 /// `s` lower-cased, borrowed when it has no upper-case letter.

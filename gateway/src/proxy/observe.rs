@@ -285,8 +285,9 @@ fn forwarded_of(session: &Session, ctx: &GatewayCtx) -> Option<crate::forwarded:
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     // A peer that is not a trusted proxy has its headers replaced: they
     // are not even looked up.
+    let trusted = crate::forwarded::trusted(peer, &server.trusted_proxies);
     let header = |name: &pingora_http::StaticHeaderName| {
-        crate::forwarded::trusted(peer, &server.trusted_proxies)
+        trusted
             .then(|| req.headers.get(name.name()))
             .flatten()
             .map(|v| v.as_bytes())
