@@ -149,3 +149,60 @@ async fn invalid_rewrites_are_rejected_and_the_old_split_keeps_serving() {
     let counts = split(&weir, 500, 32, &[]).await;
     assert_eq!(counts.get("v2"), Some(&500));
 }
+
+/// Voluntary context switches of each thread of `pid`, by thread id.
+fn wakeups(pid: u32) -> std::collections::HashMap<String, (String, u64)> {
+    let mut out = std::collections::HashMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let (Ok(comm), Ok(status)) = (
+            std::fs::read_to_string(task.join("comm")),
+            std::fs::read_to_string(task.join("status")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        let switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        let tid = task.file_name().unwrap().to_string_lossy().into_owned();
+        out.insert(tid, (comm.trim().to_owned(), switches));
+    }
+    out
+}
+
+/// Watching the config file costs nothing while it does not change: no
+/// thread of an idle gateway wakes up to poll (a polling debouncer woke
+/// 133 times a second, on the proxy's CPU). Pingora's timer thread ticks
+/// every 10 ms by design and is left out; the health checks of this config
+/// (every 100 ms, two pools) stay far below the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_gateway_watching_its_file_does_not_poll() {
+    let (v1, v2, weir) = common::two_arms(90, 10).await;
+    assert_eq!(generation(&weir).await, 1.0);
+    let window = Duration::from_secs(2);
+    let before = wakeups(weir.pid());
+    // A measuring window, not a wait for an event.
+    tokio::time::sleep(window).await;
+    let after = wakeups(weir.pid());
+    let busiest: Vec<(String, u64)> = after
+        .iter()
+        .filter(|(_, (comm, _))| comm != "Timer thread")
+        .map(|(tid, (comm, n))| (comm.clone(), n - before.get(tid).map_or(0, |b| b.1)))
+        .filter(|(_, n)| *n as f64 / window.as_secs_f64() > 50.0)
+        .collect();
+    assert!(
+        busiest.is_empty(),
+        "threads waking > 50 times a second while idle: {busiest:?}"
+    );
+
+    // And the watch still sees a change.
+    weir.write_config(&config(&[("v1", &v1, 50), ("v2", &v2, 50)], ""))
+        .unwrap();
+    eventually(Duration::from_secs(10), || async {
+        (generation(&weir).await == 2.0).then_some(())
+    })
+    .await
+    .unwrap();
+}
