@@ -15,6 +15,17 @@ use weir_test_support::{Upstream, Weir, eventually};
 /// Clients kept in flight across the reload.
 const IN_FLIGHT: usize = 1_200;
 
+/// Rewrites the config file with these arms and waits until the gateway
+/// runs config generation `want`.
+async fn rewrite(weir: &Weir, arms: &[(&str, &Upstream, u32)], want: f64) {
+    weir.write_config(&config(arms, "")).unwrap();
+    eventually(Duration::from_secs(10), || async {
+        (generation(weir).await == want).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrite_under_load_fails_no_request_and_applies_the_new_split() {
     let (v1, v2, weir) = common::two_arms(90, 10).await;
@@ -53,13 +64,7 @@ async fn rewrite_under_load_fails_no_request_and_applies_the_new_split() {
     .await
     .unwrap();
     let in_flight_at_swap = started.load(Ordering::Relaxed) - sent.load(Ordering::Relaxed);
-    weir.write_config(&config(&[("v1", &v1, 50), ("v2", &v2, 50)], ""))
-        .unwrap();
-    eventually(Duration::from_secs(10), || async {
-        (generation(&weir).await == 2.0).then_some(())
-    })
-    .await
-    .unwrap();
+    rewrite(&weir, &[("v1", &v1, 50), ("v2", &v2, 50)], 2.0).await;
     // Let every client finish at least one more request on the new config.
     let after_swap = sent.load(Ordering::Relaxed);
     eventually(Duration::from_secs(30), || {
@@ -139,13 +144,7 @@ async fn invalid_rewrites_are_rejected_and_the_old_split_keeps_serving() {
     );
 
     // A later valid rewrite is applied normally.
-    weir.write_config(&config(&[("v1", &v1, 0), ("v2", &v2, 100)], ""))
-        .unwrap();
-    eventually(Duration::from_secs(10), || async {
-        (generation(&weir).await == 2.0).then_some(())
-    })
-    .await
-    .unwrap();
+    rewrite(&weir, &[("v1", &v1, 0), ("v2", &v2, 100)], 2.0).await;
     let counts = split(&weir, 500, 32, &[]).await;
     assert_eq!(counts.get("v2"), Some(&500));
 }
@@ -198,11 +197,5 @@ async fn an_idle_gateway_watching_its_file_does_not_poll() {
     );
 
     // And the watch still sees a change.
-    weir.write_config(&config(&[("v1", &v1, 50), ("v2", &v2, 50)], ""))
-        .unwrap();
-    eventually(Duration::from_secs(10), || async {
-        (generation(&weir).await == 2.0).then_some(())
-    })
-    .await
-    .unwrap();
+    rewrite(&weir, &[("v1", &v1, 50), ("v2", &v2, 50)], 2.0).await;
 }
