@@ -41,6 +41,13 @@ it on the same machine in the same minutes. `--record FILE` records a
 window, and one of nginx's worker in `FILE.nginx` (`perf report -i FILE
 --children` to read them).
 
+`--floors` adds two measuring sticks to every round, built from
+`gateway/examples/` (`cargo build --release -p weir-gateway --examples`;
+taken from `BIN_DIR/examples/`): `floor-pingora`, Pingora's HTTP/1 proxy
+with no hooks (what the framework costs before weir does anything), and
+`floor-tokio`, a bare keep-alive proxy on Tokio and httparse (what the
+runtime and the kernel cost). Both use weir's allocator and one thread.
+
 `--sandbox-off` adds the same weir binary started with `--sandbox off`
 (`weir-nosandbox`) to every round: what the sandbox (the seccomp filter on
 every system call, Landlock on every open) costs per request.
@@ -49,7 +56,8 @@ every system call, Landlock on every open) costs per request.
 (`weir-thp`: transparent huge pages left on, as before `weir` turned them
 off for itself) to every round.
 
-`--callgrind FILE` runs weir alone under `valgrind --tool=callgrind` (the
+`--callgrind FILE` (with `--callgrind-target floor_pingora` or
+`floor_tokio`: one of the `--floors` proxies instead) runs weir alone under `valgrind --tool=callgrind` (the
 weighted route only: compiling the Wasm filter under valgrind takes
 minutes), drives it with wrk for `--seconds` after a warm-up, and prints
 the instructions per request, in all and in `memcpy`: a count that does
@@ -197,21 +205,26 @@ def record(out: Path, pid: int, url: str, seconds: int, connections: int) -> Non
     log(f"profile of {pid} written to {out}")
 
 
-def callgrind(weir: Path, out: Path, seconds: int) -> None:
+def callgrind(weir: Path, out: Path, seconds: int, target: str = "weir") -> None:
     """Instructions per proxied GET, counted by callgrind over a wrk window."""
     with tempfile.TemporaryDirectory(prefix="weir-callgrind-") as tmp, Stack(Path(tmp)) as stack:
         ports = {k: free_port() for k in ("v1", "v2")}
         run.start_upstream(stack, ports)
         cfg = Path(tmp) / "weir.toml"
         cfg.write_text(run.SERVER_TOML + run.weighted_route(ports))
-        proc = stack.spawn("weir", ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                                    str(weir), "--config", str(cfg)],
+        argv = [str(weir), "--config", str(cfg)]
+        if target != "weir":  # a floor: gateway/examples/floor_*
+            argv = [str(weir.parent / "examples" / target), "--upstream", f"127.0.0.1:{ports['v1']}"]
+        proc = stack.spawn("weir", ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],
                            env={**os.environ, "WEIR_LOG": "warn"}, stdout=subprocess.PIPE)
         fields = run.listening_fields(proc.stdout.readline().decode() if proc.stdout else "")
         if "proxy" not in fields:
-            raise RuntimeError(f"weir under callgrind did not start; see {tmp}/weir.log")
+            raise RuntimeError(f"{target} under callgrind did not start; see {tmp}/weir.log")
         url = f"http://{fields['proxy']}"
-        run.wait_http(f"http://{fields['admin']}/readyz", 120)
+        if "admin" in fields:
+            run.wait_http(f"http://{fields['admin']}/readyz", 120)
+        else:
+            run.wait_http(f"{url}/v1/models", 120)
         run.wrk(url, "plain.lua", 3, 10)
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
         row = run.wrk(url, "plain.lua", seconds, 10)
@@ -234,6 +247,23 @@ def callgrind(weir: Path, out: Path, seconds: int) -> None:
           f"{memcpy / n:,.0f} of them in memcpy; profile in {dump}")
 
 
+def start_floor(stack: Stack, binary: Path, ports: dict) -> tuple[str, int]:
+    """Starts one of the `gateway/examples/floor_*` proxies on the proxy's
+    CPU, in front of the `v1` upstream; returns its URL and PID once it
+    answers."""
+    if not binary.exists():
+        raise SystemExit(f"{binary} is missing: cargo build --release -p weir-gateway --examples")
+    name = binary.name
+    proc = stack.spawn(name, run.pin(1) + [str(binary), "--upstream", f"127.0.0.1:{ports['v1']}"],
+                       stdout=subprocess.PIPE)
+    fields = run.listening_fields(proc.stdout.readline().decode() if proc.stdout else "")
+    if "proxy" not in fields:
+        raise RuntimeError(f"{name} did not start; see {stack.tmp / f'{name}.log'}")
+    url = f"http://{fields['proxy']}"
+    run.wait_http(f"{url}/v1/models")
+    return url, proc.pid
+
+
 def spread(values: list[float], fmt: str = ".2f") -> str:
     """Median (min–max) of `values`, each formatted with `fmt`."""
     return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
@@ -246,7 +276,10 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--bin-dir", type=Path, help="take weir from here instead of building")
     ap.add_argument("--allocs", action="store_true", help="also count weir's allocations per request (uprobes)")
-    ap.add_argument("--compare", type=Path, help="a second weir binary measured in the same rounds (weir-b)")
+    ap.add_argument("--compare", type=Path, action="append", default=[],
+                    help="another weir binary measured in the same rounds (weir-b, then weir-c, ...); repeatable")
+    ap.add_argument("--floors", action="store_true",
+                    help="also measure the floor_pingora and floor_tokio examples (floor-pingora, floor-tokio)")
     ap.add_argument("--sandbox-off", action="store_true",
                     help="also measure the same weir with --sandbox off (weir-nosandbox)")
     ap.add_argument("--thp-on", action="store_true",
@@ -254,11 +287,13 @@ def main() -> int:
     ap.add_argument("--record", type=Path, help="write a perf profile of weir under load to this file")
     ap.add_argument("--callgrind", type=Path, help="count weir's instructions per request under callgrind, "
                     "profile written to this file (.1)")
+    ap.add_argument("--callgrind-target", choices=("weir", "floor_pingora", "floor_tokio"), default="weir",
+                    help="what --callgrind counts: weir, or one of the --floors proxies")
     args = ap.parse_args()
     run.ensure_tools(False)
     weir = (args.bin_dir / "weir" if args.bin_dir else run.build() / "weir").resolve()
     if args.callgrind:
-        callgrind(weir, args.callgrind.resolve(), args.seconds)
+        callgrind(weir, args.callgrind.resolve(), args.seconds, args.callgrind_target)
         return 0
     rows: list[dict] = []
     allocs: dict = {}
@@ -271,11 +306,16 @@ def main() -> int:
         nginx_pid = int((Path(tmp) / "nginx-proxy.pid").read_text())
         weir_pid = stack.procs["weir"].pid
         proxies = [("nginx", nginx_url, nginx_pid), ("weir", weir_url, weir_pid)]
-        if args.compare:
-            other = args.compare.resolve()
+        for i, other in enumerate(p.resolve() for p in args.compare):
             if other == weir:
                 raise SystemExit("--compare names the same binary as weir")
-            proxies.append(("weir-b", run.start_weir(stack, other, ports, name="weir-b"), stack.procs["weir-b"].pid))
+            name = f"weir-{chr(ord('b') + i)}"
+            log(f"{name} is {other}")
+            proxies.append((name, run.start_weir(stack, other, ports, name=name), stack.procs[name].pid))
+        if args.floors:
+            for name in ("floor_pingora", "floor_tokio"):
+                url, pid = start_floor(stack, weir.parent / "examples" / name, ports)
+                proxies.append((name.replace("_", "-"), url, pid))
         if args.sandbox_off:
             url = run.start_weir(stack, weir, ports, extra=("--sandbox", "off"), name="weir-nosandbox")
             proxies.append(("weir-nosandbox", url, stack.procs["weir-nosandbox"].pid))
