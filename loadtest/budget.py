@@ -46,7 +46,10 @@ window, and one of nginx's worker in `FILE.nginx` (`perf report -i FILE
 taken from `BIN_DIR/examples/`): `floor-pingora`, Pingora's HTTP/1 proxy
 with no hooks (what the framework costs before weir does anything), and
 `floor-tokio`, a bare keep-alive proxy on Tokio and httparse (what the
-runtime and the kernel cost). Both use weir's allocator and one thread.
+runtime and the kernel cost), and `floor-tokio-maps`, the same with both
+heads turned into the `pingora_http` header maps weir's hooks work on
+(the floor of an engine that keeps those types). All use weir's
+allocator and one thread.
 
 `--sandbox-off` adds the same weir binary started with `--sandbox off`
 (`weir-nosandbox`) to every round: what the sandbox (the seccomp filter on
@@ -56,8 +59,9 @@ every system call, Landlock on every open) costs per request.
 (`weir-thp`: transparent huge pages left on, as before `weir` turned them
 off for itself) to every round.
 
-`--callgrind FILE` (with `--callgrind-target floor_pingora` or
-`floor_tokio`: one of the `--floors` proxies instead) runs weir alone under `valgrind --tool=callgrind` (the
+`--callgrind FILE` (with `--callgrind-target floor_pingora`,
+`floor_tokio` or `floor_tokio_maps`: one of the `--floors` proxies
+instead) runs weir alone under `valgrind --tool=callgrind` (the
 weighted route only: compiling the Wasm filter under valgrind takes
 minutes), drives it with wrk for `--seconds` after a warm-up, and prints
 the instructions per request, in all and in `memcpy`: a count that does
@@ -214,7 +218,9 @@ def callgrind(weir: Path, out: Path, seconds: int, target: str = "weir") -> None
         cfg.write_text(run.SERVER_TOML + run.weighted_route(ports))
         argv = [str(weir), "--config", str(cfg)]
         if target != "weir":  # a floor: gateway/examples/floor_*
-            argv = [str(weir.parent / "examples" / target), "--upstream", f"127.0.0.1:{ports['v1']}"]
+            binary, maps = target.removesuffix("_maps"), target.endswith("_maps")
+            argv = [str(weir.parent / "examples" / binary), "--upstream", f"127.0.0.1:{ports['v1']}",
+                    *(["--header-maps"] if maps else [])]
         proc = stack.spawn("weir", ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],
                            env={**os.environ, "WEIR_LOG": "warn"}, stdout=subprocess.PIPE)
         fields = run.listening_fields(proc.stdout.readline().decode() if proc.stdout else "")
@@ -247,14 +253,14 @@ def callgrind(weir: Path, out: Path, seconds: int, target: str = "weir") -> None
           f"{memcpy / n:,.0f} of them in memcpy; profile in {dump}")
 
 
-def start_floor(stack: Stack, binary: Path, ports: dict) -> tuple[str, int]:
+def start_floor(stack: Stack, binary: Path, ports: dict, extra: tuple[str, ...] = ()) -> tuple[str, int]:
     """Starts one of the `gateway/examples/floor_*` proxies on the proxy's
     CPU, in front of the `v1` upstream; returns its URL and PID once it
     answers."""
     if not binary.exists():
         raise SystemExit(f"{binary} is missing: cargo build --release -p weir-gateway --examples")
-    name = binary.name
-    proc = stack.spawn(name, run.pin(1) + [str(binary), "--upstream", f"127.0.0.1:{ports['v1']}"],
+    name = binary.name + "".join(extra).replace("--", "-")
+    proc = stack.spawn(name, run.pin(1) + [str(binary), "--upstream", f"127.0.0.1:{ports['v1']}", *extra],
                        stdout=subprocess.PIPE)
     fields = run.listening_fields(proc.stdout.readline().decode() if proc.stdout else "")
     if "proxy" not in fields:
@@ -279,7 +285,8 @@ def main() -> int:
     ap.add_argument("--compare", type=Path, action="append", default=[],
                     help="another weir binary measured in the same rounds (weir-b, then weir-c, ...); repeatable")
     ap.add_argument("--floors", action="store_true",
-                    help="also measure the floor_pingora and floor_tokio examples (floor-pingora, floor-tokio)")
+                    help="also measure the floor_pingora and floor_tokio examples "
+                    "(floor-pingora, floor-tokio, floor-tokio-maps)")
     ap.add_argument("--sandbox-off", action="store_true",
                     help="also measure the same weir with --sandbox off (weir-nosandbox)")
     ap.add_argument("--thp-on", action="store_true",
@@ -287,7 +294,8 @@ def main() -> int:
     ap.add_argument("--record", type=Path, help="write a perf profile of weir under load to this file")
     ap.add_argument("--callgrind", type=Path, help="count weir's instructions per request under callgrind, "
                     "profile written to this file (.1)")
-    ap.add_argument("--callgrind-target", choices=("weir", "floor_pingora", "floor_tokio"), default="weir",
+    ap.add_argument("--callgrind-target", choices=("weir", "floor_pingora", "floor_tokio", "floor_tokio_maps"),
+                    default="weir",
                     help="what --callgrind counts: weir, or one of the --floors proxies")
     args = ap.parse_args()
     run.ensure_tools(False)
@@ -313,9 +321,9 @@ def main() -> int:
             log(f"{name} is {other}")
             proxies.append((name, run.start_weir(stack, other, ports, name=name), stack.procs[name].pid))
         if args.floors:
-            for name in ("floor_pingora", "floor_tokio"):
-                url, pid = start_floor(stack, weir.parent / "examples" / name, ports)
-                proxies.append((name.replace("_", "-"), url, pid))
+            for name, extra in (("floor_pingora", ()), ("floor_tokio", ()), ("floor_tokio", ("--header-maps",))):
+                url, pid = start_floor(stack, weir.parent / "examples" / name, ports, extra)
+                proxies.append((name.replace("_", "-") + ("-maps" if extra else ""), url, pid))
         if args.sandbox_off:
             url = run.start_weir(stack, weir, ports, extra=("--sandbox", "off"), name="weir-nosandbox")
             proxies.append(("weir-nosandbox", url, stack.procs["weir-nosandbox"].pid))
