@@ -29,6 +29,8 @@
 //! - [`usage`]: token usage of answers, stream timing, token metrics.
 //! - [`rename`]: an arm's upstream model name in bodies and answers.
 //! - [`route_match`]: choosing a request's route.
+//! - [`client`]: what the request logic needs of the client side, whichever
+//!   engine serves it (Pingora's `Session` implements it).
 //! - [`state`]: the live runtime behind one atomic swap; rollbacks held.
 //! - [`proxy`]: the Pingora `ProxyHttp` hooks, one file per concern.
 //! - [`admin`]: health, readiness, metrics, routes, rollbacks, profiles.
@@ -42,6 +44,7 @@ pub mod alloc;
 pub mod balance;
 pub mod breaker;
 pub mod canary;
+pub mod client;
 pub mod ctl;
 pub mod errors;
 pub mod etcd;

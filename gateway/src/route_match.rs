@@ -15,11 +15,10 @@
 
 use std::borrow::Cow;
 
-use bytes::BytesMut;
 use pingora_http::RequestHeader;
-use pingora_proxy::Session;
 use weir_conf::matching::{Request, path_model};
 
+use crate::client::Downstream;
 use crate::errors::GatewayError;
 use crate::runtime::RouteRt;
 
@@ -30,11 +29,11 @@ pub const MODEL_PEEK_LIMIT: usize = 64 * 1024;
 /// request names when it was read (for a route that chooses by model or
 /// whose arms rename it).
 pub async fn choose_route(
-    session: &mut Session,
+    client: &mut impl Downstream,
     routes: &[RouteRt],
     grpc: bool,
 ) -> Result<(usize, Option<String>), GatewayError> {
-    let req = session.req_header();
+    let req = client.request();
     let host = request_host(req)?;
     let host = host.as_deref();
     let path = req.uri.path();
@@ -54,13 +53,13 @@ pub async fn choose_route(
     // A route that only renames reads the model to honour a pinned
     // version; a body too large to read ahead is renamed without it.
     let too_large =
-        !needs_model && content_length(session.req_header()).is_some_and(|n| n > MODEL_PEEK_LIMIT);
+        !needs_model && content_length(client.request()).is_some_and(|n| n > MODEL_PEEK_LIMIT);
     let (host, path) = (host.map(str::to_owned), path.to_owned());
     let model = match path_model(&path) {
         Some(m) => Some(m.to_owned()),
         // A gRPC call's body is protobuf, and may never end (a stream).
-        None if grpc || too_large || !is_json(session.req_header()) => None,
-        None => body_model(session).await?,
+        None if grpc || too_large || !is_json(client.request()) => None,
+        None => body_model(client).await?,
     };
     if !needs_model {
         return Ok((first, model));
@@ -81,10 +80,10 @@ pub async fn choose_route(
         })
 }
 
-/// Reads the whole body (kept by Pingora for the upstream) and returns its
-/// JSON `model` field, if it has one.
-async fn body_model(session: &mut Session) -> Result<Option<String>, GatewayError> {
-    let req = session.req_header();
+/// Reads the whole body (kept for the upstream) and returns its JSON
+/// `model` field, if it has one.
+async fn body_model(client: &mut impl Downstream) -> Result<Option<String>, GatewayError> {
+    let req = client.request();
     if !has_body(req) {
         return Ok(None);
     }
@@ -92,19 +91,7 @@ async fn body_model(session: &mut Session) -> Result<Option<String>, GatewayErro
     if content_length(req).is_some_and(|n| n > limit) {
         return Err(GatewayError::BodyTooLarge { limit });
     }
-    session.as_mut().enable_retry_buffering();
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = session
-        .as_mut()
-        .read_request_body()
-        .await
-        .map_err(|e| GatewayError::from_proxy_error(&e))?
-    {
-        if buf.len() + chunk.len() > limit {
-            return Err(GatewayError::BodyTooLarge { limit });
-        }
-        buf.extend_from_slice(&chunk);
-    }
+    let buf = client.read_ahead(limit).await?;
     #[derive(serde::Deserialize)]
     struct Named {
         model: Option<serde_json::Value>,

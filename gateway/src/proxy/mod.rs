@@ -116,23 +116,7 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut GatewayCtx,
     ) -> Result<()> {
-        if let Some(id) = &ctx.request_id {
-            upstream_request.insert_header(&crate::headers::X_REQUEST_ID, id.clone())?;
-        }
-        observe::forward_headers(session, ctx, upstream_request)?;
-        observe::trace_upstream(&self.shared, ctx, upstream_request)?;
-        // Only authentication names the tenant, never the client.
-        upstream_request.remove_header(crate::headers::X_WEIR_TENANT.name());
-        if let Some(tenant) = &ctx.tenant {
-            // The gateway consumed the credentials; the upstream learns who
-            // is calling, not how they proved it.
-            upstream_request.remove_header(&http::header::AUTHORIZATION);
-            upstream_request.remove_header(crate::headers::X_API_KEY.name());
-            upstream_request
-                .insert_header(&crate::headers::X_WEIR_TENANT, tenant.header.clone())?;
-        }
-        respond::pool_headers(ctx, upstream_request)?;
-        body::upstream_headers(ctx, upstream_request)
+        upstream_request_headers(&self.shared, &*session, upstream_request, ctx)
     }
 
     async fn upstream_response_filter(
@@ -142,7 +126,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut GatewayCtx,
     ) -> Result<()> {
         observe::grpc_status_in_headers(ctx, &upstream_response.headers);
-        upstream::answered(&self.shared, session, upstream_response, ctx)
+        upstream::answered(&self.shared, &*session, upstream_response, ctx)
     }
 
     async fn response_filter(
@@ -185,7 +169,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut GatewayCtx,
         client_reused: bool,
     ) -> Box<Error> {
-        upstream::proxy_failed(peer, session, e, ctx, client_reused)
+        upstream::proxy_failed(peer, &*session, e, ctx, client_reused)
     }
 
     async fn fail_to_proxy(
@@ -209,6 +193,33 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut GatewayCtx) {
         upstream::settle_at_end(ctx, e);
-        observe::finish(&self.shared, session, e, ctx);
+        observe::finish(&self.shared, &*session, e, ctx);
     }
+}
+
+/// The request as it goes upstream: `x-request-id`, forwarding headers,
+/// trace context, the tenant (credentials removed), the pool's headers and
+/// `Host`, the framing of a filtered body.
+fn upstream_request_headers(
+    shared: &Shared,
+    client: &dyn crate::client::Client,
+    upstream_request: &mut RequestHeader,
+    ctx: &mut GatewayCtx,
+) -> Result<()> {
+    if let Some(id) = &ctx.request_id {
+        upstream_request.insert_header(&crate::headers::X_REQUEST_ID, id.clone())?;
+    }
+    observe::forward_headers(client, ctx, upstream_request)?;
+    observe::trace_upstream(shared, ctx, upstream_request)?;
+    // Only authentication names the tenant, never the client.
+    upstream_request.remove_header(crate::headers::X_WEIR_TENANT.name());
+    if let Some(tenant) = &ctx.tenant {
+        // The gateway consumed the credentials; the upstream learns who
+        // is calling, not how they proved it.
+        upstream_request.remove_header(&http::header::AUTHORIZATION);
+        upstream_request.remove_header(crate::headers::X_API_KEY.name());
+        upstream_request.insert_header(&crate::headers::X_WEIR_TENANT, tenant.header.clone())?;
+    }
+    respond::pool_headers(ctx, upstream_request)?;
+    body::upstream_headers(ctx, upstream_request)
 }

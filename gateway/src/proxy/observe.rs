@@ -3,16 +3,15 @@
 //! at the end the per-arm metrics, token counts, canary evaluation, the
 //! exported spans and the access-log line.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use pingora_error::{Error, Result};
 use pingora_http::RequestHeader;
-use pingora_proxy::Session;
 
 use super::ctx::GatewayCtx;
+use crate::client::Client;
 use crate::errors::GatewayError;
 use crate::metrics::{STATUS_LABELS, status_index};
 use crate::routing::Reason;
@@ -68,7 +67,7 @@ pub(super) fn grpc_status_in_trailers(ctx: &mut GatewayCtx, trailers: &http::Hea
 /// The end of a request: metrics, spans, access log.
 pub(super) fn finish(
     shared: &Arc<Shared>,
-    session: &Session,
+    client: &dyn Client,
     e: Option<&Error>,
     ctx: &mut GatewayCtx,
 ) {
@@ -76,18 +75,13 @@ pub(super) fn finish(
     let grpc_error = ctx.error.as_ref().filter(|_| ctx.grpc);
     let status = grpc_error
         .map(GatewayError::status)
-        .or_else(|| {
-            session
-                .response_written()
-                .filter(|r| !r.status.is_informational())
-                .map(|r| r.status.as_u16())
-        })
+        .or_else(|| client.answered())
         .or_else(|| ctx.error.as_ref().map(GatewayError::status))
         .unwrap_or(0);
     let elapsed = ctx.start.elapsed();
     count(shared, ctx, status, elapsed);
     if ctx.openai {
-        count_genai(shared, session, ctx, status, elapsed);
+        count_genai(shared, client, ctx, status, elapsed);
     }
     let trace_id = ctx
         .observe
@@ -100,14 +94,14 @@ pub(super) fn finish(
             .as_ref()
             .map(|e| e.to_string())
             .or_else(|| e.map(|e| e.to_string()));
-        spans.finish(span_attributes(session.req_header(), ctx), status, error);
+        spans.finish(span_attributes(client.request(), ctx), status, error);
     }
     let access_log = ctx
         .routed
         .as_ref()
         .is_some_and(|r| r.runtime.snapshot.server.access_log);
     if access_log {
-        log_access(session, e, ctx, status, elapsed, trace_id);
+        log_access(client, e, ctx, status, elapsed, trace_id);
     }
 }
 
@@ -171,12 +165,12 @@ fn genai_models(ctx: &GatewayCtx) -> (Option<&str>, Option<&str>) {
 /// The GenAI metrics of an OpenAI request (`crate::genai`).
 fn count_genai(
     shared: &Arc<Shared>,
-    session: &Session,
+    client: &dyn Client,
     ctx: &GatewayCtx,
     status: u16,
     elapsed: Duration,
 ) {
-    let Some(op) = crate::genai::operation(session.req_header().uri.path()) else {
+    let Some(op) = crate::genai::operation(client.request().uri.path()) else {
         return;
     };
     let Some(route) = ctx.route() else { return };
@@ -278,11 +272,11 @@ fn span_attributes(req: &RequestHeader, ctx: &GatewayCtx) -> Vec<KeyValue> {
 /// The request's forwarding headers, as `[server] forwarded_headers` and
 /// `trusted_proxies` say (`crate::forwarded`); `None` without a peer
 /// address (a Unix socket).
-fn forwarded_of(session: &Session, ctx: &GatewayCtx) -> Option<crate::forwarded::Forwarded> {
-    let peer = session.client_addr()?.as_inet()?.ip();
+fn forwarded_of(client: &dyn Client, ctx: &GatewayCtx) -> Option<crate::forwarded::Forwarded> {
+    let peer = client.peer()?.ip();
     let server = &ctx.routed.as_ref()?.runtime.snapshot.server;
-    let req = session.req_header();
-    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    let req = client.request();
+    let tls = client.tls();
     // A peer that is not a trusted proxy has its headers replaced: they
     // are not even looked up.
     let trusted = crate::forwarded::trusted(peer, &server.trusted_proxies);
@@ -303,7 +297,7 @@ fn forwarded_of(session: &Session, ctx: &GatewayCtx) -> Option<crate::forwarded:
 
 /// `X-Forwarded-For` and `X-Forwarded-Proto` towards the upstream.
 pub(super) fn forward_headers(
-    session: &Session,
+    client: &dyn Client,
     ctx: &GatewayCtx,
     upstream_request: &mut RequestHeader,
 ) -> pingora_error::Result<()> {
@@ -314,7 +308,7 @@ pub(super) fn forward_headers(
     if !on {
         return Ok(());
     }
-    if let Some(f) = forwarded_of(session, ctx) {
+    if let Some(f) = forwarded_of(client, ctx) {
         upstream_request.insert_header(&crate::headers::X_FORWARDED_FOR, f.for_header)?;
         let proto = http::HeaderValue::from_static(f.proto);
         upstream_request.insert_header(&crate::headers::X_FORWARDED_PROTO, proto)?;
@@ -329,26 +323,22 @@ fn ms(d: Duration) -> f64 {
 
 /// The access-log line (`target: weir::access`).
 fn log_access(
-    session: &Session,
+    client: &dyn Client,
     e: Option<&Error>,
     ctx: &GatewayCtx,
     status: u16,
     elapsed: Duration,
     trace_id: Option<[u8; 16]>,
 ) {
-    let req = session.req_header();
+    let req = client.request();
     let backend = ctx
         .upstream
         .backend()
         .map(|b| b.addr.to_string())
         .unwrap_or_default();
-    let peer = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(SocketAddr::to_string)
-        .unwrap_or_default();
+    let peer = client.peer().map(|a| a.to_string()).unwrap_or_default();
     // The client the trusted proxies name, else the peer.
-    let client = forwarded_of(session, ctx)
+    let forwarded_client = forwarded_of(client, ctx)
         .map(|f| f.client.to_string())
         .unwrap_or_else(|| peer.clone());
     let header = |name: &str| {
@@ -371,7 +361,7 @@ fn log_access(
         target: "weir::access",
         request_id = ctx.id_str(),
         trace_id = trace_id.map(hex::encode).unwrap_or_default(),
-        client = %client,
+        client = %forwarded_client,
         peer = %peer,
         method = %req.method,
         version = ?req.version,
@@ -387,8 +377,8 @@ fn log_access(
         backend = %backend,
         status,
         outcome = if e.is_some() || ctx.error.is_some() { "error" } else { "ok" },
-        bytes_in = session.body_bytes_read(),
-        bytes_out = session.body_bytes_sent(),
+        bytes_in = client.bytes_read(),
+        bytes_out = client.bytes_sent(),
         tokens_in = usage.and_then(|u| u.prompt),
         tokens_out,
         upstream_ms,

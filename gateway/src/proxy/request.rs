@@ -11,10 +11,10 @@ use std::borrow::Cow;
 
 use http::HeaderValue;
 use pingora_http::RequestHeader;
-use pingora_proxy::Session;
 use weir_conf::access::AuthMode;
 
 use super::ctx::{GatewayCtx, Routed};
+use crate::client::Downstream;
 use crate::errors::GatewayError;
 use crate::route_match::content_length;
 use crate::routing::Reason;
@@ -28,19 +28,19 @@ const MAX_REQUEST_ID: usize = 128;
 /// `Some` is an answer the gateway gives itself (the model catalogue).
 pub(super) async fn admit(
     shared: &Shared,
-    session: &mut Session,
+    client: &mut impl Downstream,
     ctx: &mut GatewayCtx,
 ) -> Result<Option<bytes::Bytes>, GatewayError> {
-    ctx.request_id = request_id(session.req_header());
-    super::observe::begin(shared, session.req_header(), ctx);
+    ctx.request_id = request_id(client.request());
+    super::observe::begin(shared, client.request(), ctx);
     let runtime = shared.current().ok_or(GatewayError::NotReady)?;
-    if let Some(answer) = super::catalogue::answer(shared, &runtime, session.req_header()) {
+    if let Some(answer) = super::catalogue::answer(shared, &runtime, client.request()) {
         return answer.map(Some);
     }
-    normalize_path(session.req_header_mut())?;
-    ctx.grpc = crate::grpc::is_grpc(session.req_header());
-    ctx.openai = is_openai_call(session.req_header());
-    let task = super::catalogue::task_request(session.req_header_mut())?;
+    normalize_path(client.request_mut())?;
+    ctx.grpc = crate::grpc::is_grpc(client.request());
+    ctx.openai = is_openai_call(client.request());
+    let task = super::catalogue::task_request(client.request_mut())?;
     ctx.body.task = task.is_some();
     let routed = ctx.routed.insert(Routed {
         runtime,
@@ -48,11 +48,11 @@ pub(super) async fn admit(
         arm: None,
     });
     let (route_idx, model) =
-        crate::route_match::choose_route(session, &routed.runtime.routes, ctx.grpc).await?;
+        crate::route_match::choose_route(client, &routed.runtime.routes, ctx.grpc).await?;
     let polled = task.flatten();
     routed.route = Some(route_idx);
     let route = &routed.runtime.routes[route_idx];
-    let req = session.req_header();
+    let req = client.request();
     ctx.body.max = route.config.max_body;
     if route.config.auth == AuthMode::Required {
         let admitted = routed

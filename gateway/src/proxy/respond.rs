@@ -11,6 +11,81 @@ use pingora_proxy::{FailToProxy, Session};
 use super::ctx::GatewayCtx;
 use crate::errors::GatewayError;
 
+/// An answer the gateway makes itself, ready to write.
+pub(super) enum Answer {
+    /// A gRPC status: one header block that ends the stream (a
+    /// trailers-only answer).
+    Grpc(ResponseHeader),
+    /// A status with a whole body; `close`: the client connection is not
+    /// kept after it.
+    Full {
+        header: ResponseHeader,
+        body: Bytes,
+        close: bool,
+    },
+}
+
+/// The answer for a gateway-made error: a gRPC status for a gRPC call
+/// (`h1`: the client speaks HTTP/1.x), else OpenAI-shaped JSON after which
+/// the connection closes.
+pub(super) fn error_answer(ctx: &GatewayCtx, err: &GatewayError, h1: bool) -> Result<Answer> {
+    if ctx.grpc {
+        let mut resp = crate::grpc::error_response(err, h1)?;
+        decorate(&mut resp, ctx)?;
+        return Ok(Answer::Grpc(resp));
+    }
+    let body = Bytes::from(err.body());
+    let extra = err.headers();
+    let mut resp = ResponseHeader::build(err.status(), Some(6 + extra.len()))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    for (name, value) in extra {
+        resp.insert_header(name, value)?;
+    }
+    decorate(&mut resp, ctx)?;
+    Ok(Answer::Full {
+        header: resp,
+        body,
+        close: true,
+    })
+}
+
+/// An answer the gateway gives itself: `status` with a JSON body.
+pub(super) fn json_answer(ctx: &GatewayCtx, status: u16, body: Bytes) -> Result<Answer> {
+    let mut resp = ResponseHeader::build(status, Some(5))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    decorate(&mut resp, ctx)?;
+    Ok(Answer::Full {
+        header: resp,
+        body,
+        close: false,
+    })
+}
+
+/// Writes `answer` to the client through Pingora.
+async fn write(session: &mut Session, answer: Answer) -> Result<()> {
+    match answer {
+        Answer::Grpc(resp) => {
+            let task = pingora_core::protocols::http::HttpTask::Header(Box::new(resp), true);
+            session.write_response_tasks(vec![task]).await.map(|_| ())
+        }
+        Answer::Full {
+            header,
+            body,
+            close,
+        } => {
+            if close {
+                session.set_keepalive(None);
+            }
+            session
+                .write_response_header(Box::new(header), false)
+                .await?;
+            session.write_response_body(Some(body), true).await
+        }
+    }
+}
+
 /// Writes a gateway-made error and records it in the context. Returns the
 /// status written (200 for a gRPC status), 0 if nothing could be written.
 pub(super) async fn answer_error(
@@ -18,38 +93,15 @@ pub(super) async fn answer_error(
     ctx: &mut GatewayCtx,
     err: GatewayError,
 ) -> u16 {
-    let status = err.status();
-    let written = if ctx.grpc {
-        let h1 = session.req_header().version < http::Version::HTTP_2;
-        let written = async {
-            let mut resp = crate::grpc::error_response(&err, h1)?;
-            decorate(&mut resp, ctx)?;
-            // One HEADERS frame that ends the stream (trailers-only).
-            let task = pingora_core::protocols::http::HttpTask::Header(Box::new(resp), true);
-            session.write_response_tasks(vec![task]).await.map(|_| ())
-        }
-        .await;
-        written.map(|()| 200)
-    } else {
-        let body = Bytes::from(err.body());
-        let extra = err.headers();
-        async {
-            let mut resp = ResponseHeader::build(status, Some(6 + extra.len()))?;
-            resp.insert_header("content-type", "application/json")?;
-            resp.insert_header("content-length", body.len().to_string())?;
-            for (name, value) in extra {
-                resp.insert_header(name, value)?;
-            }
-            decorate(&mut resp, ctx)?;
-            session.set_keepalive(None);
-            session.write_response_header(Box::new(resp), false).await?;
-            session.write_response_body(Some(body), true).await
-        }
-        .await
-        .map(|()| status)
-    };
+    let h1 = session.req_header().version < http::Version::HTTP_2;
+    let status = if ctx.grpc { 200 } else { err.status() };
+    let answer = error_answer(ctx, &err, h1);
     ctx.error = Some(err);
-    written.unwrap_or_else(|e| {
+    let written = match answer {
+        Ok(answer) => write(session, answer).await,
+        Err(e) => Err(e),
+    };
+    written.map(|()| status).unwrap_or_else(|e| {
         tracing::debug!(error = %e, "could not write the error response");
         0
     })
@@ -62,15 +114,10 @@ pub(super) async fn answer_json(
     status: u16,
     body: Bytes,
 ) {
-    let written = async {
-        let mut resp = ResponseHeader::build(status, Some(5))?;
-        resp.insert_header("content-type", "application/json")?;
-        resp.insert_header("content-length", body.len().to_string())?;
-        decorate(&mut resp, ctx)?;
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(body), true).await
-    }
-    .await;
+    let written = match json_answer(ctx, status, body) {
+        Ok(answer) => write(session, answer).await,
+        Err(e) => Err(e),
+    };
     if let Err(e) = written {
         tracing::debug!(error = %e, "could not write the answer");
     }

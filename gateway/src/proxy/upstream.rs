@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
 
 use super::ctx::{GatewayCtx, Routed, UpstreamState};
 use crate::breaker::Outcome;
+use crate::client::Client;
 use crate::errors::GatewayError;
 use crate::state::Shared;
 use crate::window::now_ms;
@@ -195,7 +195,7 @@ pub(super) fn connect_failed(
 /// status the route retries is retried for idempotent requests.
 pub(super) fn answered(
     shared: &Shared,
-    session: &Session,
+    client: &dyn Client,
     resp: &ResponseHeader,
     ctx: &mut GatewayCtx,
 ) -> Result<()> {
@@ -226,11 +226,7 @@ pub(super) fn answered(
         .is_some_and(|r| r.config.retry.retries_status(status));
     // The upstream saw this request: only idempotent ones (with their whole
     // body still held) may be sent again.
-    if retried
-        && session.req_header().method.is_idempotent()
-        && !session.as_ref().retry_buffer_truncated()
-        && take_retry(shared, ctx, "status")
-    {
+    if retried && client.replayable() && take_retry(shared, ctx, "status") {
         let up = &mut ctx.upstream;
         if let Some(addr) = up.backend.as_ref().map(|b| b.addr.clone()) {
             up.tried.push(addr);
@@ -251,7 +247,7 @@ pub(super) fn answered(
 /// that is safe).
 pub(super) fn proxy_failed(
     peer: &HttpPeer,
-    session: &Session,
+    client: &dyn Client,
     e: Box<Error>,
     ctx: &mut GatewayCtx,
     client_reused: bool,
@@ -264,7 +260,7 @@ pub(super) fn proxy_failed(
     if is_timeout(&e) {
         ctx.upstream.settle_failure(FailureKind::Timeout);
     }
-    if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+    if !client.replayable() {
         e.set_retry(false);
     } else {
         e.retry.decide_reuse(client_reused);
