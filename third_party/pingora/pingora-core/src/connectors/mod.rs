@@ -262,7 +262,7 @@ impl TransportConnector {
         loop {
             let stream = self.idle_pool.get(key)?;
             #[cfg(unix)]
-            if peer.matches_fd(stream.id()) {
+            if peer.matches_stream(&stream) {
                 return Some(stream);
             }
             #[cfg(windows)]
@@ -794,5 +794,55 @@ mod tests {
             1,
             "unexpected_data_connection_count should have incremented"
         );
+    }
+}
+
+/// Weir patch 14 (not behind a TLS feature, unlike `tests`).
+#[cfg(all(test, unix))]
+mod recorded_peer_tests {
+    use std::os::unix::io::AsRawFd;
+
+    use super::*;
+
+    /// Weir patch 14: an `HttpPeer` takes an idle stream by the peer
+    /// address the stream recorded, without asking the socket; a stream
+    /// recorded as connected elsewhere is refused and closed.
+    #[tokio::test]
+    async fn test_reuse_decided_by_the_recorded_peer_address() {
+        use crate::upstreams::peer::HttpPeer;
+        use tokio::net::TcpListener;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = listener.local_addr().unwrap();
+        // Another address: nothing listens there; it is only a record.
+        let b: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let connector = TransportConnector::new(None);
+        let peer_a = HttpPeer::new(a, false, String::new());
+        let peer_b = HttpPeer::new(b, false, String::new());
+
+        // Connected to `a`, recorded as `b`: the record decides (the socket
+        // would have said `a`).
+        let tcp = tokio::net::TcpStream::connect(a).await.unwrap();
+        let (_held, _) = listener.accept().await.unwrap();
+        let mut l4 = crate::protocols::l4::stream::Stream::from(tcp);
+        let digest = crate::protocols::SocketDigest::from_raw_fd(l4.as_raw_fd());
+        digest
+            .peer_addr
+            .set(Some(crate::protocols::l4::socket::SocketAddr::Inet(b)))
+            .unwrap();
+        l4.set_socket_digest(digest);
+        let stream: Stream = Box::new(l4);
+        connector.release_stream(stream, peer_b.reuse_hash(), None);
+        assert!(connector.reused_stream(&peer_b).await.is_some());
+
+        // Connected to and recorded as `a`, pooled under `b`'s key: refused.
+        let stream = connector.new_stream(&peer_a).await.unwrap();
+        let (_held_too, _) = listener.accept().await.unwrap();
+        assert_eq!(
+            stream.get_socket_digest().unwrap().peer_addr(),
+            Some(&crate::protocols::l4::socket::SocketAddr::Inet(a))
+        );
+        connector.release_stream(stream, peer_b.reuse_hash(), None);
+        assert!(connector.reused_stream(&peer_b).await.is_none());
     }
 }

@@ -261,6 +261,14 @@ pub trait Peer: Display + Clone {
         self.address().check_fd_match(fd)
     }
 
+    /// Whether an idle `stream` the keep-alive pool holds under this
+    /// peer's key is connected to this peer (Weir patch 14). By default the
+    /// socket is asked ([`Self::matches_fd`]: one `getpeername` a reuse).
+    #[cfg(unix)]
+    fn matches_stream(&self, stream: &crate::protocols::Stream) -> bool {
+        self.matches_fd(stream.id())
+    }
+
     #[cfg(windows)]
     fn matches_sock<V: AsRawSocket>(&self, sock: V) -> bool {
         use crate::protocols::ConnSockReusable;
@@ -853,6 +861,29 @@ impl Peer for HttpPeer {
         } else {
             self.address().check_fd_match(fd)
         }
+    }
+
+    /// The stream's own record of its peer, read from the socket once and
+    /// kept with the stream, decides (Weir patch 14): a reused stream costs
+    /// no `getpeername` each time. Through a proxy, or without a record,
+    /// the socket is asked as before.
+    #[cfg(unix)]
+    fn matches_stream(&self, stream: &crate::protocols::Stream) -> bool {
+        if self.get_proxy().is_none() {
+            let recorded = stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().cloned());
+            if let Some(recorded) = recorded {
+                // As the socket check: 0.0.0.0 is not a destination, and
+                // some systems connect it to 127.0.0.1.
+                let unspecified = self
+                    .address()
+                    .as_inet()
+                    .is_some_and(|a| a.is_ipv4() && a.ip().is_unspecified());
+                return unspecified || recorded == *self.address();
+            }
+        }
+        self.matches_fd(stream.id())
     }
 
     #[cfg(windows)]
