@@ -181,6 +181,13 @@ pub struct ServerConfig {
     /// object per line, for log shippers).
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Which HTTP/1.x path serves plaintext and TLS HTTP/1.x clients:
+    /// `pingora` (the default) or `direct`, the gateway's own loop for
+    /// simple requests (no body, no upgrade, every pool HTTP/1), which
+    /// hands anything else to Pingora on the same connection. The
+    /// environment variable `WEIR_HTTP1_ENGINE` overrides it.
+    #[serde(default, skip_serializing_if = "Http1Engine::is_default")]
+    pub http1_engine: Http1Engine,
     /// Send `X-Forwarded-For` and `X-Forwarded-Proto` upstream (default
     /// true). A client's own `X-Forwarded-For` is kept (and extended) only
     /// when it connects from one of `trusted_proxies`; otherwise it is
@@ -266,6 +273,36 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which HTTP/1.x path serves HTTP/1.x clients (`[server] http1_engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Http1Engine {
+    /// Pingora's HTTP/1 proxy, for every request.
+    #[default]
+    Pingora,
+    /// The gateway's direct path for simple requests, Pingora for the rest.
+    Direct,
+}
+
+impl Http1Engine {
+    /// Whether this is the default (then it is not serialized).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The engine `WEIR_HTTP1_ENGINE` names (`pingora` or `direct`), if set.
+    pub fn from_env() -> Result<Option<Self>, String> {
+        match std::env::var("WEIR_HTTP1_ENGINE").as_deref() {
+            Err(_) | Ok("") => Ok(None),
+            Ok("pingora") => Ok(Some(Self::Pingora)),
+            Ok("direct") => Ok(Some(Self::Direct)),
+            Ok(other) => Err(format!(
+                "WEIR_HTTP1_ENGINE={other:?}: expected \"pingora\" or \"direct\""
+            )),
+        }
+    }
+}
+
 /// `[[server.admin_tokens]]`: one named admin token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -333,6 +370,7 @@ impl Default for ServerConfig {
             grace_period_seconds: default_grace(),
             access_log: true,
             log_format: LogFormat::Text,
+            http1_engine: Http1Engine::Pingora,
             forwarded_headers: true,
             trusted_proxies: Vec::new(),
             admin_token_sha256: None,

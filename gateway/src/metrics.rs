@@ -15,6 +15,10 @@ pub struct Metrics {
     pub duration: HistogramVec,
     /// `weir_upstream_connect_failures_total{pool,backend}`.
     pub connect_failures: IntCounterVec,
+    /// `weir_http1_direct_total{outcome}`: with `[server] http1_engine =
+    /// "direct"`, requests the direct path served (`served`) and
+    /// connections it handed to Pingora (`handed_over`).
+    pub http1_direct: IntCounterVec,
     /// `weir_resolve_failures_total{pool,name}`: lookups of a backend's
     /// host name that failed (its last good addresses were kept).
     pub resolve_failures: IntCounterVec,
@@ -141,6 +145,13 @@ impl Metrics {
                 "Failed connection attempts to a backend.",
             ),
             &["pool", "backend"],
+        )?;
+        let http1_direct = IntCounterVec::new(
+            Opts::new(
+                "weir_http1_direct_total",
+                "Requests the direct HTTP/1 path served, and connections it handed to Pingora.",
+            ),
+            &["outcome"],
         )?;
         let resolve_failures = IntCounterVec::new(
             Opts::new(
@@ -314,6 +325,7 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(connect_failures.clone()))?;
+        registry.register(Box::new(http1_direct.clone()))?;
         registry.register(Box::new(resolve_failures.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(generation.clone()))?;
@@ -362,6 +374,7 @@ impl Metrics {
             requests,
             duration,
             connect_failures,
+            http1_direct,
             resolve_failures,
             reloads,
             config_changes,

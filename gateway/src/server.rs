@@ -147,6 +147,8 @@ async fn bind_when_free(addr: SocketAddr) -> tokio::net::TcpListener {
 /// clients leave on their own (to the new process, in an upgrade).
 struct Listener {
     proxy: Arc<pingora_proxy::HttpProxy<Gateway>>,
+    /// The direct HTTP/1.x path, when on.
+    direct: Option<crate::proxy::direct::Direct>,
     header_timeout: Duration,
     drain: Duration,
 }
@@ -176,6 +178,35 @@ impl HttpServerApp for Listener {
         // follows the request.
         session.set_keep_header_case(false);
         self.proxy.process_new_http(session, shutdown)
+    }
+
+    fn process_http1(
+        self: &Arc<Self>,
+        stream: pingora_core::protocols::Stream,
+        shutdown: &ShutdownWatch,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        use crate::proxy::direct::Served;
+        use pingora_core::protocols::http::ServerSession;
+        async move {
+            let Some(direct) = &self.direct else {
+                let session = ServerSession::new_http1(stream);
+                return pingora_core::apps::serve_http1(self, session, shutdown).await;
+            };
+            let (idle, header) = (self.header_timeout, self.header_timeout);
+            match direct
+                .serve(stream, idle, header, || *shutdown.borrow())
+                .await
+            {
+                Served::Closed => {}
+                Served::HandOver(stream, prefix) => {
+                    let mut session = ServerSession::new_http1(stream);
+                    if !prefix.is_empty() {
+                        session.set_pipelined_prefix(prefix);
+                    }
+                    pingora_core::apps::serve_http1(self, session, shutdown).await;
+                }
+            }
+        }
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {
@@ -308,8 +339,14 @@ pub fn serve(
     options.h2c = true;
     options.h2c_preface_timeout = Some(snapshot.server.header_read_timeout);
     http.server_options = Some(options);
+    let engine = weir_conf::model::Http1Engine::from_env()
+        .map_err(|e| anyhow::anyhow!(e))?
+        .unwrap_or(snapshot.server.http1_engine);
+    let direct = (engine == weir_conf::model::Http1Engine::Direct)
+        .then(|| crate::proxy::direct::Direct::new(Arc::clone(&shared)));
     let app = Listener {
         proxy: Arc::new(http),
+        direct,
         header_timeout: snapshot.server.header_read_timeout,
         drain: snapshot.server.grace_period / 2,
     };

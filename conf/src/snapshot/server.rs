@@ -24,6 +24,8 @@ pub struct Server {
     pub access_log: bool,
     /// How log lines are written.
     pub log_format: crate::model::LogFormat,
+    /// Which HTTP/1.x path serves HTTP/1.x clients.
+    pub http1_engine: crate::model::Http1Engine,
     /// Whether `X-Forwarded-For`/`-Proto` go upstream.
     pub forwarded_headers: bool,
     /// Proxies whose forwarding headers are believed.
@@ -175,6 +177,7 @@ pub(super) fn check_server(config: &Config, problems: &mut Problems) -> Option<S
         grace_period: Duration::from_secs(s.grace_period_seconds),
         access_log: s.access_log,
         log_format: s.log_format,
+        http1_engine: s.http1_engine,
         forwarded_headers: s.forwarded_headers,
         trusted_proxies,
         admin_tokens,

@@ -22,6 +22,7 @@
 mod body;
 mod catalogue;
 mod ctx;
+pub mod direct;
 mod observe;
 mod request;
 mod respond;

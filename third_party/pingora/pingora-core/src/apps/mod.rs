@@ -261,6 +261,24 @@ pub trait HttpServerApp {
 
     async fn http_cleanup(&self) {}
 
+    /// Serves a connection that speaks HTTP/1.x, TLS or not (Weir patch 15,
+    /// PATCHES.md). The default is Pingora's: [`serve_http1`], one
+    /// [`Self::process_new_http`] per request. An app may serve such
+    /// connections itself and hand one to [`serve_http1`] at any request
+    /// boundary, with the bytes it already read of the next request set as
+    /// the session's pipelined prefix
+    /// ([`ServerSession::set_pipelined_prefix`]).
+    fn process_http1(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> impl Future<Output = ()> + Send
+    where
+        Self: Sized + Send + Sync + 'static,
+    {
+        serve_http1(self, ServerSession::new_http1(stream), shutdown)
+    }
+
     #[doc(hidden)]
     async fn process_custom_session(
         self: Arc<Self>,
@@ -268,6 +286,40 @@ pub trait HttpServerApp {
         _shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         None
+    }
+}
+
+/// Pingora's HTTP/1.x connection loop: `session` (a new connection, or one
+/// an app hands over between two requests) and each request after it on
+/// the same connection, one [`HttpServerApp::process_new_http`] each.
+pub async fn serve_http1<T>(app: &Arc<T>, mut session: ServerSession, shutdown: &ShutdownWatch)
+where
+    T: HttpServerApp + Send + Sync + 'static,
+{
+    if *shutdown.borrow() {
+        // stop downstream from reusing if this service is shutting down soon
+        session.set_keepalive(None);
+    } else {
+        // default 60s
+        session.set_keepalive(Some(60));
+    }
+    session.set_keepalive_reuses_remaining(
+        app.server_options()
+            .and_then(|opts| opts.keepalive_request_limit),
+    );
+
+    let mut result = {
+        let request = std::pin::pin!(app.process_new_http(session, shutdown));
+        request.await
+    };
+    while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
+        let mut session = ServerSession::new_http1(stream);
+        if let Some(persistent_settings) = persistent_settings {
+            persistent_settings.apply_to_session(&mut session);
+        }
+
+        let request = std::pin::pin!(app.process_new_http(session, shutdown));
+        result = request.await;
     }
 }
 
@@ -371,32 +423,7 @@ where
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
-            let mut session = ServerSession::new_http1(stream);
-            if *shutdown.borrow() {
-                // stop downstream from reusing if this service is shutting down soon
-                session.set_keepalive(None);
-            } else {
-                // default 60s
-                session.set_keepalive(Some(60));
-            }
-            session.set_keepalive_reuses_remaining(
-                self.server_options()
-                    .and_then(|opts| opts.keepalive_request_limit),
-            );
-
-            let mut result = {
-                let request = std::pin::pin!(self.process_new_http(session, shutdown));
-                request.await
-            };
-            while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
-                let mut session = ServerSession::new_http1(stream);
-                if let Some(persistent_settings) = persistent_settings {
-                    persistent_settings.apply_to_session(&mut session);
-                }
-
-                let request = std::pin::pin!(self.process_new_http(session, shutdown));
-                result = request.await;
-            }
+            self.process_http1(stream, shutdown).await;
         }
         None
     }

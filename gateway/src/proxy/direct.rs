@@ -1,0 +1,1041 @@
+//! The direct HTTP/1.x path: requests served by the gateway's own loop
+//! over a connection, under the same request logic as the Pingora hooks
+//! (admission, routing, peer choice and retries, upstream headers, answer
+//! filters, the end-of-request record), without Pingora's per-request
+//! sessions, tasks and timers.
+//!
+//! It takes the simple and common case and hands everything else to
+//! Pingora, on the same connection, at a request boundary: a request with
+//! a body, an upgrade, `Expect`, a gRPC call, a head httparse does not
+//! accept as it is, or a runtime with a pool that is not HTTP/1. Pingora
+//! then serves the rest of that connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header;
+use pingora_core::connectors::TransportConnector;
+use pingora_core::protocols::Stream;
+use pingora_core::upstreams::peer::{HttpPeer, Peer};
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weir_conf::model::Protocol;
+
+use super::ctx::GatewayCtx;
+use super::respond::Answer;
+use super::{body, observe, request, respond, upstream};
+use crate::client::{Client, Downstream};
+use crate::errors::GatewayError;
+use crate::state::Shared;
+
+/// Most header fields in one head (Pingora's bound too).
+const MAX_HEADERS: usize = 256;
+/// Largest head read before the request is left to Pingora (which refuses
+/// it with its own error).
+const MAX_HEAD: usize = 64 * 1024;
+/// How much an upstream body read asks for at once.
+const BODY_READ: usize = 16 * 1024;
+
+/// The direct path of one listener: the gateway's state and a pool of
+/// upstream connections.
+pub struct Direct {
+    shared: Arc<Shared>,
+    connector: TransportConnector,
+    /// `weir_http1_direct_total{outcome="served"}`.
+    served: prometheus::IntCounter,
+    /// `weir_http1_direct_total{outcome="handed_over"}`.
+    handed_over: prometheus::IntCounter,
+}
+
+/// What became of a connection.
+pub enum Served {
+    /// Closed (by either side, or after an answer that ends it).
+    Closed,
+    /// A request the direct path does not take: the connection and the
+    /// bytes already read of that request, for Pingora.
+    HandOver(Stream, BytesMut),
+}
+
+impl Direct {
+    /// The direct path over `shared`, with its own upstream connection pool.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        let counter = |outcome: &str| shared.metrics.http1_direct.with_label_values(&[outcome]);
+        Self {
+            served: counter("served"),
+            handed_over: counter("handed_over"),
+            connector: TransportConnector::new(None),
+            shared,
+        }
+    }
+
+    /// Serves the connection's requests until it closes or one must go to
+    /// Pingora (counted). `idle`: how long to wait for a request's first
+    /// byte; `header`: for the rest of its head once begun.
+    pub async fn serve(
+        &self,
+        stream: Stream,
+        idle: Duration,
+        header: Duration,
+        closing: impl Fn() -> bool,
+    ) -> Served {
+        let served = self.serve_requests(stream, idle, header, closing).await;
+        if let Served::HandOver(..) = served {
+            self.handed_over.inc();
+        }
+        served
+    }
+
+    async fn serve_requests(
+        &self,
+        mut stream: Stream,
+        idle: Duration,
+        header: Duration,
+        closing: impl Fn() -> bool,
+    ) -> Served {
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let tls = stream.get_ssl_digest().is_some();
+        let mut buf = BytesMut::with_capacity(2048);
+        loop {
+            let head = match read_head(&mut stream, &mut buf, idle, header).await {
+                Ok(Some(head)) => head,
+                Ok(None) => return Served::Closed,
+                Err(()) => return Served::HandOver(stream, buf),
+            };
+            let Some(parsed) = parse_request(&buf[..head]) else {
+                return Served::HandOver(stream, buf);
+            };
+            let runtime_ok = self
+                .shared
+                .current()
+                .is_some_and(|r| r.pools.iter().all(|p| p.config.protocol == Protocol::Http1));
+            if !runtime_ok {
+                return Served::HandOver(stream, buf);
+            }
+            let head_bytes = buf.split_to(head).freeze();
+            let Some(req) = build_request(&head_bytes, &parsed) else {
+                // Not a head Pingora would take either: it answers the
+                // error its own way.
+                let mut all = BytesMut::from(&head_bytes[..]);
+                all.extend_from_slice(&buf);
+                return Served::HandOver(stream, all);
+            };
+            let keep = parsed.keep_alive && !closing();
+            let mut client = DirectClient {
+                req,
+                peer,
+                tls,
+                answered: None,
+                sent: 0,
+            };
+            self.served.inc();
+            let reusable = self.request(&mut stream, &mut buf, &mut client, keep).await;
+            if !(keep && reusable) {
+                let _ = stream.shutdown().await;
+                return Served::Closed;
+            }
+        }
+    }
+
+    /// One request, from admission to the end-of-request record; whether
+    /// the client connection may serve another.
+    async fn request(
+        &self,
+        stream: &mut Stream,
+        pending: &mut BytesMut,
+        client: &mut DirectClient,
+        keep: bool,
+    ) -> bool {
+        let shared = &self.shared;
+        let mut ctx = GatewayCtx::new();
+        let (reusable, e) = match request::admit(shared, client, &mut ctx).await {
+            Ok(None) => match self.proxy(stream, pending, client, &mut ctx, keep).await {
+                Ok(reusable) => (reusable, None),
+                Err(e) => {
+                    self.failed(stream, client, &mut ctx, &e).await;
+                    (false, Some(e))
+                }
+            },
+            Ok(Some(body)) => {
+                let answer = respond::json_answer(&ctx, 200, body);
+                (write_answer(stream, client, answer, keep).await, None)
+            }
+            Err(err) => {
+                let answer = respond::error_answer(&ctx, &err, true);
+                ctx.error = Some(err);
+                // An error answer closes the connection (as Pingora's).
+                write_answer(stream, client, answer, false).await;
+                (false, None)
+            }
+        };
+        if let Some(e) = &e {
+            // As the Pingora hooks log it (`suppress_error_log`).
+            if matches!(ctx.error, Some(GatewayError::ClientClosed(_))) {
+                tracing::info!(request_id = ctx.id_str(), error = %e, "the client closed the connection");
+            } else {
+                tracing::error!(request_id = ctx.id_str(), error = %e, "failed to proxy the request");
+            }
+        }
+        upstream::settle_at_end(&mut ctx, e.as_deref());
+        observe::finish(shared, &*client, e.as_deref(), &mut ctx);
+        reusable
+    }
+
+    /// After a failed proxy attempt: the recorded gateway error, else one
+    /// made from the failure, unless an answer has begun or the client is
+    /// gone (as the Pingora hook `fail_to_proxy`).
+    async fn failed(
+        &self,
+        stream: &mut Stream,
+        client: &mut DirectClient,
+        ctx: &mut GatewayCtx,
+        e: &Error,
+    ) {
+        let err = ctx
+            .error
+            .take()
+            .unwrap_or_else(|| GatewayError::from_proxy_error(e));
+        let gone = matches!(err, GatewayError::ClientClosed(_));
+        if !gone && client.answered.is_none() {
+            let answer = respond::error_answer(ctx, &err, true);
+            write_answer(stream, client, answer, false).await;
+        }
+        ctx.error = Some(err);
+    }
+
+    /// Proxies the admitted request: peer, connection, upstream request,
+    /// answer; retried as the route and Pingora's policy say. Whether the
+    /// client connection stays usable.
+    async fn proxy(
+        &self,
+        stream: &mut Stream,
+        pending: &mut BytesMut,
+        client: &mut DirectClient,
+        ctx: &mut GatewayCtx,
+        keep: bool,
+    ) -> Result<bool> {
+        let shared = &self.shared;
+        loop {
+            let peer = upstream::choose_peer(shared, ctx).map_err(|e| respond::refuse(ctx, e))?;
+            let (mut conn, reused) = match self.connector.get_stream(&*peer).await {
+                Ok(got) => got,
+                Err(e) => {
+                    let e = upstream::connect_failed(shared, ctx, &peer, e);
+                    if e.retry() {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
+            let mut up = client.req.clone();
+            for name in hop_by_hop(&up.headers) {
+                up.remove_header(&name);
+            }
+            up.set_version(http::Version::HTTP_11);
+            super::upstream_request_headers(shared, &*client, &mut up, ctx)?;
+            let exchange = watching(stream, pending, exchange(&mut conn, &peer, &up)).await?;
+            let Answered {
+                mut resp,
+                framing,
+                upstream_keeps,
+                rest: mut ubuf,
+            } = match exchange {
+                Ok(got) => got,
+                Err(e) => {
+                    let e = upstream::proxy_failed(&peer, &*client, e, ctx, reused);
+                    if e.retry() {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
+            observe::grpc_status_in_headers(ctx, &resp.headers);
+            if let Err(e) = upstream::answered(shared, &*client, &resp, ctx) {
+                let e = upstream::proxy_failed(&peer, &*client, e, ctx, reused);
+                if e.retry() {
+                    continue;
+                }
+                return Err(e);
+            }
+            body::response_header(ctx, &mut resp, true)?;
+            respond::decorate(&mut resp, ctx)?;
+            let framing = if client.req.method == http::Method::HEAD {
+                Framing::Empty
+            } else {
+                framing
+            };
+            let chunked_out = resp
+                .headers
+                .get(header::TRANSFER_ENCODING)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+            let length_out = !chunked_out && resp.headers.contains_key(header::CONTENT_LENGTH);
+            let mut keep = keep;
+            if matches!(framing, Framing::Close) && !chunked_out {
+                if client.req.version == http::Version::HTTP_11 {
+                    resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+                } else {
+                    keep = false;
+                }
+            }
+            let chunked_out = chunked_out || resp.headers.contains_key(header::TRANSFER_ENCODING);
+            if !keep {
+                resp.insert_header(header::CONNECTION, "close")?;
+            } else if client.req.version == http::Version::HTTP_10 {
+                resp.insert_header(header::CONNECTION, "keep-alive")?;
+            }
+            let mut out = Vec::with_capacity(512);
+            write_response_head(&resp, &mut out);
+            client.answered = Some(resp.status.as_u16());
+            let read_timeout = peer.options.read_timeout;
+            let mut writer = BodyWriter {
+                stream,
+                out,
+                chunked: chunked_out && !matches!(framing, Framing::Empty),
+                sent: 0,
+            };
+            let whole = relay_body(
+                &mut conn,
+                &mut ubuf,
+                framing,
+                read_timeout,
+                ctx,
+                &mut writer,
+            )
+            .await;
+            client.sent += writer.sent;
+            let upstream_done = whole?;
+            if upstream_done && upstream_keeps {
+                self.connector
+                    .release_stream(conn, peer.reuse_hash(), peer.idle_timeout());
+            }
+            return Ok(keep && (chunked_out || length_out || matches!(framing, Framing::Empty)));
+        }
+    }
+}
+
+/// Awaits `work` (the upstream's part) while watching the client: a
+/// client that closes or fails before it ends stops the request (as
+/// Pingora's `abort_on_close`: counted as 499); bytes it sends meanwhile
+/// (its next request, pipelined) are kept in `pending`. The watch costs no
+/// system call while the client is quiet (its socket was read short, so
+/// Tokio knows it is not readable).
+async fn watching<T>(
+    stream: &mut Stream,
+    pending: &mut BytesMut,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T> {
+    let mut work = std::pin::pin!(work);
+    let mut watch = true;
+    loop {
+        if pending.capacity() - pending.len() < 1024 {
+            pending.reserve(4096);
+        }
+        tokio::select! {
+            biased;
+            done = &mut work => return Ok(done),
+            read = stream.read_buf(pending), if watch => match read {
+                Ok(0) => {
+                    return Error::e_explain(
+                        ErrorType::ConnectionClosed,
+                        "Prematurely before response header is sent",
+                    )
+                    .map_err(|e: Box<Error>| e.into_down());
+                }
+                Err(e) => {
+                    return Err(Error::because(ErrorType::ReadError, "reading from the client", e)
+                        .into_down());
+                }
+                // The next request, early: kept; no more watching (the
+                // buffer is not to grow without bound).
+                Ok(_) => watch = false,
+            },
+        }
+    }
+}
+
+/// How an answer's body is delimited.
+#[derive(Clone, Copy, Debug)]
+enum Framing {
+    /// No body (`HEAD`, 204, 304).
+    Empty,
+    /// `Content-Length`.
+    Length(usize),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the upstream closes.
+    Close,
+}
+
+/// A request head as httparse saw it, when the direct path takes it.
+struct Parsed {
+    method: std::ops::Range<usize>,
+    target: std::ops::Range<usize>,
+    http11: bool,
+    keep_alive: bool,
+    fields: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+}
+
+/// Reads until `buf` holds a whole head; its length. `Ok(None)`: the
+/// connection is to be closed: the client closed or stayed silent between
+/// two requests (`idle`), or its head did not arrive whole within `header`
+/// of its first byte (as Pingora patch 2 bounds it). `Err`: anything else
+/// (a head too large, a read error, a close within a head), left to
+/// Pingora.
+async fn read_head(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    idle: Duration,
+    header: Duration,
+) -> std::result::Result<Option<usize>, ()> {
+    let mut begun = (!buf.is_empty()).then(std::time::Instant::now);
+    loop {
+        if let Some(end) = head_end(buf) {
+            return Ok(Some(end));
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(());
+        }
+        let wait = match begun {
+            None => idle,
+            Some(at) => match header.checked_sub(at.elapsed()) {
+                Some(left) if !left.is_zero() => left,
+                _ => return Ok(None),
+            },
+        };
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        match deadline(wait, stream.read_buf(buf)).await {
+            Err(_) => return Ok(None),
+            Ok(Ok(0)) if begun.is_none() => return Ok(None),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(()),
+            Ok(Ok(_)) => {
+                begun.get_or_insert_with(std::time::Instant::now);
+            }
+        }
+    }
+}
+
+/// The end of the head in `buf` (after its blank line), if it is there.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = memchr::memchr(b'\n', &buf[from..]) {
+        let at = from + i;
+        match buf.get(at + 1..) {
+            Some([b'\n', ..]) => return Some(at + 2),
+            Some([b'\r', b'\n', ..]) => return Some(at + 3),
+            _ => from = at + 1,
+        }
+    }
+    None
+}
+
+/// The length of the CRLF-ended line at the start of `buf` (with its
+/// CRLF), if it is all there.
+fn line_end(buf: &[u8]) -> Option<usize> {
+    memchr::memchr(b'\n', buf).map(|i| i + 1)
+}
+
+/// Parses a request head the direct path takes: HTTP/1.0 or 1.1, no body,
+/// no upgrade or `Expect`, not gRPC, not `CONNECT`.
+fn parse_request(head: &[u8]) -> Option<Parsed> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+        _ => return None,
+    }
+    let at = |piece: &[u8]| {
+        let start = piece.as_ptr() as usize - head.as_ptr() as usize;
+        start..start + piece.len()
+    };
+    let method = req.method?;
+    if method.eq_ignore_ascii_case("CONNECT") {
+        return None;
+    }
+    let http11 = req.version? == 1;
+    let mut keep_alive = http11;
+    let mut spans = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        let value = h.value;
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        if is("transfer-encoding") || is("upgrade") || is("expect") {
+            return None;
+        }
+        if is("content-length") && value != b"0" {
+            return None;
+        }
+        if is("content-type")
+            && value.len() >= 16
+            && value[..16].eq_ignore_ascii_case(b"application/grpc")
+        {
+            return None;
+        }
+        if is("connection") {
+            for token in value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return None;
+                }
+            }
+        }
+        spans.push((at(name), at(value)));
+    }
+    Some(Parsed {
+        method: at(method.as_bytes()),
+        target: at(req.path?.as_bytes()),
+        http11,
+        keep_alive,
+        fields: spans,
+    })
+}
+
+/// The request as the hooks see it (Pingora's header types, one map),
+/// values sliced from the head; `None` for what Pingora would refuse.
+fn build_request(head: &Bytes, parsed: &Parsed) -> Option<RequestHeader> {
+    let method = std::str::from_utf8(&head[parsed.method.clone()]).ok()?;
+    let mut req = RequestHeader::build_no_case(
+        method,
+        &head[parsed.target.clone()],
+        Some(parsed.fields.len()),
+    )
+    .ok()?;
+    req.set_version(if parsed.http11 {
+        http::Version::HTTP_11
+    } else {
+        http::Version::HTTP_10
+    });
+    for (name, value) in &parsed.fields {
+        let name = http::HeaderName::from_bytes(&head[name.clone()]).ok()?;
+        let value = http::HeaderValue::from_maybe_shared(head.slice(value.clone())).ok()?;
+        req.append_header(name, value).ok()?;
+    }
+    pingora_core::protocols::http::authority::validate_request_authority(&req).ok()?;
+    Some(req)
+}
+
+/// The hop-by-hop fields of one connection present in `headers` (RFC 9110
+/// §7.6.1): `Connection`, the fields it names, and the fixed list. One
+/// pass over the field names; nothing allocated when there are none.
+fn hop_by_hop(headers: &http::HeaderMap) -> Vec<http::HeaderName> {
+    const FIXED: [&str; 7] = [
+        "connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "keep-alive",
+        "proxy-connection",
+    ];
+    let mut names = Vec::new();
+    for name in headers.keys() {
+        if FIXED.contains(&name.as_str()) {
+            names.push(name.clone());
+        }
+    }
+    if names.contains(&header::CONNECTION) {
+        let listed: Vec<http::HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .filter_map(|t| http::HeaderName::from_bytes(t.trim_ascii()).ok())
+            .collect();
+        names.extend(listed);
+    }
+    names
+}
+
+/// What the upstream answered: the answer's head (hop-by-hop fields
+/// removed), its framing, whether the upstream keeps the connection, and
+/// the bytes read past the head.
+struct Answered {
+    resp: ResponseHeader,
+    framing: Framing,
+    upstream_keeps: bool,
+    rest: BytesMut,
+}
+
+/// Writes the request to the upstream and reads the answer's head.
+async fn exchange(conn: &mut Stream, peer: &HttpPeer, req: &RequestHeader) -> Result<Answered> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.raw_path());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    req.header_to_h1_wire(&mut out);
+    out.extend_from_slice(b"\r\n");
+    let write = async {
+        conn.write_all(&out).await?;
+        conn.flush().await
+    };
+    with_timeout(peer.options.write_timeout, write, ErrorType::WriteTimedout)
+        .await
+        .map_err(|e| e.into_up())?;
+    let mut buf = BytesMut::with_capacity(4096);
+    let read = async {
+        loop {
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(4096);
+            }
+            if conn.read_buf(&mut buf).await? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the upstream closed before answering",
+                ));
+            }
+            if let Some(end) = head_end(&buf) {
+                // Interim answers (1xx other than 101) are dropped.
+                if buf.starts_with(b"HTTP/1.1 1") || buf.starts_with(b"HTTP/1.0 1") {
+                    let _ = buf.split_to(end);
+                    continue;
+                }
+                return Ok(end);
+            }
+            if buf.len() > MAX_HEAD {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "the upstream's answer header is too large",
+                ));
+            }
+        }
+    };
+    let end = with_timeout(peer.options.read_timeout, read, ErrorType::ReadTimedout)
+        .await
+        .map_err(|e| e.into_up())?;
+    let head = buf.split_to(end).freeze();
+    let (resp, framing, upstream_keeps) =
+        parse_response(&head, &req.method).map_err(|e| e.into_up())?;
+    Ok(Answered {
+        resp,
+        framing,
+        upstream_keeps,
+        rest: buf,
+    })
+}
+
+/// `step` under `limit`, the timer armed only when the first poll finds
+/// it waiting (most reads and writes complete at once under load, and
+/// each timer costs a registration).
+async fn deadline<F: std::future::Future>(
+    limit: Duration,
+    step: F,
+) -> std::result::Result<F::Output, tokio::time::error::Elapsed> {
+    let mut step = std::pin::pin!(step);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(step.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(out) => Ok(out),
+        std::task::Poll::Pending => tokio::time::timeout(limit, step).await,
+    }
+}
+
+/// An I/O step under an optional timeout, as Pingora's errors.
+async fn with_timeout<T>(
+    limit: Option<Duration>,
+    step: impl std::future::Future<Output = std::io::Result<T>>,
+    timed_out: ErrorType,
+) -> Result<T> {
+    let io_error = |e: std::io::Error| {
+        let kind = match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => ErrorType::ConnectionClosed,
+            std::io::ErrorKind::InvalidData => ErrorType::InvalidHTTPHeader,
+            _ if timed_out == ErrorType::WriteTimedout => ErrorType::WriteError,
+            _ => ErrorType::ReadError,
+        };
+        Error::because(kind, "upstream I/O", e)
+    };
+    match limit {
+        Some(limit) => match deadline(limit, step).await {
+            Ok(r) => r.map_err(io_error),
+            Err(_) => Error::e_explain(timed_out, format!("timeout: {limit:?}")),
+        },
+        None => step.await.map_err(io_error),
+    }
+}
+
+/// The answer's head as a `ResponseHeader` without its hop-by-hop fields,
+/// how its body is delimited, and whether the upstream keeps the
+/// connection open after it (no `Connection: close`).
+fn parse_response(head: &Bytes, method: &http::Method) -> Result<(ResponseHeader, Framing, bool)> {
+    let invalid = |why: &str| Error::explain(ErrorType::InvalidHTTPHeader, why.to_owned());
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    match parsed.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err(invalid("invalid upstream answer header")),
+    }
+    let code = parsed.code.ok_or_else(|| invalid("no status"))?;
+    let mut resp = ResponseHeader::build_no_case(code, Some(parsed.headers.len() + 6))?;
+    resp.set_version(if parsed.version == Some(0) {
+        http::Version::HTTP_10
+    } else {
+        http::Version::HTTP_11
+    });
+    if let Some(reason) = parsed.reason
+        && Some(reason) != resp.status.canonical_reason()
+    {
+        resp.set_reason_phrase(Some(reason))?;
+    }
+    let base = head.as_ptr() as usize;
+    for h in parsed.headers.iter() {
+        let name = http::HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| invalid("invalid upstream header name"))?;
+        let start = h.value.as_ptr() as usize - base;
+        let value = http::HeaderValue::from_maybe_shared(head.slice(start..start + h.value.len()))
+            .map_err(|_| invalid("invalid upstream header value"))?;
+        resp.append_header(name, value)?;
+    }
+    let status = resp.status.as_u16();
+    // Whether the final transfer coding is chunked, when there is one.
+    let chunked = resp
+        .headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .map(|v| {
+            v.as_bytes()
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        });
+    let mut lengths = resp
+        .headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .map(|v| v.as_bytes());
+    let first_length = lengths.next();
+    let framing = if *method == http::Method::HEAD || status == 204 || status == 304 {
+        Framing::Empty
+    } else if let Some(chunked) = chunked {
+        // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3).
+        resp.remove_header(&header::CONTENT_LENGTH);
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        }
+    } else if let Some(first) = first_length {
+        if lengths.any(|l| l != first) {
+            return Err(invalid("conflicting Content-Length"));
+        }
+        let n = std::str::from_utf8(first)
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<usize>().ok())
+            .ok_or_else(|| invalid("invalid Content-Length"))?;
+        Framing::Length(n)
+    } else {
+        Framing::Close
+    };
+    // The upstream's connection management is not the client's.
+    let upstream_closes = resp.headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    });
+    for name in hop_by_hop(&resp.headers) {
+        resp.remove_header(&name);
+    }
+    if chunked == Some(true) {
+        // Kept as the client's framing unless the filters change it.
+        resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok((resp, framing, !upstream_closes))
+}
+
+/// Writes the status line and fields of `resp`.
+fn write_response_head(resp: &ResponseHeader, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(resp.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        resp.get_reason_phrase()
+            .or_else(|| resp.status.canonical_reason())
+            .unwrap_or("")
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+    resp.header_to_h1_wire(out);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The answer going to the client: the head first (written with the first
+/// piece of body), then each piece, chunk-framed when `chunked`.
+struct BodyWriter<'a> {
+    stream: &'a mut Stream,
+    out: Vec<u8>,
+    chunked: bool,
+    sent: usize,
+}
+
+impl BodyWriter<'_> {
+    async fn piece(&mut self, data: &[u8], end: bool) -> Result<()> {
+        if !data.is_empty() {
+            if self.chunked {
+                self.out
+                    .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                self.out.extend_from_slice(data);
+                self.out.extend_from_slice(b"\r\n");
+            } else {
+                self.out.extend_from_slice(data);
+            }
+            self.sent += data.len();
+        }
+        if end && self.chunked {
+            self.out.extend_from_slice(b"0\r\n\r\n");
+        }
+        // Small pieces are gathered; each write flushes what is there.
+        let down = |e: std::io::Error| {
+            Error::because(ErrorType::WriteError, "writing to the client", e).into_down()
+        };
+        self.stream.write_all(&self.out).await.map_err(down)?;
+        self.stream.flush().await.map_err(down)?;
+        self.out.clear();
+        Ok(())
+    }
+}
+
+/// Reads the answer's body from the upstream, passes each piece through
+/// the answer filters and writes it to the client. Whether the upstream
+/// connection ended cleanly at the body's end (and may be pooled).
+async fn relay_body(
+    conn: &mut Stream,
+    buf: &mut BytesMut,
+    framing: Framing,
+    read_timeout: Option<Duration>,
+    ctx: &mut GatewayCtx,
+    writer: &mut BodyWriter<'_>,
+) -> Result<bool> {
+    let mut decoder = match framing {
+        Framing::Empty => {
+            let mut none = None;
+            body::response_body(ctx, &mut none, true)?;
+            writer.piece(&[], true).await?;
+            return Ok(buf.is_empty());
+        }
+        Framing::Length(n) => Decoder::Length(n),
+        Framing::Chunked => Decoder::Chunked(ChunkState::Size),
+        Framing::Close => Decoder::Close,
+    };
+    loop {
+        let (data, end) = decoder.take(buf)?;
+        if !data.is_empty() || end {
+            let mut piece = (!data.is_empty()).then_some(data);
+            body::response_body(ctx, &mut piece, end)?;
+            writer
+                .piece(piece.as_deref().unwrap_or_default(), end)
+                .await?;
+        }
+        if end {
+            return Ok(buf.is_empty() && !matches!(decoder, Decoder::Close));
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(BODY_READ);
+        }
+        let n = with_timeout(read_timeout, conn.read_buf(buf), ErrorType::ReadTimedout)
+            .await
+            .map_err(|e| e.into_up())?;
+        if n == 0 {
+            if let Decoder::Close = decoder {
+                let mut none = None;
+                body::response_body(ctx, &mut none, true)?;
+                writer.piece(&[], true).await?;
+                return Ok(false);
+            }
+            return Error::e_explain(
+                ErrorType::ConnectionClosed,
+                "the upstream closed within the body",
+            )
+            .map_err(|e: Box<Error>| e.into_up());
+        }
+    }
+}
+
+/// Where a chunked body's decoding stands.
+#[derive(Clone, Copy)]
+enum ChunkState {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data: bytes left.
+    Data(usize),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+}
+
+/// Decodes an answer body from the bytes read so far.
+enum Decoder {
+    Length(usize),
+    Chunked(ChunkState),
+    Close,
+}
+
+impl Decoder {
+    /// The body bytes that `buf` holds now (taken from it) and whether the
+    /// body ended.
+    fn take(&mut self, buf: &mut BytesMut) -> Result<(Bytes, bool)> {
+        match self {
+            Decoder::Length(left) => {
+                let n = (*left).min(buf.len());
+                *left -= n;
+                Ok((buf.split_to(n).freeze(), *left == 0))
+            }
+            Decoder::Close => Ok((buf.split().freeze(), false)),
+            Decoder::Chunked(state) => {
+                let mut out = BytesMut::new();
+                loop {
+                    match *state {
+                        ChunkState::Size => {
+                            let Some(line) = line_end(buf) else {
+                                return Ok((out.freeze(), false));
+                            };
+                            let size = match httparse::parse_chunk_size(&buf[..line]) {
+                                Ok(httparse::Status::Complete((_, size))) => {
+                                    usize::try_from(size).map_err(|_| chunk_error())?
+                                }
+                                _ => return Err(chunk_error()),
+                            };
+                            let _ = buf.split_to(line);
+                            *state = if size == 0 {
+                                ChunkState::Trailers
+                            } else {
+                                ChunkState::Data(size)
+                            };
+                        }
+                        ChunkState::Data(left) => {
+                            if buf.is_empty() {
+                                return Ok((out.freeze(), false));
+                            }
+                            let n = left.min(buf.len());
+                            out.extend_from_slice(&buf.split_to(n));
+                            *state = if n == left {
+                                ChunkState::DataEnd
+                            } else {
+                                ChunkState::Data(left - n)
+                            };
+                        }
+                        ChunkState::DataEnd => {
+                            if buf.len() < 2 {
+                                return Ok((out.freeze(), false));
+                            }
+                            if &buf[..2] != b"\r\n" {
+                                return Err(chunk_error());
+                            }
+                            let _ = buf.split_to(2);
+                            *state = ChunkState::Size;
+                        }
+                        ChunkState::Trailers => {
+                            let Some(line) = line_end(buf) else {
+                                return Ok((out.freeze(), false));
+                            };
+                            let _ = buf.split_to(line);
+                            if line <= 2 {
+                                return Ok((out.freeze(), true));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn chunk_error() -> Box<Error> {
+    Error::explain(
+        ErrorType::InvalidHTTPHeader,
+        "invalid chunked body from the upstream",
+    )
+    .into_up()
+}
+
+/// Writes a gateway-made answer; whether the connection stays usable.
+async fn write_answer(
+    stream: &mut Stream,
+    client: &mut DirectClient,
+    answer: Result<Answer>,
+    keep: bool,
+) -> bool {
+    let Ok(Answer::Full {
+        header: mut resp,
+        body,
+        close,
+    }) = answer
+    else {
+        return false;
+    };
+    let keep = keep && !close;
+    if !keep && resp.insert_header(header::CONNECTION, "close").is_err() {
+        return false;
+    }
+    let mut out = Vec::with_capacity(256 + body.len());
+    write_response_head(&resp, &mut out);
+    out.extend_from_slice(&body);
+    client.answered = Some(resp.status.as_u16());
+    let written = async {
+        stream.write_all(&out).await?;
+        stream.flush().await
+    }
+    .await;
+    client.sent += body.len();
+    written.is_ok() && keep
+}
+
+/// The client side of a request on the direct path.
+struct DirectClient {
+    req: RequestHeader,
+    peer: Option<SocketAddr>,
+    tls: bool,
+    answered: Option<u16>,
+    sent: usize,
+}
+
+impl Client for DirectClient {
+    fn request(&self) -> &RequestHeader {
+        &self.req
+    }
+
+    fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    fn tls(&self) -> bool {
+        self.tls
+    }
+
+    fn answered(&self) -> Option<u16> {
+        self.answered
+    }
+
+    fn bytes_read(&self) -> usize {
+        0
+    }
+
+    fn bytes_sent(&self) -> usize {
+        self.sent
+    }
+
+    fn replayable(&self) -> bool {
+        // No body: what matters is the method.
+        self.req.method.is_idempotent()
+    }
+}
+
+impl Downstream for DirectClient {
+    fn request_mut(&mut self) -> &mut RequestHeader {
+        &mut self.req
+    }
+
+    async fn read_ahead(&mut self, _limit: usize) -> Result<Bytes, GatewayError> {
+        // The direct path takes only requests without a body.
+        Ok(Bytes::new())
+    }
+}
