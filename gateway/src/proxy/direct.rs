@@ -440,6 +440,13 @@ fn line_end(buf: &[u8]) -> Option<usize> {
     memchr::memchr(b'\n', buf).map(|i| i + 1)
 }
 
+/// Where `piece`, a slice httparse returned of `whole`, lies in it.
+fn span(whole: &[u8], piece: &[u8]) -> Option<std::ops::Range<usize>> {
+    let start = (piece.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let end = start.checked_add(piece.len())?;
+    (end <= whole.len()).then_some(start..end)
+}
+
 /// Parses a request head the direct path takes: HTTP/1.0 or 1.1, no body,
 /// no upgrade or `Expect`, not gRPC, not `CONNECT`.
 fn parse_request(head: &[u8]) -> Option<Parsed> {
@@ -449,10 +456,7 @@ fn parse_request(head: &[u8]) -> Option<Parsed> {
         Ok(httparse::Status::Complete(n)) if n == head.len() => {}
         _ => return None,
     }
-    let at = |piece: &[u8]| {
-        let start = piece.as_ptr() as usize - head.as_ptr() as usize;
-        start..start + piece.len()
-    };
+    let at = |piece: &[u8]| span(head, piece);
     let method = req.method?;
     if method.eq_ignore_ascii_case("CONNECT") {
         return None;
@@ -488,11 +492,11 @@ fn parse_request(head: &[u8]) -> Option<Parsed> {
                 }
             }
         }
-        spans.push((at(name), at(value)));
+        spans.push((at(name)?, at(value)?));
     }
     Some(Parsed {
-        method: at(method.as_bytes()),
-        target: at(req.path?.as_bytes()),
+        method: at(method.as_bytes())?,
+        target: at(req.path?.as_bytes())?,
         http11,
         keep_alive,
         fields: spans,
@@ -684,12 +688,11 @@ fn parse_response(head: &Bytes, method: &http::Method) -> Result<(ResponseHeader
     {
         resp.set_reason_phrase(Some(reason))?;
     }
-    let base = head.as_ptr() as usize;
     for h in parsed.headers.iter() {
         let name = http::HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| invalid("invalid upstream header name"))?;
-        let start = h.value.as_ptr() as usize - base;
-        let value = http::HeaderValue::from_maybe_shared(head.slice(start..start + h.value.len()))
+        let at = span(head, h.value).ok_or_else(|| invalid("upstream header value"))?;
+        let value = http::HeaderValue::from_maybe_shared(head.slice(at))
             .map_err(|_| invalid("invalid upstream header value"))?;
         resp.append_header(name, value)?;
     }
@@ -879,7 +882,19 @@ enum Decoder {
     Close,
 }
 
+/// Longest chunk-size or trailer line accepted from an upstream.
+const MAX_LINE: usize = 4096;
+
 impl Decoder {
+    /// What was decoded so far, waiting for the rest of a line; an error
+    /// when the line is longer than any an upstream should send.
+    fn waiting(buf: &BytesMut, out: BytesMut) -> Result<(Bytes, bool)> {
+        if buf.len() > MAX_LINE {
+            return Err(chunk_error());
+        }
+        Ok((out.freeze(), false))
+    }
+
     /// The body bytes that `buf` holds now (taken from it) and whether the
     /// body ended.
     fn take(&mut self, buf: &mut BytesMut) -> Result<(Bytes, bool)> {
@@ -896,7 +911,7 @@ impl Decoder {
                     match *state {
                         ChunkState::Size => {
                             let Some(line) = line_end(buf) else {
-                                return Ok((out.freeze(), false));
+                                return Self::waiting(buf, out);
                             };
                             let size = match httparse::parse_chunk_size(&buf[..line]) {
                                 Ok(httparse::Status::Complete((_, size))) => {
@@ -935,7 +950,7 @@ impl Decoder {
                         }
                         ChunkState::Trailers => {
                             let Some(line) = line_end(buf) else {
-                                return Ok((out.freeze(), false));
+                                return Self::waiting(buf, out);
                             };
                             let _ = buf.split_to(line);
                             if line <= 2 {
@@ -1037,5 +1052,207 @@ impl Downstream for DirectClient {
     async fn read_ahead(&mut self, _limit: usize) -> Result<Bytes, GatewayError> {
         // The direct path takes only requests without a body.
         Ok(Bytes::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_head_ends_at_its_blank_line_with_crlf_or_bare_lf() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nhost: a\r\n\r\nrest"), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nhost: a\n\nrest"), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nhost: a\r\n"), None);
+        assert_eq!(head_end(b""), None);
+    }
+
+    #[test]
+    fn only_plain_bodyless_requests_are_taken() {
+        let taken = |head: &str| parse_request(head.as_bytes()).is_some();
+        assert!(taken("GET /a HTTP/1.1\r\nhost: t\r\n\r\n"));
+        assert!(taken("GET /a HTTP/1.0\r\n\r\n"));
+        assert!(taken("DELETE /a HTTP/1.1\r\ncontent-length: 0\r\n\r\n"));
+        for refused in [
+            "POST /a HTTP/1.1\r\ncontent-length: 5\r\n\r\n",
+            "POST /a HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            "GET /a HTTP/1.1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+            "GET /a HTTP/1.1\r\nconnection: keep-alive, Upgrade\r\n\r\n",
+            "GET /a HTTP/1.1\r\nexpect: 100-continue\r\n\r\n",
+            "POST /a HTTP/1.1\r\ncontent-type: application/grpc+proto\r\n\r\n",
+            "CONNECT a:443 HTTP/1.1\r\n\r\n",
+            "GET /a HTTP/1.1\r\nbad header\r\n\r\n",
+            // Not the whole head (a pipelined rest is split off first).
+            "GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(!taken(refused), "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection_tokens() {
+        let keep = |head: &str| parse_request(head.as_bytes()).unwrap().keep_alive;
+        assert!(keep("GET / HTTP/1.1\r\n\r\n"));
+        assert!(!keep("GET / HTTP/1.1\r\nconnection: close\r\n\r\n"));
+        assert!(!keep("GET / HTTP/1.0\r\n\r\n"));
+        assert!(keep("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn the_request_keeps_its_fields_and_refuses_a_bad_authority() {
+        let head =
+            Bytes::from_static(b"GET /p?q=1 HTTP/1.1\r\nHost: t\r\nx-a: 1\r\nx-a: 2\r\n\r\n");
+        let req = build_request(&head, &parse_request(&head).unwrap()).unwrap();
+        assert_eq!(req.method, http::Method::GET);
+        assert_eq!(req.uri.path(), "/p");
+        assert_eq!(req.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(req.version, http::Version::HTTP_11);
+        let two_hosts = Bytes::from_static(b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n");
+        assert!(build_request(&two_hosts, &parse_request(&two_hosts).unwrap()).is_none());
+    }
+
+    fn framing_of(head: &str, method: http::Method) -> Result<(ResponseHeader, Framing, bool)> {
+        parse_response(&Bytes::from(head.to_owned()), &method)
+    }
+
+    #[test]
+    fn an_answer_is_framed_as_rfc_9112_says() {
+        let get = http::Method::GET;
+        let (_, f, keeps) =
+            framing_of("HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n", get.clone()).unwrap();
+        assert!(matches!(f, Framing::Length(12)) && keeps);
+        // Transfer-Encoding overrides Content-Length, which is dropped.
+        let (resp, f, _) = framing_of(
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+            get.clone(),
+        )
+        .unwrap();
+        assert!(matches!(f, Framing::Chunked));
+        assert!(!resp.headers.contains_key(header::CONTENT_LENGTH));
+        assert_eq!(resp.headers[header::TRANSFER_ENCODING], "chunked");
+        let (_, f, _) = framing_of(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+            get.clone(),
+        )
+        .unwrap();
+        assert!(matches!(f, Framing::Close));
+        let (_, f, _) = framing_of("HTTP/1.1 200 OK\r\n\r\n", get.clone()).unwrap();
+        assert!(matches!(f, Framing::Close));
+        for empty in [
+            "HTTP/1.1 204 No Content\r\n\r\n",
+            "HTTP/1.1 304 Not Modified\r\n\r\n",
+        ] {
+            let (_, f, _) = framing_of(empty, get.clone()).unwrap();
+            assert!(matches!(f, Framing::Empty), "{empty}");
+        }
+        let (_, f, _) = framing_of(
+            "HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n",
+            http::Method::HEAD,
+        )
+        .unwrap();
+        assert!(matches!(f, Framing::Empty));
+        // The upstream's connection fields are its own.
+        let (resp, _, keeps) = framing_of(
+            "HTTP/1.1 200 OK\r\nconnection: close, x-hop\r\nx-hop: 1\r\nkeep-alive: 5\r\ncontent-length: 0\r\n\r\n",
+            get.clone(),
+        )
+        .unwrap();
+        assert!(!keeps);
+        for gone in ["connection", "x-hop", "keep-alive"] {
+            assert!(!resp.headers.contains_key(gone), "{gone}");
+        }
+    }
+
+    #[test]
+    fn a_bad_answer_head_is_an_error_not_a_panic() {
+        let get = http::Method::GET;
+        for bad in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999999\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "NOT HTTP\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nbad\r\n\r\n",
+        ] {
+            assert!(framing_of(bad, get.clone()).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Feeds `wire` to a chunked decoder `step` bytes at a time.
+    fn decode(wire: &[u8], step: usize) -> Result<(Vec<u8>, bool)> {
+        let mut decoder = Decoder::Chunked(ChunkState::Size);
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        for piece in wire.chunks(step) {
+            buf.extend_from_slice(piece);
+            let (data, end) = decoder.take(&mut buf)?;
+            body.extend_from_slice(&data);
+            if end {
+                return Ok((body, true));
+            }
+        }
+        Ok((body, false))
+    }
+
+    #[test]
+    fn a_chunked_body_decodes_whatever_the_reads_split() {
+        let wire = b"5\r\nhello\r\n1;ext=1\r\n \r\n6\r\nworld!\r\n0\r\ntrailer: x\r\n\r\n";
+        for step in 1..=wire.len() {
+            let (body, end) = decode(wire, step).unwrap();
+            assert_eq!(body, b"hello world!", "step {step}");
+            assert!(end, "step {step}");
+        }
+        let (body, end) = decode(b"5\r\nhel", 64).unwrap();
+        assert_eq!((body.as_slice(), end), (&b"hel"[..], false));
+    }
+
+    #[test]
+    fn a_bad_chunked_body_is_an_error() {
+        assert!(decode(b"zz\r\n", 64).is_err());
+        assert!(decode(b"3\r\nabcX\r\n", 64).is_err());
+        let endless = vec![b'1'; MAX_LINE + 10];
+        assert!(decode(&endless, 64).is_err());
+    }
+
+    #[test]
+    fn a_length_body_ends_at_its_length() {
+        let mut decoder = Decoder::Length(5);
+        let mut buf = BytesMut::from(&b"hel"[..]);
+        assert_eq!(
+            decoder.take(&mut buf).unwrap(),
+            (Bytes::from_static(b"hel"), false)
+        );
+        buf.extend_from_slice(b"loNEXT");
+        assert_eq!(
+            decoder.take(&mut buf).unwrap(),
+            (Bytes::from_static(b"lo"), true)
+        );
+        assert_eq!(&buf[..], b"NEXT");
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_found_in_one_pass() {
+        let mut headers = http::HeaderMap::new();
+        assert!(hop_by_hop(&headers).is_empty());
+        headers.insert("x-keep", "1".parse().unwrap());
+        headers.insert("te", "trailers".parse().unwrap());
+        headers.insert("connection", "x-named, close".parse().unwrap());
+        let names: Vec<String> = hop_by_hop(&headers).iter().map(|n| n.to_string()).collect();
+        for name in ["te", "connection", "x-named", "close"] {
+            assert!(names.contains(&name.to_owned()), "{name} in {names:?}");
+        }
+        assert!(!names.contains(&"x-keep".to_owned()));
+    }
+
+    #[test]
+    fn a_span_outside_its_buffer_is_none() {
+        let whole = b"abcdef";
+        assert_eq!(span(whole, &whole[2..4]), Some(2..4));
+        assert_eq!(span(whole, &whole[6..]), Some(6..6));
+        let elsewhere = vec![b'z'; 2];
+        assert_eq!(span(whole, &elsewhere), None);
     }
 }
