@@ -193,6 +193,28 @@ async fn a_streamed_answer_is_relayed_chunk_by_chunk() {
     assert_eq!(weir.metric(SERVED).await.unwrap(), 1.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_answer_to_an_http_1_0_client_ends_with_the_connection() {
+    let up = Upstream::local("v1").await.unwrap();
+    let weir = Weir::start(weir_bin(), &direct_config(&up)).await.unwrap();
+    let mut conn = TcpStream::connect(weir.proxy).await.unwrap();
+    let req = format!(
+        "GET /v1/stream HTTP/1.0\r\n{}: hi\r\n\r\n",
+        weir_test_support::upstream::SSE_HEADER
+    );
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    conn.read_to_end(&mut all).await.unwrap();
+    let text = String::from_utf8_lossy(&all);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(body.starts_with("data: "), "not chunk-framed: {body:?}");
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body:?}");
+    assert_eq!(weir.metric(SERVED).await.unwrap(), 1.0);
+}
+
 #[test]
 fn an_unknown_engine_is_refused() {
     let config = format!(

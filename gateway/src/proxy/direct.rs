@@ -281,7 +281,15 @@ impl Direct {
                     keep = false;
                 }
             }
-            let chunked_out = chunked_out || resp.headers.contains_key(header::TRANSFER_ENCODING);
+            let mut chunked_out =
+                chunked_out || resp.headers.contains_key(header::TRANSFER_ENCODING);
+            let mut length_out = length_out;
+            if chunked_out && client.req.version == http::Version::HTTP_10 {
+                // HTTP/1.0 has no chunked coding: the body is delimited by
+                // the close (RFC 9112 §6.1).
+                resp.remove_header(&header::TRANSFER_ENCODING);
+                (chunked_out, length_out, keep) = (false, false, false);
+            }
             if !keep {
                 resp.insert_header(header::CONNECTION, "close")?;
             } else if client.req.version == http::Version::HTTP_10 {
