@@ -268,33 +268,8 @@ impl Direct {
             } else {
                 framing
             };
-            let chunked_out = resp
-                .headers
-                .get(header::TRANSFER_ENCODING)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
-            let length_out = !chunked_out && resp.headers.contains_key(header::CONTENT_LENGTH);
-            let mut keep = keep;
-            if matches!(framing, Framing::Close) && !chunked_out {
-                if client.req.version == http::Version::HTTP_11 {
-                    resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
-                } else {
-                    keep = false;
-                }
-            }
-            let mut chunked_out =
-                chunked_out || resp.headers.contains_key(header::TRANSFER_ENCODING);
-            let mut length_out = length_out;
-            if chunked_out && client.req.version == http::Version::HTTP_10 {
-                // HTTP/1.0 has no chunked coding: the body is delimited by
-                // the close (RFC 9112 §6.1).
-                resp.remove_header(&header::TRANSFER_ENCODING);
-                (chunked_out, length_out, keep) = (false, false, false);
-            }
-            if !keep {
-                resp.insert_header(header::CONNECTION, "close")?;
-            } else if client.req.version == http::Version::HTTP_10 {
-                resp.insert_header(header::CONNECTION, "keep-alive")?;
-            }
+            let http11 = client.req.version == http::Version::HTTP_11;
+            let (chunked, keep) = client_framing(&mut resp, framing, http11, keep)?;
             let mut out = Vec::with_capacity(512);
             write_response_head(&resp, &mut out);
             client.answered = Some(resp.status.as_u16());
@@ -302,7 +277,7 @@ impl Direct {
             let mut writer = BodyWriter {
                 stream,
                 out,
-                chunked: chunked_out && !matches!(framing, Framing::Empty),
+                chunked: chunked && !matches!(framing, Framing::Empty),
                 sent: 0,
             };
             let whole = relay_body(
@@ -320,9 +295,43 @@ impl Direct {
                 self.connector
                     .release_stream(conn, peer.reuse_hash(), peer.idle_timeout());
             }
-            return Ok(keep && (chunked_out || length_out || matches!(framing, Framing::Empty)));
+            return Ok(keep);
         }
     }
+}
+
+/// How the answer goes to the client, its fields set to match: whether
+/// its body is chunk-framed here, and whether the client connection is
+/// kept after it. An answer with neither a length nor a chunked coding
+/// (read until the upstream closes) is chunk-framed for an HTTP/1.1
+/// client; HTTP/1.0 has no chunked coding (RFC 9112 §6.1), so such an
+/// answer, or a chunked one, ends with the connection there.
+fn client_framing(
+    resp: &mut ResponseHeader,
+    framing: Framing,
+    http11: bool,
+    mut keep: bool,
+) -> Result<(bool, bool)> {
+    // The only transfer coding left on the answer is `chunked`: the
+    // upstream's are removed with the hop-by-hop fields, and only that one
+    // is set again (by `parse_response` or the answer filters).
+    let mut chunked = resp.headers.contains_key(header::TRANSFER_ENCODING);
+    let delimited = chunked
+        || matches!(framing, Framing::Empty)
+        || resp.headers.contains_key(header::CONTENT_LENGTH);
+    if http11 && !delimited {
+        resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+        chunked = true;
+    } else if !http11 && (chunked || !delimited) {
+        resp.remove_header(&header::TRANSFER_ENCODING);
+        (chunked, keep) = (false, false);
+    }
+    if !keep {
+        resp.insert_header(header::CONNECTION, "close")?;
+    } else if !http11 {
+        resp.insert_header(header::CONNECTION, "keep-alive")?;
+    }
+    Ok((chunked, keep))
 }
 
 /// Awaits `work` (the upstream's part) while watching the client: a

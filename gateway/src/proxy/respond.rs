@@ -25,6 +25,17 @@ pub(super) enum Answer {
     },
 }
 
+impl Answer {
+    /// The status the answer is recorded with (200 for a gRPC status,
+    /// which travels in the header block).
+    pub(super) fn status(&self) -> u16 {
+        match self {
+            Answer::Grpc(_) => 200,
+            Answer::Full { header, .. } => header.status.as_u16(),
+        }
+    }
+}
+
 /// The answer for a gateway-made error: a gRPC status for a gRPC call
 /// (`h1`: the client speaks HTTP/1.x), else OpenAI-shaped JSON after which
 /// the connection closes.
@@ -94,14 +105,16 @@ pub(super) async fn answer_error(
     err: GatewayError,
 ) -> u16 {
     let h1 = session.req_header().version < http::Version::HTTP_2;
-    let status = if ctx.grpc { 200 } else { err.status() };
     let answer = error_answer(ctx, &err, h1);
     ctx.error = Some(err);
     let written = match answer {
-        Ok(answer) => write(session, answer).await,
+        Ok(answer) => {
+            let status = answer.status();
+            write(session, answer).await.map(|()| status)
+        }
         Err(e) => Err(e),
     };
-    written.map(|()| status).unwrap_or_else(|e| {
+    written.unwrap_or_else(|e| {
         tracing::debug!(error = %e, "could not write the error response");
         0
     })
