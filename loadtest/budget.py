@@ -51,10 +51,11 @@ heads turned into the `pingora_http` header maps weir's hooks work on
 (the floor of an engine that keeps those types). All use weir's
 allocator and one thread.
 
-`--direct` adds the same weir binary with `WEIR_HTTP1_ENGINE=direct`
-(`weir-direct`: HTTP/1.x requests through the gateway's direct path,
-`[server] http1_engine`) to every round. For its instruction count, run
-`--callgrind` with `WEIR_HTTP1_ENGINE=direct` in the environment.
+`--pingora` adds the same weir binary with `WEIR_HTTP1_ENGINE=pingora`
+(`weir-pingora`: every HTTP/1.x request through Pingora's proxy instead of
+the gateway's direct path, `[server] http1_engine`) to every round. For
+its instruction count, run `--callgrind` with `WEIR_HTTP1_ENGINE=pingora`
+in the environment.
 
 `--sandbox-off` adds the same weir binary started with `--sandbox off`
 (`weir-nosandbox`) to every round: what the sandbox (the seccomp filter on
@@ -292,8 +293,8 @@ def main() -> int:
     ap.add_argument("--floors", action="store_true",
                     help="also measure the floor_pingora and floor_tokio examples "
                     "(floor-pingora, floor-tokio, floor-tokio-maps)")
-    ap.add_argument("--direct", action="store_true",
-                    help="also measure the same weir with WEIR_HTTP1_ENGINE=direct (weir-direct)")
+    ap.add_argument("--pingora", action="store_true",
+                    help="also measure the same weir with WEIR_HTTP1_ENGINE=pingora (weir-pingora)")
     ap.add_argument("--sandbox-off", action="store_true",
                     help="also measure the same weir with --sandbox off (weir-nosandbox)")
     ap.add_argument("--thp-on", action="store_true",
@@ -331,9 +332,9 @@ def main() -> int:
             for name, extra in (("floor_pingora", ()), ("floor_tokio", ()), ("floor_tokio", ("--header-maps",))):
                 url, pid = start_floor(stack, weir.parent / "examples" / name, ports, extra)
                 proxies.append((name.replace("_", "-") + ("-maps" if extra else ""), url, pid))
-        if args.direct:
-            url = run.start_weir(stack, weir, ports, name="weir-direct", env={"WEIR_HTTP1_ENGINE": "direct"})
-            proxies.append(("weir-direct", url, stack.procs["weir-direct"].pid))
+        if args.pingora:
+            url = run.start_weir(stack, weir, ports, name="weir-pingora", env={"WEIR_HTTP1_ENGINE": "pingora"})
+            proxies.append(("weir-pingora", url, stack.procs["weir-pingora"].pid))
         if args.sandbox_off:
             url = run.start_weir(stack, weir, ports, extra=("--sandbox", "off"), name="weir-nosandbox")
             proxies.append(("weir-nosandbox", url, stack.procs["weir-nosandbox"].pid))

@@ -182,10 +182,11 @@ pub struct ServerConfig {
     #[serde(default)]
     pub log_format: LogFormat,
     /// Which HTTP/1.x path serves plaintext and TLS HTTP/1.x clients:
-    /// `pingora` (the default) or `direct`, the gateway's own loop for
-    /// simple requests (no body, no upgrade, every pool HTTP/1), which
-    /// hands anything else to Pingora on the same connection. The
-    /// environment variable `WEIR_HTTP1_ENGINE` overrides it.
+    /// `direct` (the default), the gateway's own loop for plain requests
+    /// (no body or a `Content-Length` one up to 1 MiB, no upgrade, every
+    /// pool HTTP/1), which hands anything else to Pingora on the same
+    /// connection, or `pingora` for every request. The environment
+    /// variable `WEIR_HTTP1_ENGINE` overrides it.
     #[serde(default, skip_serializing_if = "Http1Engine::is_default")]
     pub http1_engine: Http1Engine,
     /// Send `X-Forwarded-For` and `X-Forwarded-Proto` upstream (default
@@ -278,9 +279,9 @@ pub enum LogFormat {
 #[serde(rename_all = "lowercase")]
 pub enum Http1Engine {
     /// Pingora's HTTP/1 proxy, for every request.
-    #[default]
     Pingora,
-    /// The gateway's direct path for simple requests, Pingora for the rest.
+    /// The gateway's direct path for plain requests, Pingora for the rest.
+    #[default]
     Direct,
 }
 
@@ -370,7 +371,7 @@ impl Default for ServerConfig {
             grace_period_seconds: default_grace(),
             access_log: true,
             log_format: LogFormat::Text,
-            http1_engine: Http1Engine::Pingora,
+            http1_engine: Http1Engine::Direct,
             forwarded_headers: true,
             trusted_proxies: Vec::new(),
             admin_token_sha256: None,

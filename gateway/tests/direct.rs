@@ -1,9 +1,11 @@
-//! `[server] http1_engine = "direct"`: simple HTTP/1.x requests are served
-//! by the gateway's own loop (`weir_http1_direct_total{outcome="served"}`),
-//! and a connection whose next request the loop does not take (a body
-//! here) goes on under Pingora, answered the same. The rest of the suite
-//! also runs under the direct path in `scripts/test` (`WEIR_HTTP1_ENGINE`).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! `[server] http1_engine = "direct"` (the default): plain HTTP/1.x
+//! requests are served by the gateway's own loop
+//! (`weir_http1_direct_total{outcome="served"}`), and a connection whose
+//! next request the loop does not take (a chunked body here) goes on under
+//! Pingora, answered the same. These tests pin the direct path; the rest of
+//! the suite runs under both (`scripts/test` runs it again with
+//! `WEIR_HTTP1_ENGINE=pingora`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -14,6 +16,17 @@ use weir_test_support::{Upstream, Weir};
 
 const SERVED: &str = "weir_http1_direct_total{outcome=\"served\"}";
 const HANDED_OVER: &str = "weir_http1_direct_total{outcome=\"handed_over\"}";
+
+/// weir on the direct path, whatever `WEIR_HTTP1_ENGINE` the suite runs
+/// under.
+async fn start_direct(up: &Upstream) -> anyhow::Result<Weir> {
+    Weir::start_with_env(
+        weir_bin(),
+        &direct_config(up),
+        &[("WEIR_HTTP1_ENGINE", "direct")],
+    )
+    .await
+}
 
 fn direct_config(up: &Upstream) -> String {
     common::config(&[("v1", up, 1)], "").replacen(
@@ -75,9 +88,9 @@ fn json(body: &[u8]) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn simple_requests_take_the_direct_path_and_a_body_goes_on_under_pingora() {
+async fn simple_requests_take_the_direct_path_and_a_chunked_body_goes_on_under_pingora() {
     let up = Upstream::local("v1").await.unwrap();
-    let weir = Weir::start(weir_bin(), &direct_config(&up)).await.unwrap();
+    let weir = start_direct(&up).await.unwrap();
     let mut conn = TcpStream::connect(weir.proxy).await.unwrap();
     let mut buf = Vec::new();
 
@@ -96,8 +109,8 @@ async fn simple_requests_take_the_direct_path_and_a_body_goes_on_under_pingora()
     assert_eq!(weir.metric(SERVED).await.unwrap(), 1.0);
     assert_eq!(weir.metric(HANDED_OVER).await.unwrap(), 0.0);
 
-    // A request with a body: Pingora serves it, on the same connection.
-    conn.write_all(b"POST /v1/x HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\n\r\nhello")
+    // A chunked body: Pingora serves it, on the same connection.
+    conn.write_all(b"POST /v1/x HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
         .await
         .unwrap();
     let (status, fields, body) = answer(&mut conn, &mut buf).await;
@@ -120,7 +133,7 @@ async fn simple_requests_take_the_direct_path_and_a_body_goes_on_under_pingora()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order_on_one_connection() {
     let up = Upstream::local("v1").await.unwrap();
-    let weir = Weir::start(weir_bin(), &direct_config(&up)).await.unwrap();
+    let weir = start_direct(&up).await.unwrap();
     let mut conn = TcpStream::connect(weir.proxy).await.unwrap();
     conn.write_all(b"GET /a HTTP/1.1\r\nhost: t\r\n\r\nGET /b HTTP/1.1\r\nhost: t\r\n\r\nHEAD /c HTTP/1.1\r\nhost: t\r\n\r\n")
         .await
@@ -149,7 +162,7 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_1_0_client_is_answered_and_its_connection_closed() {
     let up = Upstream::local("v1").await.unwrap();
-    let weir = Weir::start(weir_bin(), &direct_config(&up)).await.unwrap();
+    let weir = start_direct(&up).await.unwrap();
     let mut conn = TcpStream::connect(weir.proxy).await.unwrap();
     conn.write_all(b"GET /old HTTP/1.0\r\n\r\n").await.unwrap();
     let mut all = Vec::new();
@@ -167,7 +180,7 @@ async fn an_http_1_0_client_is_answered_and_its_connection_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_answer_is_relayed_chunk_by_chunk() {
     let up = Upstream::local("v1").await.unwrap();
-    let weir = Weir::start(weir_bin(), &direct_config(&up)).await.unwrap();
+    let weir = start_direct(&up).await.unwrap();
     let resp = reqwest::Client::new()
         .get(format!("http://{}/v1/stream", weir.proxy))
         .header(weir_test_support::upstream::SSE_HEADER, "hello there")
@@ -196,7 +209,7 @@ async fn a_streamed_answer_is_relayed_chunk_by_chunk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_answer_to_an_http_1_0_client_ends_with_the_connection() {
     let up = Upstream::local("v1").await.unwrap();
-    let weir = Weir::start(weir_bin(), &direct_config(&up)).await.unwrap();
+    let weir = start_direct(&up).await.unwrap();
     let mut conn = TcpStream::connect(weir.proxy).await.unwrap();
     let req = format!(
         "GET /v1/stream HTTP/1.0\r\n{}: hi\r\n\r\n",
@@ -224,4 +237,61 @@ fn an_unknown_engine_is_refused() {
          [[routes]]\nname = \"r\"\nprefix = \"/\"\narms = [{ name = \"a\", pool = \"p\", weight = 1 }]\n",
     );
     common::assert_check_refuses(&config, &["http1_engine"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_length_body_is_read_whole_and_relayed_on_the_direct_path() {
+    let up = Upstream::local("v1").await.unwrap();
+    let weir = start_direct(&up).await.unwrap();
+    let mut conn = TcpStream::connect(weir.proxy).await.unwrap();
+    let echo = weir_test_support::upstream::ECHO_HEADER;
+    // The head, then the body in two later writes.
+    let head = format!("POST /v1/x HTTP/1.1\r\nhost: t\r\n{echo}: 1\r\ncontent-length: 11\r\n\r\n");
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(b"hello").await.unwrap();
+    conn.write_all(b" world").await.unwrap();
+    let mut buf = Vec::new();
+    let (status, _, body) = answer(&mut conn, &mut buf).await;
+    assert_eq!(status, 200);
+    let seen = json(&body);
+    assert_eq!(seen["body"], "hello world");
+    assert_eq!(seen["content_length"], "11");
+
+    // Pipelined: a body, then a request without one, in one write; the
+    // body's end is where the next request begins.
+    let two = format!(
+        "PUT /v1/y HTTP/1.1\r\nhost: t\r\n{echo}: 1\r\ncontent-length: 3\r\n\r\nabcGET /v1/z HTTP/1.1\r\nhost: t\r\n\r\n"
+    );
+    conn.write_all(two.as_bytes()).await.unwrap();
+    let (_, _, first) = answer(&mut conn, &mut buf).await;
+    let (_, _, second) = answer(&mut conn, &mut buf).await;
+    assert_eq!(json(&first)["body"], "abc");
+    assert_eq!(json(&first)["method"], "PUT");
+    assert_eq!(json(&second)["path"], "/v1/z");
+    assert_eq!(json(&second)["body_bytes"], 0);
+    assert_eq!(weir.metric(SERVED).await.unwrap(), 3.0);
+    assert_eq!(weir.metric(HANDED_OVER).await.unwrap(), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_a_quiet_stream_stops_it_at_once() {
+    let up = Upstream::local("v1").await.unwrap();
+    let weir = start_direct(&up).await.unwrap();
+    let mut conn = TcpStream::connect(weir.proxy).await.unwrap();
+    // The upstream waits a minute before its first event.
+    let req = format!(
+        "GET /v1/stream HTTP/1.1\r\nhost: t\r\n{}: hi\r\n{}: 60000\r\n\r\n",
+        weir_test_support::upstream::SSE_HEADER,
+        weir_test_support::upstream::SSE_GAP_HEADER,
+    );
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let wait = std::time::Duration::from_secs(10);
+    weir_test_support::eventually(wait, || async { (up.received() == 1).then_some(()) })
+        .await
+        .unwrap();
+    drop(conn);
+    // The upstream's stream is dropped well before its first event.
+    weir_test_support::eventually(wait, || async { (up.streams() == (0, 1)).then_some(()) })
+        .await
+        .unwrap_or_else(|e| panic!("{e}: streams {:?}\n{}", up.streams(), weir.log()));
 }

@@ -191,7 +191,13 @@ async fn request_bodies_are_masked_or_blocked_in_english_and_chinese() {
     assert_eq!(sent["messages"][1]["content"], "my ****** is **, ok");
     assert_eq!(sent["messages"][0]["content"], "be nice");
     assert_eq!(sent["model"], "m");
-    assert_eq!(echoed["transfer_encoding"], "chunked");
+    // Framed for its new length: chunked under Pingora (the head goes
+    // before the body is filtered), its length on the direct path.
+    let length = echoed["body"].as_str().unwrap().len().to_string();
+    assert!(
+        echoed["transfer_encoding"] == "chunked" || echoed["content_length"] == length.as_str(),
+        "{echoed}"
+    );
     assert_eq!(
         s.weir
             .metric("weir_filter_matches_total{category=\"abuse\",direction=\"request\",filter=\"words\"}")

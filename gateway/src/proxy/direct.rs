@@ -4,11 +4,16 @@
 //! filters, the end-of-request record), without Pingora's per-request
 //! sessions, tasks and timers.
 //!
-//! It takes the simple and common case and hands everything else to
-//! Pingora, on the same connection, at a request boundary: a request with
-//! a body, an upgrade, `Expect`, a gRPC call, a head httparse does not
-//! accept as it is, or a runtime with a pool that is not HTTP/1. Pingora
-//! then serves the rest of that connection.
+//! It takes the common case, requests with no body or a `Content-Length`
+//! body of at most [`MAX_BODY`], and hands everything else to Pingora, on
+//! the same connection, at a request boundary: a chunked or larger body,
+//! an upgrade, `Expect`, a gRPC call, a head httparse does not accept as
+//! it is, or a runtime with a pool that is not HTTP/1. Pingora then serves
+//! the rest of that connection.
+//!
+//! A body is read after admission (a refused request costs no body read),
+//! whole, once, and kept: the route's request filters see it whole and a
+//! retry sends it again.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +43,9 @@ const MAX_HEADERS: usize = 256;
 const MAX_HEAD: usize = 64 * 1024;
 /// How much an upstream body read asks for at once.
 const BODY_READ: usize = 16 * 1024;
+/// Largest request body (by its `Content-Length`) the direct path takes;
+/// Pingora streams larger ones.
+const MAX_BODY: usize = 1024 * 1024;
 
 /// The direct path of one listener: the gateway's state and a pool of
 /// upstream connections.
@@ -126,14 +134,19 @@ impl Direct {
             };
             let keep = parsed.keep_alive && !closing();
             let mut client = DirectClient {
+                stream: &mut stream,
+                pending: &mut buf,
+                read_wait: header,
                 req,
                 peer,
                 tls,
+                body_len: parsed.body_len,
+                body: None,
                 answered: None,
                 sent: 0,
             };
             self.served.inc();
-            let reusable = self.request(&mut stream, &mut buf, &mut client, keep).await;
+            let reusable = self.request(&mut client, keep).await;
             if !(keep && reusable) {
                 let _ = stream.shutdown().await;
                 return Served::Closed;
@@ -143,32 +156,29 @@ impl Direct {
 
     /// One request, from admission to the end-of-request record; whether
     /// the client connection may serve another.
-    async fn request(
-        &self,
-        stream: &mut Stream,
-        pending: &mut BytesMut,
-        client: &mut DirectClient,
-        keep: bool,
-    ) -> bool {
+    async fn request(&self, client: &mut DirectClient<'_>, keep: bool) -> bool {
         let shared = &self.shared;
         let mut ctx = GatewayCtx::new();
         let (reusable, e) = match request::admit(shared, client, &mut ctx).await {
-            Ok(None) => match self.proxy(stream, pending, client, &mut ctx, keep).await {
+            Ok(None) => match self.proxy(client, &mut ctx, keep).await {
                 Ok(reusable) => (reusable, None),
                 Err(e) => {
-                    self.failed(stream, client, &mut ctx, &e).await;
+                    self.failed(client, &mut ctx, &e).await;
                     (false, Some(e))
                 }
             },
             Ok(Some(body)) => {
+                // A body the answer did not need is still on the wire: the
+                // connection ends with this answer.
+                let keep = keep && client.body_read();
                 let answer = respond::json_answer(&ctx, 200, body);
-                (write_answer(stream, client, answer, keep).await, None)
+                (write_answer(client, answer, keep).await, None)
             }
             Err(err) => {
                 let answer = respond::error_answer(&ctx, &err, true);
                 ctx.error = Some(err);
                 // An error answer closes the connection (as Pingora's).
-                write_answer(stream, client, answer, false).await;
+                write_answer(client, answer, false).await;
                 (false, None)
             }
         };
@@ -188,13 +198,7 @@ impl Direct {
     /// After a failed proxy attempt: the recorded gateway error, else one
     /// made from the failure, unless an answer has begun or the client is
     /// gone (as the Pingora hook `fail_to_proxy`).
-    async fn failed(
-        &self,
-        stream: &mut Stream,
-        client: &mut DirectClient,
-        ctx: &mut GatewayCtx,
-        e: &Error,
-    ) {
+    async fn failed(&self, client: &mut DirectClient<'_>, ctx: &mut GatewayCtx, e: &Error) {
         let err = ctx
             .error
             .take()
@@ -202,25 +206,36 @@ impl Direct {
         let gone = matches!(err, GatewayError::ClientClosed(_));
         if !gone && client.answered.is_none() {
             let answer = respond::error_answer(ctx, &err, true);
-            write_answer(stream, client, answer, false).await;
+            write_answer(client, answer, false).await;
         }
         ctx.error = Some(err);
     }
 
-    /// Proxies the admitted request: peer, connection, upstream request,
-    /// answer; retried as the route and Pingora's policy say. Whether the
-    /// client connection stays usable.
+    /// Proxies the admitted request: peer, body, connection, upstream
+    /// request, answer; retried as the route and Pingora's policy say.
+    /// Whether the client connection stays usable.
     async fn proxy(
         &self,
-        stream: &mut Stream,
-        pending: &mut BytesMut,
-        client: &mut DirectClient,
+        client: &mut DirectClient<'_>,
         ctx: &mut GatewayCtx,
         keep: bool,
     ) -> Result<bool> {
         let shared = &self.shared;
+        let raw = client.body().await?;
+        // Whether the route's filters (or usage, or a rename) take the body
+        // whole: they run again for each attempt, since a fallback arm may
+        // rename it otherwise. Their result's length is known before the
+        // head goes, so it is sent with a `Content-Length`.
+        let buffered = ctx.body.req.is_some();
         loop {
             let peer = upstream::choose_peer(shared, ctx).map_err(|e| respond::refuse(ctx, e))?;
+            if buffered {
+                ctx.body.req = Some(BytesMut::new());
+            }
+            ctx.body.seen = 0;
+            let mut body = (!raw.is_empty()).then(|| raw.clone());
+            body::request_body(ctx, &mut body, true).map_err(|e| respond::refuse(ctx, e))?;
+            let body = body.unwrap_or_default();
             let (mut conn, reused) = match self.connector.get_stream(&*peer).await {
                 Ok(got) => got,
                 Err(e) => {
@@ -237,7 +252,11 @@ impl Direct {
             }
             up.set_version(http::Version::HTTP_11);
             super::upstream_request_headers(shared, &*client, &mut up, ctx)?;
-            let exchange = watching(stream, pending, exchange(&mut conn, &peer, &up)).await?;
+            if buffered {
+                up.insert_header(header::CONTENT_LENGTH, body.len())?;
+            }
+            let sent = exchange(&mut conn, &peer, &up, &body);
+            let exchange = watching(client.stream, client.pending, sent).await?;
             let Answered {
                 mut resp,
                 framing,
@@ -275,7 +294,7 @@ impl Direct {
             client.answered = Some(resp.status.as_u16());
             let read_timeout = peer.options.read_timeout;
             let mut writer = BodyWriter {
-                stream,
+                stream: client.stream,
                 out,
                 chunked: chunked && !matches!(framing, Framing::Empty),
                 sent: 0,
@@ -287,6 +306,7 @@ impl Direct {
                 read_timeout,
                 ctx,
                 &mut writer,
+                client.pending,
             )
             .await;
             client.sent += writer.sent;
@@ -337,16 +357,17 @@ fn client_framing(
 /// Awaits `work` (the upstream's part) while watching the client: a
 /// client that closes or fails before it ends stops the request (as
 /// Pingora's `abort_on_close`: counted as 499); bytes it sends meanwhile
-/// (its next request, pipelined) are kept in `pending`. The watch costs no
-/// system call while the client is quiet (its socket was read short, so
-/// Tokio knows it is not readable).
+/// (its next request, pipelined) are kept in `pending`, and end the watch,
+/// which does not begin while `pending` holds any (it is not to grow
+/// without bound). The watch costs no system call while the client is
+/// quiet (its socket was read short, so Tokio knows it is not readable).
 async fn watching<T>(
     stream: &mut Stream,
     pending: &mut BytesMut,
     work: impl std::future::Future<Output = T>,
 ) -> Result<T> {
     let mut work = std::pin::pin!(work);
-    let mut watch = true;
+    let mut watch = pending.is_empty();
     loop {
         if pending.capacity() - pending.len() < 1024 {
             pending.reserve(4096);
@@ -366,8 +387,7 @@ async fn watching<T>(
                     return Err(Error::because(ErrorType::ReadError, "reading from the client", e)
                         .into_down());
                 }
-                // The next request, early: kept; no more watching (the
-                // buffer is not to grow without bound).
+                // The next request, early: kept; no more watching.
                 Ok(_) => watch = false,
             },
         }
@@ -393,6 +413,8 @@ struct Parsed {
     target: std::ops::Range<usize>,
     http11: bool,
     keep_alive: bool,
+    /// The body's `Content-Length` (0 without one).
+    body_len: usize,
     fields: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
 }
 
@@ -464,8 +486,9 @@ fn span(whole: &[u8], piece: &[u8]) -> Option<std::ops::Range<usize>> {
     (end <= whole.len()).then_some(start..end)
 }
 
-/// Parses a request head the direct path takes: HTTP/1.0 or 1.1, no body,
-/// no upgrade or `Expect`, not gRPC, not `CONNECT`.
+/// Parses a request head the direct path takes: HTTP/1.0 or 1.1, no body
+/// or one `Content-Length` of at most [`MAX_BODY`], no upgrade or
+/// `Expect`, not gRPC, not `CONNECT`.
 fn parse_request(head: &[u8]) -> Option<Parsed> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
@@ -480,6 +503,7 @@ fn parse_request(head: &[u8]) -> Option<Parsed> {
     }
     let http11 = req.version? == 1;
     let mut keep_alive = http11;
+    let mut body_len = None;
     let mut spans = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
@@ -488,8 +512,16 @@ fn parse_request(head: &[u8]) -> Option<Parsed> {
         if is("transfer-encoding") || is("upgrade") || is("expect") {
             return None;
         }
-        if is("content-length") && value != b"0" {
-            return None;
+        if is("content-length") {
+            let n = std::str::from_utf8(value)
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<usize>().ok())
+                .filter(|n| *n <= MAX_BODY)?;
+            // Two lengths, even equal ones, are Pingora's to judge.
+            if body_len.replace(n).is_some() {
+                return None;
+            }
         }
         if is("content-type")
             && value.len() >= 16
@@ -516,6 +548,7 @@ fn parse_request(head: &[u8]) -> Option<Parsed> {
         target: at(req.path?.as_bytes())?,
         http11,
         keep_alive,
+        body_len: body_len.unwrap_or(0),
         fields: spans,
     })
 }
@@ -585,15 +618,22 @@ struct Answered {
     rest: BytesMut,
 }
 
-/// Writes the request to the upstream and reads the answer's head.
-async fn exchange(conn: &mut Stream, peer: &HttpPeer, req: &RequestHeader) -> Result<Answered> {
-    let mut out = Vec::with_capacity(512);
+/// Writes the request (its head, then `body`) to the upstream and reads
+/// the answer's head.
+async fn exchange(
+    conn: &mut Stream,
+    peer: &HttpPeer,
+    req: &RequestHeader,
+    body: &[u8],
+) -> Result<Answered> {
+    let mut out = Vec::with_capacity(512 + body.len());
     out.extend_from_slice(req.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(req.raw_path());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     req.header_to_h1_wire(&mut out);
     out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
     let write = async {
         conn.write_all(&out).await?;
         conn.flush().await
@@ -833,6 +873,7 @@ async fn relay_body(
     read_timeout: Option<Duration>,
     ctx: &mut GatewayCtx,
     writer: &mut BodyWriter<'_>,
+    pending: &mut BytesMut,
 ) -> Result<bool> {
     let mut decoder = match framing {
         Framing::Empty => {
@@ -860,8 +901,11 @@ async fn relay_body(
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(BODY_READ);
         }
-        let n = with_timeout(read_timeout, conn.read_buf(buf), ErrorType::ReadTimedout)
-            .await
+        // A client that leaves while the upstream is quiet (a long
+        // stream) stops the request at once, not at the next write.
+        let read = with_timeout(read_timeout, conn.read_buf(buf), ErrorType::ReadTimedout);
+        let n = watching(writer.stream, pending, read)
+            .await?
             .map_err(|e| e.into_up())?;
         if n == 0 {
             if let Decoder::Close = decoder {
@@ -990,12 +1034,7 @@ fn chunk_error() -> Box<Error> {
 }
 
 /// Writes a gateway-made answer; whether the connection stays usable.
-async fn write_answer(
-    stream: &mut Stream,
-    client: &mut DirectClient,
-    answer: Result<Answer>,
-    keep: bool,
-) -> bool {
+async fn write_answer(client: &mut DirectClient<'_>, answer: Result<Answer>, keep: bool) -> bool {
     let Ok(Answer::Full {
         header: mut resp,
         body,
@@ -1013,24 +1052,67 @@ async fn write_answer(
     out.extend_from_slice(&body);
     client.answered = Some(resp.status.as_u16());
     let written = async {
-        stream.write_all(&out).await?;
-        stream.flush().await
+        client.stream.write_all(&out).await?;
+        client.stream.flush().await
     }
     .await;
     client.sent += body.len();
     written.is_ok() && keep
 }
 
-/// The client side of a request on the direct path.
-struct DirectClient {
+/// The client side of a request on the direct path: the connection,
+/// the bytes read past the head, and the request.
+struct DirectClient<'a> {
+    stream: &'a mut Stream,
+    pending: &'a mut BytesMut,
+    /// How long one read of the body may wait (as Pingora's read timeout).
+    read_wait: Duration,
     req: RequestHeader,
     peer: Option<SocketAddr>,
     tls: bool,
+    /// The body's `Content-Length`.
+    body_len: usize,
+    /// The body, once read.
+    body: Option<Bytes>,
     answered: Option<u16>,
     sent: usize,
 }
 
-impl Client for DirectClient {
+impl DirectClient<'_> {
+    /// Whether the request's body is off the wire (read, or none).
+    fn body_read(&self) -> bool {
+        self.body_len == 0 || self.body.is_some()
+    }
+
+    /// The whole body, read once (what came with the head first).
+    async fn body(&mut self) -> Result<Bytes> {
+        if let Some(body) = &self.body {
+            return Ok(body.clone());
+        }
+        while self.pending.len() < self.body_len {
+            if self.pending.capacity() - self.pending.len() < 1024 {
+                self.pending
+                    .reserve((self.body_len - self.pending.len()).clamp(4096, BODY_READ));
+            }
+            let read = deadline(self.read_wait, self.stream.read_buf(self.pending)).await;
+            let failed = match read {
+                Ok(Ok(0)) => Error::explain(
+                    ErrorType::ConnectionClosed,
+                    "the client closed within the request body",
+                ),
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => Error::because(ErrorType::ReadError, "reading the request body", e),
+                Err(_) => Error::explain(ErrorType::ReadTimedout, "reading the request body"),
+            };
+            return Err(failed.into_down());
+        }
+        let body = self.pending.split_to(self.body_len).freeze();
+        self.body = Some(body.clone());
+        Ok(body)
+    }
+}
+
+impl Client for DirectClient<'_> {
     fn request(&self) -> &RequestHeader {
         &self.req
     }
@@ -1048,7 +1130,7 @@ impl Client for DirectClient {
     }
 
     fn bytes_read(&self) -> usize {
-        0
+        self.body.as_ref().map_or(0, Bytes::len)
     }
 
     fn bytes_sent(&self) -> usize {
@@ -1056,19 +1138,23 @@ impl Client for DirectClient {
     }
 
     fn replayable(&self) -> bool {
-        // No body: what matters is the method.
+        // The body, if any, is held whole: what matters is the method.
         self.req.method.is_idempotent()
     }
 }
 
-impl Downstream for DirectClient {
+impl Downstream for DirectClient<'_> {
     fn request_mut(&mut self) -> &mut RequestHeader {
         &mut self.req
     }
 
-    async fn read_ahead(&mut self, _limit: usize) -> Result<Bytes, GatewayError> {
-        // The direct path takes only requests without a body.
-        Ok(Bytes::new())
+    async fn read_ahead(&mut self, limit: usize) -> Result<Bytes, GatewayError> {
+        if self.body_len > limit {
+            return Err(GatewayError::BodyTooLarge { limit });
+        }
+        self.body()
+            .await
+            .map_err(|e| GatewayError::from_proxy_error(&e))
     }
 }
 
@@ -1087,13 +1173,23 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_bodyless_requests_are_taken() {
+    fn only_plain_requests_with_a_small_length_body_are_taken() {
         let taken = |head: &str| parse_request(head.as_bytes()).is_some();
         assert!(taken("GET /a HTTP/1.1\r\nhost: t\r\n\r\n"));
         assert!(taken("GET /a HTTP/1.0\r\n\r\n"));
         assert!(taken("DELETE /a HTTP/1.1\r\ncontent-length: 0\r\n\r\n"));
+        assert!(taken("POST /a HTTP/1.1\r\ncontent-length: 5\r\n\r\n"));
+        let largest = format!("POST /a HTTP/1.1\r\ncontent-length: {MAX_BODY}\r\n\r\n");
+        assert!(taken(&largest));
+        let larger = format!(
+            "POST /a HTTP/1.1\r\ncontent-length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
+        assert!(!taken(&larger));
         for refused in [
-            "POST /a HTTP/1.1\r\ncontent-length: 5\r\n\r\n",
+            "POST /a HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n",
+            "POST /a HTTP/1.1\r\ncontent-length: +5\r\n\r\n",
+            "POST /a HTTP/1.1\r\ncontent-length: 99999999999999999999999\r\n\r\n",
             "POST /a HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
             "GET /a HTTP/1.1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
             "GET /a HTTP/1.1\r\nconnection: keep-alive, Upgrade\r\n\r\n",
@@ -1114,6 +1210,9 @@ mod tests {
         assert!(keep("GET / HTTP/1.1\r\n\r\n"));
         assert!(!keep("GET / HTTP/1.1\r\nconnection: close\r\n\r\n"));
         assert!(!keep("GET / HTTP/1.0\r\n\r\n"));
+        let len = |head: &str| parse_request(head.as_bytes()).unwrap().body_len;
+        assert_eq!(len("GET / HTTP/1.1\r\n\r\n"), 0);
+        assert_eq!(len("POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n"), 12);
         assert!(keep("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
     }
 
