@@ -15,8 +15,11 @@
 //! whole, once, and kept: the route's request filters see it whole and a
 //! retry sends it again.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -27,6 +30,7 @@ use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 use weir_conf::model::Protocol;
 
 use super::ctx::GatewayCtx;
@@ -108,8 +112,10 @@ impl Direct {
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
         let tls = stream.get_ssl_digest().is_some();
         let mut buf = BytesMut::with_capacity(2048);
+        let mut clocks = Clocks::default();
         loop {
-            let head = match read_head(&mut stream, &mut buf, idle, header).await {
+            let waited = read_head(&mut stream, &mut buf, &mut clocks.client, idle, header);
+            let head = match waited.await {
                 Ok(Some(head)) => head,
                 Ok(None) => return Served::Closed,
                 Err(()) => return Served::HandOver(stream, buf),
@@ -136,11 +142,13 @@ impl Direct {
             let mut client = DirectClient {
                 stream: &mut stream,
                 pending: &mut buf,
+                clocks: &mut clocks,
                 read_wait: header,
                 req,
                 peer,
                 tls,
                 body_len: parsed.body_len,
+                hop_by_hop: parsed.hop_by_hop,
                 body: None,
                 answered: None,
                 sent: 0,
@@ -247,15 +255,18 @@ impl Direct {
                 }
             };
             let mut up = client.req.clone();
-            for name in hop_by_hop(&up.headers) {
-                up.remove_header(&name);
+            if client.hop_by_hop {
+                for name in hop_by_hop(&up.headers) {
+                    up.remove_header(&name);
+                }
             }
             up.set_version(http::Version::HTTP_11);
             super::upstream_request_headers(shared, &*client, &mut up, ctx)?;
             if buffered {
                 up.insert_header(header::CONTENT_LENGTH, body.len())?;
             }
-            let sent = exchange(&mut conn, &peer, &up, &body);
+            let clock = &mut client.clocks.upstream;
+            let sent = exchange(&mut conn, &peer, &up, &body, clock);
             let exchange = watching(client.stream, client.pending, sent).await?;
             let Answered {
                 mut resp,
@@ -299,16 +310,13 @@ impl Direct {
                 chunked: chunked && !matches!(framing, Framing::Empty),
                 sent: 0,
             };
-            let whole = relay_body(
-                &mut conn,
-                &mut ubuf,
-                framing,
+            let upstream = Upstream {
+                conn: &mut conn,
+                buf: &mut ubuf,
                 read_timeout,
-                ctx,
-                &mut writer,
-                client.pending,
-            )
-            .await;
+                clock: &mut client.clocks.upstream,
+            };
+            let whole = relay_body(upstream, framing, ctx, &mut writer, client.pending).await;
             client.sent += writer.sent;
             let upstream_done = whole?;
             if upstream_done && upstream_keeps {
@@ -415,6 +423,8 @@ struct Parsed {
     keep_alive: bool,
     /// The body's `Content-Length` (0 without one).
     body_len: usize,
+    /// A field is the connection's own (hop-by-hop, or `Connection`).
+    hop_by_hop: bool,
     fields: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
 }
 
@@ -427,10 +437,12 @@ struct Parsed {
 async fn read_head(
     stream: &mut Stream,
     buf: &mut BytesMut,
+    clock: &mut Clock,
     idle: Duration,
     header: Duration,
 ) -> std::result::Result<Option<usize>, ()> {
-    let mut begun = (!buf.is_empty()).then(std::time::Instant::now);
+    let mut begun = (!buf.is_empty()).then(Instant::now);
+    let idle_until = later(Instant::now(), idle);
     loop {
         if let Some(end) = head_end(buf) {
             return Ok(Some(end));
@@ -438,22 +450,19 @@ async fn read_head(
         if buf.len() > MAX_HEAD {
             return Err(());
         }
-        let wait = match begun {
-            None => idle,
-            Some(at) => match header.checked_sub(at.elapsed()) {
-                Some(left) if !left.is_zero() => left,
-                _ => return Ok(None),
-            },
+        let due = match begun {
+            None => idle_until,
+            Some(at) => later(at, header),
         };
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(4096);
         }
-        match deadline(wait, stream.read_buf(buf)).await {
-            Err(_) => return Ok(None),
-            Ok(Ok(0)) if begun.is_none() => return Ok(None),
-            Ok(Ok(0)) | Ok(Err(_)) => return Err(()),
-            Ok(Ok(_)) => {
-                begun.get_or_insert_with(std::time::Instant::now);
+        match clock.until(due, stream.read_buf(buf)).await {
+            None => return Ok(None),
+            Some(Ok(0)) if begun.is_none() => return Ok(None),
+            Some(Ok(0)) | Some(Err(_)) => return Err(()),
+            Some(Ok(_)) => {
+                begun.get_or_insert_with(Instant::now);
             }
         }
     }
@@ -504,6 +513,7 @@ fn parse_request(head: &[u8]) -> Option<Parsed> {
     let http11 = req.version? == 1;
     let mut keep_alive = http11;
     let mut body_len = None;
+    let mut hop = false;
     let mut spans = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
@@ -512,6 +522,7 @@ fn parse_request(head: &[u8]) -> Option<Parsed> {
         if is("transfer-encoding") || is("upgrade") || is("expect") {
             return None;
         }
+        hop |= is_hop_by_hop(name);
         if is("content-length") {
             let n = std::str::from_utf8(value)
                 .ok()
@@ -549,6 +560,7 @@ fn parse_request(head: &[u8]) -> Option<Parsed> {
         http11,
         keep_alive,
         body_len: body_len.unwrap_or(0),
+        hop_by_hop: hop,
         fields: spans,
     })
 }
@@ -625,6 +637,7 @@ async fn exchange(
     peer: &HttpPeer,
     req: &RequestHeader,
     body: &[u8],
+    clock: &mut Clock,
 ) -> Result<Answered> {
     let mut out = Vec::with_capacity(512 + body.len());
     out.extend_from_slice(req.method.as_str().as_bytes());
@@ -638,9 +651,14 @@ async fn exchange(
         conn.write_all(&out).await?;
         conn.flush().await
     };
-    with_timeout(peer.options.write_timeout, write, ErrorType::WriteTimedout)
-        .await
-        .map_err(|e| e.into_up())?;
+    with_timeout(
+        clock,
+        peer.options.write_timeout,
+        write,
+        ErrorType::WriteTimedout,
+    )
+    .await
+    .map_err(|e| e.into_up())?;
     let mut buf = BytesMut::with_capacity(4096);
     let read = async {
         loop {
@@ -669,9 +687,14 @@ async fn exchange(
             }
         }
     };
-    let end = with_timeout(peer.options.read_timeout, read, ErrorType::ReadTimedout)
-        .await
-        .map_err(|e| e.into_up())?;
+    let end = with_timeout(
+        clock,
+        peer.options.read_timeout,
+        read,
+        ErrorType::ReadTimedout,
+    )
+    .await
+    .map_err(|e| e.into_up())?;
     let head = buf.split_to(end).freeze();
     let (resp, framing, upstream_keeps) =
         parse_response(&head, &req.method).map_err(|e| e.into_up())?;
@@ -683,23 +706,67 @@ async fn exchange(
     })
 }
 
-/// `step` under `limit`, the timer armed only when the first poll finds
-/// it waiting (most reads and writes complete at once under load, and
-/// each timer costs a registration).
-async fn deadline<F: std::future::Future>(
-    limit: Duration,
-    step: F,
-) -> std::result::Result<F::Output, tokio::time::error::Elapsed> {
-    let mut step = std::pin::pin!(step);
-    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(step.as_mut().poll(cx))).await;
-    match first {
-        std::task::Poll::Ready(out) => Ok(out),
-        std::task::Poll::Pending => tokio::time::timeout(limit, step).await,
+/// The timers of one client connection: one for its waits on the client,
+/// one for its waits on upstreams.
+#[derive(Default)]
+struct Clocks {
+    client: Clock,
+    upstream: Clock,
+}
+
+/// A connection's timer for one kind of wait, kept across its requests.
+/// Most reads and writes complete at once under load, and a wait that does
+/// not would otherwise register a timer of its own and remove it again: this
+/// one is armed once and moved only when a wait must end earlier than it
+/// is set for. Set later than a wait's end, it fires early at most once per
+/// timeout period, and is moved on.
+#[derive(Default)]
+struct Clock {
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Clock {
+    /// `step`, or `None` when `due` comes first.
+    async fn until<F: Future>(&mut self, due: Instant, step: F) -> Option<F::Output> {
+        let mut step = std::pin::pin!(step);
+        let first = std::future::poll_fn(|cx| Poll::Ready(step.as_mut().poll(cx))).await;
+        if let Poll::Ready(out) = first {
+            return Some(out);
+        }
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if due < sleep.deadline() {
+                    sleep.as_mut().reset(due);
+                }
+                sleep
+            }
+            None => self.sleep.insert(Box::pin(tokio::time::sleep_until(due))),
+        };
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut step => return Some(out),
+                () = sleep.as_mut() => {
+                    if Instant::now() >= due {
+                        return None;
+                    }
+                    sleep.as_mut().reset(due);
+                }
+            }
+        }
     }
+}
+
+/// `wait` after `at`; a wait too long to add is as good as forever (a
+/// year).
+fn later(at: Instant, wait: Duration) -> Instant {
+    at.checked_add(wait)
+        .unwrap_or_else(|| at + Duration::from_secs(365 * 24 * 3600))
 }
 
 /// An I/O step under an optional timeout, as Pingora's errors.
 async fn with_timeout<T>(
+    clock: &mut Clock,
     limit: Option<Duration>,
     step: impl std::future::Future<Output = std::io::Result<T>>,
     timed_out: ErrorType,
@@ -714,9 +781,9 @@ async fn with_timeout<T>(
         Error::because(kind, "upstream I/O", e)
     };
     match limit {
-        Some(limit) => match deadline(limit, step).await {
-            Ok(r) => r.map_err(io_error),
-            Err(_) => Error::e_explain(timed_out, format!("timeout: {limit:?}")),
+        Some(limit) => match clock.until(later(Instant::now(), limit), step).await {
+            Some(r) => r.map_err(io_error),
+            None => Error::e_explain(timed_out, format!("timeout: {limit:?}")),
         },
         None => step.await.map_err(io_error),
     }
@@ -745,8 +812,42 @@ fn parse_response(head: &Bytes, method: &http::Method) -> Result<(ResponseHeader
     {
         resp.set_reason_phrase(Some(reason))?;
     }
+    // One pass over the fields, with the connection's own (hop-by-hop)
+    // ones left out as they come: the fixed list and those `Connection`
+    // names (RFC 9110 §7.6.1), noted first.
+    let mut named: Vec<&[u8]> = Vec::new();
+    let mut upstream_closes = false;
     for h in parsed.headers.iter() {
-        let name = http::HeaderName::from_bytes(h.name.as_bytes())
+        if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    upstream_closes = true;
+                } else if !token.is_empty() {
+                    named.push(token);
+                }
+            }
+        }
+    }
+    // Whether the final transfer coding is chunked, when there is one.
+    let mut chunked = None;
+    let mut length: Option<&[u8]> = None;
+    let mut lengths_differ = false;
+    for h in parsed.headers.iter() {
+        let name = h.name.as_bytes();
+        if is_hop_by_hop(name) || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
+                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            match length {
+                Some(first) => lengths_differ |= first != h.value,
+                None => length = Some(h.value),
+            }
+        }
+        let name = http::HeaderName::from_bytes(name)
             .map_err(|_| invalid("invalid upstream header name"))?;
         let at = span(head, h.value).ok_or_else(|| invalid("upstream header value"))?;
         let value = http::HeaderValue::from_maybe_shared(head.slice(at))
@@ -754,36 +855,20 @@ fn parse_response(head: &Bytes, method: &http::Method) -> Result<(ResponseHeader
         resp.append_header(name, value)?;
     }
     let status = resp.status.as_u16();
-    // Whether the final transfer coding is chunked, when there is one.
-    let chunked = resp
-        .headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .map(|v| {
-            v.as_bytes()
-                .rsplit(|b| *b == b',')
-                .next()
-                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-        });
-    let mut lengths = resp
-        .headers
-        .get_all(header::CONTENT_LENGTH)
-        .iter()
-        .map(|v| v.as_bytes());
-    let first_length = lengths.next();
     let framing = if *method == http::Method::HEAD || status == 204 || status == 304 {
         Framing::Empty
     } else if let Some(chunked) = chunked {
         // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3).
-        resp.remove_header(&header::CONTENT_LENGTH);
+        if length.is_some() {
+            resp.remove_header(&header::CONTENT_LENGTH);
+        }
         if chunked {
             Framing::Chunked
         } else {
             Framing::Close
         }
-    } else if let Some(first) = first_length {
-        if lengths.any(|l| l != first) {
+    } else if let Some(first) = length {
+        if lengths_differ {
             return Err(invalid("conflicting Content-Length"));
         }
         let n = std::str::from_utf8(first)
@@ -795,20 +880,25 @@ fn parse_response(head: &Bytes, method: &http::Method) -> Result<(ResponseHeader
     } else {
         Framing::Close
     };
-    // The upstream's connection management is not the client's.
-    let upstream_closes = resp.headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-    });
-    for name in hop_by_hop(&resp.headers) {
-        resp.remove_header(&name);
-    }
     if chunked == Some(true) {
         // Kept as the client's framing unless the filters change it.
-        resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+        resp.append_header(header::TRANSFER_ENCODING, "chunked")?;
     }
     Ok((resp, framing, !upstream_closes))
+}
+
+/// Whether `name` is one of the fixed hop-by-hop fields (RFC 9110 §7.6.1,
+/// and the `Keep-Alive` and `Proxy-Connection` of older peers).
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    match name.len() {
+        2 => is("te"),
+        7 => is("trailer") || is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        16 => is("proxy-connection"),
+        17 => is("transfer-encoding"),
+        _ => false,
+    }
 }
 
 /// Writes the status line and fields of `resp`.
@@ -867,14 +957,18 @@ impl BodyWriter<'_> {
 /// the answer filters and writes it to the client. Whether the upstream
 /// connection ended cleanly at the body's end (and may be pooled).
 async fn relay_body(
-    conn: &mut Stream,
-    buf: &mut BytesMut,
+    upstream: Upstream<'_>,
     framing: Framing,
-    read_timeout: Option<Duration>,
     ctx: &mut GatewayCtx,
     writer: &mut BodyWriter<'_>,
     pending: &mut BytesMut,
 ) -> Result<bool> {
+    let Upstream {
+        conn,
+        buf,
+        read_timeout,
+        clock,
+    } = upstream;
     let mut decoder = match framing {
         Framing::Empty => {
             let mut none = None;
@@ -903,7 +997,12 @@ async fn relay_body(
         }
         // A client that leaves while the upstream is quiet (a long
         // stream) stops the request at once, not at the next write.
-        let read = with_timeout(read_timeout, conn.read_buf(buf), ErrorType::ReadTimedout);
+        let read = with_timeout(
+            clock,
+            read_timeout,
+            conn.read_buf(buf),
+            ErrorType::ReadTimedout,
+        );
         let n = watching(writer.stream, pending, read)
             .await?
             .map_err(|e| e.into_up())?;
@@ -921,6 +1020,15 @@ async fn relay_body(
             .map_err(|e: Box<Error>| e.into_up());
         }
     }
+}
+
+/// The upstream side of an answer being relayed: its connection, the bytes
+/// read of it, and how long a read may wait.
+struct Upstream<'a> {
+    conn: &'a mut Stream,
+    buf: &'a mut BytesMut,
+    read_timeout: Option<Duration>,
+    clock: &'a mut Clock,
 }
 
 /// Where a chunked body's decoding stands.
@@ -1065,6 +1173,7 @@ async fn write_answer(client: &mut DirectClient<'_>, answer: Result<Answer>, kee
 struct DirectClient<'a> {
     stream: &'a mut Stream,
     pending: &'a mut BytesMut,
+    clocks: &'a mut Clocks,
     /// How long one read of the body may wait (as Pingora's read timeout).
     read_wait: Duration,
     req: RequestHeader,
@@ -1072,6 +1181,9 @@ struct DirectClient<'a> {
     tls: bool,
     /// The body's `Content-Length`.
     body_len: usize,
+    /// The request has fields of the connection's own, to leave out
+    /// upstream.
+    hop_by_hop: bool,
     /// The body, once read.
     body: Option<Bytes>,
     answered: Option<u16>,
@@ -1094,15 +1206,19 @@ impl DirectClient<'_> {
                 self.pending
                     .reserve((self.body_len - self.pending.len()).clamp(4096, BODY_READ));
             }
-            let read = deadline(self.read_wait, self.stream.read_buf(self.pending)).await;
-            let failed = match read {
-                Ok(Ok(0)) => Error::explain(
+            let due = later(Instant::now(), self.read_wait);
+            let read = self
+                .clocks
+                .client
+                .until(due, self.stream.read_buf(self.pending));
+            let failed = match read.await {
+                Some(Ok(0)) => Error::explain(
                     ErrorType::ConnectionClosed,
                     "the client closed within the request body",
                 ),
-                Ok(Ok(_)) => continue,
-                Ok(Err(e)) => Error::because(ErrorType::ReadError, "reading the request body", e),
-                Err(_) => Error::explain(ErrorType::ReadTimedout, "reading the request body"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => Error::because(ErrorType::ReadError, "reading the request body", e),
+                None => Error::explain(ErrorType::ReadTimedout, "reading the request body"),
             };
             return Err(failed.into_down());
         }
@@ -1279,6 +1395,38 @@ mod tests {
         for gone in ["connection", "x-hop", "keep-alive"] {
             assert!(!resp.headers.contains_key(gone), "{gone}");
         }
+        // A named field before the `Connection` that names it; the rest kept.
+        let (resp, _, keeps) = framing_of(
+            "HTTP/1.1 200 OK\r\nX-Hop: 1\r\nx-kept: 2\r\nConnection: X-HOP\r\nTE: x\r\ncontent-length: 0\r\n\r\n",
+            get.clone(),
+        )
+        .unwrap();
+        assert!(keeps);
+        assert!(!resp.headers.contains_key("x-hop") && !resp.headers.contains_key("te"));
+        assert_eq!(resp.headers["x-kept"], "2");
+        assert_eq!(resp.headers["content-length"], "0");
+    }
+
+    #[test]
+    fn the_fixed_hop_by_hop_fields_are_known_in_any_case() {
+        for name in [
+            "TE",
+            "trailer",
+            "Upgrade",
+            "connection",
+            "Keep-Alive",
+            "proxy-connection",
+            "Transfer-Encoding",
+        ] {
+            assert!(is_hop_by_hop(name.as_bytes()), "{name}");
+        }
+        for name in ["tea", "content-length", "x-connection", "host", ""] {
+            assert!(!is_hop_by_hop(name.as_bytes()), "{name}");
+        }
+        let flagged = |head: &str| parse_request(head.as_bytes()).unwrap().hop_by_hop;
+        assert!(!flagged("GET / HTTP/1.1\r\nhost: a\r\n\r\n"));
+        assert!(flagged("GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n"));
+        assert!(flagged("GET / HTTP/1.1\r\nte: trailers\r\n\r\n"));
     }
 
     #[test]
@@ -1361,6 +1509,34 @@ mod tests {
             assert!(names.contains(&name.to_owned()), "{name} in {names:?}");
         }
         assert!(!names.contains(&"x-keep".to_owned()));
+    }
+
+    /// A step that is pending once, then done.
+    async fn pending_once() {
+        tokio::task::yield_now().await;
+    }
+
+    #[tokio::test]
+    async fn a_clock_ends_a_wait_at_its_due_time_whatever_it_was_set_for() {
+        let mut clock = Clock::default();
+        let ms = Duration::from_millis;
+        // A step done at once arms nothing.
+        assert_eq!(clock.until(Instant::now(), async { 1 }).await, Some(1));
+        assert!(clock.sleep.is_none());
+        // Armed an hour ahead by a wait that ended...
+        let hour = later(Instant::now(), Duration::from_secs(3600));
+        assert_eq!(clock.until(hour, pending_once()).await, Some(()));
+        // ...a wait due sooner still ends when due, not in an hour.
+        let due = later(Instant::now(), ms(20));
+        let never = std::future::pending::<()>();
+        let waited = tokio::time::timeout(Duration::from_secs(10), clock.until(due, never));
+        assert_eq!(waited.await.unwrap(), None);
+        assert!(Instant::now() >= due);
+        // Fired already: a later wait is not ended by the old time.
+        let due = later(Instant::now(), Duration::from_secs(10));
+        let step = tokio::time::sleep(ms(40));
+        assert_eq!(clock.until(due, step).await, Some(()));
+        assert!(Instant::now() < due);
     }
 
     #[test]
