@@ -154,7 +154,9 @@ impl Direct {
                 sent: 0,
             };
             self.served.inc();
-            let reusable = self.request(&mut client, keep).await;
+            // Boxed: the request's state is held while it runs, not by an
+            // idle keep-alive connection between requests.
+            let reusable = Box::pin(self.request(&mut client, keep)).await;
             if !(keep && reusable) {
                 let _ = stream.shutdown().await;
                 return Served::Closed;
@@ -443,6 +445,22 @@ async fn read_head(
 ) -> std::result::Result<Option<usize>, ()> {
     let mut begun = (!buf.is_empty()).then(Instant::now);
     let idle_until = later(Instant::now(), idle);
+    if buf.is_empty() {
+        // Between requests the connection holds no buffer: the first bytes
+        // are read onto the wait's own stack, then kept.
+        *buf = BytesMut::new();
+        let mut first = [0u8; 2048];
+        match clock.until(idle_until, stream.read(&mut first)).await {
+            None | Some(Ok(0)) => return Ok(None),
+            Some(Err(_)) => return Err(()),
+            Some(Ok(n)) => {
+                let got = first.get(..n).ok_or(())?;
+                buf.reserve(2048);
+                buf.extend_from_slice(got);
+                begun = Some(Instant::now());
+            }
+        }
+    }
     loop {
         if let Some(end) = head_end(buf) {
             return Ok(Some(end));
