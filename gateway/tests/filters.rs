@@ -542,3 +542,63 @@ async fn disguised_words_are_masked_in_requests_answers_and_byte_split_streams()
         assert!(raw.trim_end().ends_with("data: [DONE]"), "{raw}");
     }
 }
+
+/// A request retried after its body went upstream sends it filtered again
+/// (Pingora replays the body it read through the filters once more), over
+/// HTTP/1.1 and HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_sends_its_body_filtered_again() {
+    let up = Upstream::local("up").await.unwrap();
+    let failing = Upstream::local("failing").await.unwrap();
+    failing.fail_share(100, 503);
+    let dir = tempfile::tempdir().unwrap();
+    // A pool of the failing upstream and a good one: a request that tries
+    // the failing one first is retried on the other.
+    let retried = format!(
+        "[[pools]]\nname = \"two\"\nbackends = [{{ address = \"{}\" }}, {{ address = \"{}\" }}]\n\
+         health_check = {{ kind = \"none\" }}\n\n\
+         [[routes]]\nname = \"retried\"\nprefix = \"/retried\"\n\
+         arms = [{{ name = \"a\", pool = \"two\", weight = 1 }}]\n\
+         filters = {{ request = [\"words\"] }}\n\
+         retry = {{ attempts = 1, on_statuses = [503], budget_ratio = 1.0 }}\n\n\
+         [[routes]]\nname = \"plain\"",
+        failing.addr, up.addr
+    );
+    let config =
+        config(&up, WORDS, dir.path()).replacen("[[routes]]\nname = \"plain\"", &retried, 1);
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for client in [weir_test_support::client(), h2] {
+        // A fresh gateway: the first failure takes the failing upstream
+        // out of the choice for a while.
+        let weir = Weir::start(weir_bin(), &config).await.unwrap();
+        let mut retried = 0;
+        for _ in 0..20 {
+            let before = failing.received();
+            let resp = client
+                .put(weir.url("/retried/v1/x"))
+                .header("content-type", "application/json")
+                .header(ECHO_HEADER, "1")
+                .body(chat("my secret is 坏词"))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status();
+            let echoed: Value = resp.json().await.unwrap();
+            assert_eq!(status, 200, "{echoed}");
+            let sent: Value = serde_json::from_str(echoed["body"].as_str().unwrap()).unwrap();
+            assert_eq!(
+                sent["messages"][1]["content"], "my ****** is **",
+                "{echoed}"
+            );
+            retried += failing.received() - before;
+            if retried > 0 {
+                break;
+            }
+        }
+        assert_eq!(retried, 1, "no request tried the failing upstream first");
+    }
+}

@@ -51,7 +51,20 @@ impl BodyState {
             self.rename = true;
             self.req.get_or_insert_with(BytesMut::new);
         }
+        self.buffered = self.req.is_some();
         Ok(())
+    }
+}
+
+/// Before each attempt sends the body: its count starts again, and a body
+/// the plan buffers is buffered again. A retry replays the body as the
+/// client sent it, which must go through the filters (and the arm's
+/// rename) again, not upstream as it came.
+pub(super) fn new_attempt(ctx: &mut GatewayCtx) {
+    let state = &mut ctx.body;
+    state.seen = 0;
+    if state.buffered {
+        state.req.get_or_insert_with(BytesMut::new);
     }
 }
 

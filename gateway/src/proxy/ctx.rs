@@ -164,6 +164,8 @@ pub(super) struct BodyState {
     pub(super) seen: usize,
     /// The request body being buffered (for filters or usage).
     pub(super) req: Option<BytesMut>,
+    /// The plan buffers the body: each attempt buffers it again.
+    pub(super) buffered: bool,
     /// The body is buffered to add `stream_options.include_usage`.
     pub(super) inject_usage: bool,
     /// `include_usage` was added: its usage-only chunk is not the client's.
@@ -194,6 +196,7 @@ impl Default for BodyState {
             max: usize::MAX,
             seen: 0,
             req: None,
+            buffered: false,
             inject_usage: false,
             strip_usage: false,
             resp_filter: None,

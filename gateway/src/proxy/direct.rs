@@ -232,17 +232,13 @@ impl Direct {
     ) -> Result<bool> {
         let shared = &self.shared;
         let raw = client.body().await?;
-        // Whether the route's filters (or usage, or a rename) take the body
-        // whole: they run again for each attempt, since a fallback arm may
-        // rename it otherwise. Their result's length is known before the
-        // head goes, so it is sent with a `Content-Length`.
-        let buffered = ctx.body.req.is_some();
         loop {
             let peer = upstream::choose_peer(shared, ctx).map_err(|e| respond::refuse(ctx, e))?;
-            if buffered {
-                ctx.body.req = Some(BytesMut::new());
-            }
-            ctx.body.seen = 0;
+            // The route's filters (or usage, or a rename) take the body
+            // whole, again for each attempt: a fallback arm may rename it
+            // otherwise. The result's length is known before the head goes,
+            // so it is sent with a `Content-Length`.
+            body::new_attempt(ctx);
             let mut body = (!raw.is_empty()).then(|| raw.clone());
             body::request_body(ctx, &mut body, true).map_err(|e| respond::refuse(ctx, e))?;
             let body = body.unwrap_or_default();
@@ -264,7 +260,7 @@ impl Direct {
             }
             up.set_version(http::Version::HTTP_11);
             super::upstream_request_headers(shared, &*client, &mut up, ctx)?;
-            if buffered {
+            if ctx.body.buffered {
                 up.insert_header(header::CONTENT_LENGTH, body.len())?;
             }
             let clock = &mut client.clocks.upstream;

@@ -117,6 +117,7 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut GatewayCtx,
     ) -> Result<()> {
+        body::new_attempt(ctx);
         upstream_request_headers(&self.shared, &*session, upstream_request, ctx)
     }
 
