@@ -111,7 +111,8 @@ impl Direct {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
         let tls = stream.get_ssl_digest().is_some();
-        let mut buf = BytesMut::with_capacity(2048);
+        // `read_head` allocates it when the first bytes come.
+        let mut buf = BytesMut::new();
         let mut clocks = Clocks::default();
         loop {
             let waited = read_head(&mut stream, &mut buf, &mut clocks.client, idle, header);
@@ -375,9 +376,7 @@ async fn watching<T>(
     let mut work = std::pin::pin!(work);
     let mut watch = pending.is_empty();
     loop {
-        if pending.capacity() - pending.len() < 1024 {
-            pending.reserve(4096);
-        }
+        room_to_read(pending, 4096);
         tokio::select! {
             biased;
             done = &mut work => return Ok(done),
@@ -439,13 +438,12 @@ async fn read_head(
     idle: Duration,
     header: Duration,
 ) -> std::result::Result<Option<usize>, ()> {
-    let mut begun = (!buf.is_empty()).then(Instant::now);
-    let idle_until = later(Instant::now(), idle);
     if buf.is_empty() {
         // Between requests the connection holds no buffer: the first bytes
         // are read onto the wait's own stack, then kept.
         *buf = BytesMut::new();
         let mut first = [0u8; 2048];
+        let idle_until = later(Instant::now(), idle);
         match clock.until(idle_until, stream.read(&mut first)).await {
             None | Some(Ok(0)) => return Ok(None),
             Some(Err(_)) => return Err(()),
@@ -453,10 +451,12 @@ async fn read_head(
                 let got = first.get(..n).ok_or(())?;
                 buf.reserve(2048);
                 buf.extend_from_slice(got);
-                begun = Some(Instant::now());
             }
         }
     }
+    // The head has begun (now, or with bytes already read): the rest of it
+    // is due within `header`.
+    let due = later(Instant::now(), header);
     loop {
         if let Some(end) = head_end(buf) {
             return Ok(Some(end));
@@ -464,21 +464,20 @@ async fn read_head(
         if buf.len() > MAX_HEAD {
             return Err(());
         }
-        let due = match begun {
-            None => idle_until,
-            Some(at) => later(at, header),
-        };
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(4096);
-        }
+        room_to_read(buf, 4096);
         match clock.until(due, stream.read_buf(buf)).await {
             None => return Ok(None),
-            Some(Ok(0)) if begun.is_none() => return Ok(None),
             Some(Ok(0)) | Some(Err(_)) => return Err(()),
-            Some(Ok(_)) => {
-                begun.get_or_insert_with(Instant::now);
-            }
+            Some(Ok(_)) => {}
         }
+    }
+}
+
+/// Room for the next read into `buf`: `more` bytes, when less than 1 KiB
+/// is free.
+fn room_to_read(buf: &mut BytesMut, more: usize) {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(more);
     }
 }
 
@@ -607,18 +606,9 @@ fn build_request(head: &Bytes, parsed: &Parsed) -> Option<RequestHeader> {
 /// §7.6.1): `Connection`, the fields it names, and the fixed list. One
 /// pass over the field names; nothing allocated when there are none.
 fn hop_by_hop(headers: &http::HeaderMap) -> Vec<http::HeaderName> {
-    const FIXED: [&str; 7] = [
-        "connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "keep-alive",
-        "proxy-connection",
-    ];
     let mut names = Vec::new();
     for name in headers.keys() {
-        if FIXED.contains(&name.as_str()) {
+        if is_hop_by_hop(name.as_str().as_bytes()) {
             names.push(name.clone());
         }
     }
@@ -676,9 +666,7 @@ async fn exchange(
     let mut buf = BytesMut::with_capacity(4096);
     let read = async {
         loop {
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(4096);
-            }
+            room_to_read(&mut buf, 4096);
             if conn.read_buf(&mut buf).await? == 0 {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
@@ -1006,9 +994,7 @@ async fn relay_body(
         if end {
             return Ok(buf.is_empty() && !matches!(decoder, Decoder::Close));
         }
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(BODY_READ);
-        }
+        room_to_read(buf, BODY_READ);
         // A client that leaves while the upstream is quiet (a long
         // stream) stops the request at once, not at the next write.
         let read = with_timeout(
@@ -1216,10 +1202,8 @@ impl DirectClient<'_> {
             return Ok(body.clone());
         }
         while self.pending.len() < self.body_len {
-            if self.pending.capacity() - self.pending.len() < 1024 {
-                self.pending
-                    .reserve((self.body_len - self.pending.len()).clamp(4096, BODY_READ));
-            }
+            let left = self.body_len - self.pending.len();
+            room_to_read(self.pending, left.clamp(4096, BODY_READ));
             let due = later(Instant::now(), self.read_wait);
             let read = self
                 .clocks
