@@ -854,6 +854,35 @@ fn http_header_map_upper_bound(size_hint: Option<usize>) -> usize {
 /// two maps) on the first few inserts.
 const HEADER_HEADROOM: usize = 8;
 
+/// The parsed name of a header to insert, and the case it is to be written
+/// in when `keep_case` (the message keeps a case map).
+///
+/// Weir patch 1: a name given parsed is not parsed again. Weir patch 16: the
+/// case-preserving name is made only for a message that keeps one; a
+/// message without a case map (`build_no_case`) writes names as parsed, and
+/// making the case name cost a lookup in the titled-name table, and for a
+/// name outside it an allocation and a copy, on every insert.
+#[inline]
+fn parse_header_name(
+    name: impl IntoCaseHeaderName,
+    keep_case: bool,
+) -> Result<(HeaderName, Option<CaseHeaderName>)> {
+    match name.header_name() {
+        Some(parsed) if !keep_case => Ok((parsed, None)),
+        parsed => {
+            let case_header_name = name.into_case_header_name();
+            let header_name = match parsed {
+                Some(n) => n,
+                None => case_header_name
+                    .as_slice()
+                    .try_into()
+                    .or_err(InvalidHTTPHeader, "invalid header name")?,
+            };
+            Ok((header_name, Some(case_header_name)))
+        }
+    }
+}
+
 #[inline]
 fn append_header_value<T>(
     name_map: Option<&mut CaseMap>,
@@ -861,18 +890,9 @@ fn append_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<bool> {
-    // Weir patch 1: a name given parsed is not parsed again.
-    let parsed = name.header_name();
-    let case_header_name = name.into_case_header_name();
-    let header_name: HeaderName = match parsed {
-        Some(n) => n,
-        None => case_header_name
-            .as_slice()
-            .try_into()
-            .or_err(InvalidHTTPHeader, "invalid header name")?,
-    };
+    let (header_name, case_header_name) = parse_header_name(name, name_map.is_some())?;
     // store the original case in the map
-    if let Some(name_map) = name_map {
+    if let (Some(name_map), Some(case_header_name)) = (name_map, case_header_name) {
         // Use the non-panicking `try_append`: the infallible `append` calls
         // `.expect("size overflows MAX_SIZE")` internally, which would abort the
         // process if the case map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
@@ -895,17 +915,8 @@ fn insert_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<()> {
-    // Weir patch 1: a name given parsed is not parsed again.
-    let parsed = name.header_name();
-    let case_header_name = name.into_case_header_name();
-    let header_name: HeaderName = match parsed {
-        Some(n) => n,
-        None => case_header_name
-            .as_slice()
-            .try_into()
-            .or_err(InvalidHTTPHeader, "invalid header name")?,
-    };
-    if let Some(name_map) = name_map {
+    let (header_name, case_header_name) = parse_header_name(name, name_map.is_some())?;
+    if let (Some(name_map), Some(case_header_name)) = (name_map, case_header_name) {
         // store the original case in the map
         name_map.insert(header_name.clone(), case_header_name);
     }
@@ -1212,6 +1223,39 @@ mod tests {
         resp.header_to_h1_wire(&mut buf);
         assert_eq!(buf, b"foo: Bar\r\n");
         assert!(resp.case_header_iter().next().is_none());
+    }
+
+    // Weir patch 16: a message without a case map takes names given parsed
+    // (as `HeaderName`, `&HeaderName` or `StaticHeaderName`) and names given
+    // as bytes alike, still refuses an invalid name, and one with a case
+    // map still keeps the case of each.
+    #[test]
+    fn test_no_case_takes_every_kind_of_name() {
+        static X_STATIC: StaticHeaderName = StaticHeaderName::new("x-static");
+        let custom = http::HeaderName::from_static("x-custom");
+        let mut resp = ResponseHeader::build_no_case(200, None).unwrap();
+        resp.append_header(http::header::SERVER, "a").unwrap();
+        resp.append_header(custom.clone(), "b").unwrap();
+        resp.insert_header(&custom, "c").unwrap();
+        resp.insert_header(&X_STATIC, "d").unwrap();
+        resp.append_header("X-Str", "e").unwrap();
+        assert!(resp.append_header("bad name", "f").is_err());
+        assert!(resp.insert_header("bad name", "f").is_err());
+        let mut buf: Vec<u8> = vec![];
+        resp.header_to_h1_wire(&mut buf);
+        assert_eq!(
+            buf,
+            b"Server: a\r\nx-custom: c\r\nx-static: d\r\nx-str: e\r\n"
+        );
+        assert!(resp.case_header_iter().next().is_none());
+
+        let mut cased = ResponseHeader::build(200, None).unwrap();
+        cased.append_header(http::header::SERVER, "a").unwrap();
+        cased.insert_header(&X_STATIC, "d").unwrap();
+        cased.append_header("X-Str", "e").unwrap();
+        let mut buf: Vec<u8> = vec![];
+        cased.header_to_h1_wire(&mut buf);
+        assert_eq!(buf, b"Server: a\r\nx-static: d\r\nX-Str: e\r\n");
     }
 
     #[test]

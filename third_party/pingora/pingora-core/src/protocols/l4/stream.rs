@@ -938,6 +938,21 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// Weir patch 17: whether streams time how long their reads and writes
+/// wait (`get_read_pending_time`, `get_write_pending_time`). On by default,
+/// as upstream; a program that reads neither turns it off with
+/// [`set_pending_time_tracking`]: each read that waits costs two clock
+/// readings otherwise (one when it starts waiting, one when it completes).
+static TRACK_PENDING_TIME: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Weir patch 17: turns the timing of waiting reads and writes on or off for
+/// every stream of the process (streams already waiting finish their
+/// measurement). Off, the pending times stay as they were (zero for new
+/// streams).
+pub fn set_pending_time_tracking(on: bool) {
+    TRACK_PENDING_TIME.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 #[derive(Debug)]
 struct AccumulatedDuration {
     total: Duration,
@@ -953,7 +968,9 @@ impl AccumulatedDuration {
     }
 
     fn start(&mut self) {
-        if self.last_start.is_none() {
+        if self.last_start.is_none()
+            && TRACK_PENDING_TIME.load(std::sync::atomic::Ordering::Relaxed)
+        {
             self.last_start = Some(Instant::now());
         }
     }
@@ -1032,6 +1049,32 @@ mod tests {
         assert_eq!(&got[..], &short[..]);
         drop(stream);
         client.await.unwrap();
+    }
+
+    // Weir patch 17: a read that waits is timed unless the timing is off.
+    #[tokio::test]
+    async fn test_pending_time_tracking_can_be_off() {
+        async fn pending_read_time() -> Duration {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut stream: Stream = TcpStream::connect(addr).await.unwrap().into();
+            let (mut server, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1];
+            {
+                let mut read = std::pin::pin!(stream.read(&mut buf));
+                // Nothing sent yet: the read waits.
+                assert!(futures::poll!(read.as_mut()).is_pending());
+                server.write_all(b"x").await.unwrap();
+                assert_eq!(read.await.unwrap(), 1);
+            }
+            stream.get_read_pending_time()
+        }
+        set_pending_time_tracking(false);
+        let off = pending_read_time().await;
+        set_pending_time_tracking(true);
+        let on = pending_read_time().await;
+        assert_eq!(off, Duration::ZERO);
+        assert!(on > Duration::ZERO);
     }
 
     #[cfg(target_os = "linux")]
