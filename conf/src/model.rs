@@ -189,6 +189,14 @@ pub struct ServerConfig {
     /// variable `WEIR_HTTP1_ENGINE` overrides it.
     #[serde(default, skip_serializing_if = "Http1Engine::is_default")]
     pub http1_engine: Http1Engine,
+    /// How the proxy's worker threads share connections: `false` (the
+    /// default) gives each thread a runtime of its own that serves the
+    /// connections it is handed, as nginx's workers do (no task moves
+    /// between threads: cheaper per request); `true` runs one runtime
+    /// whose idle threads take tasks from busy ones (evens out a few
+    /// long, CPU-heavy connections, at a cost on every request).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub work_stealing: bool,
     /// Send `X-Forwarded-For` and `X-Forwarded-Proto` upstream (default
     /// true). A client's own `X-Forwarded-For` is kept (and extended) only
     /// when it connects from one of `trusted_proxies`; otherwise it is
@@ -372,6 +380,7 @@ impl Default for ServerConfig {
             access_log: true,
             log_format: LogFormat::Text,
             http1_engine: Http1Engine::Direct,
+            work_stealing: false,
             forwarded_headers: true,
             trusted_proxies: Vec::new(),
             admin_token_sha256: None,

@@ -228,6 +228,10 @@ pub struct Runtime {
     pub filters: Vec<Arc<LoadedFilter>>,
     /// Tenants, API keys, JWT verifiers and limiter state.
     pub access: crate::access::AccessRt,
+    /// Some route names models: the gateway may answer `GET /v1/models`
+    /// itself (`proxy/catalogue.rs`), which no request needs to check
+    /// otherwise.
+    pub names_models: bool,
 }
 
 impl Runtime {
@@ -279,7 +283,7 @@ impl Runtime {
         let chain = |idx: &[usize]| -> Vec<Arc<LoadedFilter>> {
             idx.iter().map(|&i| Arc::clone(&filters[i])).collect()
         };
-        let routes = snapshot
+        let routes: Vec<RouteRt> = snapshot
             .routes
             .iter()
             .map(|r| {
@@ -345,10 +349,12 @@ impl Runtime {
         let access =
             crate::access::AccessRt::build(&snapshot.access, previous.map(|p| &p.access), metrics)
                 .map_err(BuildError::Access)?;
+        let names_models = routes.iter().any(|r| r.config.catalogue().next().is_some());
         Ok(Self {
             generation,
             origin,
             snapshot: Arc::new(snapshot),
+            names_models,
             routes,
             pools,
             filters,

@@ -284,8 +284,13 @@ pub fn serve(
         n => n,
     };
     let grace = snapshot.server.grace_period.as_secs();
+    // Nothing here reads how long a stream's reads and writes waited:
+    // timing them costs two clock readings for every read that waits
+    // (Pingora patch 17).
+    pingora_core::protocols::l4::stream::set_pending_time_tracking(false);
     let conf = ServerConf {
         threads,
+        work_stealing: snapshot.server.work_stealing,
         // The grace period is the whole budget: Pingora waits all of it for
         // what is in flight, then stops its runtimes; a second wait of the
         // same length for tasks still running (a stream longer than the

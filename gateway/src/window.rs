@@ -5,14 +5,28 @@
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Milliseconds since the first call: a cheap monotonic clock for windows
-/// and open times.
+/// and open times. It reads the kernel's coarse monotonic clock (advanced
+/// at each scheduler tick, 1 to 4 ms), which costs a memory read where the
+/// precise clock costs a timestamp-counter read and its scaling: several
+/// calls a request, for windows of a second or more.
 pub fn now_ms() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    let base = *BASE.get_or_init(Instant::now);
-    u64::try_from(base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    static BASE: OnceLock<u64> = OnceLock::new();
+    let now = coarse_ms();
+    now.saturating_sub(*BASE.get_or_init(|| now))
+}
+
+/// The coarse monotonic clock, in milliseconds.
+fn coarse_ms() -> u64 {
+    use nix::sys::time::TimeSpec;
+    use nix::time::{ClockId, clock_gettime};
+    // It cannot fail on Linux (the clock exists since 2.6.32).
+    let t = clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE).unwrap_or(TimeSpec::new(0, 0));
+    let secs = u64::try_from(t.tv_sec()).unwrap_or(0);
+    let ms = u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000_000;
+    secs.saturating_mul(1000).saturating_add(ms)
 }
 
 const BUCKETS: usize = 10;
@@ -89,6 +103,30 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_coarse_clock_keeps_time_with_the_precise_one() {
+        let start = std::time::Instant::now();
+        let first = now_ms();
+        // 60 ms of real time, spent on the CPU (a sleep may oversleep).
+        while start.elapsed() < Duration::from_millis(60) {
+            std::hint::spin_loop();
+        }
+        let later = now_ms();
+        let real = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // Off by at most a tick or two (1 to 10 ms each), never backwards.
+        assert!(later >= first);
+        assert!(
+            later - first <= real + 11,
+            "{} ms in {real} ms",
+            later - first
+        );
+        assert!(
+            later - first + 20 >= 60,
+            "{} ms in {real} ms",
+            later - first
+        );
+    }
 
     #[test]
     fn window_sums_recent_buckets_only() {

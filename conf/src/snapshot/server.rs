@@ -26,6 +26,8 @@ pub struct Server {
     pub log_format: crate::model::LogFormat,
     /// Which HTTP/1.x path serves HTTP/1.x clients.
     pub http1_engine: crate::model::Http1Engine,
+    /// Whether the worker threads share one work-stealing runtime.
+    pub work_stealing: bool,
     /// Whether `X-Forwarded-For`/`-Proto` go upstream.
     pub forwarded_headers: bool,
     /// Proxies whose forwarding headers are believed.
@@ -178,6 +180,7 @@ pub(super) fn check_server(config: &Config, problems: &mut Problems) -> Option<S
         access_log: s.access_log,
         log_format: s.log_format,
         http1_engine: s.http1_engine,
+        work_stealing: s.work_stealing,
         forwarded_headers: s.forwarded_headers,
         trusted_proxies,
         admin_tokens,

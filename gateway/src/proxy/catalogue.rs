@@ -36,7 +36,9 @@ pub(super) fn answer(
     runtime: &Runtime,
     req: &RequestHeader,
 ) -> Option<Result<Bytes, GatewayError>> {
-    if req.method != http::Method::GET {
+    // Without a route that names models, every request is proxied (a bad
+    // host is refused by route matching, as here).
+    if req.method != http::Method::GET || !runtime.names_models {
         return None;
     }
     // Read before the path is normalised: a model id may hold `/`, which

@@ -443,7 +443,7 @@ async fn read_head(
         // are read onto the wait's own stack, then kept.
         *buf = BytesMut::new();
         let mut first = [0u8; 2048];
-        let idle_until = later(Instant::now(), idle);
+        let idle_until = || later(Instant::now(), idle);
         match clock.until(idle_until, stream.read(&mut first)).await {
             None | Some(Ok(0)) => return Ok(None),
             Some(Err(_)) => return Err(()),
@@ -455,8 +455,9 @@ async fn read_head(
         }
     }
     // The head has begun (now, or with bytes already read): the rest of it
-    // is due within `header`.
-    let due = later(Instant::now(), header);
+    // is due within `header`, from the first read that waits (a head that
+    // came whole reads no clock).
+    let mut due = None;
     loop {
         if let Some(end) = head_end(buf) {
             return Ok(Some(end));
@@ -465,6 +466,7 @@ async fn read_head(
             return Err(());
         }
         room_to_read(buf, 4096);
+        let due = || *due.get_or_insert_with(|| later(Instant::now(), header));
         match clock.until(due, stream.read_buf(buf)).await {
             None => return Ok(None),
             Some(Ok(0)) | Some(Err(_)) => return Err(()),
@@ -728,13 +730,20 @@ struct Clock {
 }
 
 impl Clock {
-    /// `step`, or `None` when `due` comes first.
-    async fn until<F: Future>(&mut self, due: Instant, step: F) -> Option<F::Output> {
+    /// `step`, or `None` when the time `due` gives comes first (`due` is
+    /// asked only if `step` waits: most do not, and a clock reading is
+    /// among the dearer things a request does).
+    async fn until<F: Future>(
+        &mut self,
+        due: impl FnOnce() -> Instant,
+        step: F,
+    ) -> Option<F::Output> {
         let mut step = std::pin::pin!(step);
         let first = std::future::poll_fn(|cx| Poll::Ready(step.as_mut().poll(cx))).await;
         if let Poll::Ready(out) = first {
             return Some(out);
         }
+        let due = due();
         let sleep = match &mut self.sleep {
             Some(sleep) => {
                 if due < sleep.deadline() {
@@ -783,7 +792,7 @@ async fn with_timeout<T>(
         Error::because(kind, "upstream I/O", e)
     };
     match limit {
-        Some(limit) => match clock.until(later(Instant::now(), limit), step).await {
+        Some(limit) => match clock.until(|| later(Instant::now(), limit), step).await {
             Some(r) => r.map_err(io_error),
             None => Error::e_explain(timed_out, format!("timeout: {limit:?}")),
         },
@@ -1204,7 +1213,8 @@ impl DirectClient<'_> {
         while self.pending.len() < self.body_len {
             let left = self.body_len - self.pending.len();
             room_to_read(self.pending, left.clamp(4096, BODY_READ));
-            let due = later(Instant::now(), self.read_wait);
+            let wait = self.read_wait;
+            let due = || later(Instant::now(), wait);
             let read = self
                 .clocks
                 .client
@@ -1518,22 +1528,28 @@ mod tests {
     async fn a_clock_ends_a_wait_at_its_due_time_whatever_it_was_set_for() {
         let mut clock = Clock::default();
         let ms = Duration::from_millis;
-        // A step done at once arms nothing.
-        assert_eq!(clock.until(Instant::now(), async { 1 }).await, Some(1));
+        // A step done at once arms nothing, nor reads the clock.
+        let asked = std::cell::Cell::new(false);
+        let due = || {
+            asked.set(true);
+            Instant::now()
+        };
+        assert_eq!(clock.until(due, async { 1 }).await, Some(1));
+        assert!(!asked.get());
         assert!(clock.sleep.is_none());
         // Armed an hour ahead by a wait that ended...
         let hour = later(Instant::now(), Duration::from_secs(3600));
-        assert_eq!(clock.until(hour, pending_once()).await, Some(()));
+        assert_eq!(clock.until(|| hour, pending_once()).await, Some(()));
         // ...a wait due sooner still ends when due, not in an hour.
         let due = later(Instant::now(), ms(20));
         let never = std::future::pending::<()>();
-        let waited = tokio::time::timeout(Duration::from_secs(10), clock.until(due, never));
+        let waited = tokio::time::timeout(Duration::from_secs(10), clock.until(|| due, never));
         assert_eq!(waited.await.unwrap(), None);
         assert!(Instant::now() >= due);
         // Fired already: a later wait is not ended by the old time.
         let due = later(Instant::now(), Duration::from_secs(10));
         let step = tokio::time::sleep(ms(40));
-        assert_eq!(clock.until(due, step).await, Some(()));
+        assert_eq!(clock.until(|| due, step).await, Some(()));
         assert!(Instant::now() < due);
     }
 
