@@ -38,9 +38,15 @@ const FLOOR_NS: f64 = 1_000.0;
 
 /// Nanoseconds on a process-wide monotonic clock.
 pub fn now_ns() -> u64 {
+    ns_at(Instant::now())
+}
+
+/// `at` on [`now_ns`]'s clock: for a caller that has read the clock
+/// already (a reading is among the dearer things a request does).
+pub fn ns_at(at: Instant) -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
-    let start = *START.get_or_init(Instant::now);
-    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    let start = *START.get_or_init(|| at);
+    u64::try_from(at.saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The load estimate of one backend. Shared by consecutive runtimes while
@@ -226,6 +232,22 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn a_reading_given_is_placed_on_the_same_clock() {
+        let before = Instant::now();
+        let a = now_ns();
+        let at = Instant::now();
+        let b = ns_at(at);
+        let c = now_ns();
+        assert!(a <= b && b <= c, "{a} {b} {c}");
+        // A reading older than the clock's start is its start, not a wrap.
+        assert!(ns_at(before) <= a);
+        assert_eq!(
+            ns_at(at + std::time::Duration::from_millis(5)) - b,
+            5_000_000
+        );
+    }
 
     #[test]
     fn a_peak_is_taken_at_once_and_decays_with_later_answers() {

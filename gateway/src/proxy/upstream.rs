@@ -201,9 +201,10 @@ pub(super) fn answered(
 ) -> Result<()> {
     let status = resp.status.as_u16();
     ctx.upstream.status = Some(status);
-    ctx.upstream.header_at = Some(std::time::Instant::now());
+    let now = std::time::Instant::now();
+    ctx.upstream.header_at = Some(now);
     if let Some(f) = ctx.upstream.in_flight.as_mut() {
-        f.answered(crate::balance::now_ns(), status < 500);
+        f.answered(crate::balance::ns_at(now), status < 500);
         if let Some(depth) = resp
             .headers
             .get(QUEUE_DEPTH)
