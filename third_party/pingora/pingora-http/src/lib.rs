@@ -24,9 +24,7 @@
 
 use bytes::BufMut;
 use http::header::{AsHeaderName, HeaderName, HeaderValue};
-use http::request::Builder as ReqBuilder;
 use http::request::Parts as ReqParts;
-use http::response::Builder as RespBuilder;
 use http::response::Parts as RespParts;
 use http::uri::Uri;
 use pingora_error::{ErrorType::*, OrErr, Result};
@@ -148,7 +146,10 @@ impl Deref for RequestHeader {
 
 impl RequestHeader {
     fn new_no_case(size_hint: Option<usize>) -> Self {
-        let mut base = ReqBuilder::new().body(()).unwrap().into_parts().0;
+        // Weir patch 18: the parts made directly, not through `http`'s
+        // builder, which moves them (~200 bytes) through a `Result` at
+        // each step.
+        let mut base = http::Request::new(()).into_parts().0;
         base.headers.reserve(http_header_map_upper_bound(size_hint));
         RequestHeader {
             base,
@@ -514,7 +515,8 @@ impl ResponseHeader {
     }
 
     fn new_no_case(size_hint: Option<usize>) -> Self {
-        let mut base = RespBuilder::new().body(()).unwrap().into_parts().0;
+        // Weir patch 18: as `RequestHeader::new_no_case`.
+        let mut base = http::Response::new(()).into_parts().0;
         base.headers.reserve(http_header_map_upper_bound(size_hint));
         ResponseHeader {
             base,
@@ -795,28 +797,22 @@ fn parse_request_target(target: &[u8]) -> Result<ParsedRequestTarget> {
     })
 }
 
+// Weir patch 18: the copies are filled in field by field, not through
+// `http`'s builder (which moves the parts through a `Result` at each step).
 fn clone_req_parts(me: &ReqParts) -> ReqParts {
-    let mut parts = ReqBuilder::new()
-        .method(me.method.clone())
-        .uri(me.uri.clone())
-        .version(me.version)
-        .body(())
-        .unwrap()
-        .into_parts()
-        .0;
+    let mut parts = http::Request::new(()).into_parts().0;
+    parts.method = me.method.clone();
+    parts.uri = me.uri.clone();
+    parts.version = me.version;
     parts.headers = me.headers.clone();
     parts.extensions = me.extensions.clone();
     parts
 }
 
 fn clone_resp_parts(me: &RespParts) -> RespParts {
-    let mut parts = RespBuilder::new()
-        .status(me.status)
-        .version(me.version)
-        .body(())
-        .unwrap()
-        .into_parts()
-        .0;
+    let mut parts = http::Response::new(()).into_parts().0;
+    parts.status = me.status;
+    parts.version = me.version;
     parts.headers = me.headers.clone();
     parts.extensions = me.extensions.clone();
     parts
@@ -1256,6 +1252,47 @@ mod tests {
         let mut buf: Vec<u8> = vec![];
         cased.header_to_h1_wire(&mut buf);
         assert_eq!(buf, b"Server: a\r\nx-static: d\r\nX-Str: e\r\n");
+    }
+
+    // Weir patch 18: parts made and copied without `http`'s builder keep
+    // everything the builder set: the defaults of a new message, and every
+    // field of a copy.
+    #[test]
+    fn test_parts_made_and_copied_without_the_builder() {
+        let fresh = RequestHeader::build_no_case("GET", b"/", None).unwrap();
+        let built = http::request::Builder::new().body(()).unwrap().into_parts().0;
+        assert_eq!(fresh.method, built.method);
+        assert_eq!(fresh.uri, built.uri);
+        assert_eq!(fresh.version, built.version);
+        assert!(fresh.headers.is_empty() && fresh.extensions.is_empty());
+        let resp = ResponseHeader::build_no_case(200, None).unwrap();
+        let built = http::response::Builder::new().body(()).unwrap().into_parts().0;
+        assert_eq!((resp.status, resp.version), (built.status, built.version));
+
+        let mut req = RequestHeader::build("POST", b"/a?b=c", Some(2)).unwrap();
+        req.set_version(http::Version::HTTP_10);
+        req.insert_header("X-Name", "v").unwrap();
+        req.extensions_mut().insert(7u32);
+        let copy = req.clone();
+        assert_eq!(copy.method, http::Method::POST);
+        assert_eq!(copy.uri, req.uri);
+        assert_eq!(copy.raw_path(), b"/a?b=c");
+        assert_eq!(copy.version, http::Version::HTTP_10);
+        assert_eq!(copy.headers, req.headers);
+        assert_eq!(copy.extensions.get::<u32>(), Some(&7));
+        let mut buf: Vec<u8> = vec![];
+        copy.header_to_h1_wire(&mut buf);
+        assert_eq!(buf, b"X-Name: v\r\n");
+
+        let mut resp = ResponseHeader::build(404, None).unwrap();
+        resp.set_version(http::Version::HTTP_10);
+        resp.insert_header("X-Name", "v").unwrap();
+        resp.extensions_mut().insert(7u32);
+        let copy = resp.clone();
+        assert_eq!(copy.status, http::StatusCode::NOT_FOUND);
+        assert_eq!(copy.version, http::Version::HTTP_10);
+        assert_eq!(copy.headers, resp.headers);
+        assert_eq!(copy.extensions.get::<u32>(), Some(&7));
     }
 
     #[test]
