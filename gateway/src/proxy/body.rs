@@ -70,20 +70,22 @@ pub(super) fn new_attempt(ctx: &mut GatewayCtx) {
 
 /// The filtered body's length is known only after the headers have gone:
 /// a buffered request body goes upstream chunked (HTTP/2 needs no length).
-pub(super) fn upstream_headers(ctx: &GatewayCtx, req: &mut RequestHeader) -> Result<()> {
+pub(super) fn upstream_headers(ctx: &GatewayCtx, edits: &mut super::fields::FieldEdits) {
     if ctx.body.req.is_none() {
-        return Ok(());
+        return;
     }
-    req.remove_header(&http::header::CONTENT_LENGTH);
+    edits.remove(&http::header::CONTENT_LENGTH);
     if ctx
         .arm()
         .is_some_and(|a| a.pool.config.protocol != Protocol::Http1)
     {
-        req.remove_header(&http::header::TRANSFER_ENCODING);
+        edits.remove(&http::header::TRANSFER_ENCODING);
     } else {
-        req.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        edits.set(
+            &http::header::TRANSFER_ENCODING,
+            http::HeaderValue::from_static("chunked"),
+        );
     }
-    Ok(())
 }
 
 /// One piece of the request body: counted against the route's limit, and

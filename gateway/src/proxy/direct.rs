@@ -253,19 +253,26 @@ impl Direct {
                     return Err(e);
                 }
             };
-            let mut up = client.req.clone();
-            if client.hop_by_hop {
-                for name in hop_by_hop(&up.headers) {
-                    up.remove_header(&name);
-                }
-            }
-            up.set_version(http::Version::HTTP_11);
-            super::upstream_request_headers(shared, &*client, &mut up, ctx)?;
+            // The upstream head is the client's, its connection's own
+            // fields left out and the gateway's edits written in (no copy
+            // of the request's header map).
+            let mut edits = super::upstream_edits(shared, &*client, ctx)?;
             if ctx.body.buffered {
-                up.insert_header(header::CONTENT_LENGTH, body.len())?;
+                edits.set(&header::CONTENT_LENGTH, body.len().into());
             }
+            let skip = if client.hop_by_hop {
+                hop_by_hop(&client.req.headers)
+            } else {
+                Vec::new()
+            };
+            let upstream_req = UpstreamRequest {
+                req: &client.req,
+                edits: &edits,
+                skip: &skip,
+                body: &body,
+            };
             let clock = &mut client.clocks.upstream;
-            let sent = exchange(&mut conn, &peer, &up, &body, clock);
+            let sent = exchange(&mut conn, &peer, upstream_req, clock);
             let exchange = watching(client.stream, client.pending, sent).await?;
             let Answered {
                 mut resp,
@@ -636,23 +643,32 @@ struct Answered {
     rest: BytesMut,
 }
 
-/// Writes the request (its head, then `body`) to the upstream and reads
+/// The request as it goes upstream: the client's, less the fields of its
+/// connection (`skip`), with the gateway's edits, and the body to send.
+struct UpstreamRequest<'a> {
+    req: &'a RequestHeader,
+    edits: &'a super::fields::FieldEdits,
+    skip: &'a [http::HeaderName],
+    body: &'a [u8],
+}
+
+/// Writes the request (its head, then its body) to the upstream and reads
 /// the answer's head.
 async fn exchange(
     conn: &mut Stream,
     peer: &HttpPeer,
-    req: &RequestHeader,
-    body: &[u8],
+    up: UpstreamRequest<'_>,
     clock: &mut Clock,
 ) -> Result<Answered> {
-    let mut out = Vec::with_capacity(512 + body.len());
+    let req = up.req;
+    let mut out = Vec::with_capacity(512 + up.body.len());
     out.extend_from_slice(req.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(req.raw_path());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    req.header_to_h1_wire(&mut out);
+    up.edits.write_h1(req, up.skip, &mut out);
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
+    out.extend_from_slice(up.body);
     let write = async {
         conn.write_all(&out).await?;
         conn.flush().await

@@ -23,6 +23,7 @@ mod body;
 mod catalogue;
 mod ctx;
 pub mod direct;
+mod fields;
 mod observe;
 mod request;
 mod respond;
@@ -118,7 +119,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut GatewayCtx,
     ) -> Result<()> {
         body::new_attempt(ctx);
-        upstream_request_headers(&self.shared, &*session, upstream_request, ctx)
+        upstream_edits(&self.shared, &*session, ctx)?.apply(upstream_request)
     }
 
     async fn upstream_response_filter(
@@ -199,29 +200,31 @@ impl ProxyHttp for Gateway {
     }
 }
 
-/// The request as it goes upstream: `x-request-id`, forwarding headers,
-/// trace context, the tenant (credentials removed), the pool's headers and
-/// `Host`, the framing of a filtered body.
-fn upstream_request_headers(
+/// The request's fields as they go upstream, as edits of the client's:
+/// `x-request-id`, forwarding headers, trace context, the tenant
+/// (credentials removed), the pool's headers and `Host`, the framing of a
+/// filtered body.
+fn upstream_edits(
     shared: &Shared,
     client: &dyn crate::client::Client,
-    upstream_request: &mut RequestHeader,
     ctx: &mut GatewayCtx,
-) -> Result<()> {
+) -> Result<fields::FieldEdits> {
+    let mut edits = fields::FieldEdits::default();
     if let Some(id) = &ctx.request_id {
-        upstream_request.insert_header(&crate::headers::X_REQUEST_ID, id.clone())?;
+        edits.set(crate::headers::X_REQUEST_ID.name(), id.clone());
     }
-    observe::forward_headers(client, ctx, upstream_request)?;
-    observe::trace_upstream(shared, ctx, upstream_request)?;
+    observe::forward_headers(client, ctx, &mut edits)?;
+    observe::trace_upstream(shared, client.request(), ctx, &mut edits);
     // Only authentication names the tenant, never the client.
-    upstream_request.remove_header(crate::headers::X_WEIR_TENANT.name());
+    edits.remove(crate::headers::X_WEIR_TENANT.name());
     if let Some(tenant) = &ctx.tenant {
         // The gateway consumed the credentials; the upstream learns who
         // is calling, not how they proved it.
-        upstream_request.remove_header(&http::header::AUTHORIZATION);
-        upstream_request.remove_header(crate::headers::X_API_KEY.name());
-        upstream_request.insert_header(&crate::headers::X_WEIR_TENANT, tenant.header.clone())?;
+        edits.remove(&http::header::AUTHORIZATION);
+        edits.remove(crate::headers::X_API_KEY.name());
+        edits.set(crate::headers::X_WEIR_TENANT.name(), tenant.header.clone());
     }
-    respond::pool_headers(ctx, upstream_request)?;
-    body::upstream_headers(ctx, upstream_request)
+    respond::pool_headers(ctx, &mut edits)?;
+    body::upstream_headers(ctx, &mut edits);
+    Ok(edits)
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use pingora_error::{Error, Result};
+use pingora_error::{Error, OrErr};
 use pingora_http::RequestHeader;
 
 use super::ctx::GatewayCtx;
@@ -32,21 +32,21 @@ pub(super) fn begin(shared: &Shared, req: &RequestHeader, ctx: &mut GatewayCtx) 
 /// exported, else one context for every attempt of the request.
 pub(super) fn trace_upstream(
     shared: &Shared,
+    client_request: &RequestHeader,
     ctx: &mut GatewayCtx,
-    req: &mut RequestHeader,
-) -> Result<()> {
+    edits: &mut super::fields::FieldEdits,
+) {
     let state = &mut ctx.observe;
     let trace = match (shared.otel.get(), state.spans.as_mut()) {
         (Some(otel), Some(spans)) => otel.upstream(spans),
         _ => state
             .trace
-            .unwrap_or_else(|| crate::trace::TraceContext::for_request(req)),
+            .unwrap_or_else(|| crate::trace::TraceContext::for_request(client_request)),
     };
     state.trace = Some(trace);
     if let Some(value) = trace.header() {
-        req.insert_header(&crate::headers::TRACEPARENT, value)?;
+        edits.set(crate::headers::TRACEPARENT.name(), value);
     }
-    Ok(())
 }
 
 /// Reads the `grpc-status` of a gRPC answer's headers: a trailers-only
@@ -299,7 +299,7 @@ fn forwarded_of(client: &dyn Client, ctx: &GatewayCtx) -> Option<crate::forwarde
 pub(super) fn forward_headers(
     client: &dyn Client,
     ctx: &GatewayCtx,
-    upstream_request: &mut RequestHeader,
+    edits: &mut super::fields::FieldEdits,
 ) -> pingora_error::Result<()> {
     let on = ctx
         .routed
@@ -309,9 +309,13 @@ pub(super) fn forward_headers(
         return Ok(());
     }
     if let Some(f) = forwarded_of(client, ctx) {
-        upstream_request.insert_header(&crate::headers::X_FORWARDED_FOR, f.for_header)?;
+        let value = http::HeaderValue::try_from(f.for_header).or_err(
+            pingora_error::ErrorType::InvalidHTTPHeader,
+            "invalid X-Forwarded-For",
+        )?;
+        edits.set(crate::headers::X_FORWARDED_FOR.name(), value);
         let proto = http::HeaderValue::from_static(f.proto);
-        upstream_request.insert_header(&crate::headers::X_FORWARDED_PROTO, proto)?;
+        edits.set(crate::headers::X_FORWARDED_PROTO.name(), proto);
     }
     Ok(())
 }

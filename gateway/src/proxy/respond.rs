@@ -4,8 +4,8 @@
 //! proxy attempt.
 
 use bytes::Bytes;
-use pingora_error::{Error, ErrorType, Result};
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_error::{Error, ErrorType, OrErr, Result};
+use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, Session};
 
 use super::ctx::GatewayCtx;
@@ -198,20 +198,25 @@ pub(super) async fn fail_to_proxy(
 /// then headers set (credentials of a provider, say); and `Host`, which
 /// becomes the pool's `tls.sni`, or the host name the backend was resolved
 /// from, unless the pool preserves the client's.
-pub(super) fn pool_headers(ctx: &GatewayCtx, req: &mut RequestHeader) -> Result<()> {
+pub(super) fn pool_headers(ctx: &GatewayCtx, edits: &mut super::fields::FieldEdits) -> Result<()> {
     let Some(pool) = ctx.arm().map(|a| &a.pool) else {
         return Ok(());
     };
     let h = &pool.config.headers;
     for name in &h.remove {
-        req.remove_header(name.as_str());
+        // A name that cannot be a field's names none to remove.
+        if let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) {
+            edits.remove(&name);
+        }
     }
     for (name, value) in &h.set {
-        req.insert_header(name.clone(), value.expose())?;
+        let name = http::HeaderName::from_bytes(name.as_bytes())
+            .or_err(ErrorType::InvalidHTTPHeader, "invalid pool header name")?;
+        edits.set_str(&name, value.expose())?;
     }
     if !pool.config.preserve_host {
         if let Some(sni) = pool.tls.as_ref().and_then(|t| t.sni.as_deref()) {
-            req.insert_header(http::header::HOST, sni)?;
+            edits.set_str(&http::header::HOST, sni)?;
         } else if let Some((backend, name)) = ctx
             .upstream
             .backend()
@@ -220,7 +225,7 @@ pub(super) fn pool_headers(ctx: &GatewayCtx, req: &mut RequestHeader) -> Result<
             // The name the backend was resolved from, with its port (as a
             // client of that name would send it).
             let port = backend.addr.as_inet().map_or(0, |a| a.port());
-            req.insert_header(http::header::HOST, format!("{name}:{port}"))?;
+            edits.set_str(&http::header::HOST, &format!("{name}:{port}"))?;
         }
     }
     Ok(())

@@ -135,7 +135,10 @@ fn titled_header_name(header_name: &HeaderName) -> Bytes {
     )
 }
 
-pub(crate) fn titled_header_name_str(header_name: &HeaderName) -> Option<&'static str> {
+/// The usual case of a well-known field name, as field lines of a message
+/// without a case map are written (Weir patch 19: public, for a program
+/// that writes field lines of its own the same way).
+pub fn titled_header_name_str(header_name: &HeaderName) -> Option<&'static str> {
     Some(match *header_name {
         header::ACCEPT_RANGES => "Accept-Ranges",
         header::AGE => "Age",

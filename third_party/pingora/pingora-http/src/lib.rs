@@ -41,7 +41,7 @@ use authority::{raw_target_authority, RawTargetAuthority};
 
 mod case_header_name;
 use case_header_name::CaseHeaderName;
-pub use case_header_name::{IntoCaseHeaderName, StaticHeaderName};
+pub use case_header_name::{titled_header_name_str, IntoCaseHeaderName, StaticHeaderName};
 
 pub mod prelude {
     pub use crate::RequestHeader;
