@@ -10,7 +10,7 @@
 //! | `request_body_filter` | count the body against the route's limit; buffer and filter it when the route filters requests | [`body`] |
 //! | `upstream_peer` | the route's deadline; a healthy backend whose breaker admits the request; fallback arm | [`upstream`] |
 //! | `fail_to_connect` | count the failure (breaker too); retry elsewhere within attempts and budget | [`upstream`] |
-//! | `upstream_request_filter` | `x-request-id`, `traceparent`, tenant header, chunked filtered body | [`respond`], [`observe`], [`body`] |
+//! | `upstream_request_filter` | `x-request-id`, forwarding headers, `traceparent`, tenant header, the pool's headers and `Host`, chunked filtered body: as field edits ([`fields`]) applied to Pingora's copy | [`fields`], [`respond`], [`observe`], [`body`] |
 //! | `upstream_response_filter` | the status to the breaker; retry the route's statuses for idempotent requests | [`upstream`] |
 //! | `response_filter` | response filters, usage tap and stream clock; `x-weir-*` headers | [`body`], [`respond`] |
 //! | `response_body_filter` | deadline; usage; filters; time to first token | [`body`] |
