@@ -45,13 +45,12 @@ static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-statu
 /// The `grpc-status` in a header map (response headers of a trailers-only
 /// answer, or trailers), if valid.
 pub fn status_in(headers: &http::HeaderMap) -> Option<u16> {
-    headers
-        .get(&GRPC_STATUS)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    status_of(headers.get(&GRPC_STATUS)?.as_bytes())
+}
+
+/// A `grpc-status` value's code.
+pub fn status_of(value: &[u8]) -> Option<u16> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
 /// Whether the request is a gRPC call (by its `content-type`).

@@ -9,10 +9,11 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use pingora_error::{Error, ErrorType, Result};
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::RequestHeader;
 use weir_conf::model::Protocol;
 
 use super::ctx::{BodyState, GatewayCtx};
+use super::head::AnswerHead;
 use crate::access::TenantRt;
 use crate::errors::GatewayError;
 use crate::filtering::ResponseFilter;
@@ -155,17 +156,16 @@ pub(super) fn request_body(
 /// the stream clock; a body they may rewrite loses its `Content-Length`.
 pub(super) fn response_header(
     ctx: &mut GatewayCtx,
-    resp: &mut ResponseHeader,
+    resp: &mut impl AnswerHead,
     h1: bool,
 ) -> Result<()> {
     if let Some(route) = ctx.routed.as_ref().and_then(|r| r.route())
-        && resp.status.is_success()
+        && resp.status().is_success()
     {
         let state = &mut ctx.body;
         let content_type = resp
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
+            .field("content-type")
+            .and_then(|v| std::str::from_utf8(v).ok())
             .unwrap_or("");
         if !route.response_filters.is_empty() {
             state.resp_filter = ResponseFilter::for_content_type(
@@ -198,9 +198,12 @@ pub(super) fn response_header(
         || state.resp_rename.is_some()
         || state.usage.as_ref().is_some_and(|u| u.rewrites())
     {
-        resp.remove_header(&http::header::CONTENT_LENGTH);
-        if h1 && resp.headers.get(http::header::TRANSFER_ENCODING).is_none() {
-            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        resp.remove(&http::header::CONTENT_LENGTH);
+        if h1 && !resp.has("transfer-encoding") {
+            resp.set(
+                &http::header::TRANSFER_ENCODING,
+                http::HeaderValue::from_static("chunked"),
+            )?;
         }
     }
     Ok(())

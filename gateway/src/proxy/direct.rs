@@ -16,6 +16,7 @@
 //! retry sends it again.
 
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,6 +35,8 @@ use tokio::time::Instant;
 use weir_conf::model::Protocol;
 
 use super::ctx::GatewayCtx;
+use super::head::{AnswerHead, RawAnswer};
+use super::plain::{self, Conn};
 use super::respond::Answer;
 use super::{body, observe, request, respond, upstream};
 use crate::client::{Client, Downstream};
@@ -243,7 +246,8 @@ impl Direct {
             let mut body = (!raw.is_empty()).then(|| raw.clone());
             body::request_body(ctx, &mut body, true).map_err(|e| respond::refuse(ctx, e))?;
             let body = body.unwrap_or_default();
-            let (mut conn, reused) = match self.connector.get_stream(&*peer).await {
+            let plain_to = plain::target(&peer);
+            let (mut conn, reused) = match self.connect(&peer, plain_to, ctx.start).await {
                 Ok(got) => got,
                 Err(e) => {
                     let e = upstream::connect_failed(shared, ctx, &peer, e);
@@ -289,7 +293,7 @@ impl Direct {
                     return Err(e);
                 }
             };
-            observe::grpc_status_in_headers(ctx, &resp.headers);
+            observe::grpc_status_in_head(ctx, &resp);
             if let Err(e) = upstream::answered(shared, &*client, &resp, ctx) {
                 let e = upstream::proxy_failed(&peer, &*client, e, ctx, reused);
                 if e.retry() {
@@ -307,8 +311,8 @@ impl Direct {
             let http11 = client.req.version == http::Version::HTTP_11;
             let (chunked, keep) = client_framing(&mut resp, framing, http11, keep)?;
             let mut out = Vec::with_capacity(512);
-            write_response_head(&resp, &mut out);
-            client.answered = Some(resp.status.as_u16());
+            resp.write_h1(&mut out);
+            client.answered = Some(resp.status().as_u16());
             let read_timeout = peer.options.read_timeout;
             let mut writer = BodyWriter {
                 stream: client.stream,
@@ -326,11 +330,40 @@ impl Direct {
             client.sent += writer.sent;
             let upstream_done = whole?;
             if upstream_done && upstream_keeps {
-                self.connector
-                    .release_stream(conn, peer.reuse_hash(), peer.idle_timeout());
+                match (conn, plain_to) {
+                    (Conn::Plain(conn), Some(addr)) => {
+                        let since = ctx.upstream.header_at.unwrap_or(ctx.start);
+                        plain::keep(addr, conn, since);
+                    }
+                    (Conn::Layered(conn), _) => {
+                        self.connector
+                            .release_stream(conn, peer.reuse_hash(), peer.idle_timeout());
+                    }
+                    (Conn::Plain(_), None) => {}
+                }
             }
             return Ok(keep);
         }
+    }
+
+    /// A connection to `peer` and whether it was reused: a plain one of
+    /// this thread's ([`plain`]) when `plain_to` names its address (`now`
+    /// to judge idle ones by), else Pingora's.
+    async fn connect(
+        &self,
+        peer: &HttpPeer,
+        plain_to: Option<SocketAddr>,
+        now: std::time::Instant,
+    ) -> Result<(Conn, bool)> {
+        let Some(addr) = plain_to else {
+            let (conn, reused) = self.connector.get_stream(peer).await?;
+            return Ok((Conn::Layered(conn), reused));
+        };
+        if let Some(conn) = plain::reuse(addr, now, peer.idle_timeout()) {
+            return Ok((Conn::Plain(conn), true));
+        }
+        let conn = plain::connect(addr, peer.options.connection_timeout).await?;
+        Ok((Conn::Plain(conn), false))
     }
 }
 
@@ -341,7 +374,7 @@ impl Direct {
 /// client; HTTP/1.0 has no chunked coding (RFC 9112 §6.1), so such an
 /// answer, or a chunked one, ends with the connection there.
 fn client_framing(
-    resp: &mut ResponseHeader,
+    resp: &mut impl AnswerHead,
     framing: Framing,
     http11: bool,
     mut keep: bool,
@@ -349,21 +382,20 @@ fn client_framing(
     // The only transfer coding left on the answer is `chunked`: the
     // upstream's are removed with the hop-by-hop fields, and only that one
     // is set again (by `parse_response` or the answer filters).
-    let mut chunked = resp.headers.contains_key(header::TRANSFER_ENCODING);
-    let delimited = chunked
-        || matches!(framing, Framing::Empty)
-        || resp.headers.contains_key(header::CONTENT_LENGTH);
+    let mut chunked = resp.has("transfer-encoding");
+    let delimited = chunked || matches!(framing, Framing::Empty) || resp.has("content-length");
+    let value = http::HeaderValue::from_static;
     if http11 && !delimited {
-        resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+        resp.set(&header::TRANSFER_ENCODING, value("chunked"))?;
         chunked = true;
     } else if !http11 && (chunked || !delimited) {
-        resp.remove_header(&header::TRANSFER_ENCODING);
+        resp.remove(&header::TRANSFER_ENCODING);
         (chunked, keep) = (false, false);
     }
     if !keep {
-        resp.insert_header(header::CONNECTION, "close")?;
+        resp.set(&header::CONNECTION, value("close"))?;
     } else if !http11 {
-        resp.insert_header(header::CONNECTION, "keep-alive")?;
+        resp.set(&header::CONNECTION, value("keep-alive"))?;
     }
     Ok((chunked, keep))
 }
@@ -521,9 +553,11 @@ fn span(whole: &[u8], piece: &[u8]) -> Option<std::ops::Range<usize>> {
 /// or one `Content-Length` of at most [`MAX_BODY`], no upgrade or
 /// `Expect`, not gRPC, not `CONNECT`.
 fn parse_request(head: &[u8]) -> Option<Parsed> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut fields);
-    match req.parse(head) {
+    // Left uninitialised: httparse fills what it uses (no 8 KiB cleared
+    // per request).
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(head, &mut fields) {
         Ok(httparse::Status::Complete(n)) if n == head.len() => {}
         _ => return None,
     }
@@ -637,7 +671,7 @@ fn hop_by_hop(headers: &http::HeaderMap) -> Vec<http::HeaderName> {
 /// removed), its framing, whether the upstream keeps the connection, and
 /// the bytes read past the head.
 struct Answered {
-    resp: ResponseHeader,
+    resp: RawAnswer,
     framing: Framing,
     upstream_keeps: bool,
     rest: BytesMut,
@@ -655,7 +689,7 @@ struct UpstreamRequest<'a> {
 /// Writes the request (its head, then its body) to the upstream and reads
 /// the answer's head.
 async fn exchange(
-    conn: &mut Stream,
+    conn: &mut Conn,
     peer: &HttpPeer,
     up: UpstreamRequest<'_>,
     clock: &mut Clock,
@@ -816,29 +850,23 @@ async fn with_timeout<T>(
     }
 }
 
-/// The answer's head as a `ResponseHeader` without its hop-by-hop fields,
-/// how its body is delimited, and whether the upstream keeps the
-/// connection open after it (no `Connection: close`).
-fn parse_response(head: &Bytes, method: &http::Method) -> Result<(ResponseHeader, Framing, bool)> {
+/// The answer's head, its hop-by-hop fields left out, how its body is
+/// delimited, and whether the upstream keeps the connection open after it
+/// (no `Connection: close`). Field names and values are as httparse
+/// checked them (the same characters `http`'s types accept).
+fn parse_response(head: &Bytes, method: &http::Method) -> Result<(RawAnswer, Framing, bool)> {
     let invalid = |why: &str| Error::explain(ErrorType::InvalidHTTPHeader, why.to_owned());
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut fields);
-    match parsed.parse(head) {
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    match config.parse_response_with_uninit_headers(&mut parsed, head, &mut fields) {
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(invalid("invalid upstream answer header")),
     }
     let code = parsed.code.ok_or_else(|| invalid("no status"))?;
-    let mut resp = ResponseHeader::build_no_case(code, Some(parsed.headers.len() + 6))?;
-    resp.set_version(if parsed.version == Some(0) {
-        http::Version::HTTP_10
-    } else {
-        http::Version::HTTP_11
-    });
-    if let Some(reason) = parsed.reason
-        && Some(reason) != resp.status.canonical_reason()
-    {
-        resp.set_reason_phrase(Some(reason))?;
-    }
+    let status = http::StatusCode::from_u16(code).map_err(|_| invalid("invalid status"))?;
+    let at = |piece: &[u8]| span(head, piece).ok_or_else(|| invalid("upstream header"));
+    let reason = parsed.reason.map(|r| at(r.as_bytes())).transpose()?;
     // One pass over the fields, with the connection's own (hop-by-hop)
     // ones left out as they come: the fixed list and those `Connection`
     // names (RFC 9110 §7.6.1), noted first.
@@ -859,6 +887,7 @@ fn parse_response(head: &Bytes, method: &http::Method) -> Result<(ResponseHeader
     let mut chunked = None;
     let mut length: Option<&[u8]> = None;
     let mut lengths_differ = false;
+    let mut spans = Vec::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
         if is_hop_by_hop(name) || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
@@ -874,20 +903,18 @@ fn parse_response(head: &Bytes, method: &http::Method) -> Result<(ResponseHeader
                 None => length = Some(h.value),
             }
         }
-        let name = http::HeaderName::from_bytes(name)
-            .map_err(|_| invalid("invalid upstream header name"))?;
-        let at = span(head, h.value).ok_or_else(|| invalid("upstream header value"))?;
-        let value = http::HeaderValue::from_maybe_shared(head.slice(at))
-            .map_err(|_| invalid("invalid upstream header value"))?;
-        resp.append_header(name, value)?;
+        spans.push((at(name)?, at(h.value)?));
     }
-    let status = resp.status.as_u16();
-    let framing = if *method == http::Method::HEAD || status == 204 || status == 304 {
+    let mut resp = RawAnswer::new(head.clone(), status, reason, spans);
+    let framing = if *method == http::Method::HEAD
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED
+    {
         Framing::Empty
     } else if let Some(chunked) = chunked {
         // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3).
         if length.is_some() {
-            resp.remove_header(&header::CONTENT_LENGTH);
+            resp.remove(&header::CONTENT_LENGTH);
         }
         if chunked {
             Framing::Chunked
@@ -909,7 +936,10 @@ fn parse_response(head: &Bytes, method: &http::Method) -> Result<(ResponseHeader
     };
     if chunked == Some(true) {
         // Kept as the client's framing unless the filters change it.
-        resp.append_header(header::TRANSFER_ENCODING, "chunked")?;
+        resp.set(
+            &header::TRANSFER_ENCODING,
+            http::HeaderValue::from_static("chunked"),
+        )?;
     }
     Ok((resp, framing, !upstream_closes))
 }
@@ -1050,7 +1080,7 @@ async fn relay_body(
 /// The upstream side of an answer being relayed: its connection, the bytes
 /// read of it, and how long a read may wait.
 struct Upstream<'a> {
-    conn: &'a mut Stream,
+    conn: &'a mut Conn,
     buf: &'a mut BytesMut,
     read_timeout: Option<Duration>,
     clock: &'a mut Clock,
@@ -1369,7 +1399,7 @@ mod tests {
         assert!(build_request(&two_hosts, &parse_request(&two_hosts).unwrap()).is_none());
     }
 
-    fn framing_of(head: &str, method: http::Method) -> Result<(ResponseHeader, Framing, bool)> {
+    fn framing_of(head: &str, method: http::Method) -> Result<(RawAnswer, Framing, bool)> {
         parse_response(&Bytes::from(head.to_owned()), &method)
     }
 
@@ -1386,8 +1416,8 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(f, Framing::Chunked));
-        assert!(!resp.headers.contains_key(header::CONTENT_LENGTH));
-        assert_eq!(resp.headers[header::TRANSFER_ENCODING], "chunked");
+        assert!(!resp.has("content-length"));
+        assert_eq!(resp.field("transfer-encoding"), Some(&b"chunked"[..]));
         let (_, f, _) = framing_of(
             "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
             get.clone(),
@@ -1417,7 +1447,7 @@ mod tests {
         .unwrap();
         assert!(!keeps);
         for gone in ["connection", "x-hop", "keep-alive"] {
-            assert!(!resp.headers.contains_key(gone), "{gone}");
+            assert!(!resp.has(gone), "{gone}");
         }
         // A named field before the `Connection` that names it; the rest kept.
         let (resp, _, keeps) = framing_of(
@@ -1426,9 +1456,15 @@ mod tests {
         )
         .unwrap();
         assert!(keeps);
-        assert!(!resp.headers.contains_key("x-hop") && !resp.headers.contains_key("te"));
-        assert_eq!(resp.headers["x-kept"], "2");
-        assert_eq!(resp.headers["content-length"], "0");
+        assert!(!resp.has("x-hop") && !resp.has("te"));
+        assert_eq!(resp.field("x-kept"), Some(&b"2"[..]));
+        assert_eq!(resp.field("content-length"), Some(&b"0"[..]));
+        let mut wire = Vec::new();
+        resp.write_h1(&mut wire);
+        assert_eq!(
+            wire,
+            b"HTTP/1.1 200 OK\r\nx-kept: 2\r\ncontent-length: 0\r\n\r\n"
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! Pingora's copy of the request, or written by the direct path straight
 //! into the upstream head beside the client's own fields, with no copy of
 //! the request's header map (a copy, its growth for the added fields and
-//! its drop cost more than the rest of the upstream head).
+//! its drop cost more than the rest of the upstream head). The direct
+//! path keeps its changes to an answer's fields the same way
+//! ([`super::head::RawAnswer`]).
 
 use http::{HeaderName, HeaderValue};
 use pingora_error::{ErrorType, OrErr, Result};
@@ -32,6 +34,13 @@ pub(super) struct FieldEdits {
 }
 
 impl FieldEdits {
+    /// Room for `n` edits (one allocation for a request's usual few).
+    pub(super) fn with_capacity(n: usize) -> Self {
+        Self {
+            edits: Vec::with_capacity(n),
+        }
+    }
+
     /// Sets `name` to `value` alone.
     pub(super) fn set(&mut self, name: &HeaderName, value: HeaderValue) {
         self.edits.push(Edit::Set(name.clone(), value));
@@ -69,6 +78,28 @@ impl FieldEdits {
         self.edits.iter().any(|e| e.name() == name)
     }
 
+    /// Whether an edit decides the field named `name` as it came on the
+    /// wire (in any case).
+    pub(super) fn decides_raw(&self, name: &[u8]) -> bool {
+        self.edits
+            .iter()
+            .any(|e| e.name().as_str().as_bytes().eq_ignore_ascii_case(name))
+    }
+
+    /// What the edits make of `name` (lower case): `Some(Some(value))`
+    /// when its last edit sets it, `Some(None)` when that removes it,
+    /// `None` when no edit names it.
+    pub(super) fn decided(&self, name: &str) -> Option<Option<&HeaderValue>> {
+        self.edits
+            .iter()
+            .rev()
+            .find(|e| e.name().as_str() == name)
+            .map(|e| match e {
+                Edit::Set(_, value) => Some(value),
+                Edit::Remove(_) => None,
+            })
+    }
+
     /// The fields set in the end: each name's last edit, when it sets.
     fn sets(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
         self.edits
@@ -93,26 +124,34 @@ impl FieldEdits {
     /// usual case, others as they are stored, lower case), except that a
     /// field the edits replace comes after the client's fields.
     pub(super) fn write_h1(&self, req: &RequestHeader, skip: &[HeaderName], out: &mut Vec<u8>) {
-        let mut line = |name: &HeaderName, value: &HeaderValue| {
-            let titled = pingora_http::titled_header_name_str(name);
-            out.extend_from_slice(titled.unwrap_or(name.as_str()).as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        };
         for (name, value) in &req.headers {
             if !self.decides(name) && !skip.contains(name) {
-                line(name, value);
+                write_line(name, value, out);
             }
         }
+        self.write_sets(out);
+    }
+
+    /// Writes the fields the edits set, as HTTP/1 field lines.
+    pub(super) fn write_sets(&self, out: &mut Vec<u8>) {
         for (name, value) in self.sets() {
-            line(name, value);
+            write_line(name, value, out);
         }
     }
 }
 
+/// One HTTP/1 field line: a well-known name in its usual case (as Pingora
+/// writes it), others as they are stored (lower case).
+fn write_line(name: &HeaderName, value: &HeaderValue, out: &mut Vec<u8>) {
+    let titled = pingora_http::titled_header_name_str(name);
+    out.extend_from_slice(titled.unwrap_or(name.as_str()).as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
@@ -152,8 +191,9 @@ mod tests {
         e
     }
 
-    /// The fields of `wire` as (lower-case name, value) pairs, sorted.
-    fn fields(wire: &[u8]) -> Vec<(String, String)> {
+    /// The fields of `wire` (field lines only) as (lower-case name,
+    /// value) pairs, sorted.
+    pub(in crate::proxy) fn fields(wire: &[u8]) -> Vec<(String, String)> {
         let text = std::str::from_utf8(wire).unwrap();
         let mut out: Vec<_> = text
             .split("\r\n")

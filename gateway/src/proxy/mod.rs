@@ -24,7 +24,9 @@ mod catalogue;
 mod ctx;
 pub mod direct;
 mod fields;
+mod head;
 mod observe;
+mod plain;
 mod request;
 mod respond;
 mod upstream;
@@ -128,7 +130,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut GatewayCtx,
     ) -> Result<()> {
-        observe::grpc_status_in_headers(ctx, &upstream_response.headers);
+        observe::grpc_status_in_head(ctx, &*upstream_response);
         upstream::answered(&self.shared, &*session, upstream_response, ctx)
     }
 
@@ -209,7 +211,7 @@ fn upstream_edits(
     client: &dyn crate::client::Client,
     ctx: &mut GatewayCtx,
 ) -> Result<fields::FieldEdits> {
-    let mut edits = fields::FieldEdits::default();
+    let mut edits = fields::FieldEdits::with_capacity(8);
     if let Some(id) = &ctx.request_id {
         edits.set(crate::headers::X_REQUEST_ID.name(), id.clone());
     }

@@ -51,9 +51,9 @@ pub(super) fn trace_upstream(
 
 /// Reads the `grpc-status` of a gRPC answer's headers: a trailers-only
 /// answer carries it there.
-pub(super) fn grpc_status_in_headers(ctx: &mut GatewayCtx, headers: &http::HeaderMap) {
+pub(super) fn grpc_status_in_head(ctx: &mut GatewayCtx, head: &impl super::head::AnswerHead) {
     if ctx.grpc {
-        ctx.observe.grpc_status = crate::grpc::status_in(headers);
+        ctx.observe.grpc_status = head.field("grpc-status").and_then(crate::grpc::status_of);
     }
 }
 

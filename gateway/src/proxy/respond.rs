@@ -9,6 +9,7 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, Session};
 
 use super::ctx::GatewayCtx;
+use super::head::AnswerHead;
 use crate::errors::GatewayError;
 
 /// An answer the gateway makes itself, ready to write.
@@ -146,21 +147,22 @@ pub(super) fn refuse(ctx: &mut GatewayCtx, err: GatewayError) -> Box<Error> {
 }
 
 /// Adds the `x-weir-*`, `x-ratelimit-*` and `x-request-id` headers.
-pub(super) fn decorate(resp: &mut ResponseHeader, ctx: &GatewayCtx) -> Result<()> {
+pub(super) fn decorate(resp: &mut impl AnswerHead, ctx: &GatewayCtx) -> Result<()> {
+    use crate::headers::{X_REQUEST_ID, X_WEIR_ARM, X_WEIR_FALLBACK, X_WEIR_ROUTE};
     if let Some(id) = &ctx.request_id {
-        resp.insert_header(&crate::headers::X_REQUEST_ID, id.clone())?;
+        resp.set_static(&X_REQUEST_ID, id.clone())?;
     }
     if let Some(route) = ctx.route() {
-        resp.insert_header(&crate::headers::X_WEIR_ROUTE, route.name_header.clone())?;
+        resp.set_static(&X_WEIR_ROUTE, route.name_header.clone())?;
         if let Some(arm) = ctx.arm() {
-            resp.insert_header(&crate::headers::X_WEIR_ARM, arm.name_header.clone())?;
+            resp.set_static(&X_WEIR_ARM, arm.name_header.clone())?;
         }
     }
     if ctx.upstream.fallback {
-        resp.insert_header(&crate::headers::X_WEIR_FALLBACK, "1")?;
+        resp.set_static(&X_WEIR_FALLBACK, http::HeaderValue::from_static("1"))?;
     }
     for (name, value) in ctx.rate_headers.pairs() {
-        resp.insert_header(name, value.to_string())?;
+        resp.set(&http::HeaderName::from_static(name), value.into())?;
     }
     Ok(())
 }

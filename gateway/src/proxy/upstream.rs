@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
-use pingora_http::ResponseHeader;
 
 use super::ctx::{GatewayCtx, Routed, UpstreamState};
+use super::head::AnswerHead;
 use crate::breaker::Outcome;
 use crate::client::Client;
 use crate::errors::GatewayError;
@@ -196,19 +196,18 @@ pub(super) fn connect_failed(
 pub(super) fn answered(
     shared: &Shared,
     client: &dyn Client,
-    resp: &ResponseHeader,
+    resp: &impl AnswerHead,
     ctx: &mut GatewayCtx,
 ) -> Result<()> {
-    let status = resp.status.as_u16();
+    let status = resp.status().as_u16();
     ctx.upstream.status = Some(status);
     let now = std::time::Instant::now();
     ctx.upstream.header_at = Some(now);
     if let Some(f) = ctx.upstream.in_flight.as_mut() {
         f.answered(crate::balance::ns_at(now), status < 500);
         if let Some(depth) = resp
-            .headers
-            .get(QUEUE_DEPTH)
-            .and_then(|v| v.to_str().ok())
+            .field(QUEUE_DEPTH)
+            .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.parse::<u64>().ok())
         {
             f.load().set_queue(depth);
