@@ -17,6 +17,7 @@
 //! survives reloads like its breaker.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -69,6 +70,27 @@ pub struct Member {
     pub load: Arc<Load>,
     /// Its breaker (when breakers are on).
     breaker: Option<Arc<Breaker>>,
+    /// Whether it passes health checks: the health registry's word, read
+    /// when the pool is built and gone live and after each round of
+    /// checks ([`Watch::refresh`]), so that a pick reads a flag instead of
+    /// looking the backend up by a hash of it.
+    ready: Arc<AtomicBool>,
+}
+
+/// What a pool's health checks report on: its newest balancer and the
+/// readiness flags of its members.
+struct Watch {
+    lb: Arc<Balancer>,
+    ready: Vec<(Backend, Arc<AtomicBool>)>,
+}
+
+impl Watch {
+    /// Copies the health registry's word on each member into its flag.
+    fn refresh(&self) {
+        for (backend, flag) in &self.ready {
+            flag.store(self.lb.backends().ready(backend), Ordering::Relaxed);
+        }
+    }
 }
 
 /// The active health checks of one pool, shared by the balancers of
@@ -76,8 +98,9 @@ pub struct Member {
 pub struct PoolHealth {
     settings: HealthCheck,
     registry: Arc<HealthRegistry>,
-    /// The newest balancer, whose members the health gauges report.
-    latest: Arc<Mutex<Weak<Balancer>>>,
+    /// The newest pool's balancer and members: the health gauges report
+    /// them and their readiness flags follow the checks.
+    latest: Arc<Mutex<Weak<Watch>>>,
     /// The check loop, started when the first runtime using it goes live.
     task: OnceLock<tokio::task::AbortHandle>,
     pool: String,
@@ -127,12 +150,14 @@ impl PoolHealth {
         })
     }
 
-    /// Reports the members of `lb` from now on, starting the check loop on
-    /// the current tokio runtime if it is not running yet.
-    fn activate(&self, lb: &Arc<Balancer>, metrics: &Metrics) {
+    /// Reports the members of `watch` from now on (their flags brought up
+    /// to date at once), starting the check loop on the current tokio
+    /// runtime if it is not running yet.
+    fn activate(&self, watch: &Arc<Watch>, metrics: &Metrics) {
         if let Ok(mut latest) = self.latest.lock() {
-            *latest = Arc::downgrade(lb);
+            *latest = Arc::downgrade(watch);
         }
+        watch.refresh();
         self.task.get_or_init(|| {
             tokio::spawn(health_loop(
                 Arc::clone(&self.registry),
@@ -235,6 +260,8 @@ pub struct PoolRt {
     /// the name and weight): a pool is rebuilt when they change.
     pub resolved: Vec<(std::net::SocketAddr, String, u32)>,
     health: Option<Arc<PoolHealth>>,
+    /// The balancer and the members' readiness flags, for the checks.
+    watch: Arc<Watch>,
 }
 
 impl PoolRt {
@@ -301,7 +328,9 @@ impl PoolRt {
                 .map_or_else(|| Arc::new(Load::default()), |m| Arc::clone(&m.load));
             total += u64::from(b.weight);
             cumulative.push(total);
+            let ready = Arc::new(AtomicBool::new(lb.backends().ready(&backend)));
             members.push(Member {
+                ready,
                 breaker: breakers
                     .enabled()
                     .then(|| breakers.get(&b.addr))
@@ -313,15 +342,24 @@ impl PoolRt {
                 load,
             });
         }
+        let lb = Arc::new(lb);
+        let watch = Arc::new(Watch {
+            lb: Arc::clone(&lb),
+            ready: members
+                .iter()
+                .map(|m| (m.backend.clone(), Arc::clone(&m.ready)))
+                .collect(),
+        });
         Ok(Self {
             config,
-            lb: Arc::new(lb),
+            lb,
             breakers,
             members,
             cumulative,
             tls,
             resolved,
             health,
+            watch,
         })
     }
 
@@ -329,7 +367,7 @@ impl PoolRt {
     /// pool of the same name it replaced, if any.
     pub fn commit(&self, previous: Option<&PoolRt>, metrics: &Metrics) {
         if let Some(h) = &self.health {
-            h.activate(&self.lb, metrics);
+            h.activate(&self.watch, metrics);
         }
         if let Some(p) = previous {
             self.breakers
@@ -381,7 +419,7 @@ impl PoolRt {
                     !refused.contains(&i)
                         && !tried.contains(&m.backend.addr)
                         && m.breaker.as_ref().is_none_or(|b| b.may_admit(now))
-                        && self.healthy(&m.backend)
+                        && m.ready.load(Ordering::Relaxed)
                 },
             )?;
             let m = &self.members[i];
@@ -461,7 +499,8 @@ impl PoolRt {
             .and_then(|m| m.host.as_deref())
     }
 
-    /// Whether `backend` currently passes health checks.
+    /// Whether `backend` currently passes health checks (the registry's
+    /// word, as the admin API reports it).
     pub fn healthy(&self, backend: &Backend) -> bool {
         self.lb.backends().ready(backend)
     }
@@ -475,7 +514,7 @@ pub fn address_tag(addr: &pingora_core::protocols::l4::socket::SocketAddr) -> u6
 
 async fn health_loop(
     registry: Arc<HealthRegistry>,
-    latest: Arc<Mutex<Weak<Balancer>>>,
+    latest: Arc<Mutex<Weak<Watch>>>,
     pool: String,
     interval: Duration,
     metrics: Metrics,
@@ -483,15 +522,16 @@ async fn health_loop(
     let mut reported: BTreeSet<String> = BTreeSet::new();
     loop {
         registry.run_health_check(true).await;
-        let lb = latest.lock().ok().and_then(|l| l.upgrade());
-        if let Some(lb) = lb {
+        let watch = latest.lock().ok().and_then(|l| l.upgrade());
+        if let Some(watch) = watch {
+            watch.refresh();
             let mut now = BTreeSet::new();
-            for b in lb.backends().get_backend().iter() {
+            for (b, ready) in &watch.ready {
                 let addr = b.addr.to_string();
                 metrics
                     .backend_healthy
                     .with_label_values(&[pool.as_str(), addr.as_str()])
-                    .set(i64::from(lb.backends().ready(b)));
+                    .set(i64::from(ready.load(Ordering::Relaxed)));
                 now.insert(addr);
             }
             // Members that left the pool leave the gauge too.
