@@ -72,25 +72,9 @@ pub struct Member {
     breaker: Option<Arc<Breaker>>,
     /// Whether it passes health checks: the health registry's word, read
     /// when the pool is built and gone live and after each round of
-    /// checks ([`Watch::refresh`]), so that a pick reads a flag instead of
-    /// looking the backend up by a hash of it.
-    ready: Arc<AtomicBool>,
-}
-
-/// What a pool's health checks report on: its newest balancer and the
-/// readiness flags of its members.
-struct Watch {
-    lb: Arc<Balancer>,
-    ready: Vec<(Backend, Arc<AtomicBool>)>,
-}
-
-impl Watch {
-    /// Copies the health registry's word on each member into its flag.
-    fn refresh(&self) {
-        for (backend, flag) in &self.ready {
-            flag.store(self.lb.backends().ready(backend), Ordering::Relaxed);
-        }
-    }
+    /// checks ([`PoolRt::refresh_ready`]), so that a pick reads a flag
+    /// instead of looking the backend up by a hash of it.
+    ready: AtomicBool,
 }
 
 /// The active health checks of one pool, shared by the balancers of
@@ -98,9 +82,9 @@ impl Watch {
 pub struct PoolHealth {
     settings: HealthCheck,
     registry: Arc<HealthRegistry>,
-    /// The newest pool's balancer and members: the health gauges report
-    /// them and their readiness flags follow the checks.
-    latest: Arc<Mutex<Weak<Watch>>>,
+    /// The newest pool: the health gauges report its members and their
+    /// readiness flags follow the checks.
+    latest: Arc<Mutex<Weak<PoolRt>>>,
     /// The check loop, started when the first runtime using it goes live.
     task: OnceLock<tokio::task::AbortHandle>,
     pool: String,
@@ -150,14 +134,14 @@ impl PoolHealth {
         })
     }
 
-    /// Reports the members of `watch` from now on (their flags brought up
+    /// Reports the members of `pool` from now on (their flags brought up
     /// to date at once), starting the check loop on the current tokio
     /// runtime if it is not running yet.
-    fn activate(&self, watch: &Arc<Watch>, metrics: &Metrics) {
+    fn activate(&self, pool: &Arc<PoolRt>, metrics: &Metrics) {
         if let Ok(mut latest) = self.latest.lock() {
-            *latest = Arc::downgrade(watch);
+            *latest = Arc::downgrade(pool);
         }
-        watch.refresh();
+        pool.refresh_ready();
         self.task.get_or_init(|| {
             tokio::spawn(health_loop(
                 Arc::clone(&self.registry),
@@ -260,8 +244,6 @@ pub struct PoolRt {
     /// the name and weight): a pool is rebuilt when they change.
     pub resolved: Vec<(std::net::SocketAddr, String, u32)>,
     health: Option<Arc<PoolHealth>>,
-    /// The balancer and the members' readiness flags, for the checks.
-    watch: Arc<Watch>,
 }
 
 impl PoolRt {
@@ -328,7 +310,7 @@ impl PoolRt {
                 .map_or_else(|| Arc::new(Load::default()), |m| Arc::clone(&m.load));
             total += u64::from(b.weight);
             cumulative.push(total);
-            let ready = Arc::new(AtomicBool::new(lb.backends().ready(&backend)));
+            let ready = AtomicBool::new(lb.backends().ready(&backend));
             members.push(Member {
                 ready,
                 breaker: breakers
@@ -342,32 +324,23 @@ impl PoolRt {
                 load,
             });
         }
-        let lb = Arc::new(lb);
-        let watch = Arc::new(Watch {
-            lb: Arc::clone(&lb),
-            ready: members
-                .iter()
-                .map(|m| (m.backend.clone(), Arc::clone(&m.ready)))
-                .collect(),
-        });
         Ok(Self {
             config,
-            lb,
+            lb: Arc::new(lb),
             breakers,
             members,
             cumulative,
             tls,
             resolved,
             health,
-            watch,
         })
     }
 
     /// Run once the runtime holding this pool is live; `previous` is the
     /// pool of the same name it replaced, if any.
-    pub fn commit(&self, previous: Option<&PoolRt>, metrics: &Metrics) {
+    pub fn commit(self: &Arc<Self>, previous: Option<&PoolRt>, metrics: &Metrics) {
         if let Some(h) = &self.health {
-            h.activate(&self.watch, metrics);
+            h.activate(self, metrics);
         }
         if let Some(p) = previous {
             self.breakers
@@ -499,6 +472,14 @@ impl PoolRt {
             .and_then(|m| m.host.as_deref())
     }
 
+    /// Copies the health registry's word on each member into its flag.
+    fn refresh_ready(&self) {
+        for m in &self.members {
+            let ready = self.lb.backends().ready(&m.backend);
+            m.ready.store(ready, Ordering::Relaxed);
+        }
+    }
+
     /// Whether `backend` currently passes health checks (the registry's
     /// word, as the admin API reports it).
     pub fn healthy(&self, backend: &Backend) -> bool {
@@ -514,7 +495,7 @@ pub fn address_tag(addr: &pingora_core::protocols::l4::socket::SocketAddr) -> u6
 
 async fn health_loop(
     registry: Arc<HealthRegistry>,
-    latest: Arc<Mutex<Weak<Watch>>>,
+    latest: Arc<Mutex<Weak<PoolRt>>>,
     pool: String,
     interval: Duration,
     metrics: Metrics,
@@ -522,16 +503,16 @@ async fn health_loop(
     let mut reported: BTreeSet<String> = BTreeSet::new();
     loop {
         registry.run_health_check(true).await;
-        let watch = latest.lock().ok().and_then(|l| l.upgrade());
-        if let Some(watch) = watch {
-            watch.refresh();
+        let newest = latest.lock().ok().and_then(|l| l.upgrade());
+        if let Some(newest) = newest {
+            newest.refresh_ready();
             let mut now = BTreeSet::new();
-            for (b, ready) in &watch.ready {
-                let addr = b.addr.to_string();
+            for m in &newest.members {
+                let addr = m.backend.addr.to_string();
                 metrics
                     .backend_healthy
                     .with_label_values(&[pool.as_str(), addr.as_str()])
-                    .set(i64::from(ready.load(Ordering::Relaxed)));
+                    .set(i64::from(m.ready.load(Ordering::Relaxed)));
                 now.insert(addr);
             }
             // Members that left the pool leave the gauge too.

@@ -246,8 +246,7 @@ impl Direct {
             let mut body = (!raw.is_empty()).then(|| raw.clone());
             body::request_body(ctx, &mut body, true).map_err(|e| respond::refuse(ctx, e))?;
             let body = body.unwrap_or_default();
-            let plain_to = plain::target(&peer);
-            let (mut conn, reused) = match self.connect(&peer, plain_to, ctx.start).await {
+            let (mut conn, reused) = match self.connect(&peer, ctx.start).await {
                 Ok(got) => got,
                 Err(e) => {
                     let e = upstream::connect_failed(shared, ctx, &peer, e);
@@ -330,16 +329,15 @@ impl Direct {
             client.sent += writer.sent;
             let upstream_done = whole?;
             if upstream_done && upstream_keeps {
-                match (conn, plain_to) {
-                    (Conn::Plain(conn), Some(addr)) => {
+                match conn {
+                    Conn::Plain(conn, addr) => {
                         let since = ctx.upstream.header_at.unwrap_or(ctx.start);
                         plain::keep(addr, conn, since);
                     }
-                    (Conn::Layered(conn), _) => {
+                    Conn::Layered(conn) => {
                         self.connector
                             .release_stream(conn, peer.reuse_hash(), peer.idle_timeout());
                     }
-                    (Conn::Plain(_), None) => {}
                 }
             }
             return Ok(keep);
@@ -347,23 +345,18 @@ impl Direct {
     }
 
     /// A connection to `peer` and whether it was reused: a plain one of
-    /// this thread's ([`plain`]) when `plain_to` names its address (`now`
-    /// to judge idle ones by), else Pingora's.
-    async fn connect(
-        &self,
-        peer: &HttpPeer,
-        plain_to: Option<SocketAddr>,
-        now: std::time::Instant,
-    ) -> Result<(Conn, bool)> {
-        let Some(addr) = plain_to else {
+    /// this thread's ([`plain`]) when the peer asks for nothing more
+    /// ([`plain::target`]; `now` to judge idle ones by), else Pingora's.
+    async fn connect(&self, peer: &HttpPeer, now: std::time::Instant) -> Result<(Conn, bool)> {
+        let Some(addr) = plain::target(peer) else {
             let (conn, reused) = self.connector.get_stream(peer).await?;
             return Ok((Conn::Layered(conn), reused));
         };
         if let Some(conn) = plain::reuse(addr, now, peer.idle_timeout()) {
-            return Ok((Conn::Plain(conn), true));
+            return Ok((Conn::Plain(conn, addr), true));
         }
         let conn = plain::connect(addr, peer.options.connection_timeout).await?;
-        Ok((Conn::Plain(conn), false))
+        Ok((Conn::Plain(conn, addr), false))
     }
 }
 

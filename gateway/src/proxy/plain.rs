@@ -27,8 +27,8 @@ const MAX_IDLE: usize = 128;
 
 /// An upstream connection of the direct path.
 pub(super) enum Conn {
-    /// A plain TCP connection, pooled here.
-    Plain(TcpStream),
+    /// A plain TCP connection to the address given, pooled here.
+    Plain(TcpStream, SocketAddr),
     /// A connection made and pooled by Pingora (TLS, or other options).
     Layered(Stream),
 }
@@ -150,7 +150,7 @@ impl AsyncRead for Conn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(c) => Pin::new(c).poll_read(cx, buf),
+            Conn::Plain(c, _) => Pin::new(c).poll_read(cx, buf),
             Conn::Layered(c) => Pin::new(c).poll_read(cx, buf),
         }
     }
@@ -163,21 +163,21 @@ impl AsyncWrite for Conn {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Conn::Plain(c) => Pin::new(c).poll_write(cx, buf),
+            Conn::Plain(c, _) => Pin::new(c).poll_write(cx, buf),
             Conn::Layered(c) => Pin::new(c).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(c) => Pin::new(c).poll_flush(cx),
+            Conn::Plain(c, _) => Pin::new(c).poll_flush(cx),
             Conn::Layered(c) => Pin::new(c).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(c) => Pin::new(c).poll_shutdown(cx),
+            Conn::Plain(c, _) => Pin::new(c).poll_shutdown(cx),
             Conn::Layered(c) => Pin::new(c).poll_shutdown(cx),
         }
     }
