@@ -30,7 +30,7 @@ use pingora_core::protocols::Stream;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use weir_conf::model::Protocol;
 
@@ -474,15 +474,18 @@ async fn read_head(
         // Between requests the connection holds no buffer: the first bytes
         // are read onto the wait's own stack, then kept.
         *buf = BytesMut::new();
-        let mut first = [0u8; 2048];
+        // Not cleared first: the read fills what it reports.
+        let mut first = [MaybeUninit::<u8>::uninit(); 2048];
+        let mut first = tokio::io::ReadBuf::uninit(&mut first);
+        let read = std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_read(cx, &mut first));
         let idle_until = || later(Instant::now(), idle);
-        match clock.until(idle_until, stream.read(&mut first)).await {
-            None | Some(Ok(0)) => return Ok(None),
+        match clock.until(idle_until, read).await {
+            None => return Ok(None),
             Some(Err(_)) => return Err(()),
-            Some(Ok(n)) => {
-                let got = first.get(..n).ok_or(())?;
+            Some(Ok(())) if first.filled().is_empty() => return Ok(None),
+            Some(Ok(())) => {
                 buf.reserve(2048);
-                buf.extend_from_slice(got);
+                buf.extend_from_slice(first.filled());
             }
         }
     }
@@ -616,24 +619,46 @@ fn parse_request(head: &[u8]) -> Option<Parsed> {
 
 /// The request as the hooks see it (Pingora's header types, one map),
 /// values sliced from the head; `None` for what Pingora would refuse.
+///
+/// The usual target, origin-form ASCII with no fragment, becomes the URI
+/// over the head's own bytes, and its authority check is the part of
+/// Pingora's that applies to it (one `Host` at most, without userinfo: an
+/// origin-form target carries no authority to reconcile); any other
+/// target goes through Pingora's own parse and check.
 fn build_request(head: &Bytes, parsed: &Parsed) -> Option<RequestHeader> {
-    let method = std::str::from_utf8(&head[parsed.method.clone()]).ok()?;
-    let mut req = RequestHeader::build_no_case(
-        method,
-        &head[parsed.target.clone()],
-        Some(parsed.fields.len()),
-    )
-    .ok()?;
-    req.set_version(if parsed.http11 {
+    let mut parts = http::Request::new(()).into_parts().0;
+    parts.method = http::Method::from_bytes(&head[parsed.method.clone()]).ok()?;
+    parts.version = if parsed.http11 {
         http::Version::HTTP_11
     } else {
         http::Version::HTTP_10
-    });
+    };
+    // The hooks add no fields to the client's request (the gateway's go
+    // upstream as edits): room for what was parsed is enough.
+    parts.headers = http::HeaderMap::with_capacity(parsed.fields.len());
+    let mut hosts = 0;
     for (name, value) in &parsed.fields {
         let name = http::HeaderName::from_bytes(&head[name.clone()]).ok()?;
         let value = http::HeaderValue::from_maybe_shared(head.slice(value.clone())).ok()?;
-        req.append_header(name, value).ok()?;
+        if name == header::HOST {
+            hosts += 1;
+            if hosts > 1 || value.as_bytes().contains(&b'@') {
+                return None;
+            }
+        }
+        parts.headers.try_append(name, value).ok()?;
     }
+    let target = &head[parsed.target.clone()];
+    let origin = target.first() == Some(&b'/') && target.is_ascii() && !target.contains(&b'#');
+    if origin {
+        let shared = head.slice(parsed.target.clone());
+        if let Ok(path) = http::uri::PathAndQuery::from_maybe_shared(shared) {
+            parts.uri = http::Uri::from(path);
+            return Some(RequestHeader::from(parts));
+        }
+    }
+    let mut req = RequestHeader::from(parts);
+    req.set_raw_path(target).ok()?;
     pingora_core::protocols::http::authority::validate_request_authority(&req).ok()?;
     Some(req)
 }
@@ -796,18 +821,26 @@ impl Clock {
             }
             None => self.sleep.insert(Box::pin(tokio::time::sleep_until(due))),
         };
-        loop {
-            tokio::select! {
-                biased;
-                out = &mut step => return Some(out),
-                () = sleep.as_mut() => {
-                    if Instant::now() >= due {
-                        return None;
-                    }
-                    sleep.as_mut().reset(due);
-                }
+        // `step` has just been polled, in this same task: its waker is set,
+        // and it is not polled again before something wakes the task (a
+        // second poll at once would find it waiting still, at the cost of
+        // its I/O readiness check).
+        let mut step_polled = true;
+        std::future::poll_fn(|cx| {
+            if !std::mem::take(&mut step_polled)
+                && let Poll::Ready(out) = step.as_mut().poll(cx)
+            {
+                return Poll::Ready(Some(out));
             }
-        }
+            while sleep.as_mut().poll(cx).is_ready() {
+                if Instant::now() >= due {
+                    return Poll::Ready(None);
+                }
+                sleep.as_mut().reset(due);
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 
@@ -1392,6 +1425,60 @@ mod tests {
         assert!(build_request(&two_hosts, &parse_request(&two_hosts).unwrap()).is_none());
     }
 
+    /// The request as Pingora builds and checks it from the same head.
+    fn pingora_built(head: &Bytes, parsed: &Parsed) -> Option<RequestHeader> {
+        let method = std::str::from_utf8(&head[parsed.method.clone()]).ok()?;
+        let target = &head[parsed.target.clone()];
+        let mut req = RequestHeader::build_no_case(method, target, None).ok()?;
+        req.set_version(if parsed.http11 {
+            http::Version::HTTP_11
+        } else {
+            http::Version::HTTP_10
+        });
+        for (name, value) in &parsed.fields {
+            let name = http::HeaderName::from_bytes(&head[name.clone()]).ok()?;
+            let value = http::HeaderValue::from_bytes(&head[value.clone()]).ok()?;
+            req.append_header(name, value).ok()?;
+        }
+        pingora_core::protocols::http::authority::validate_request_authority(&req).ok()?;
+        Some(req)
+    }
+
+    #[test]
+    fn the_request_is_what_pingora_would_build_and_accept() {
+        for head in [
+            "GET /p?q=1&r=%20 HTTP/1.1\r\nHost: t:8080\r\nAccept: */*\r\n\r\n",
+            "GET / HTTP/1.0\r\n\r\n",
+            "GET /a#frag HTTP/1.1\r\nhost: t\r\n\r\n",
+            "GET //double/slash HTTP/1.1\r\nhost: t\r\n\r\n",
+            "GET /caf\u{e9} HTTP/1.1\r\nhost: t\r\n\r\n",
+            "GET http://t/p?q HTTP/1.1\r\nhost: t\r\n\r\n",
+            "GET http://t/p HTTP/1.1\r\nhost: other\r\n\r\n",
+            "GET http://u@t/p HTTP/1.1\r\n\r\n",
+            "GET * HTTP/1.1\r\nhost: t\r\n\r\n",
+            "GET ?q HTTP/1.1\r\nhost: t\r\n\r\n",
+            "GET /p HTTP/1.1\r\nhost: u@t\r\n\r\n",
+            "GET /p HTTP/1.1\r\nhost: t\r\nHOST: t\r\n\r\n",
+            "POST /p HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\nx-b: \u{e9}\r\n\r\n",
+        ] {
+            let head = Bytes::from(head.to_owned());
+            let Some(parsed) = parse_request(&head) else {
+                continue;
+            };
+            let ours = build_request(&head, &parsed);
+            let theirs = pingora_built(&head, &parsed);
+            assert_eq!(ours.is_some(), theirs.is_some(), "{head:?}");
+            let (Some(ours), Some(theirs)) = (ours, theirs) else {
+                continue;
+            };
+            assert_eq!(ours.method, theirs.method, "{head:?}");
+            assert_eq!(ours.uri, theirs.uri, "{head:?}");
+            assert_eq!(ours.raw_path(), theirs.raw_path(), "{head:?}");
+            assert_eq!(ours.version, theirs.version, "{head:?}");
+            assert_eq!(ours.headers, theirs.headers, "{head:?}");
+        }
+    }
+
     fn framing_of(head: &str, method: http::Method) -> Result<(RawAnswer, Framing, bool)> {
         parse_response(&Bytes::from(head.to_owned()), &method)
     }
@@ -1596,6 +1683,34 @@ mod tests {
         let step = tokio::time::sleep(ms(40));
         assert_eq!(clock.until(|| due, step).await, Some(()));
         assert!(Instant::now() < due);
+    }
+
+    /// A future that counts its polls.
+    struct Counted<'a, F> {
+        polls: &'a std::cell::Cell<u32>,
+        inner: Pin<Box<F>>,
+    }
+
+    impl<F: Future> Future for Counted<'_, F> {
+        type Output = F::Output;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+            self.polls.set(self.polls.get() + 1);
+            self.inner.as_mut().poll(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiting_step_is_polled_again_only_when_woken() {
+        let mut clock = Clock::default();
+        let polls = std::cell::Cell::new(0);
+        let step = Counted {
+            polls: &polls,
+            inner: Box::pin(tokio::time::sleep(Duration::from_millis(20))),
+        };
+        let due = later(Instant::now(), Duration::from_secs(10));
+        assert_eq!(clock.until(|| due, step).await, Some(()));
+        // Once before the clock is armed (waiting), once when it is done.
+        assert_eq!(polls.get(), 2);
     }
 
     #[test]

@@ -95,6 +95,7 @@ impl RawAnswer {
     }
 
     /// The upstream's fields not decided by an edit, as (name, value).
+    #[cfg(test)]
     fn kept(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.fields.iter().filter_map(|(name, value)| {
             let name = self.head.get(name.clone())?;
@@ -120,12 +121,38 @@ impl RawAnswer {
             ),
         }
         out.extend_from_slice(b"\r\n");
-        for (name, value) in self.kept() {
-            out.extend_from_slice(name);
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
+        // Kept lines that follow one another in the head (each ending in
+        // CRLF right after its value) are copied as one run.
+        let mut run = 0..0;
+        for (name, value) in &self.fields {
+            let decided = self
+                .head
+                .get(name.clone())
+                .is_none_or(|n| self.edits.decides_raw(n));
+            if decided {
+                continue;
+            }
+            let crlf = self
+                .head
+                .get(value.end..value.end + 2)
+                .is_some_and(|end| end == b"\r\n");
+            if crlf && name.start == run.end {
+                run.end = value.end + 2;
+                continue;
+            }
+            out.extend_from_slice(&self.head[run.clone()]);
+            run = name.start..name.start;
+            if crlf {
+                run.end = value.end + 2;
+            } else if let Some(value) = self.head.get(value.clone()) {
+                // A line ended by a bare LF: written with CRLF.
+                out.extend_from_slice(&self.head[name.clone()]);
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value);
+                out.extend_from_slice(b"\r\n");
+            }
         }
+        out.extend_from_slice(&self.head[run]);
         self.edits.write_sets(out);
         out.extend_from_slice(b"\r\n");
     }
@@ -277,6 +304,21 @@ mod tests {
         let mut wire = Vec::new();
         raw(ANSWER).write_h1(&mut wire);
         assert_eq!(wire, ANSWER.as_bytes());
+    }
+
+    #[test]
+    fn lines_are_copied_as_sent_and_bare_lf_ends_become_crlf() {
+        let mut wire = Vec::new();
+        raw("HTTP/1.1 200 OK\nA: 1\nB:2\n\n").write_h1(&mut wire);
+        assert_eq!(wire, b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\n\r\n");
+        wire.clear();
+        let mut answer = raw("HTTP/1.1 200 OK\r\nA:1\r\nB: 2\nX-Gone: 1\r\nC:  3\r\nD: 4\r\n\r\n");
+        answer.remove(&HeaderName::from_static("x-gone"));
+        answer.write_h1(&mut wire);
+        assert_eq!(
+            String::from_utf8(wire).unwrap(),
+            "HTTP/1.1 200 OK\r\nA:1\r\nB: 2\r\nC:  3\r\nD: 4\r\n\r\n"
+        );
     }
 
     #[test]
