@@ -8,15 +8,15 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
 use crate::errors::GatewayError;
+use crate::request_head::RequestHead;
 
 /// Facts of the client side of one request.
 pub trait Client {
     /// The request as read (and as the request phase rewrote it).
-    fn request(&self) -> &RequestHeader;
+    fn request(&self) -> &dyn RequestHead;
     /// The peer's address; `None` on a Unix socket.
     fn peer(&self) -> Option<SocketAddr>;
     /// Whether the client connected over TLS.
@@ -37,7 +37,7 @@ pub trait Client {
 /// (kept for the upstream and for retries).
 pub trait Downstream: Client {
     /// The request, to rewrite before it goes upstream.
-    fn request_mut(&mut self) -> &mut RequestHeader;
+    fn request_mut(&mut self) -> &mut dyn RequestHead;
     /// The whole request body, read ahead and kept for the upstream; at
     /// most `limit` bytes (more is [`GatewayError::BodyTooLarge`]).
     fn read_ahead(
@@ -47,7 +47,7 @@ pub trait Downstream: Client {
 }
 
 impl Client for Session {
-    fn request(&self) -> &RequestHeader {
+    fn request(&self) -> &dyn RequestHead {
         self.req_header()
     }
 
@@ -79,7 +79,7 @@ impl Client for Session {
 }
 
 impl Downstream for Session {
-    fn request_mut(&mut self) -> &mut RequestHeader {
+    fn request_mut(&mut self) -> &mut dyn RequestHead {
         self.req_header_mut()
     }
 

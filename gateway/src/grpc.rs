@@ -7,9 +7,10 @@
 
 use http::HeaderValue;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::ResponseHeader;
 
 use crate::errors::GatewayError;
+use crate::request_head::RequestHead;
 
 /// `grpc-message` is percent-encoded: controls, `%` and every non-ASCII
 /// byte (the last is implied by the encoder).
@@ -54,10 +55,9 @@ pub fn status_of(value: &[u8]) -> Option<u16> {
 }
 
 /// Whether the request is a gRPC call (by its `content-type`).
-pub fn is_grpc(req: &RequestHeader) -> bool {
-    req.headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| weir_conf::matching::is_grpc_content_type(v.as_bytes()))
+pub fn is_grpc(req: &dyn RequestHead) -> bool {
+    req.field(&http::header::CONTENT_TYPE)
+        .is_some_and(weir_conf::matching::is_grpc_content_type)
 }
 
 /// The trailers-only response header for `err`; `h1` adds the

@@ -62,6 +62,7 @@ pub mod pool;
 pub mod proxy;
 pub mod redis_limits;
 pub mod rename;
+pub mod request_head;
 pub mod resolve;
 pub mod retry;
 pub mod route_match;

@@ -15,11 +15,11 @@
 
 use std::borrow::Cow;
 
-use pingora_http::RequestHeader;
 use weir_conf::matching::{Request, path_model};
 
 use crate::client::Downstream;
 use crate::errors::GatewayError;
+use crate::request_head::{RequestHead, visible_ascii};
 use crate::runtime::RouteRt;
 
 /// Largest body read ahead for its `model` (Pingora's replay buffer).
@@ -36,7 +36,7 @@ pub async fn choose_route(
     let req = client.request();
     let host = request_host(req)?;
     let host = host.as_deref();
-    let path = req.uri.path();
+    let path = req.uri().path();
     let Some(first) = routes
         .iter()
         .position(|r| r.config.matches(host, path, grpc))
@@ -107,10 +107,8 @@ async fn body_model(client: &mut impl Downstream) -> Result<Option<String>, Gate
 }
 
 /// Whether the request says its body is JSON (`application/json`, `...+json`).
-fn is_json(req: &RequestHeader) -> bool {
-    req.headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
+fn is_json(req: &dyn RequestHead) -> bool {
+    req.field_str(&http::header::CONTENT_TYPE)
         .and_then(|v| v.split(';').next())
         .is_some_and(|t| {
             let t = t.trim();
@@ -121,11 +119,8 @@ fn is_json(req: &RequestHeader) -> bool {
 }
 
 /// `Content-Length`, when present and valid.
-pub fn content_length(req: &RequestHeader) -> Option<usize> {
-    req.headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
+pub fn content_length(req: &dyn RequestHead) -> Option<usize> {
+    req.field_str(&http::header::CONTENT_LENGTH)?
         .trim()
         .parse()
         .ok()
@@ -133,23 +128,22 @@ pub fn content_length(req: &RequestHeader) -> Option<usize> {
 
 /// Whether a request may carry a body: POST, PUT or PATCH with a non-zero
 /// length, chunked, or over HTTP/2 (where the length is optional).
-pub fn has_body(req: &RequestHeader) -> bool {
+pub fn has_body(req: &dyn RequestHead) -> bool {
     use http::Method;
-    matches!(req.method, Method::POST | Method::PUT | Method::PATCH)
+    matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
         && (content_length(req).is_some_and(|n| n > 0)
-            || req.headers.contains_key(http::header::TRANSFER_ENCODING)
-            || (req.version == http::Version::HTTP_2 && content_length(req).is_none()))
+            || req.has_field(&http::header::TRANSFER_ENCODING)
+            || (req.version() == http::Version::HTTP_2 && content_length(req).is_none()))
 }
 
 /// The host routes compare ([`crate::normalize::host`]: lower-case, no
 /// port, no trailing dot), from the `Host` header or the URI authority; a
 /// host no host name looks like is refused (400).
-pub fn request_host(req: &RequestHeader) -> Result<Option<Cow<'_, str>>, GatewayError> {
+pub fn request_host(req: &dyn RequestHead) -> Result<Option<Cow<'_, str>>, GatewayError> {
     let raw = req
-        .headers
-        .get(http::header::HOST)
-        .map(|v| v.to_str().map_err(|_| crate::normalize::Refused::BadHost))
-        .or_else(|| req.uri.authority().map(|a| Ok(a.as_str())));
+        .field(&http::header::HOST)
+        .map(|v| visible_ascii(v).ok_or(crate::normalize::Refused::BadHost))
+        .or_else(|| req.uri().authority().map(|a| Ok(a.as_str())));
     match raw {
         None => Ok(None),
         Some(raw) => raw

@@ -7,7 +7,8 @@
 //! the trace it belongs to.
 
 use http::HeaderValue;
-use pingora_http::RequestHeader;
+
+use crate::request_head::RequestHead;
 
 /// The trace context of one request, as sent upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,11 +27,8 @@ static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparen
 impl TraceContext {
     /// The caller's context (its span is `span_id`), when `req` carries a
     /// valid `traceparent`.
-    pub fn incoming(req: &RequestHeader) -> Option<Self> {
-        let (trace_id, span_id, flags) = req
-            .headers
-            .get(&TRACEPARENT)
-            .and_then(|v| parse(v.as_bytes()))?;
+    pub fn incoming(req: &dyn RequestHead) -> Option<Self> {
+        let (trace_id, span_id, flags) = req.field(&TRACEPARENT).and_then(parse)?;
         Some(Self {
             trace_id,
             span_id,
@@ -40,7 +38,7 @@ impl TraceContext {
 
     /// The context for the upstream request of `req` when no spans are
     /// recorded: the caller's trace with a new span id, or a new trace.
-    pub fn for_request(req: &RequestHeader) -> Self {
+    pub fn for_request(req: &dyn RequestHead) -> Self {
         let span_id = nonzero(fastrand::u64(..)).to_be_bytes();
         match Self::incoming(req) {
             Some(caller) => Self { span_id, ..caller },
@@ -112,6 +110,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use pingora_http::RequestHeader;
 
     fn req(traceparent: Option<&str>) -> RequestHeader {
         let mut r = RequestHeader::build("GET", b"/", None).unwrap();

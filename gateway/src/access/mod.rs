@@ -22,7 +22,6 @@ mod tenant;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pingora_http::RequestHeader;
 use sha2::{Digest, Sha256};
 use weir_conf::access::Access;
 
@@ -30,6 +29,7 @@ pub use tenant::{Admission, Permit, TenantRt};
 
 use crate::errors::{GatewayError, RateHeaders};
 use crate::redis_limits::RedisLimits;
+use crate::request_head::RequestHead;
 use jwt::Verifier;
 
 /// An authenticated, admitted request.
@@ -113,7 +113,7 @@ impl AccessRt {
     /// `weir_rate_limited_total`).
     pub async fn authorize(
         &self,
-        req: &RequestHeader,
+        req: &dyn RequestHead,
         route: &weir_conf::Route,
         metrics: &crate::metrics::Metrics,
     ) -> Result<Authorized, GatewayError> {
@@ -151,15 +151,10 @@ impl AccessRt {
     }
 
     /// The tenant that `req` authenticates as.
-    pub fn authenticate(&self, req: &RequestHeader) -> Result<usize, GatewayError> {
-        let api_key = req
-            .headers
-            .get(crate::headers::X_API_KEY.name())
-            .map(|v| v.as_bytes());
+    pub fn authenticate(&self, req: &dyn RequestHead) -> Result<usize, GatewayError> {
+        let api_key = req.field(crate::headers::X_API_KEY.name());
         let bearer = req
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .map(|v| v.as_bytes())
+            .field(&http::header::AUTHORIZATION)
             .map(|v| match bearer_token(v) {
                 Some(token) => Ok(token),
                 None => Err(GatewayError::InvalidCredentials(

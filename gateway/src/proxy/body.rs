@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use pingora_error::{Error, ErrorType, Result};
-use pingora_http::RequestHeader;
 use weir_conf::model::Protocol;
 
 use super::ctx::{BodyState, GatewayCtx};
@@ -18,6 +17,7 @@ use crate::access::TenantRt;
 use crate::errors::GatewayError;
 use crate::filtering::ResponseFilter;
 use crate::rename::AnswerRename;
+use crate::request_head::RequestHead;
 use crate::route_match::{content_length, has_body};
 use crate::runtime::RouteRt;
 use crate::usage::{StreamClock, UsageTap};
@@ -30,7 +30,7 @@ impl BodyState {
     pub(super) fn plan(
         &mut self,
         route: &RouteRt,
-        req: &RequestHeader,
+        req: &dyn RequestHead,
         tenant: Option<&TenantRt>,
         rename: bool,
     ) -> Result<(), GatewayError> {

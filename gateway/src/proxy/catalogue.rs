@@ -20,12 +20,12 @@ use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use pingora_http::RequestHeader;
 use serde_json::json;
 use weir_conf::access::AuthMode;
 
 use crate::errors::GatewayError;
 use crate::rename::split_task_id;
+use crate::request_head::RequestHead;
 use crate::runtime::{RouteRt, Runtime};
 use crate::state::Shared;
 
@@ -34,16 +34,16 @@ use crate::state::Shared;
 pub(super) fn answer(
     shared: &Shared,
     runtime: &Runtime,
-    req: &RequestHeader,
+    req: &dyn RequestHead,
 ) -> Option<Result<Bytes, GatewayError>> {
     // Without a route that names models, every request is proxied (a bad
     // host is refused by route matching, as here).
-    if req.method != http::Method::GET || !runtime.names_models {
+    if *req.method() != http::Method::GET || !runtime.names_models {
         return None;
     }
     // Read before the path is normalised: a model id may hold `/`, which
     // clients send escaped (`vendor%2Fmodel`).
-    let raw = req.uri.path();
+    let raw = req.uri().path();
     let path = "/v1/models";
     let id = match raw.strip_prefix(path) {
         Some("") => None,
@@ -104,7 +104,7 @@ pub(super) fn answer(
 fn visible<'a>(
     shared: &Shared,
     runtime: &Runtime,
-    req: &RequestHeader,
+    req: &dyn RequestHead,
     naming: &[&'a RouteRt],
 ) -> Result<Vec<&'a RouteRt>, GatewayError> {
     let needs = |r: &&RouteRt| r.config.auth == AuthMode::Required;
@@ -150,11 +150,11 @@ fn created() -> u64 {
 /// carries its backend's tag, and the tag is taken off the path that goes
 /// up; `None`: anything else.
 pub(super) fn task_request(
-    req: &mut RequestHeader,
+    req: &mut dyn RequestHead,
 ) -> Result<Option<Option<(u64, String)>>, GatewayError> {
-    let path = req.uri.path();
+    let path = req.uri().path();
     if path == "/v1/tasks" {
-        return Ok((req.method == http::Method::POST).then_some(None));
+        return Ok((*req.method() == http::Method::POST).then_some(None));
     }
     let Some(id) = path.strip_prefix("/v1/tasks/") else {
         return Ok(None);
@@ -163,18 +163,15 @@ pub(super) fn task_request(
         return Ok(None);
     };
     let mut target = format!("/v1/tasks/{task}");
-    if let Some(q) = req.uri.query() {
+    if let Some(q) = req.uri().query() {
         target.push('?');
         target.push_str(q);
     }
     let client_id = id.to_owned();
-    let mut parts = req.uri.clone().into_parts();
-    parts.path_and_query = Some(
-        target
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| GatewayError::BadRequest(e.to_string()))?,
-    );
-    let uri = http::Uri::from_parts(parts).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
-    req.set_uri(uri);
+    let target = target
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| GatewayError::BadRequest(e.to_string()))?;
+    req.set_path_and_query(target)
+        .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
     Ok(Some(Some((tag, client_id))))
 }

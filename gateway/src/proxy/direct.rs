@@ -41,6 +41,7 @@ use super::respond::Answer;
 use super::{body, observe, request, respond, upstream};
 use crate::client::{Client, Downstream};
 use crate::errors::GatewayError;
+use crate::request_head::{RawRequest, RequestHead};
 use crate::state::Shared;
 
 /// Most header fields in one head (Pingora's bound too).
@@ -124,7 +125,7 @@ impl Direct {
                 Ok(None) => return Served::Closed,
                 Err(()) => return Served::HandOver(stream, buf),
             };
-            let Some(parsed) = parse_request(&buf[..head]) else {
+            let Some(mut parsed) = parse_request(&buf[..head]) else {
                 return Served::HandOver(stream, buf);
             };
             let runtime_ok = self
@@ -135,7 +136,7 @@ impl Direct {
                 return Served::HandOver(stream, buf);
             }
             let head_bytes = buf.split_to(head).freeze();
-            let Some(req) = build_request(&head_bytes, &parsed) else {
+            let Some(req) = build_request(&head_bytes, &mut parsed) else {
                 // Not a head Pingora would take either: it answers the
                 // error its own way.
                 let mut all = BytesMut::from(&head_bytes[..]);
@@ -263,15 +264,10 @@ impl Direct {
             if ctx.body.buffered {
                 edits.set(&header::CONTENT_LENGTH, body.len().into());
             }
-            let skip = if client.hop_by_hop {
-                hop_by_hop(&client.req.headers)
-            } else {
-                Vec::new()
-            };
             let upstream_req = UpstreamRequest {
                 req: &client.req,
                 edits: &edits,
-                skip: &skip,
+                hop_by_hop: client.hop_by_hop,
                 body: &body,
             };
             let clock = &mut client.clocks.upstream;
@@ -302,12 +298,12 @@ impl Direct {
             }
             body::response_header(ctx, &mut resp, true)?;
             respond::decorate(&mut resp, ctx)?;
-            let framing = if client.req.method == http::Method::HEAD {
+            let framing = if *client.req.method() == http::Method::HEAD {
                 Framing::Empty
             } else {
                 framing
             };
-            let http11 = client.req.version == http::Version::HTTP_11;
+            let http11 = client.req.version() == http::Version::HTTP_11;
             let (chunked, keep) = client_framing(&mut resp, framing, http11, keep)?;
             let mut out = Vec::with_capacity(512);
             resp.write_h1(&mut out);
@@ -445,6 +441,7 @@ enum Framing {
 }
 
 /// A request head as httparse saw it, when the direct path takes it.
+#[derive(Clone)]
 struct Parsed {
     method: std::ops::Range<usize>,
     target: std::ops::Range<usize>,
@@ -617,72 +614,102 @@ fn parse_request(head: &[u8]) -> Option<Parsed> {
     })
 }
 
-/// The request as the hooks see it (Pingora's header types, one map),
-/// values sliced from the head; `None` for what Pingora would refuse.
+/// The request as the hooks see it: the head's bytes and the spans of its
+/// fields ([`RawRequest`]); `None` for what Pingora would refuse.
 ///
 /// The usual target, origin-form ASCII with no fragment, becomes the URI
 /// over the head's own bytes, and its authority check is the part of
 /// Pingora's that applies to it (one `Host` at most, without userinfo: an
 /// origin-form target carries no authority to reconcile); any other
 /// target goes through Pingora's own parse and check.
-fn build_request(head: &Bytes, parsed: &Parsed) -> Option<RequestHeader> {
-    let mut parts = http::Request::new(()).into_parts().0;
-    parts.method = http::Method::from_bytes(&head[parsed.method.clone()]).ok()?;
-    parts.version = if parsed.http11 {
+fn build_request(head: &Bytes, parsed: &mut Parsed) -> Option<RawRequest> {
+    let method = http::Method::from_bytes(&head[parsed.method.clone()]).ok()?;
+    let version = if parsed.http11 {
         http::Version::HTTP_11
     } else {
         http::Version::HTTP_10
     };
-    // The hooks add no fields to the client's request (the gateway's go
-    // upstream as edits): room for what was parsed is enough.
-    parts.headers = http::HeaderMap::with_capacity(parsed.fields.len());
-    let mut hosts = 0;
-    for (name, value) in &parsed.fields {
-        let name = http::HeaderName::from_bytes(&head[name.clone()]).ok()?;
-        let value = http::HeaderValue::from_maybe_shared(head.slice(value.clone())).ok()?;
-        if name == header::HOST {
-            hosts += 1;
-            if hosts > 1 || value.as_bytes().contains(&b'@') {
-                return None;
-            }
-        }
-        parts.headers.try_append(name, value).ok()?;
+    let field = |span: &std::ops::Range<usize>| head.get(span.clone());
+    let mut hosts = parsed
+        .fields
+        .iter()
+        .filter(|(name, _)| field(name).is_some_and(|n| n.eq_ignore_ascii_case(b"host")));
+    let (host, second) = (hosts.next(), hosts.next());
+    if second.is_some()
+        || host
+            .and_then(|(_, v)| field(v))
+            .is_some_and(|v| v.contains(&b'@'))
+    {
+        return None;
     }
     let target = &head[parsed.target.clone()];
     let origin = target.first() == Some(&b'/') && target.is_ascii() && !target.contains(&b'#');
-    if origin {
-        let shared = head.slice(parsed.target.clone());
-        if let Ok(path) = http::uri::PathAndQuery::from_maybe_shared(shared) {
-            parts.uri = http::Uri::from(path);
-            return Some(RequestHeader::from(parts));
+    let shared = head.slice(parsed.target.clone());
+    let (uri, wire_target) = match http::uri::PathAndQuery::from_maybe_shared(shared.clone()) {
+        Ok(path) if origin => (http::Uri::from(path), shared),
+        _ => {
+            let req = pingora_checked(head, parsed, &method)?;
+            let wire = Bytes::copy_from_slice(req.raw_path());
+            (http::request::Parts::from(req).uri, wire)
         }
+    };
+    Some(RawRequest::new(
+        head.clone(),
+        method,
+        version,
+        uri,
+        wire_target,
+        std::mem::take(&mut parsed.fields),
+    ))
+}
+
+/// The request as Pingora parses and checks a target that is not the
+/// usual one (absolute-form, `*`, a fragment, bytes beyond ASCII).
+fn pingora_checked(head: &Bytes, parsed: &Parsed, method: &http::Method) -> Option<RequestHeader> {
+    let mut req = RequestHeader::build_no_case(
+        method.clone(),
+        &head[parsed.target.clone()],
+        Some(parsed.fields.len()),
+    )
+    .ok()?;
+    for (name, value) in &parsed.fields {
+        let name = http::HeaderName::from_bytes(&head[name.clone()]).ok()?;
+        let value = http::HeaderValue::from_maybe_shared(head.slice(value.clone())).ok()?;
+        req.append_header(name, value).ok()?;
     }
-    let mut req = RequestHeader::from(parts);
-    req.set_raw_path(target).ok()?;
     pingora_core::protocols::http::authority::validate_request_authority(&req).ok()?;
     Some(req)
 }
 
-/// The hop-by-hop fields of one connection present in `headers` (RFC 9110
-/// §7.6.1): `Connection`, the fields it names, and the fixed list. One
-/// pass over the field names; nothing allocated when there are none.
-fn hop_by_hop(headers: &http::HeaderMap) -> Vec<http::HeaderName> {
-    let mut names = Vec::new();
-    for name in headers.keys() {
-        if is_hop_by_hop(name.as_str().as_bytes()) {
-            names.push(name.clone());
-        }
+/// Writes the request's field lines as they go upstream: the client's as
+/// sent, less its connection's own when it has any (`hop_by_hop`) and
+/// those the edits decide, then the fields the edits set.
+fn write_upstream_fields(
+    req: &RawRequest,
+    edits: &super::fields::FieldEdits,
+    hop_by_hop: bool,
+    out: &mut Vec<u8>,
+) {
+    let (head, spans) = (req.head(), req.spans());
+    if !hop_by_hop {
+        return edits.write_h1(head, spans, |_| true, out);
     }
-    if names.contains(&header::CONNECTION) {
-        let listed: Vec<http::HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .filter_map(|t| http::HeaderName::from_bytes(t.trim_ascii()).ok())
-            .collect();
-        names.extend(listed);
-    }
-    names
+    let named = connection_named(req);
+    let keep =
+        |name: &[u8]| !is_hop_by_hop(name) && !named.iter().any(|n| n.eq_ignore_ascii_case(name));
+    edits.write_h1(head, spans, keep, out);
+}
+
+/// The field names the request's `Connection` fields list: with the
+/// `Connection` field itself and the fixed list ([`is_hop_by_hop`]), its
+/// connection's own fields (RFC 9110 §7.6.1), not sent upstream.
+fn connection_named(req: &RawRequest) -> Vec<&[u8]> {
+    req.fields()
+        .filter(|(name, _)| name.eq_ignore_ascii_case(b"connection"))
+        .flat_map(|(_, value)| value.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.is_empty())
+        .collect()
 }
 
 /// What the upstream answered: the answer's head (hop-by-hop fields
@@ -698,9 +725,10 @@ struct Answered {
 /// The request as it goes upstream: the client's, less the fields of its
 /// connection (`skip`), with the gateway's edits, and the body to send.
 struct UpstreamRequest<'a> {
-    req: &'a RequestHeader,
+    req: &'a RawRequest,
     edits: &'a super::fields::FieldEdits,
-    skip: &'a [http::HeaderName],
+    /// Whether the request has fields of its connection's own.
+    hop_by_hop: bool,
     body: &'a [u8],
 }
 
@@ -714,11 +742,11 @@ async fn exchange(
 ) -> Result<Answered> {
     let req = up.req;
     let mut out = Vec::with_capacity(512 + up.body.len());
-    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(req.raw_path());
+    out.extend_from_slice(req.wire_target());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    up.edits.write_h1(req, up.skip, &mut out);
+    write_upstream_fields(req, up.edits, up.hop_by_hop, &mut out);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(up.body);
     let write = async {
@@ -769,7 +797,7 @@ async fn exchange(
     .map_err(|e| e.into_up())?;
     let head = buf.split_to(end).freeze();
     let (resp, framing, upstream_keeps) =
-        parse_response(&head, &req.method).map_err(|e| e.into_up())?;
+        parse_response(&head, req.method()).map_err(|e| e.into_up())?;
     Ok(Answered {
         resp,
         framing,
@@ -1257,7 +1285,7 @@ struct DirectClient<'a> {
     clocks: &'a mut Clocks,
     /// How long one read of the body may wait (as Pingora's read timeout).
     read_wait: Duration,
-    req: RequestHeader,
+    req: RawRequest,
     peer: Option<SocketAddr>,
     tls: bool,
     /// The body's `Content-Length`.
@@ -1309,7 +1337,7 @@ impl DirectClient<'_> {
 }
 
 impl Client for DirectClient<'_> {
-    fn request(&self) -> &RequestHeader {
+    fn request(&self) -> &dyn RequestHead {
         &self.req
     }
 
@@ -1335,12 +1363,12 @@ impl Client for DirectClient<'_> {
 
     fn replayable(&self) -> bool {
         // The body, if any, is held whole: what matters is the method.
-        self.req.method.is_idempotent()
+        self.req.method().is_idempotent()
     }
 }
 
 impl Downstream for DirectClient<'_> {
-    fn request_mut(&mut self) -> &mut RequestHeader {
+    fn request_mut(&mut self) -> &mut dyn RequestHead {
         &mut self.req
     }
 
@@ -1416,13 +1444,13 @@ mod tests {
     fn the_request_keeps_its_fields_and_refuses_a_bad_authority() {
         let head =
             Bytes::from_static(b"GET /p?q=1 HTTP/1.1\r\nHost: t\r\nx-a: 1\r\nx-a: 2\r\n\r\n");
-        let req = build_request(&head, &parse_request(&head).unwrap()).unwrap();
-        assert_eq!(req.method, http::Method::GET);
-        assert_eq!(req.uri.path(), "/p");
-        assert_eq!(req.headers.get_all("x-a").iter().count(), 2);
-        assert_eq!(req.version, http::Version::HTTP_11);
+        let req = build_request(&head, &mut parse_request(&head).unwrap()).unwrap();
+        assert_eq!(*req.method(), http::Method::GET);
+        assert_eq!(req.uri().path(), "/p");
+        assert_eq!(req.fields().filter(|(n, _)| *n == b"x-a").count(), 2);
+        assert_eq!(req.version(), http::Version::HTTP_11);
         let two_hosts = Bytes::from_static(b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n");
-        assert!(build_request(&two_hosts, &parse_request(&two_hosts).unwrap()).is_none());
+        assert!(build_request(&two_hosts, &mut parse_request(&two_hosts).unwrap()).is_none());
     }
 
     /// The request as Pingora builds and checks it from the same head.
@@ -1465,17 +1493,28 @@ mod tests {
             let Some(parsed) = parse_request(&head) else {
                 continue;
             };
-            let ours = build_request(&head, &parsed);
+            let ours = build_request(&head, &mut parsed.clone());
             let theirs = pingora_built(&head, &parsed);
             assert_eq!(ours.is_some(), theirs.is_some(), "{head:?}");
             let (Some(ours), Some(theirs)) = (ours, theirs) else {
                 continue;
             };
-            assert_eq!(ours.method, theirs.method, "{head:?}");
-            assert_eq!(ours.uri, theirs.uri, "{head:?}");
-            assert_eq!(ours.raw_path(), theirs.raw_path(), "{head:?}");
-            assert_eq!(ours.version, theirs.version, "{head:?}");
-            assert_eq!(ours.headers, theirs.headers, "{head:?}");
+            assert_eq!(*ours.method(), theirs.method, "{head:?}");
+            assert_eq!(*ours.uri(), theirs.uri, "{head:?}");
+            assert_eq!(ours.wire_target(), theirs.raw_path(), "{head:?}");
+            assert_eq!(ours.version(), theirs.version, "{head:?}");
+            let mut fields: Vec<(String, Vec<u8>)> = ours
+                .fields()
+                .map(|(n, v)| (String::from_utf8_lossy(n).to_ascii_lowercase(), v.to_vec()))
+                .collect();
+            let mut expected: Vec<(String, Vec<u8>)> = theirs
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                .collect();
+            fields.sort();
+            expected.sort();
+            assert_eq!(fields, expected, "{head:?}");
         }
     }
 
@@ -1638,17 +1677,40 @@ mod tests {
     }
 
     #[test]
-    fn hop_by_hop_fields_are_found_in_one_pass() {
-        let mut headers = http::HeaderMap::new();
-        assert!(hop_by_hop(&headers).is_empty());
-        headers.insert("x-keep", "1".parse().unwrap());
-        headers.insert("te", "trailers".parse().unwrap());
-        headers.insert("connection", "x-named, close".parse().unwrap());
-        let names: Vec<String> = hop_by_hop(&headers).iter().map(|n| n.to_string()).collect();
-        for name in ["te", "connection", "x-named", "close"] {
-            assert!(names.contains(&name.to_owned()), "{name} in {names:?}");
-        }
-        assert!(!names.contains(&"x-keep".to_owned()));
+    fn the_fields_a_connection_names_are_found() {
+        let request = |head: &'static str| {
+            let head = Bytes::from_static(head.as_bytes());
+            build_request(&head, &mut parse_request(&head).unwrap()).unwrap()
+        };
+        let none = request("GET / HTTP/1.1\r\nx-keep: 1\r\n\r\n");
+        assert!(connection_named(&none).is_empty());
+        let named = request(
+            "GET / HTTP/1.1\r\nConnection: X-Named, close\r\nx-keep: 1\r\nconnection: ,x-other\r\n\r\n",
+        );
+        assert_eq!(
+            connection_named(&named),
+            [&b"X-Named"[..], b"close", b"x-other"]
+        );
+    }
+
+    #[test]
+    fn the_upstream_head_is_the_clients_less_its_connections_fields() {
+        let head = Bytes::from_static(
+            b"POST /p HTTP/1.1\r\nHost: t\r\nConnection: x-hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nX-Keep: a\r\nX-Request-Id: old\r\ncontent-length: 2\r\n\r\n",
+        );
+        let parsed = parse_request(&head).unwrap();
+        let req = build_request(&head, &mut parsed.clone()).unwrap();
+        let mut edits = super::super::fields::FieldEdits::default();
+        edits.set(
+            &http::HeaderName::from_static("x-request-id"),
+            http::HeaderValue::from_static("new"),
+        );
+        let mut out = Vec::new();
+        write_upstream_fields(&req, &edits, parsed.hop_by_hop, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "Host: t\r\nX-Keep: a\r\ncontent-length: 2\r\nx-request-id: new\r\n"
+        );
     }
 
     /// A step that is pending once, then done.

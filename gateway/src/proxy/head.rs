@@ -121,39 +121,7 @@ impl RawAnswer {
             ),
         }
         out.extend_from_slice(b"\r\n");
-        // Kept lines that follow one another in the head (each ending in
-        // CRLF right after its value) are copied as one run.
-        let mut run = 0..0;
-        for (name, value) in &self.fields {
-            let decided = self
-                .head
-                .get(name.clone())
-                .is_none_or(|n| self.edits.decides_raw(n));
-            if decided {
-                continue;
-            }
-            let crlf = self
-                .head
-                .get(value.end..value.end + 2)
-                .is_some_and(|end| end == b"\r\n");
-            if crlf && name.start == run.end {
-                run.end = value.end + 2;
-                continue;
-            }
-            out.extend_from_slice(&self.head[run.clone()]);
-            run = name.start..name.start;
-            if crlf {
-                run.end = value.end + 2;
-            } else if let Some(value) = self.head.get(value.clone()) {
-                // A line ended by a bare LF: written with CRLF.
-                out.extend_from_slice(&self.head[name.clone()]);
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(value);
-                out.extend_from_slice(b"\r\n");
-            }
-        }
-        out.extend_from_slice(&self.head[run]);
-        self.edits.write_sets(out);
+        self.edits.write_h1(&self.head, &self.fields, |_| true, out);
         out.extend_from_slice(b"\r\n");
     }
 }

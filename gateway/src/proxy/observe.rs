@@ -8,17 +8,17 @@ use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use pingora_error::{Error, OrErr};
-use pingora_http::RequestHeader;
 
 use super::ctx::GatewayCtx;
 use crate::client::Client;
 use crate::errors::GatewayError;
 use crate::metrics::{STATUS_LABELS, status_index};
+use crate::request_head::RequestHead;
 use crate::routing::Reason;
 use crate::state::Shared;
 
 /// Opens the request's spans, when spans are exported.
-pub(super) fn begin(shared: &Shared, req: &RequestHeader, ctx: &mut GatewayCtx) {
+pub(super) fn begin(shared: &Shared, req: &dyn RequestHead, ctx: &mut GatewayCtx) {
     if let Some(otel) = shared.otel.get() {
         let start = std::time::SystemTime::now()
             .checked_sub(ctx.start.elapsed())
@@ -32,7 +32,7 @@ pub(super) fn begin(shared: &Shared, req: &RequestHeader, ctx: &mut GatewayCtx) 
 /// exported, else one context for every attempt of the request.
 pub(super) fn trace_upstream(
     shared: &Shared,
-    client_request: &RequestHeader,
+    client_request: &dyn RequestHead,
     ctx: &mut GatewayCtx,
     edits: &mut super::fields::FieldEdits,
 ) {
@@ -170,7 +170,7 @@ fn count_genai(
     status: u16,
     elapsed: Duration,
 ) {
-    let Some(op) = crate::genai::operation(client.request().uri.path()) else {
+    let Some(op) = crate::genai::operation(client.request().uri().path()) else {
         return;
     };
     let Some(route) = ctx.route() else { return };
@@ -218,10 +218,10 @@ fn count_genai(
 }
 
 /// The attributes of the request's server span.
-fn span_attributes(req: &RequestHeader, ctx: &GatewayCtx) -> Vec<KeyValue> {
+fn span_attributes(req: &dyn RequestHead, ctx: &GatewayCtx) -> Vec<KeyValue> {
     let mut attributes = vec![
-        KeyValue::new("http.request.method", req.method.to_string()),
-        KeyValue::new("url.path", req.uri.path().to_owned()),
+        KeyValue::new("http.request.method", req.method().to_string()),
+        KeyValue::new("url.path", req.uri().path().to_owned()),
         KeyValue::new("weir.route", ctx.route_name().to_owned()),
         KeyValue::new("weir.arm", ctx.arm_name().to_owned()),
         KeyValue::new("weir.fallback", ctx.upstream.fallback),
@@ -235,7 +235,7 @@ fn span_attributes(req: &RequestHeader, ctx: &GatewayCtx) -> Vec<KeyValue> {
     // The GenAI semantic conventions, for OpenAI calls.
     if let (true, Some(op), Some(_)) = (
         ctx.openai,
-        crate::genai::operation(req.uri.path()),
+        crate::genai::operation(req.uri().path()),
         ctx.route(),
     ) {
         attributes.push(KeyValue::new("gen_ai.operation.name", op));
@@ -280,12 +280,8 @@ fn forwarded_of(client: &dyn Client, ctx: &GatewayCtx) -> Option<crate::forwarde
     // A peer that is not a trusted proxy has its headers replaced: they
     // are not even looked up.
     let trusted = crate::forwarded::trusted(peer, &server.trusted_proxies);
-    let header = |name: &pingora_http::StaticHeaderName| {
-        trusted
-            .then(|| req.headers.get(name.name()))
-            .flatten()
-            .map(|v| v.as_bytes())
-    };
+    let header =
+        |name: &pingora_http::StaticHeaderName| trusted.then(|| req.field(name.name())).flatten();
     Some(crate::forwarded::forwarded(
         peer,
         header(&crate::headers::X_FORWARDED_FOR),
@@ -345,13 +341,11 @@ fn log_access(
     let forwarded_client = forwarded_of(client, ctx)
         .map(|f| f.client.to_string())
         .unwrap_or_else(|| peer.clone());
-    let header = |name: &str| {
-        req.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    };
-    let host = req.uri.host().unwrap_or_else(|| header("host"));
+    let header = |name: &http::HeaderName| req.field_str(name).unwrap_or("");
+    let host = req
+        .uri()
+        .host()
+        .unwrap_or_else(|| header(&http::header::HOST));
     let usage = ctx.body.usage.as_ref().and_then(|u| u.usage());
     let tokens_out = ctx.body.usage.as_ref().and_then(|u| u.output_tokens());
     let upstream_ms = ctx.upstream.header_at.map(|t| ms(t - ctx.start));
@@ -367,11 +361,11 @@ fn log_access(
         trace_id = trace_id.map(hex::encode).unwrap_or_default(),
         client = %forwarded_client,
         peer = %peer,
-        method = %req.method,
-        version = ?req.version,
+        method = %req.method(),
+        version = ?req.version(),
         host,
-        path = %req.uri.path(),
-        user_agent = header("user-agent"),
+        path = %req.uri().path(),
+        user_agent = header(&http::header::USER_AGENT),
         tenant = ctx.tenant.as_ref().map_or("", |t| t.name.as_str()),
         route = ctx.route_name(),
         arm = ctx.arm_name(),

@@ -10,12 +10,12 @@
 use std::borrow::Cow;
 
 use http::HeaderValue;
-use pingora_http::RequestHeader;
 use weir_conf::access::AuthMode;
 
 use super::ctx::{GatewayCtx, Routed};
 use crate::client::Downstream;
 use crate::errors::GatewayError;
+use crate::request_head::{RequestHead, visible_ascii};
 use crate::route_match::content_length;
 use crate::routing::Reason;
 use crate::state::Shared;
@@ -102,44 +102,39 @@ pub(super) async fn admit(
 /// Replaces the request's path with its normalised form
 /// ([`crate::normalize::path`]): what routes match and what the upstream
 /// receives. Refused paths answer 400.
-fn normalize_path(req: &mut RequestHeader) -> Result<(), GatewayError> {
+fn normalize_path(req: &mut dyn RequestHead) -> Result<(), GatewayError> {
     let refused = |e: &dyn std::fmt::Display| GatewayError::BadRequest(e.to_string());
-    let normal = match crate::normalize::path(req.uri.path()) {
+    let normal = match crate::normalize::path(req.uri().path()) {
         Ok(Cow::Borrowed(_)) => return Ok(()),
         Ok(Cow::Owned(normal)) => normal,
         Err(e) => return Err(refused(&e)),
     };
-    let target = match req.uri.query() {
+    let target = match req.uri().query() {
         Some(q) => format!("{normal}?{q}"),
         None => normal,
     };
-    let mut parts = req.uri.clone().into_parts();
-    parts.path_and_query = Some(target.parse().map_err(|e| refused(&e))?);
-    let uri = http::Uri::from_parts(parts).map_err(|e| refused(&e))?;
-    req.set_uri(uri);
-    Ok(())
+    let target = target.parse().map_err(|e| refused(&e))?;
+    req.set_path_and_query(target).map_err(|e| refused(&e))
 }
 
 /// Whether a request is an OpenAI call whose answer reports `usage`.
-fn is_openai_call(req: &RequestHeader) -> bool {
-    let path = req.uri.path();
-    req.method == http::Method::POST
+fn is_openai_call(req: &dyn RequestHead) -> bool {
+    let path = req.uri().path();
+    *req.method() == http::Method::POST
         && (path.ends_with("/completions") || path.ends_with("/embeddings"))
 }
 
 /// A header's value, when present and not empty.
-fn header<'a>(req: &'a RequestHeader, name: &http::HeaderName) -> Option<&'a [u8]> {
-    req.headers
-        .get(name)
-        .map(|v| v.as_bytes())
-        .filter(|v| !v.is_empty())
+fn header<'a>(req: &'a dyn RequestHead, name: &http::HeaderName) -> Option<&'a [u8]> {
+    req.field(name).filter(|v| !v.is_empty())
 }
 
 /// The client's `x-request-id` when it is usable, else a new UUID.
-fn request_id(req: &RequestHeader) -> Option<HeaderValue> {
-    match req.headers.get(crate::headers::X_REQUEST_ID.name()) {
-        Some(id) if !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.to_str().is_ok() => {
-            Some(id.clone())
+fn request_id(req: &dyn RequestHead) -> Option<HeaderValue> {
+    let name = crate::headers::X_REQUEST_ID.name();
+    match req.field(name) {
+        Some(id) if !id.is_empty() && id.len() <= MAX_REQUEST_ID && visible_ascii(id).is_some() => {
+            req.field_value(name)
         }
         _ => {
             // A random (version 4) UUID from the thread's fast generator:
@@ -157,6 +152,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use pingora_http::RequestHeader;
 
     fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build(method, path.as_bytes(), None).unwrap();
