@@ -106,7 +106,7 @@ impl Direct {
 
     async fn serve_requests(
         &self,
-        mut stream: Stream,
+        stream: Stream,
         idle: Duration,
         header: Duration,
         closing: impl Fn() -> bool,
@@ -115,6 +115,7 @@ impl Direct {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
         let tls = stream.get_ssl_digest().is_some();
+        let mut stream = ClientConn(stream);
         // `read_head` allocates it when the first bytes come.
         let mut buf = BytesMut::new();
         let mut clocks = Clocks::default();
@@ -123,17 +124,17 @@ impl Direct {
             let head = match waited.await {
                 Ok(Some(head)) => head,
                 Ok(None) => return Served::Closed,
-                Err(()) => return Served::HandOver(stream, buf),
+                Err(()) => return Served::HandOver(stream.0, buf),
             };
             let Some(mut parsed) = parse_request(&buf[..head]) else {
-                return Served::HandOver(stream, buf);
+                return Served::HandOver(stream.0, buf);
             };
             let runtime_ok = self
                 .shared
                 .current()
                 .is_some_and(|r| r.pools.iter().all(|p| p.config.protocol == Protocol::Http1));
             if !runtime_ok {
-                return Served::HandOver(stream, buf);
+                return Served::HandOver(stream.0, buf);
             }
             let head_bytes = buf.split_to(head).freeze();
             let Some(req) = build_request(&head_bytes, &mut parsed) else {
@@ -141,7 +142,7 @@ impl Direct {
                 // error its own way.
                 let mut all = BytesMut::from(&head_bytes[..]);
                 all.extend_from_slice(&buf);
-                return Served::HandOver(stream, all);
+                return Served::HandOver(stream.0, all);
             };
             let keep = parsed.keep_alive && !closing();
             let mut client = DirectClient {
@@ -389,6 +390,69 @@ fn client_framing(
     Ok((chunked, keep))
 }
 
+/// The client's connection as the direct path reads and writes it: its
+/// TCP socket itself while Pingora's stream holds nothing of its own
+/// (Pingora patch 20: no bytes read ahead or rewound, no write buffered),
+/// else Pingora's stream (TLS, a Unix socket, bytes it holds). Handed back
+/// whole to Pingora with a connection the direct path does not serve.
+struct ClientConn(Stream);
+
+impl ClientConn {
+    fn socket(&mut self) -> Option<&mut tokio::net::TcpStream> {
+        self.0
+            .as_any_mut()
+            .downcast_mut::<pingora_core::protocols::l4::stream::Stream>()?
+            .tcp_mut()
+    }
+}
+
+impl AsyncRead for ClientConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(socket) = this.socket() {
+            return Pin::new(socket).poll_read(cx, buf);
+        }
+        Pin::new(&mut this.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ClientConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(socket) = this.socket() {
+            return Pin::new(socket).poll_write(cx, buf);
+        }
+        Pin::new(&mut this.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.socket().is_some() {
+            // Nothing buffered: a socket's flush does nothing.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
 /// Awaits `work` (the upstream's part) while watching the client: a
 /// client that closes or fails before it ends stops the request (as
 /// Pingora's `abort_on_close`: counted as 499); bytes it sends meanwhile
@@ -397,7 +461,7 @@ fn client_framing(
 /// without bound). The watch costs no system call while the client is
 /// quiet (its socket was read short, so Tokio knows it is not readable).
 async fn watching<T>(
-    stream: &mut Stream,
+    stream: &mut ClientConn,
     pending: &mut BytesMut,
     work: impl std::future::Future<Output = T>,
 ) -> Result<T> {
@@ -461,7 +525,7 @@ struct Parsed {
 /// (a head too large, a read error, a close within a head), left to
 /// Pingora.
 async fn read_head(
-    stream: &mut Stream,
+    stream: &mut ClientConn,
     buf: &mut BytesMut,
     clock: &mut Clock,
     idle: Duration,
@@ -931,7 +995,8 @@ fn parse_response(head: &Bytes, method: &http::Method) -> Result<(RawAnswer, Fra
             for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
                     upstream_closes = true;
-                } else if !token.is_empty() {
+                } else if !token.is_empty() && !is_hop_by_hop(token) {
+                    // (`keep-alive` names a field left out anyway.)
                     named.push(token);
                 }
             }
@@ -1031,7 +1096,7 @@ fn write_response_head(resp: &ResponseHeader, out: &mut Vec<u8>) {
 /// The answer going to the client: the head first (written with the first
 /// piece of body), then each piece, chunk-framed when `chunked`.
 struct BodyWriter<'a> {
-    stream: &'a mut Stream,
+    stream: &'a mut ClientConn,
     out: Vec<u8>,
     chunked: bool,
     sent: usize,
@@ -1280,7 +1345,7 @@ async fn write_answer(client: &mut DirectClient<'_>, answer: Result<Answer>, kee
 /// The client side of a request on the direct path: the connection,
 /// the bytes read past the head, and the request.
 struct DirectClient<'a> {
-    stream: &'a mut Stream,
+    stream: &'a mut ClientConn,
     pending: &'a mut BytesMut,
     clocks: &'a mut Clocks,
     /// How long one read of the body may wait (as Pingora's read timeout).

@@ -118,6 +118,9 @@ pub trait IO:
     fn as_any(&self) -> &dyn Any;
     /// helper to cast back of the concrete type
     fn into_any(self: Box<Self>) -> Box<dyn Any>;
+    /// Weir patch 20: helper to cast as the mutable reference of the
+    /// concrete type
+    fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
 impl<
@@ -142,6 +145,9 @@ where
         self
     }
     fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
 }

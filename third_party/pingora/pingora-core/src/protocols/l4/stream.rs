@@ -561,6 +561,38 @@ impl Stream {
         self.offload_wait_duration = offload_wait_duration;
     }
 
+    /// Weir patch 20: the TCP socket under this stream, for a program that
+    /// reads and writes it directly, when the stream holds nothing of its
+    /// own that such I/O would put out of step: no rewound bytes, empty read
+    /// and write buffers, and no receive timestamps asked for. `None`
+    /// otherwise, and for a Unix or virtual socket: read and write the
+    /// stream itself then. Reads and writes through the socket are not
+    /// timed (`get_read_pending_time`, `get_write_pending_time`).
+    pub fn tcp_mut(&mut self) -> Option<&mut TcpStream> {
+        if !self.rewind_read_buf.is_empty() {
+            return None;
+        }
+        let buffered = self.stream.as_mut()?;
+        if let BufferedStream::BufferedRead(reader) = &*buffered {
+            if !reader.buffer().is_empty() {
+                return None;
+            }
+        }
+        let writer = buffered.writer_mut();
+        if !writer.buffer().is_empty() {
+            return None;
+        }
+        let raw = writer.get_mut();
+        #[cfg(target_os = "linux")]
+        if raw.enable_rx_ts {
+            return None;
+        }
+        match &mut raw.stream {
+            RawStream::Tcp(tcp) => Some(tcp),
+            _ => None,
+        }
+    }
+
     /// set TCP nodelay for this connection if `self` is TCP
     pub fn set_nodelay(&mut self) -> Result<()> {
         match &self.stream_mut().get_mut().stream {
@@ -1049,6 +1081,51 @@ mod tests {
         assert_eq!(&got[..], &short[..]);
         drop(stream);
         client.await.unwrap();
+    }
+
+    // Weir patch 20: the socket is handed out only while the stream holds
+    // nothing of its own: rewound bytes, buffered reads or writes.
+    #[tokio::test]
+    async fn test_tcp_mut_only_while_nothing_is_buffered() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut stream = Stream::from(TcpStream::connect(addr).await.unwrap());
+        let (mut server, _) = listener.accept().await.unwrap();
+        // Through the socket, then through the stream: the same connection.
+        stream.tcp_mut().unwrap().write_all(b"ab").await.unwrap();
+        let mut got = [0u8; 2];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ab");
+        server.write_all(b"cd").await.unwrap();
+        let mut got = [0u8; 2];
+        stream.tcp_mut().unwrap().read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"cd");
+        // Rewound bytes are the stream's to give first.
+        stream.rewind(b"x");
+        assert!(stream.tcp_mut().is_none());
+        let mut one = [0u8; 1];
+        stream.read_exact(&mut one).await.unwrap();
+        assert!(stream.tcp_mut().is_some());
+        // A write held in the stream's buffer must go before any other.
+        stream.set_buffer(L4BufferSettings::new(16, 16));
+        stream.write_all(b"e").await.unwrap();
+        assert!(stream.tcp_mut().is_none());
+        stream.flush().await.unwrap();
+        assert!(stream.tcp_mut().is_some());
+        // Bytes read ahead into the read buffer, likewise.
+        server.write_all(b"fgh").await.unwrap();
+        let mut one = [0u8; 1];
+        stream.read_exact(&mut one).await.unwrap();
+        assert_eq!(&one, b"f");
+        assert!(stream.tcp_mut().is_none());
+        let mut two = [0u8; 2];
+        stream.read_exact(&mut two).await.unwrap();
+        assert_eq!(&two, b"gh");
+        assert!(stream.tcp_mut().is_some());
+        // And through the boxed stream, as an application holds it.
+        let mut boxed: crate::protocols::Stream = Box::new(stream);
+        let inner = boxed.as_any_mut().downcast_mut::<Stream>().unwrap();
+        assert!(inner.tcp_mut().is_some());
     }
 
     // Weir patch 17: a read that waits is timed unless the timing is off.
