@@ -709,9 +709,12 @@ fn build_request(head: &Bytes, parsed: &mut Parsed) -> Option<RawRequest> {
     let target = &head[parsed.target.clone()];
     let origin = target.first() == Some(&b'/') && target.is_ascii() && !target.contains(&b'#');
     let shared = head.slice(parsed.target.clone());
-    let (uri, wire_target) = match http::uri::PathAndQuery::from_maybe_shared(shared.clone()) {
-        Ok(path) if origin => (http::Uri::from(path), shared),
-        _ => {
+    let path = origin
+        .then(|| http::uri::PathAndQuery::from_maybe_shared(shared.clone()).ok())
+        .flatten();
+    let (uri, wire_target) = match path {
+        Some(path) => (http::Uri::from(path), shared),
+        None => {
             let req = pingora_checked(head, parsed, &method)?;
             let wire = Bytes::copy_from_slice(req.raw_path());
             (http::request::Parts::from(req).uri, wire)

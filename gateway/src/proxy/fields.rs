@@ -136,7 +136,7 @@ impl FieldEdits {
     }
 
     /// Writes the fields the edits set, as HTTP/1 field lines.
-    pub(super) fn write_sets(&self, out: &mut Vec<u8>) {
+    fn write_sets(&self, out: &mut Vec<u8>) {
         for (name, value) in self.sets() {
             write_line(name, value, out);
         }

@@ -15,7 +15,7 @@ use weir_conf::access::AuthMode;
 use super::ctx::{GatewayCtx, Routed};
 use crate::client::Downstream;
 use crate::errors::GatewayError;
-use crate::request_head::{RequestHead, visible_ascii};
+use crate::request_head::RequestHead;
 use crate::route_match::content_length;
 use crate::routing::Reason;
 use crate::state::Shared;
@@ -131,11 +131,8 @@ fn header<'a>(req: &'a dyn RequestHead, name: &http::HeaderName) -> Option<&'a [
 
 /// The client's `x-request-id` when it is usable, else a new UUID.
 fn request_id(req: &dyn RequestHead) -> Option<HeaderValue> {
-    let name = crate::headers::X_REQUEST_ID.name();
-    match req.field(name) {
-        Some(id) if !id.is_empty() && id.len() <= MAX_REQUEST_ID && visible_ascii(id).is_some() => {
-            req.field_value(name)
-        }
+    match req.field_value(crate::headers::X_REQUEST_ID.name()) {
+        Some(id) if !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.to_str().is_ok() => Some(id),
         _ => {
             // A random (version 4) UUID from the thread's fast generator:
             // an id to correlate logs, not a secret.
