@@ -49,19 +49,27 @@ async fn a_cpu_profile_of_the_gateway_under_load_needs_the_admin_token() {
     let svg = svg.text().await.unwrap();
     assert!(svg.contains("<svg"), "{}", &svg[..svg.len().min(300)]);
 
-    let folded = get("?seconds=1&format=folded", Some("admin-secret"))
+    // Samples are taken on CPU time and those that land in libc (the
+    // socket calls, most of a proxy's time) are skipped, so their number
+    // follows how much CPU the gateway got on a busy machine: the test asks
+    // for gateway frames from a window in which the load moved, not for a
+    // count (a 1-s window on a 2-core CI runner kept 9).
+    let before = load.sent();
+    let folded = get("?seconds=2&format=folded", Some("admin-secret"))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
+    let during = load.sent() - before;
+    assert!(during > 0, "no request was answered while profiling");
     let samples: u64 = folded
         .lines()
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
         .sum();
     assert!(
-        samples > 10,
-        "{samples} samples in 1 s under load:\n{folded}"
+        samples > 0,
+        "no samples in 2 s while {during} requests were answered"
     );
     assert!(
         folded.contains("weir_gateway") || folded.contains("pingora"),
