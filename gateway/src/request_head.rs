@@ -51,6 +51,52 @@ pub fn visible_ascii(value: &[u8]) -> Option<&str> {
         .flatten()
 }
 
+/// Whether `wire`, bytes as a message carries them (a field's name, a
+/// token of its value), is `lower`, a name in lower case (as `HeaderName`
+/// keeps them), in any case: `eq_ignore_ascii_case` eight bytes at a step.
+/// Two bytes of a step may differ only in bit 5 (`0x20`), and only where
+/// `lower`'s byte is a letter (`a` to `z`); a `lower` with an upper-case
+/// letter matches that letter exactly.
+pub fn same_name(wire: &[u8], lower: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    if wire.len() != lower.len() {
+        return false;
+    }
+    if wire.len() < 8 {
+        return wire
+            .iter()
+            .zip(lower)
+            .all(|(w, l)| w == l || (w ^ 0x20 == *l && l.is_ascii_lowercase()));
+    }
+    let word = |bytes: &[u8], at: usize| {
+        bytes
+            .get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let same = |at: usize| {
+        let (w, l) = (word(wire, at), word(lower, at));
+        // Bit 7 of each byte of `l` that is `a`..=`z`, moved to bit 5: the
+        // sums are of bytes below 0x80 (no carry crosses a byte), and a
+        // byte at or above 0x80 is no letter.
+        let ascii = !l & (ONES * 0x80);
+        let low = l & (ONES * 0x7f);
+        let from_a = low + ONES * (0x80 - b'a' as u64);
+        let past_z = low + ONES * (0x80 - b'z' as u64 - 1);
+        let letters = (from_a & !past_z & ascii & (ONES * 0x80)) >> 2;
+        (w ^ l) & !letters == 0
+    };
+    // Whole steps, then the last eight bytes (overlapping the step before).
+    let mut at = 0;
+    while at + 8 < wire.len() {
+        if !same(at) {
+            return false;
+        }
+        at += 8;
+    }
+    same(wire.len() - 8)
+}
+
 impl RequestHead for RequestHeader {
     fn method(&self) -> &Method {
         &self.method
@@ -142,7 +188,7 @@ impl RawRequest {
         self.fields.iter().find_map(|(n, v)| {
             self.head
                 .get(n.clone())
-                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+                .is_some_and(|n| same_name(n, name))
                 .then_some(v)
         })
     }
@@ -184,6 +230,40 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn a_name_matches_in_any_case_exactly_as_eq_ignore_ascii_case() {
+        let lower = [
+            "te",
+            "host",
+            "x-1",
+            "upgrade",
+            "connection",
+            "keep-alive",
+            "content-type",
+            "content-length",
+            "transfer-encoding",
+            "x-weir-queue-depth",
+            "x~y^z_`|0123456789",
+            "",
+        ];
+        for l in lower {
+            let l = l.as_bytes();
+            // Every single-byte change of every position, each case.
+            let mut wire = l.to_vec();
+            assert!(same_name(&wire, l));
+            wire.make_ascii_uppercase();
+            assert!(same_name(&wire, l));
+            for at in 0..l.len() {
+                for b in 0..=255u8 {
+                    let mut w = l.to_vec();
+                    w[at] = b;
+                    assert_eq!(same_name(&w, l), w.eq_ignore_ascii_case(l), "{w:?} {l:?}");
+                }
+            }
+            assert!(!same_name(&l[..l.len().saturating_sub(1)], l) || l.is_empty());
+        }
+    }
 
     /// The same request both ways: raw, and as Pingora's header.
     fn both(target: &str, fields: &[(&str, &str)]) -> (RawRequest, RequestHeader) {

@@ -8,8 +8,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::HeaderValue;
-
 use bytes::BytesMut;
 use pingora_core::protocols::l4::socket::SocketAddr;
 use pingora_load_balancing::Backend;
@@ -56,7 +54,7 @@ impl Routed {
 /// request carries a few hundred bytes, not kilobytes.
 pub struct GatewayCtx {
     pub(super) start: Instant,
-    pub(super) request_id: Option<HeaderValue>,
+    pub(super) request_id: Option<super::fields::FieldValue>,
     /// Set once, when the request loads the live runtime.
     pub(super) routed: Option<Routed>,
     /// Why the arm was chosen.
@@ -121,7 +119,7 @@ impl GatewayCtx {
     pub(super) fn id_str(&self) -> &str {
         self.request_id
             .as_ref()
-            .and_then(|v| v.to_str().ok())
+            .and_then(super::fields::FieldValue::to_str)
             .unwrap_or("")
     }
 }

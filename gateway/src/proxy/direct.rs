@@ -41,7 +41,7 @@ use super::respond::Answer;
 use super::{body, observe, request, respond, upstream};
 use crate::client::{Client, Downstream};
 use crate::errors::GatewayError;
-use crate::request_head::{RawRequest, RequestHead};
+use crate::request_head::{RawRequest, RequestHead, same_name};
 use crate::state::Shared;
 
 /// Most header fields in one head (Pingora's bound too).
@@ -116,7 +116,8 @@ impl Direct {
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
         let tls = stream.get_ssl_digest().is_some();
         let mut stream = ClientConn(stream);
-        // `read_head` allocates it when the first bytes come.
+        // `read_head` allocates it only for a head that does not come
+        // alone in one read.
         let mut buf = BytesMut::new();
         let mut clocks = Clocks::default();
         loop {
@@ -126,17 +127,25 @@ impl Direct {
                 Ok(None) => return Served::Closed,
                 Err(()) => return Served::HandOver(stream.0, buf),
             };
-            let Some(mut parsed) = parse_request(&buf[..head]) else {
-                return Served::HandOver(stream.0, buf);
+            // What Pingora is handed with the connection: the bytes read.
+            let unread = |head: Head, buf: BytesMut| match head {
+                Head::Alone(bytes) => BytesMut::from(&bytes[..]),
+                Head::InBuf(_) => buf,
+            };
+            let Some(mut parsed) = parse_request(head.bytes(&buf)) else {
+                return Served::HandOver(stream.0, unread(head, buf));
             };
             let runtime_ok = self
                 .shared
                 .current()
                 .is_some_and(|r| r.pools.iter().all(|p| p.config.protocol == Protocol::Http1));
             if !runtime_ok {
-                return Served::HandOver(stream.0, buf);
+                return Served::HandOver(stream.0, unread(head, buf));
             }
-            let head_bytes = buf.split_to(head).freeze();
+            let head_bytes = match head {
+                Head::Alone(bytes) => bytes,
+                Head::InBuf(end) => buf.split_to(end).freeze(),
+            };
             let Some(req) = build_request(&head_bytes, &mut parsed) else {
                 // Not a head Pingora would take either: it answers the
                 // error its own way.
@@ -263,7 +272,8 @@ impl Direct {
             // of the request's header map).
             let mut edits = super::upstream_edits(shared, &*client, ctx)?;
             if ctx.body.buffered {
-                edits.set(&header::CONTENT_LENGTH, body.len().into());
+                let length = super::fields::FieldValue::number(body.len() as u64);
+                edits.set_value(&header::CONTENT_LENGTH, length);
             }
             let upstream_req = UpstreamRequest {
                 req: &client.req,
@@ -467,26 +477,40 @@ async fn watching<T>(
 ) -> Result<T> {
     let mut work = std::pin::pin!(work);
     let mut watch = pending.is_empty();
+    // The watch reads onto its own stack: a client that stays quiet (the
+    // common case) has no buffer made for it. What does not fit stays in
+    // the socket for the next head's read.
+    let mut early = [0u8; 256];
     loop {
-        room_to_read(pending, 4096);
-        tokio::select! {
+        let read = std::future::poll_fn(|cx| {
+            let mut into = tokio::io::ReadBuf::new(&mut early);
+            Pin::new(&mut *stream)
+                .poll_read(cx, &mut into)
+                .map_ok(|()| into.filled().len())
+        });
+        let read = tokio::select! {
             biased;
             done = &mut work => return Ok(done),
-            read = stream.read_buf(pending), if watch => match read {
-                Ok(0) => {
-                    return Error::e_explain(
-                        ErrorType::ConnectionClosed,
-                        "Prematurely before response header is sent",
-                    )
-                    .map_err(|e: Box<Error>| e.into_down());
-                }
-                Err(e) => {
-                    return Err(Error::because(ErrorType::ReadError, "reading from the client", e)
-                        .into_down());
-                }
-                // The next request, early: kept; no more watching.
-                Ok(_) => watch = false,
-            },
+            read = read, if watch => read,
+        };
+        match read {
+            Ok(0) => {
+                return Error::e_explain(
+                    ErrorType::ConnectionClosed,
+                    "Prematurely before response header is sent",
+                )
+                .map_err(|e: Box<Error>| e.into_down());
+            }
+            Err(e) => {
+                return Err(
+                    Error::because(ErrorType::ReadError, "reading from the client", e).into_down(),
+                );
+            }
+            // The next request, early: kept; no more watching.
+            Ok(n) => {
+                pending.extend_from_slice(&early[..n]);
+                watch = false;
+            }
         }
     }
 }
@@ -518,7 +542,27 @@ struct Parsed {
     fields: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
 }
 
-/// Reads until `buf` holds a whole head; its length. `Ok(None)`: the
+/// A request's head, as [`read_head`] read it.
+enum Head {
+    /// A read between requests brought this head and nothing more (a
+    /// request without a body, not pipelined: the common case): its
+    /// bytes, copied once from the read, and the buffer left empty.
+    Alone(Bytes),
+    /// The head is the first bytes of the buffer, this many.
+    InBuf(usize),
+}
+
+impl Head {
+    /// The head's bytes.
+    fn bytes<'a>(&'a self, buf: &'a [u8]) -> &'a [u8] {
+        match self {
+            Head::Alone(bytes) => bytes,
+            Head::InBuf(end) => &buf[..*end],
+        }
+    }
+}
+
+/// Reads until a whole head is there ([`Head`]). `Ok(None)`: the
 /// connection is to be closed: the client closed or stayed silent between
 /// two requests (`idle`), or its head did not arrive whole within `header`
 /// of its first byte (as Pingora patch 2 bounds it). `Err`: anything else
@@ -530,7 +574,7 @@ async fn read_head(
     clock: &mut Clock,
     idle: Duration,
     header: Duration,
-) -> std::result::Result<Option<usize>, ()> {
+) -> std::result::Result<Option<Head>, ()> {
     if buf.is_empty() {
         // Between requests the connection holds no buffer: the first bytes
         // are read onto the wait's own stack, then kept.
@@ -545,8 +589,13 @@ async fn read_head(
             Some(Err(_)) => return Err(()),
             Some(Ok(())) if first.filled().is_empty() => return Ok(None),
             Some(Ok(())) => {
+                let read = first.filled();
+                if head_end(read) == Some(read.len()) {
+                    // No growable buffer for it, and none split.
+                    return Ok(Some(Head::Alone(Bytes::copy_from_slice(read))));
+                }
                 buf.reserve(2048);
-                buf.extend_from_slice(first.filled());
+                buf.extend_from_slice(read);
             }
         }
     }
@@ -556,7 +605,7 @@ async fn read_head(
     let mut due = None;
     loop {
         if let Some(end) = head_end(buf) {
-            return Ok(Some(end));
+            return Ok(Some(Head::InBuf(end)));
         }
         if buf.len() > MAX_HEAD {
             return Err(());
@@ -631,7 +680,7 @@ fn parse_request(head: &[u8]) -> Option<Parsed> {
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
-        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        let is = |n: &str| same_name(name, n.as_bytes());
         if is("transfer-encoding") || is("upgrade") || is("expect") {
             return None;
         }
@@ -656,11 +705,11 @@ fn parse_request(head: &[u8]) -> Option<Parsed> {
         if is("connection") {
             for token in value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
+                if same_name(token, b"close") {
                     keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                } else if same_name(token, b"keep-alive") {
                     keep_alive = true;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                } else if same_name(token, b"upgrade") {
                     return None;
                 }
             }
@@ -697,7 +746,7 @@ fn build_request(head: &Bytes, parsed: &mut Parsed) -> Option<RawRequest> {
     let mut hosts = parsed
         .fields
         .iter()
-        .filter(|(name, _)| field(name).is_some_and(|n| n.eq_ignore_ascii_case(b"host")));
+        .filter(|(name, _)| field(name).is_some_and(|n| same_name(n, b"host")));
     let (host, second) = (hosts.next(), hosts.next());
     if second.is_some()
         || host
@@ -772,7 +821,7 @@ fn write_upstream_fields(
 /// connection's own fields (RFC 9110 §7.6.1), not sent upstream.
 fn connection_named(req: &RawRequest) -> Vec<&[u8]> {
     req.fields()
-        .filter(|(name, _)| name.eq_ignore_ascii_case(b"connection"))
+        .filter(|(name, _)| same_name(name, b"connection"))
         .flat_map(|(_, value)| value.split(|b| *b == b','))
         .map(<[u8]>::trim_ascii)
         .filter(|token| !token.is_empty())
@@ -994,9 +1043,9 @@ fn parse_response(head: &Bytes, method: &http::Method) -> Result<(RawAnswer, Fra
     let mut named: Vec<&[u8]> = Vec::new();
     let mut upstream_closes = false;
     for h in parsed.headers.iter() {
-        if h.name.eq_ignore_ascii_case("connection") {
+        if same_name(h.name.as_bytes(), b"connection") {
             for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
+                if same_name(token, b"close") {
                     upstream_closes = true;
                 } else if !token.is_empty() && !is_hop_by_hop(token) {
                     // (`keep-alive` names a field left out anyway.)
@@ -1013,13 +1062,13 @@ fn parse_response(head: &Bytes, method: &http::Method) -> Result<(RawAnswer, Fra
     for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
         if is_hop_by_hop(name) || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
-            if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if same_name(name, b"transfer-encoding") {
                 let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
-                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                chunked = Some(same_name(last.trim_ascii(), b"chunked"));
             }
             continue;
         }
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if same_name(name, b"content-length") {
             match length {
                 Some(first) => lengths_differ |= first != h.value,
                 None => length = Some(h.value),
@@ -1069,7 +1118,7 @@ fn parse_response(head: &Bytes, method: &http::Method) -> Result<(RawAnswer, Fra
 /// Whether `name` is one of the fixed hop-by-hop fields (RFC 9110 §7.6.1,
 /// and the `Keep-Alive` and `Proxy-Connection` of older peers).
 fn is_hop_by_hop(name: &[u8]) -> bool {
-    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    let is = |n: &str| same_name(name, n.as_bytes());
     match name.len() {
         2 => is("te"),
         7 => is("trailer") || is("upgrade"),
@@ -1377,6 +1426,10 @@ impl DirectClient<'_> {
     async fn body(&mut self) -> Result<Bytes> {
         if let Some(body) = &self.body {
             return Ok(body.clone());
+        }
+        if self.body_len == 0 {
+            // (Splitting no bytes off would still share the buffer.)
+            return Ok(Bytes::new());
         }
         while self.pending.len() < self.body_len {
             let left = self.body_len - self.pending.len();
@@ -1784,6 +1837,86 @@ mod tests {
     /// A step that is pending once, then done.
     async fn pending_once() {
         tokio::task::yield_now().await;
+    }
+
+    /// The server end of a connection from `client`, once it is readable
+    /// (the client wrote or closed).
+    async fn readable_server_end(
+        listener: &tokio::net::TcpListener,
+        client: impl FnOnce(tokio::net::TcpStream) -> Option<tokio::net::TcpStream>,
+    ) -> (ClientConn, Option<tokio::net::TcpStream>) {
+        let conn = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (conn, accepted) = tokio::join!(conn, listener.accept());
+        let kept = client(conn.unwrap());
+        let (server, _) = accepted.unwrap();
+        server.readable().await.unwrap();
+        let server: Stream = Box::new(pingora_core::protocols::l4::stream::Stream::from(server));
+        (ClientConn(server), kept)
+    }
+
+    #[tokio::test]
+    async fn a_watched_client_keeps_its_early_bytes_and_is_gone_when_it_closes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // Bytes of the next request while the work runs: kept, and the
+        // work's result comes when it is done.
+        let (mut conn, _kept) = readable_server_end(&listener, |c| {
+            c.try_write(b"GET /next HTTP/1.1\r\n\r\n").unwrap();
+            Some(c)
+        })
+        .await;
+        let mut pending = BytesMut::new();
+        let done = watching(&mut conn, &mut pending, async {
+            pending_once().await;
+            7
+        })
+        .await;
+        assert_eq!(done.unwrap(), 7);
+        assert_eq!(&pending[..], b"GET /next HTTP/1.1\r\n\r\n");
+
+        // A client that closes: the work is stopped.
+        let (mut conn, _) = readable_server_end(&listener, |c| {
+            drop(c);
+            None
+        })
+        .await;
+        let mut pending = BytesMut::new();
+        let gone = watching(&mut conn, &mut pending, std::future::pending::<()>()).await;
+        assert_eq!(gone.unwrap_err().etype(), &ErrorType::ConnectionClosed);
+    }
+
+    #[tokio::test]
+    async fn a_head_read_alone_needs_no_buffer_and_one_with_more_keeps_it_all() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let server: Stream = Box::new(pingora_core::protocols::l4::stream::Stream::from(server));
+        let mut conn = ClientConn(server);
+        let (mut buf, mut clock) = (BytesMut::new(), Clock::default());
+        let wait = Duration::from_secs(30);
+
+        let get = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n";
+        client.write_all(get).await.unwrap();
+        let head = read_head(&mut conn, &mut buf, &mut clock, wait, wait).await;
+        let bytes = match head {
+            Ok(Some(Head::Alone(bytes))) => bytes,
+            _ => Bytes::new(),
+        };
+        assert_eq!(&bytes[..], get, "a head alone");
+        assert!(buf.is_empty() && buf.capacity() == 0);
+
+        // A head with a body after it stays in the buffer, body and all.
+        let post = b"POST /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi";
+        client.write_all(post).await.unwrap();
+        let head = read_head(&mut conn, &mut buf, &mut clock, wait, wait).await;
+        let end = match head {
+            Ok(Some(Head::InBuf(end))) => end,
+            _ => 0,
+        };
+        assert_eq!(&buf[..end], &post[..post.len() - 2], "a head in the buffer");
+        assert_eq!(&buf[end..], b"hi");
     }
 
     #[tokio::test]

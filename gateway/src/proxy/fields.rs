@@ -13,10 +13,110 @@ use http::{HeaderName, HeaderValue};
 use pingora_error::{ErrorType, OrErr, Result};
 use pingora_http::RequestHeader;
 
+/// The longest value [`FieldValue::inline`] holds in place.
+const INLINE: usize = 62;
+
+/// A field's value as the gateway keeps it: one taken from a message or
+/// the configuration (a `HeaderValue`), or one the gateway makes for each
+/// request (a request id, a `traceparent`, the client's address, a
+/// length), held in place: none of them allocates, or has a reference
+/// count to clone and drop.
+#[derive(Clone)]
+pub(crate) enum FieldValue {
+    /// A value as the `http` crate holds it.
+    Shared(HeaderValue),
+    /// Visible ASCII, spaces and tabs only ([`FieldValue::inline`]), so
+    /// always a valid `HeaderValue` too.
+    Inline {
+        /// How many of `bytes` are the value.
+        len: u8,
+        /// The value, then unused bytes.
+        bytes: [u8; INLINE],
+    },
+}
+
+impl FieldValue {
+    /// `value` held in place: `None` when it is longer than 62 bytes or
+    /// has a byte other than visible ASCII, a space or a tab.
+    pub(crate) fn inline(value: &[u8]) -> Option<Self> {
+        let len = u8::try_from(value.len())
+            .ok()
+            .filter(|n| usize::from(*n) <= INLINE)?;
+        // One pass with no early exit (the compiler checks many bytes at
+        // a time).
+        let plain = value.iter().fold(true, |ok, b| {
+            ok & ((0x20..0x7f).contains(b) | (*b == b'\t'))
+        });
+        if !plain {
+            return None;
+        }
+        let mut bytes = [0; INLINE];
+        bytes[..value.len()].copy_from_slice(value);
+        Some(Self::Inline { len, bytes })
+    }
+
+    /// A decimal number, as `Content-Length` carries it.
+    pub(crate) fn number(n: u64) -> Self {
+        let mut text = itoa::Buffer::new();
+        let digits = text.format(n).as_bytes();
+        let mut bytes = [0; INLINE];
+        bytes[..digits.len()].copy_from_slice(digits);
+        // At most 20 digits.
+        Self::Inline {
+            len: digits.len() as u8,
+            bytes,
+        }
+    }
+
+    /// The value's bytes.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Shared(value) => value.as_bytes(),
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+        }
+    }
+
+    /// The value as text, when it is visible ASCII (as
+    /// `HeaderValue::to_str`).
+    pub(crate) fn to_str(&self) -> Option<&str> {
+        match self {
+            Self::Shared(value) => value.to_str().ok(),
+            Self::Inline { .. } => std::str::from_utf8(self.as_bytes()).ok(),
+        }
+    }
+
+    /// The value as a `HeaderValue` (Pingora's heads hold those).
+    pub(crate) fn to_header_value(&self) -> Result<HeaderValue> {
+        match self {
+            Self::Shared(value) => Ok(value.clone()),
+            Self::Inline { .. } => HeaderValue::from_bytes(self.as_bytes())
+                .or_err(ErrorType::InvalidHTTPHeader, "invalid header value"),
+        }
+    }
+}
+
+impl From<HeaderValue> for FieldValue {
+    fn from(value: HeaderValue) -> Self {
+        Self::Shared(value)
+    }
+}
+
+impl PartialEq<&str> for FieldValue {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for FieldValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_bytes().escape_ascii().to_string())
+    }
+}
+
 /// One change: a field set (replacing every value of that name) or
 /// removed.
 enum Edit {
-    Set(HeaderName, HeaderValue),
+    Set(HeaderName, FieldValue),
     Remove(HeaderName),
 }
 
@@ -45,15 +145,24 @@ impl FieldEdits {
 
     /// Sets `name` to `value` alone.
     pub(super) fn set(&mut self, name: &HeaderName, value: HeaderValue) {
+        self.set_value(name, FieldValue::Shared(value));
+    }
+
+    /// Sets `name` to `value` alone.
+    pub(super) fn set_value(&mut self, name: &HeaderName, value: FieldValue) {
         self.edits.push(Edit::Set(name.clone(), value));
     }
 
     /// Sets `name` to `value` given as text (refused when not a valid
     /// field value).
     pub(super) fn set_str(&mut self, name: &HeaderName, value: &str) -> Result<()> {
-        let value = HeaderValue::from_str(value)
-            .or_err(ErrorType::InvalidHTTPHeader, "invalid header value")?;
-        self.set(name, value);
+        let value = match FieldValue::inline(value.as_bytes()) {
+            Some(value) => value,
+            None => HeaderValue::from_str(value)
+                .or_err(ErrorType::InvalidHTTPHeader, "invalid header value")?
+                .into(),
+        };
+        self.set_value(name, value);
         Ok(())
     }
 
@@ -66,7 +175,7 @@ impl FieldEdits {
     pub(super) fn apply(self, req: &mut RequestHeader) -> Result<()> {
         for edit in self.edits {
             match edit {
-                Edit::Set(name, value) => req.insert_header(name, value)?,
+                Edit::Set(name, value) => req.insert_header(name, value.to_header_value()?)?,
                 Edit::Remove(name) => {
                     req.remove_header(&name);
                 }
@@ -80,25 +189,25 @@ impl FieldEdits {
     pub(super) fn decides_raw(&self, name: &[u8]) -> bool {
         self.edits
             .iter()
-            .any(|e| e.name().as_str().as_bytes().eq_ignore_ascii_case(name))
+            .any(|e| crate::request_head::same_name(name, e.name().as_str().as_bytes()))
     }
 
     /// What the edits make of `name` (lower case): `Some(Some(value))`
     /// when its last edit sets it, `Some(None)` when that removes it,
     /// `None` when no edit names it.
-    pub(super) fn decided(&self, name: &str) -> Option<Option<&HeaderValue>> {
+    pub(super) fn decided(&self, name: &str) -> Option<Option<&[u8]>> {
         self.edits
             .iter()
             .rev()
             .find(|e| e.name().as_str() == name)
             .map(|e| match e {
-                Edit::Set(_, value) => Some(value),
+                Edit::Set(_, value) => Some(value.as_bytes()),
                 Edit::Remove(_) => None,
             })
     }
 
     /// The fields set in the end: each name's last edit, when it sets.
-    fn sets(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+    fn sets(&self) -> impl Iterator<Item = (&HeaderName, &FieldValue)> {
         self.edits
             .iter()
             .enumerate()
@@ -184,7 +293,7 @@ pub(super) fn write_lines(
 
 /// One HTTP/1 field line: a well-known name in its usual case (as Pingora
 /// writes it), others as they are stored (lower case).
-fn write_line(name: &HeaderName, value: &HeaderValue, out: &mut Vec<u8>) {
+fn write_line(name: &HeaderName, value: &FieldValue, out: &mut Vec<u8>) {
     let titled = pingora_http::titled_header_name_str(name);
     out.extend_from_slice(titled.unwrap_or(name.as_str()).as_bytes());
     out.extend_from_slice(b": ");
@@ -244,7 +353,11 @@ pub(super) mod tests {
             &HeaderName::from_static("x-twice"),
             HeaderValue::from_static("c"),
         );
-        e.set(&header::CONTENT_LENGTH, HeaderValue::from(12usize));
+        e.set_value(&header::CONTENT_LENGTH, FieldValue::number(12));
+        e.set_value(
+            &HeaderName::from_static("traceparent"),
+            FieldValue::inline(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap(),
+        );
         e
     }
 
@@ -291,6 +404,37 @@ pub(super) mod tests {
         let mut direct = Vec::new();
         FieldEdits::default().write_h1(FIELDS.as_bytes(), &spans(FIELDS), |_| true, &mut direct);
         assert_eq!(direct, FIELDS.as_bytes());
+    }
+
+    #[test]
+    fn a_value_is_held_in_place_only_when_it_is_short_plain_text() {
+        let id = FieldValue::inline(b"0af7651916cd43dd8448eb211c80319c").unwrap();
+        assert!(matches!(id, FieldValue::Inline { .. }));
+        assert_eq!(id.as_bytes(), b"0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(id.to_str(), Some("0af7651916cd43dd8448eb211c80319c"));
+        assert_eq!(
+            id.to_header_value().unwrap(),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        assert!(FieldValue::inline(b"").is_some());
+        assert!(FieldValue::inline(b"a\tb c").is_some());
+        assert!(FieldValue::inline(&[b'x'; INLINE]).is_some());
+        assert!(FieldValue::inline(&[b'x'; INLINE + 1]).is_none());
+        for bad in [&b"a\r\nb"[..], b"a\x00", b"\x7f", "é".as_bytes()] {
+            assert!(FieldValue::inline(bad).is_none(), "{bad:?}");
+        }
+        // A longer value goes through `HeaderValue` instead.
+        let mut e = FieldEdits::default();
+        let long = "x".repeat(INLINE + 10);
+        e.set_str(&header::HOST, &long).unwrap();
+        assert_eq!(e.decided("host"), Some(Some(long.as_bytes())));
+    }
+
+    #[test]
+    fn a_number_is_written_in_decimal() {
+        for n in [0, 7, 12, 1_000_000, u64::MAX] {
+            assert_eq!(FieldValue::number(n).as_bytes(), n.to_string().as_bytes());
+        }
     }
 
     #[test]

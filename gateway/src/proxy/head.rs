@@ -14,7 +14,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use pingora_error::Result;
 use pingora_http::{ResponseHeader, StaticHeaderName};
 
-use super::fields::FieldEdits;
+use super::fields::{FieldEdits, FieldValue};
 
 /// What the hooks need of an answer's head.
 pub(super) trait AnswerHead {
@@ -27,6 +27,15 @@ pub(super) trait AnswerHead {
     fn set(&mut self, name: &HeaderName, value: HeaderValue) -> Result<()>;
     /// Removes every value of `name`.
     fn remove(&mut self, name: &HeaderName);
+
+    /// Sets one of the gateway's own fields to a value it made.
+    fn set_static_value(
+        &mut self,
+        name: &'static StaticHeaderName,
+        value: &FieldValue,
+    ) -> Result<()> {
+        self.set_static(name, value.to_header_value()?)
+    }
 
     /// Whether the answer has a field `name` (lower case).
     fn has(&self, name: &str) -> bool {
@@ -73,7 +82,20 @@ pub(super) struct RawAnswer {
     reason: Option<Range<usize>>,
     /// Where each kept field's name and value lie in `head`.
     fields: Vec<(Range<usize>, Range<usize>)>,
+    /// A bit for each kept field's name ([`name_bit`]): a name whose bit
+    /// is clear is not among them, with no walk through them (most names
+    /// the hooks ask an answer for are not in it).
+    names: u64,
     edits: FieldEdits,
+}
+
+/// A bit chosen by a name's length and its first and last bytes, the same
+/// in any case (`| 0x20` folds letters and leaves digits and `-` as they
+/// are).
+fn name_bit(name: &[u8]) -> u64 {
+    let fold = |b: Option<&u8>| usize::from(b.map_or(0, |b| b | 0x20));
+    let at = name.len() * 7 + fold(name.first()) * 3 + fold(name.last());
+    1 << (at % 64)
 }
 
 impl RawAnswer {
@@ -85,11 +107,16 @@ impl RawAnswer {
         reason: Option<Range<usize>>,
         fields: Vec<(Range<usize>, Range<usize>)>,
     ) -> Self {
+        let names = fields
+            .iter()
+            .filter_map(|(name, _)| head.get(name.clone()))
+            .fold(0, |bits, name| bits | name_bit(name));
         Self {
             head,
             status,
             reason,
             fields,
+            names,
             edits: FieldEdits::with_capacity(6),
         }
     }
@@ -133,12 +160,14 @@ impl AnswerHead for RawAnswer {
 
     fn field(&self, name: &str) -> Option<&[u8]> {
         if let Some(decided) = self.edits.decided(name) {
-            return decided.map(HeaderValue::as_bytes);
+            return decided;
+        }
+        if self.names & name_bit(name.as_bytes()) == 0 {
+            return None;
         }
         self.fields.iter().find_map(|(n, v)| {
             let found = self.head.get(n.clone())?;
-            found
-                .eq_ignore_ascii_case(name.as_bytes())
+            crate::request_head::same_name(found, name.as_bytes())
                 .then(|| self.head.get(v.clone()))
                 .flatten()
         })
@@ -151,6 +180,15 @@ impl AnswerHead for RawAnswer {
 
     fn remove(&mut self, name: &HeaderName) {
         self.edits.remove(name);
+    }
+
+    fn set_static_value(
+        &mut self,
+        name: &'static StaticHeaderName,
+        value: &FieldValue,
+    ) -> Result<()> {
+        self.edits.set_value(name.name(), value.clone());
+        Ok(())
     }
 }
 
@@ -209,6 +247,9 @@ mod tests {
         )
         .unwrap();
         head.remove(&HeaderName::from_static("x-gone"));
+        let id = FieldValue::inline(b"req-1").unwrap();
+        head.set_static_value(&crate::headers::X_REQUEST_ID, &id)
+            .unwrap();
         head.set(
             &header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
@@ -246,6 +287,7 @@ mod tests {
             "x-gone",
             "content-length",
             "x-weir-route",
+            "x-request-id",
             "transfer-encoding",
         ] {
             assert_eq!(direct.field(name), pingora.field(name), "{name}");
@@ -265,6 +307,27 @@ mod tests {
         // The upstream's names as it sent them; values of one name in order.
         assert!(text.contains("X-Twice: a\r\nx-twice: b\r\n"), "{text}");
         assert!(text.contains("Content-Type: text/plain\r\n"), "{text}");
+        assert!(text.contains("x-request-id: req-1\r\n"), "{text}");
+    }
+
+    #[test]
+    fn a_name_has_one_bit_in_any_case() {
+        for (a, b) in [
+            ("content-length", "Content-Length"),
+            ("x-weir-queue-depth", "X-WEIR-QUEUE-DEPTH"),
+            ("te", "TE"),
+            ("x-1", "X-1"),
+        ] {
+            assert_eq!(name_bit(a.as_bytes()), name_bit(b.as_bytes()), "{a}");
+        }
+        // An answer's names found in any case; others not.
+        let answer = raw(ANSWER);
+        for name in ["content-type", "x-gone", "content-length", "x-twice"] {
+            assert!(answer.has(name), "{name}");
+        }
+        for name in ["transfer-encoding", "x-weir-queue-depth", "date", "x-twic"] {
+            assert!(!answer.has(name), "{name}");
+        }
     }
 
     #[test]

@@ -213,7 +213,7 @@ fn upstream_edits(
 ) -> Result<fields::FieldEdits> {
     let mut edits = fields::FieldEdits::with_capacity(8);
     if let Some(id) = &ctx.request_id {
-        edits.set(crate::headers::X_REQUEST_ID.name(), id.clone());
+        edits.set_value(crate::headers::X_REQUEST_ID.name(), id.clone());
     }
     observe::forward_headers(client, ctx, &mut edits)?;
     observe::trace_upstream(shared, client.request(), ctx, &mut edits);

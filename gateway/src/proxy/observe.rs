@@ -44,8 +44,8 @@ pub(super) fn trace_upstream(
             .unwrap_or_else(|| crate::trace::TraceContext::for_request(client_request)),
     };
     state.trace = Some(trace);
-    if let Some(value) = trace.header() {
-        edits.set(crate::headers::TRACEPARENT.name(), value);
+    if let Some(value) = super::fields::FieldValue::inline(&trace.header_bytes()) {
+        edits.set_value(crate::headers::TRACEPARENT.name(), value);
     }
 }
 
@@ -305,11 +305,16 @@ pub(super) fn forward_headers(
         return Ok(());
     }
     if let Some(f) = forwarded_of(client, ctx) {
-        let value = http::HeaderValue::try_from(f.for_header).or_err(
-            pingora_error::ErrorType::InvalidHTTPHeader,
-            "invalid X-Forwarded-For",
-        )?;
-        edits.set(crate::headers::X_FORWARDED_FOR.name(), value);
+        let value = match super::fields::FieldValue::inline(f.for_header.as_bytes()) {
+            Some(value) => value,
+            None => http::HeaderValue::try_from(f.for_header)
+                .or_err(
+                    pingora_error::ErrorType::InvalidHTTPHeader,
+                    "invalid X-Forwarded-For",
+                )?
+                .into(),
+        };
+        edits.set_value(crate::headers::X_FORWARDED_FOR.name(), value);
         let proto = http::HeaderValue::from_static(f.proto);
         edits.set(crate::headers::X_FORWARDED_PROTO.name(), proto);
     }

@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 
-use http::HeaderValue;
+use super::fields::FieldValue;
 use weir_conf::access::AuthMode;
 
 use super::ctx::{GatewayCtx, Routed};
@@ -129,17 +129,20 @@ fn header<'a>(req: &'a dyn RequestHead, name: &http::HeaderName) -> Option<&'a [
     req.field(name).filter(|v| !v.is_empty())
 }
 
-/// The client's `x-request-id` when it is usable, else a new UUID.
-fn request_id(req: &dyn RequestHead) -> Option<HeaderValue> {
+/// The client's `x-request-id` when it is usable, else a new UUID (held
+/// in place, [`FieldValue::inline`]).
+fn request_id(req: &dyn RequestHead) -> Option<FieldValue> {
     match req.field_value(crate::headers::X_REQUEST_ID.name()) {
-        Some(id) if !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.to_str().is_ok() => Some(id),
+        Some(id) if !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.to_str().is_ok() => {
+            Some(id.into())
+        }
         _ => {
             // A random (version 4) UUID from the thread's fast generator:
             // an id to correlate logs, not a secret.
             let random = fastrand::u128(..).to_le_bytes();
             let id = uuid::Builder::from_random_bytes(random).into_uuid();
             let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-            HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)).ok()
+            FieldValue::inline(id.hyphenated().encode_lower(&mut buf).as_bytes())
         }
     }
 }
@@ -166,12 +169,17 @@ mod tests {
         let long = "x".repeat(MAX_REQUEST_ID + 1);
         for bad in ["", long.as_str()] {
             let made = request_id(&req("GET", "/", &[("x-request-id", bad)])).unwrap();
-            assert_eq!(made.len(), uuid::fmt::Hyphenated::LENGTH, "{bad:?}");
+            assert_eq!(
+                made.as_bytes().len(),
+                uuid::fmt::Hyphenated::LENGTH,
+                "{bad:?}"
+            );
         }
         let made = request_id(&req("GET", "/", &[])).unwrap();
         let made = uuid::Uuid::parse_str(made.to_str().unwrap()).unwrap();
         assert_eq!(made.get_version_num(), 4);
-        assert_ne!(request_id(&req("GET", "/", &[])).unwrap(), made.to_string());
+        let again = request_id(&req("GET", "/", &[])).unwrap();
+        assert_ne!(again.as_bytes(), made.to_string().as_bytes());
     }
 
     #[test]

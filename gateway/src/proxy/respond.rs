@@ -150,7 +150,7 @@ pub(super) fn refuse(ctx: &mut GatewayCtx, err: GatewayError) -> Box<Error> {
 pub(super) fn decorate(resp: &mut impl AnswerHead, ctx: &GatewayCtx) -> Result<()> {
     use crate::headers::{X_REQUEST_ID, X_WEIR_ARM, X_WEIR_FALLBACK, X_WEIR_ROUTE};
     if let Some(id) = &ctx.request_id {
-        resp.set_static(&X_REQUEST_ID, id.clone())?;
+        resp.set_static_value(&X_REQUEST_ID, id)?;
     }
     if let Some(route) = ctx.route() {
         resp.set_static(&X_WEIR_ROUTE, route.name_header.clone())?;
