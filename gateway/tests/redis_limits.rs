@@ -68,25 +68,47 @@ async fn hammer(gateways: &[&Weir], clients: usize, secs: u64) -> (u64, u64, f64
 async fn two_gateways_share_one_allowance_and_fall_back_to_local_limits() {
     let mut redis = Redis::start().await.unwrap();
     let up = Upstream::local("v1").await.unwrap();
-    let cfg = config(&up, &redis.url(), "requests_per_second = 40\nburst = 1\n");
+    // A burst of 5: a stall of the test machine shorter than 5 intervals
+    // (125 ms) in which no request reaches Redis loses no allowance (with a
+    // burst of 1, any stall over 25 ms did, and the count fell short).
+    let burst = 5.0;
+    let cfg = config(&up, &redis.url(), "requests_per_second = 40\nburst = 5\n");
     let a = Weir::start(weir_bin(), &cfg).await.unwrap();
     let b = Weir::start(weir_bin(), &cfg).await.unwrap();
+    let local_decisions = || async {
+        let mut n = 0.0;
+        for w in [&a, &b] {
+            n += w
+                .metric("weir_ratelimit_local_fallbacks_total")
+                .await
+                .unwrap_or(0.0);
+        }
+        n
+    };
 
     let (ok, refused, secs) = hammer(&[&a, &b], 8, 5).await;
-    let expected = 1.0 + 40.0 * secs;
+    let expected = burst + 40.0 * secs;
+    // A decision Redis answers later than `redis_timeout_ms` (a starved
+    // machine) is made locally and may admit one request more.
+    let local = local_decisions().await;
     eprintln!(
-        "two gateways, shared: admitted {ok} in {secs:.2} s (expected {expected:.0}), refused {refused}"
+        "two gateways, shared: admitted {ok} in {secs:.2} s (expected {expected:.0}), refused {refused}, {local} decided locally"
     );
     assert!(
-        (ok as f64 - expected).abs() <= expected * 0.05,
-        "admitted {ok}, expected {expected:.0} ± 5%"
+        ok as f64 >= expected * 0.95 && ok as f64 <= expected * 1.05 + local,
+        "admitted {ok}, expected {expected:.0} - 5 % to + 5 % + {local} decided locally"
     );
-    assert_eq!(a.metric("weir_ratelimit_redis_up").await.unwrap(), 1.0);
+    eventually(Duration::from_secs(20), || async {
+        hammer(&[&a], 1, 1).await;
+        (a.metric("weir_ratelimit_redis_up").await.unwrap() == 1.0).then_some(())
+    })
+    .await
+    .unwrap();
 
     // Redis gone: requests are still served, each gateway on its own limit.
     redis.stop();
     let (ok, _, secs) = hammer(&[&a, &b], 8, 3).await;
-    let local = 2.0 * (1.0 + 40.0 * secs);
+    let local = 2.0 * (burst + 40.0 * secs);
     eprintln!(
         "two gateways, Redis down: admitted {ok} in {secs:.2} s (local limits allow {local:.0})"
     );
