@@ -44,11 +44,17 @@ pub trait RequestHead: Send + Sync {
 
 /// `value` as text when every byte is visible ASCII, a space or a tab.
 pub fn visible_ascii(value: &[u8]) -> Option<&str> {
-    value
-        .iter()
-        .all(|b| *b == b'\t' || (0x20..0x7f).contains(b))
+    is_visible_ascii(value)
         .then(|| std::str::from_utf8(value).ok())
         .flatten()
+}
+
+/// Whether every byte of `value` is visible ASCII, a space or a tab: one
+/// pass with no early exit (the compiler checks many bytes at a time).
+pub fn is_visible_ascii(value: &[u8]) -> bool {
+    value.iter().fold(true, |ok, b| {
+        ok & ((0x20..0x7f).contains(b) | (*b == b'\t'))
+    })
 }
 
 /// Whether `wire`, bytes as a message carries them (a field's name, a

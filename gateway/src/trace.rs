@@ -57,26 +57,17 @@ impl TraceContext {
 
     /// The `traceparent` header value.
     pub fn header(&self) -> Option<HeaderValue> {
-        HeaderValue::from_bytes(&self.header_bytes()).ok()
+        HeaderValue::from_bytes(&self.header_bytes()?).ok()
     }
 
     /// The `traceparent` header value's bytes: `00-` trace `-` span `-`
-    /// flags, in lower-case hex, written in place.
-    pub fn header_bytes(&self) -> [u8; 55] {
+    /// flags, in lower-case hex, written in place (no formatting).
+    pub fn header_bytes(&self) -> Option<[u8; 55]> {
         let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        lower_hex(&self.trace_id, &mut buf[3..35]);
-        lower_hex(&self.span_id, &mut buf[36..52]);
-        lower_hex(&[self.flags], &mut buf[53..55]);
-        buf
-    }
-}
-
-/// Writes `bytes` into `out` as lower-case hex, two digits a byte.
-fn lower_hex(bytes: &[u8], out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 0x0f)];
+        hex::encode_to_slice(self.trace_id, &mut buf[3..35]).ok()?;
+        hex::encode_to_slice(self.span_id, &mut buf[36..52]).ok()?;
+        hex::encode_to_slice([self.flags], &mut buf[53..55]).ok()?;
+        Some(buf)
     }
 }
 

@@ -10,7 +10,7 @@
 use std::ops::Range;
 
 use http::{HeaderName, HeaderValue};
-use pingora_error::{ErrorType, OrErr, Result};
+use pingora_error::{ErrorType, OkOrErr, OrErr, Result};
 use pingora_http::RequestHeader;
 
 /// The longest value [`FieldValue::inline`] holds in place.
@@ -42,17 +42,19 @@ impl FieldValue {
         let len = u8::try_from(value.len())
             .ok()
             .filter(|n| usize::from(*n) <= INLINE)?;
-        // One pass with no early exit (the compiler checks many bytes at
-        // a time).
-        let plain = value.iter().fold(true, |ok, b| {
-            ok & ((0x20..0x7f).contains(b) | (*b == b'\t'))
-        });
-        if !plain {
+        if !crate::request_head::is_visible_ascii(value) {
             return None;
         }
         let mut bytes = [0; INLINE];
         bytes[..value.len()].copy_from_slice(value);
         Some(Self::Inline { len, bytes })
+    }
+
+    /// `value` held in place when it can be, else as a `HeaderValue`;
+    /// `None` when it is not a valid field value.
+    pub(crate) fn of_text(value: &str) -> Option<Self> {
+        Self::inline(value.as_bytes())
+            .or_else(|| HeaderValue::from_str(value).ok().map(Self::Shared))
     }
 
     /// A decimal number, as `Content-Length` carries it.
@@ -156,12 +158,8 @@ impl FieldEdits {
     /// Sets `name` to `value` given as text (refused when not a valid
     /// field value).
     pub(super) fn set_str(&mut self, name: &HeaderName, value: &str) -> Result<()> {
-        let value = match FieldValue::inline(value.as_bytes()) {
-            Some(value) => value,
-            None => HeaderValue::from_str(value)
-                .or_err(ErrorType::InvalidHTTPHeader, "invalid header value")?
-                .into(),
-        };
+        let value = FieldValue::of_text(value)
+            .or_err(ErrorType::InvalidHTTPHeader, "invalid header value")?;
         self.set_value(name, value);
         Ok(())
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use pingora_error::{Error, OrErr};
+use pingora_error::{Error, OkOrErr};
 
 use super::ctx::GatewayCtx;
 use crate::client::Client;
@@ -44,7 +44,8 @@ pub(super) fn trace_upstream(
             .unwrap_or_else(|| crate::trace::TraceContext::for_request(client_request)),
     };
     state.trace = Some(trace);
-    if let Some(value) = super::fields::FieldValue::inline(&trace.header_bytes()) {
+    let header = trace.header_bytes();
+    if let Some(value) = header.and_then(|h| super::fields::FieldValue::inline(&h)) {
         edits.set_value(crate::headers::TRACEPARENT.name(), value);
     }
 }
@@ -305,15 +306,10 @@ pub(super) fn forward_headers(
         return Ok(());
     }
     if let Some(f) = forwarded_of(client, ctx) {
-        let value = match super::fields::FieldValue::inline(f.for_header.as_bytes()) {
-            Some(value) => value,
-            None => http::HeaderValue::try_from(f.for_header)
-                .or_err(
-                    pingora_error::ErrorType::InvalidHTTPHeader,
-                    "invalid X-Forwarded-For",
-                )?
-                .into(),
-        };
+        let value = super::fields::FieldValue::of_text(&f.for_header).or_err(
+            pingora_error::ErrorType::InvalidHTTPHeader,
+            "invalid X-Forwarded-For",
+        )?;
         edits.set_value(crate::headers::X_FORWARDED_FOR.name(), value);
         let proto = http::HeaderValue::from_static(f.proto);
         edits.set(crate::headers::X_FORWARDED_PROTO.name(), proto);
