@@ -639,8 +639,13 @@ def wrk_plan(connections: int) -> list[tuple]:
     ]
 
 
-# The closed-loop scenarios run in alternating rounds: weir and its peers.
+# The closed-loop scenarios run in alternating rounds: weir and its peers,
+# PEER_ROUNDS of them (a multiple of the three places in a round, so each
+# peer runs first, second and last equally often; a stall of the host
+# that hits up to four of the nine rounds cannot carry the median of their
+# ratios outside the range of the rounds it missed).
 PEERS = ("weir_weighted", "nginx_weighted", "haproxy_weighted")
+PEER_ROUNDS = 9
 # Idle keep-alive clients whose memory weir_idle_clients measures.
 IDLE_CLIENTS = (1000, 10000)
 
@@ -726,13 +731,19 @@ def main() -> int:
         # The peers (weir, nginx, HAProxy on the weighted route) in
         # alternating rounds, so their ratios compare the same minutes.
         peers = [p for p in plan if p[0] in PEERS]
-        slice_s = max(1, round(seconds / ROUNDS))
+        slice_s = max(1, round(seconds / PEER_ROUNDS))
         if peers:
             log(f"{', '.join(p[0] for p in peers)}: {args.connections} connection(s), "
-                f"{ROUNDS} alternating rounds of {slice_s}s")
+                f"{PEER_ROUNDS} alternating rounds of {slice_s}s, the order rotating")
+        for name, server, script, conns, *path in peers:  # warm-up, not counted
+            wrk(servers[server], script, 1, conns, *path)
         peer_rounds = {p[0]: [] for p in peers}
-        for _ in range(ROUNDS if peers else 0):
-            for name, server, script, conns, *path in peers:
+        for r in range(PEER_ROUNDS if peers else 0):
+            # Whichever proxy runs right after another on the shared CPU
+            # was measured slower (`budget.py`): the order rotates, so
+            # each peer takes each place as often.
+            shift = r % len(peers)
+            for name, server, script, conns, *path in peers[shift:] + peers[:shift]:
                 peer_rounds[name].append(wrk(servers[server], script, slice_s, conns, *path))
         for name, rows in peer_rounds.items():
             sc[name] = merge_rounds(rows)

@@ -134,38 +134,62 @@ fn remove_dot_segments(path: &str) -> String {
 /// The host of a `Host` header or URI authority as routes compare it:
 /// lower-case, no port, no trailing dot. Borrowed when already so.
 pub fn host(raw: &str) -> Result<Cow<'_, str>, Refused> {
-    let port_ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
-    if let Some(v6) = raw.strip_prefix('[') {
-        let (addr, rest) = v6.split_once(']').ok_or(Refused::BadHost)?;
-        let literal = |b: u8| b.is_ascii_hexdigit() || b == b':' || b == b'.';
-        let port_fine = rest.is_empty() || rest.strip_prefix(':').is_some_and(port_ok);
-        if addr.is_empty() || !addr.bytes().all(literal) || !port_fine {
+    host_bytes(raw.as_bytes())
+}
+
+/// [`host`] of a field's bytes as they came (any byte that is not part of
+/// a host name is refused).
+pub fn host_bytes(raw: &[u8]) -> Result<Cow<'_, str>, Refused> {
+    let port_ok = |p: &[u8]| !p.is_empty() && p.iter().all(u8::is_ascii_digit);
+    if let Some(v6) = raw.strip_prefix(b"[") {
+        let close = v6.iter().position(|b| *b == b']').ok_or(Refused::BadHost)?;
+        let (addr, rest) = (&v6[..close], &v6[close + 1..]);
+        let literal = |b: &u8| b.is_ascii_hexdigit() || *b == b':' || *b == b'.';
+        let port_fine = rest.is_empty() || rest.strip_prefix(b":").is_some_and(port_ok);
+        if addr.is_empty() || !addr.iter().all(literal) || !port_fine {
             return Err(Refused::BadHost);
         }
-        return Ok(lower(addr));
+        return Ok(lower(text(addr)?));
     }
-    // One pass over the bytes (every request's host goes through here):
-    // the port after the last `:`, then non-empty labels of letters,
-    // digits, `-` and `_`.
-    let name = match raw.bytes().rposition(|b| b == b':') {
-        Some(colon) if port_ok(&raw[colon + 1..]) => &raw[..colon],
-        Some(_) => return Err(Refused::BadHost),
-        None => raw,
-    };
-    let name = name.strip_suffix('.').unwrap_or(name);
+    // One pass over the name (every request's host goes through here):
+    // non-empty labels of letters, digits, `-` and `_` between dots, one
+    // more dot allowed at the end, then an optional `:` and port.
     let mut label = 0usize;
-    for b in name.bytes() {
+    let mut upper = false;
+    let mut end = raw.len();
+    for (i, &b) in raw.iter().enumerate() {
         match b {
-            b'.' if label == 0 => return Err(Refused::BadHost),
-            b'.' => label = 0,
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => label += 1,
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => label += 1,
+            b'A'..=b'Z' => {
+                label += 1;
+                upper = true;
+            }
+            b'.' if label > 0 => label = 0,
+            b':' if port_ok(&raw[i + 1..]) => {
+                end = i;
+                break;
+            }
             _ => return Err(Refused::BadHost),
         }
     }
-    if label == 0 {
-        return Err(Refused::BadHost);
-    }
-    Ok(lower(name))
+    // A name that ends with no label ends with its one trailing dot (a dot
+    // after no label was refused above), or is empty.
+    let name = match (label, end) {
+        (_, 0) => return Err(Refused::BadHost),
+        (0, _) => &raw[..end - 1],
+        _ => &raw[..end],
+    };
+    let name = text(name)?;
+    Ok(if upper {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    })
+}
+
+/// `b` as text (a host's bytes, checked by the caller, are ASCII).
+fn text(b: &[u8]) -> Result<&str, Refused> {
+    std::str::from_utf8(b).map_err(|_| Refused::BadHost)
 }
 
 /// `s` lower-cased, borrowed when it has no upper-case letter.
@@ -263,6 +287,14 @@ mod tests {
         ] {
             assert_eq!(host(bad), Err(Refused::BadHost), "{bad:?}");
         }
+        // A field's bytes that are no text, or no host, are refused too.
+        for bad in [&b"api\xff.example"[..], b"a\x00", b"[::1\xff]", b"\xc3\xa9"] {
+            assert_eq!(host_bytes(bad), Err(Refused::BadHost), "{bad:?}");
+        }
+        assert!(matches!(
+            host_bytes(b"127.0.0.1:8080"),
+            Ok(Cow::Borrowed("127.0.0.1"))
+        ));
     }
 
     /// The former, plainer implementation of [`host`] (split and all):

@@ -19,7 +19,7 @@ use weir_conf::matching::{Request, path_model};
 
 use crate::client::Downstream;
 use crate::errors::GatewayError;
-use crate::request_head::{RequestHead, visible_ascii};
+use crate::request_head::RequestHead;
 use crate::runtime::RouteRt;
 
 /// Largest body read ahead for its `model` (Pingora's replay buffer).
@@ -142,12 +142,10 @@ pub fn has_body(req: &dyn RequestHead) -> bool {
 pub fn request_host(req: &dyn RequestHead) -> Result<Option<Cow<'_, str>>, GatewayError> {
     let raw = req
         .field(&http::header::HOST)
-        .map(|v| visible_ascii(v).ok_or(crate::normalize::Refused::BadHost))
-        .or_else(|| req.uri().authority().map(|a| Ok(a.as_str())));
+        .or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()));
     match raw {
         None => Ok(None),
-        Some(raw) => raw
-            .and_then(crate::normalize::host)
+        Some(raw) => crate::normalize::host_bytes(raw)
             .map(Some)
             .map_err(|e| GatewayError::BadRequest(e.to_string())),
     }

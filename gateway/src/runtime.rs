@@ -137,12 +137,11 @@ impl RouteRt {
                 p
             }
         };
-        let t = self.config.timeouts;
-        let cap = |d: Duration| remaining.map_or(d, |r| d.min(r));
-        peer.options.connection_timeout = Some(cap(t.connect));
-        peer.options.read_timeout = Some(cap(t.read));
-        peer.options.write_timeout = Some(cap(t.write));
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        let t = self.timeouts(remaining);
+        peer.options.connection_timeout = Some(t.connect);
+        peer.options.read_timeout = Some(t.read);
+        peer.options.write_timeout = Some(t.write);
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE);
         if protocol != Protocol::Http1 {
             // h2c: prior knowledge; h2: ALPN "h2" in the TLS handshake.
             peer.options.set_http_version(2, 2);
@@ -151,6 +150,34 @@ impl RouteRt {
         peer
     }
 }
+
+impl RouteRt {
+    /// An attempt's connect, read and write timeouts: the route's, each
+    /// capped by `remaining` (of the route's total timeout).
+    pub fn timeouts(&self, remaining: Option<Duration>) -> AttemptTimeouts {
+        let t = self.config.timeouts;
+        let cap = |d: Duration| remaining.map_or(d, |r| d.min(r));
+        AttemptTimeouts {
+            connect: cap(t.connect),
+            read: cap(t.read),
+            write: cap(t.write),
+        }
+    }
+}
+
+/// One attempt's timeouts ([`RouteRt::timeouts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptTimeouts {
+    /// To connect to the backend.
+    pub connect: Duration,
+    /// For each read of the answer.
+    pub read: Duration,
+    /// For each write of the request.
+    pub write: Duration,
+}
+
+/// How long an idle upstream connection is kept for reuse.
+pub const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 
 /// A backend's host: its address without the port.
 fn host_of(backend: &Backend) -> String {

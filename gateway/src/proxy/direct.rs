@@ -27,7 +27,7 @@ use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::Stream;
-use pingora_core::upstreams::peer::{HttpPeer, Peer};
+use pingora_core::upstreams::peer::Peer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -36,12 +36,13 @@ use weir_conf::model::Protocol;
 
 use super::ctx::GatewayCtx;
 use super::head::{AnswerHead, RawAnswer};
-use super::plain::{self, Conn};
+use super::plain::{self, Conn, Target};
 use super::respond::Answer;
 use super::{body, observe, request, respond, upstream};
 use crate::client::{Client, Downstream};
 use crate::errors::GatewayError;
 use crate::request_head::{RawRequest, RequestHead, same_name};
+use crate::runtime::UPSTREAM_IDLE;
 use crate::state::Shared;
 
 /// Most header fields in one head (Pingora's bound too).
@@ -248,7 +249,7 @@ impl Direct {
         let shared = &self.shared;
         let raw = client.body().await?;
         loop {
-            let peer = upstream::choose_peer(shared, ctx).map_err(|e| respond::refuse(ctx, e))?;
+            let peer = upstream::choose_target(shared, ctx).map_err(|e| respond::refuse(ctx, e))?;
             // The route's filters (or usage, or a rename) take the body
             // whole, again for each attempt: a fallback arm may rename it
             // otherwise. The result's length is known before the head goes,
@@ -319,7 +320,7 @@ impl Direct {
             let mut out = Vec::with_capacity(512);
             resp.write_h1(&mut out);
             client.answered = Some(resp.status().as_u16());
-            let read_timeout = peer.options.read_timeout;
+            let read_timeout = peer.read_timeout();
             let mut writer = BodyWriter {
                 stream: client.stream,
                 out,
@@ -342,8 +343,14 @@ impl Direct {
                         plain::keep(addr, conn, since);
                     }
                     Conn::Layered(conn) => {
-                        self.connector
-                            .release_stream(conn, peer.reuse_hash(), peer.idle_timeout());
+                        // (Only a layered target makes a layered connection.)
+                        if let Target::Layered(peer) = &peer {
+                            self.connector.release_stream(
+                                conn,
+                                peer.reuse_hash(),
+                                peer.idle_timeout(),
+                            );
+                        }
                     }
                 }
             }
@@ -352,18 +359,22 @@ impl Direct {
     }
 
     /// A connection to `peer` and whether it was reused: a plain one of
-    /// this thread's ([`plain`]) when the peer asks for nothing more
-    /// ([`plain::target`]; `now` to judge idle ones by), else Pingora's.
-    async fn connect(&self, peer: &HttpPeer, now: std::time::Instant) -> Result<(Conn, bool)> {
-        let Some(addr) = plain::target(peer) else {
-            let (conn, reused) = self.connector.get_stream(peer).await?;
-            return Ok((Conn::Layered(conn), reused));
-        };
-        if let Some(conn) = plain::reuse(addr, now, peer.idle_timeout()) {
-            return Ok((Conn::Plain(conn, addr), true));
+    /// this thread's ([`plain`]; `now` to judge idle ones by), else
+    /// Pingora's.
+    async fn connect(&self, peer: &Target, now: std::time::Instant) -> Result<(Conn, bool)> {
+        match peer {
+            Target::Plain { addr, timeouts } => {
+                if let Some(conn) = plain::reuse(*addr, now, Some(UPSTREAM_IDLE)) {
+                    return Ok((Conn::Plain(conn, *addr), true));
+                }
+                let conn = plain::connect(*addr, Some(timeouts.connect)).await?;
+                Ok((Conn::Plain(conn, *addr), false))
+            }
+            Target::Layered(peer) => {
+                let (conn, reused) = self.connector.get_stream(&**peer).await?;
+                Ok((Conn::Layered(conn), reused))
+            }
         }
-        let conn = plain::connect(addr, peer.options.connection_timeout).await?;
-        Ok((Conn::Plain(conn, addr), false))
     }
 }
 
@@ -852,7 +863,7 @@ struct UpstreamRequest<'a> {
 /// the answer's head.
 async fn exchange(
     conn: &mut Conn,
-    peer: &HttpPeer,
+    peer: &Target,
     up: UpstreamRequest<'_>,
     clock: &mut Clock,
 ) -> Result<Answered> {
@@ -869,14 +880,9 @@ async fn exchange(
         conn.write_all(&out).await?;
         conn.flush().await
     };
-    with_timeout(
-        clock,
-        peer.options.write_timeout,
-        write,
-        ErrorType::WriteTimedout,
-    )
-    .await
-    .map_err(|e| e.into_up())?;
+    with_timeout(clock, peer.write_timeout(), write, ErrorType::WriteTimedout)
+        .await
+        .map_err(|e| e.into_up())?;
     let mut buf = BytesMut::with_capacity(4096);
     let read = async {
         loop {
@@ -903,14 +909,9 @@ async fn exchange(
             }
         }
     };
-    let end = with_timeout(
-        clock,
-        peer.options.read_timeout,
-        read,
-        ErrorType::ReadTimedout,
-    )
-    .await
-    .map_err(|e| e.into_up())?;
+    let end = with_timeout(clock, peer.read_timeout(), read, ErrorType::ReadTimedout)
+        .await
+        .map_err(|e| e.into_up())?;
     let head = buf.split_to(end).freeze();
     let (resp, framing, upstream_keeps) =
         parse_response(&head, req.method()).map_err(|e| e.into_up())?;

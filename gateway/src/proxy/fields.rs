@@ -130,11 +130,25 @@ impl Edit {
     }
 }
 
+/// A bit chosen by a name's length and its first and last bytes, the same
+/// in any case (`| 0x20` folds letters and leaves digits and `-` as they
+/// are): two names with different bits differ, so a set of names kept as
+/// the union of their bits tells most absent names with no comparison.
+pub(super) fn name_bit(name: &[u8]) -> u64 {
+    let fold = |b: Option<&u8>| usize::from(b.map_or(0, |b| b | 0x20));
+    let at = name.len() * 7 + fold(name.first()) * 3 + fold(name.last());
+    1 << (at % 64)
+}
+
 /// The edits of one upstream request, in order: for each name, the last
 /// one decides.
 #[derive(Default)]
 pub(super) struct FieldEdits {
-    edits: Vec<Edit>,
+    /// Each edit, and whether it still decides its name (a later edit of
+    /// the same name clears that when it is pushed).
+    edits: Vec<(Edit, bool)>,
+    /// The union of the edits' [`name_bit`]s.
+    names: u64,
 }
 
 impl FieldEdits {
@@ -142,6 +156,7 @@ impl FieldEdits {
     pub(super) fn with_capacity(n: usize) -> Self {
         Self {
             edits: Vec::with_capacity(n),
+            names: 0,
         }
     }
 
@@ -152,7 +167,7 @@ impl FieldEdits {
 
     /// Sets `name` to `value` alone.
     pub(super) fn set_value(&mut self, name: &HeaderName, value: FieldValue) {
-        self.edits.push(Edit::Set(name.clone(), value));
+        self.push(Edit::Set(name.clone(), value));
     }
 
     /// Sets `name` to `value` given as text (refused when not a valid
@@ -166,12 +181,34 @@ impl FieldEdits {
 
     /// Removes every value of `name`.
     pub(super) fn remove(&mut self, name: &HeaderName) {
-        self.edits.push(Edit::Remove(name.clone()));
+        self.push(Edit::Remove(name.clone()));
+    }
+
+    /// Adds `edit` last; an earlier edit of its name decides no more
+    /// (names are compared only when their bits say they may be equal).
+    fn push(&mut self, edit: Edit) {
+        let bit = name_bit(edit.name().as_str().as_bytes());
+        if self.names & bit != 0 {
+            for (earlier, decides) in &mut self.edits {
+                if *decides && earlier.name() == edit.name() {
+                    *decides = false;
+                }
+            }
+        }
+        self.names |= bit;
+        self.edits.push((edit, true));
+    }
+
+    /// The edits that still decide their names, in order.
+    fn deciding(&self) -> impl Iterator<Item = &Edit> {
+        self.edits
+            .iter()
+            .filter_map(|(edit, decides)| decides.then_some(edit))
     }
 
     /// Applies the edits to `req`, in order.
     pub(super) fn apply(self, req: &mut RequestHeader) -> Result<()> {
-        for edit in self.edits {
+        for (edit, _) in self.edits {
             match edit {
                 Edit::Set(name, value) => req.insert_header(name, value.to_header_value()?)?,
                 Edit::Remove(name) => {
@@ -185,40 +222,24 @@ impl FieldEdits {
     /// Whether an edit decides the field named `name` as it came on the
     /// wire (in any case).
     pub(super) fn decides_raw(&self, name: &[u8]) -> bool {
-        self.edits
-            .iter()
-            .any(|e| crate::request_head::same_name(name, e.name().as_str().as_bytes()))
+        self.names & name_bit(name) != 0
+            && self
+                .deciding()
+                .any(|e| crate::request_head::same_name(name, e.name().as_str().as_bytes()))
     }
 
     /// What the edits make of `name` (lower case): `Some(Some(value))`
     /// when its last edit sets it, `Some(None)` when that removes it,
     /// `None` when no edit names it.
     pub(super) fn decided(&self, name: &str) -> Option<Option<&[u8]>> {
-        self.edits
-            .iter()
-            .rev()
+        if self.names & name_bit(name.as_bytes()) == 0 {
+            return None;
+        }
+        self.deciding()
             .find(|e| e.name().as_str() == name)
             .map(|e| match e {
                 Edit::Set(_, value) => Some(value.as_bytes()),
                 Edit::Remove(_) => None,
-            })
-    }
-
-    /// The fields set in the end: each name's last edit, when it sets.
-    fn sets(&self) -> impl Iterator<Item = (&HeaderName, &FieldValue)> {
-        self.edits
-            .iter()
-            .enumerate()
-            .filter_map(|(i, edit)| match edit {
-                Edit::Set(name, value)
-                    if !self
-                        .edits
-                        .get(i + 1..)
-                        .is_some_and(|later| later.iter().any(|l| l.name() == name)) =>
-                {
-                    Some((name, value))
-                }
-                _ => None,
             })
     }
 
@@ -242,10 +263,13 @@ impl FieldEdits {
         self.write_sets(out);
     }
 
-    /// Writes the fields the edits set, as HTTP/1 field lines.
+    /// Writes the fields the edits set in the end (each name's last edit,
+    /// when it sets), as HTTP/1 field lines.
     fn write_sets(&self, out: &mut Vec<u8>) {
-        for (name, value) in self.sets() {
-            write_line(name, value, out);
+        for edit in self.deciding() {
+            if let Edit::Set(name, value) = edit {
+                write_line(name, value, out);
+            }
         }
     }
 }
@@ -293,9 +317,12 @@ pub(super) fn write_lines(
 /// writes it), others as they are stored (lower case).
 fn write_line(name: &HeaderName, value: &FieldValue, out: &mut Vec<u8>) {
     let titled = pingora_http::titled_header_name_str(name);
-    out.extend_from_slice(titled.unwrap_or(name.as_str()).as_bytes());
+    let name = titled.unwrap_or(name.as_str()).as_bytes();
+    let value = value.as_bytes();
+    out.reserve(name.len() + value.len() + 4);
+    out.extend_from_slice(name);
     out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -433,6 +460,30 @@ pub(super) mod tests {
         for n in [0, 7, 12, 1_000_000, u64::MAX] {
             assert_eq!(FieldValue::number(n).as_bytes(), n.to_string().as_bytes());
         }
+    }
+
+    #[test]
+    fn names_that_share_a_bit_are_still_told_apart() {
+        // Same length, first and last bytes: the same bit, different names.
+        let (a, b) = (
+            HeaderName::from_static("x-a1"),
+            HeaderName::from_static("x-b1"),
+        );
+        assert_eq!(name_bit(b"x-a1"), name_bit(b"x-b1"));
+        let mut e = FieldEdits::default();
+        e.set(&a, HeaderValue::from_static("1"));
+        e.set(&b, HeaderValue::from_static("2"));
+        e.set(&a, HeaderValue::from_static("3"));
+        e.remove(&HeaderName::from_static("x-c1"));
+        assert_eq!(e.decided("x-a1"), Some(Some(&b"3"[..])));
+        assert_eq!(e.decided("x-b1"), Some(Some(&b"2"[..])));
+        assert_eq!(e.decided("x-c1"), Some(None));
+        assert_eq!(e.decided("x-d1"), None);
+        assert!(e.decides_raw(b"X-A1") && e.decides_raw(b"x-C1"));
+        assert!(!e.decides_raw(b"x-d1") && !e.decides_raw(b"host"));
+        let mut wire = Vec::new();
+        e.write_h1(b"", &[], |_| true, &mut wire);
+        assert_eq!(wire, b"x-b1: 2\r\nx-a1: 3\r\n");
     }
 
     #[test]

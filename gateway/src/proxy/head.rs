@@ -14,7 +14,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use pingora_error::Result;
 use pingora_http::{ResponseHeader, StaticHeaderName};
 
-use super::fields::{FieldEdits, FieldValue};
+use super::fields::{FieldEdits, FieldValue, name_bit};
 
 /// What the hooks need of an answer's head.
 pub(super) trait AnswerHead {
@@ -87,15 +87,6 @@ pub(super) struct RawAnswer {
     /// the hooks ask an answer for are not in it).
     names: u64,
     edits: FieldEdits,
-}
-
-/// A bit chosen by a name's length and its first and last bytes, the same
-/// in any case (`| 0x20` folds letters and leaves digits and `-` as they
-/// are).
-fn name_bit(name: &[u8]) -> u64 {
-    let fold = |b: Option<&u8>| usize::from(b.map_or(0, |b| b | 0x20));
-    let at = name.len() * 7 + fold(name.first()) * 3 + fold(name.last());
-    1 << (at % 64)
 }
 
 impl RawAnswer {

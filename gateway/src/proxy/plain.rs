@@ -4,10 +4,8 @@
 //! buffer and timing records around the socket) and its connection pool
 //! (a reuse hash of the peer, a lock and a map per get and per return).
 //!
-//! Peers with TLS, or with any connection option beyond the timeouts the
-//! gateway sets (a proxy, a bound local address, keep-alive probes, a
-//! custom connector...), are connected by Pingora as before: see
-//! [`target`].
+//! Peers with TLS, or at an address other than an IP's, are connected by
+//! Pingora as before: see [`Target`].
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -16,10 +14,15 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use pingora_core::protocols::Stream;
-use pingora_core::upstreams::peer::{HttpPeer, Peer};
+use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
+use pingora_load_balancing::Backend;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use weir_conf::model::Protocol;
+
+use crate::pool::PoolRt;
+use crate::runtime::{AttemptTimeouts, RouteRt};
 
 /// Most idle connections one worker thread keeps (Pingora's pool's
 /// default size); the longest idle goes first.
@@ -33,26 +36,65 @@ pub(super) enum Conn {
     Layered(Stream),
 }
 
-/// The address to connect to with a plain `TcpStream`, when the peer
-/// asks for nothing else: no TLS, an IP address, and none of the options
-/// Pingora's connector applies besides its timeouts.
-pub(super) fn target(peer: &HttpPeer) -> Option<SocketAddr> {
-    let o = &peer.options;
-    let plain = !peer.is_tls()
-        && peer.proxy.is_none()
-        && peer.group_key == 0
-        && o.bind_to.is_none()
-        && o.tcp_keepalive.is_none()
-        && o.tcp_recv_buf.is_none()
-        && o.dscp.is_none()
-        && !o.tcp_fast_open
-        && o.custom_l4.is_none()
-        && o.upstream_tcp_sock_tweak_hook.is_none()
-        && o.total_connection_timeout.is_none();
-    if !plain {
-        return None;
+/// Where an attempt of the direct path goes.
+pub(super) enum Target {
+    /// A backend at an IP address, over HTTP/1 without TLS: connected
+    /// and kept here, with no `HttpPeer` made for the attempt.
+    Plain {
+        /// The backend's address.
+        addr: SocketAddr,
+        /// The attempt's timeouts.
+        timeouts: AttemptTimeouts,
+    },
+    /// Any other (TLS, a Unix socket): Pingora's peer and connector.
+    Layered(Box<HttpPeer>),
+}
+
+impl Target {
+    /// The target of an attempt at `backend` of `pool` on `route`
+    /// (`remaining` of the route's total timeout).
+    pub(super) fn new(
+        route: &RouteRt,
+        backend: &Backend,
+        pool: &PoolRt,
+        remaining: Option<Duration>,
+    ) -> Self {
+        match backend.addr.as_inet() {
+            Some(addr) if pool.tls.is_none() && pool.config.protocol == Protocol::Http1 => {
+                Self::Plain {
+                    addr: *addr,
+                    timeouts: route.timeouts(remaining),
+                }
+            }
+            _ => Self::Layered(route.peer(backend, pool, remaining)),
+        }
     }
-    peer.address().as_inet().copied()
+
+    /// The limit on each read of the answer.
+    pub(super) fn read_timeout(&self) -> Option<Duration> {
+        match self {
+            Self::Plain { timeouts, .. } => Some(timeouts.read),
+            Self::Layered(peer) => peer.options.read_timeout,
+        }
+    }
+
+    /// The limit on each write of the request.
+    pub(super) fn write_timeout(&self) -> Option<Duration> {
+        match self {
+            Self::Plain { timeouts, .. } => Some(timeouts.write),
+            Self::Layered(peer) => peer.options.write_timeout,
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    /// As Pingora shows its peers.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Plain { addr, .. } => write!(f, "addr: {addr}, scheme: HTTP"),
+            Self::Layered(peer) => peer.fmt(f),
+        }
+    }
 }
 
 /// An idle connection and when it became idle.

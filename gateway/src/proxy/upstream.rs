@@ -7,12 +7,16 @@ use std::time::{Duration, Instant};
 
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
+use pingora_load_balancing::Backend;
 
 use super::ctx::{GatewayCtx, Routed, UpstreamState};
 use super::head::AnswerHead;
+use super::plain::Target;
 use crate::breaker::Outcome;
 use crate::client::Client;
 use crate::errors::GatewayError;
+use crate::pool::PoolRt;
+use crate::runtime::RouteRt;
 use crate::state::Shared;
 use crate::window::now_ms;
 
@@ -80,6 +84,21 @@ pub(super) fn choose_peer(
     shared: &Shared,
     ctx: &mut GatewayCtx,
 ) -> Result<Box<HttpPeer>, GatewayError> {
+    choose(shared, ctx, RouteRt::peer)
+}
+
+/// [`choose_peer`] for the direct path: a backend it reaches over plain
+/// TCP needs no `HttpPeer` ([`Target`]).
+pub(super) fn choose_target(shared: &Shared, ctx: &mut GatewayCtx) -> Result<Target, GatewayError> {
+    choose(shared, ctx, Target::new)
+}
+
+/// The choice of [`choose_peer`], its attempt described by `describe`.
+fn choose<T>(
+    shared: &Shared,
+    ctx: &mut GatewayCtx,
+    describe: impl Fn(&RouteRt, &Backend, &PoolRt, Option<Duration>) -> T,
+) -> Result<T, GatewayError> {
     // An attempt nobody settled (a stale keep-alive connection retried by
     // Pingora) says nothing about the backend.
     ctx.upstream.settle(Outcome::Ignored);
@@ -111,7 +130,7 @@ pub(super) fn choose_peer(
         return match arm.pool.pick_tagged(tag) {
             Some((backend, in_flight)) if !up.tried.contains(&backend.addr) => {
                 up.in_flight = Some(in_flight);
-                let peer = route.peer(&backend, &arm.pool, remaining);
+                let peer = describe(route, &backend, &arm.pool, remaining);
                 up.backend = Some(backend);
                 Ok(peer)
             }
@@ -130,7 +149,7 @@ pub(super) fn choose_peer(
             up.attempt = attempt;
             // Ends the previous attempt's count, if any.
             up.in_flight = Some(in_flight);
-            let peer = route.peer(&backend, &arm.pool, remaining);
+            let peer = describe(route, &backend, &arm.pool, remaining);
             up.backend = Some(backend);
             return Ok(peer);
         }
@@ -168,7 +187,7 @@ pub(super) fn choose_peer(
 pub(super) fn connect_failed(
     shared: &Shared,
     ctx: &mut GatewayCtx,
-    peer: &HttpPeer,
+    peer: &dyn std::fmt::Display,
     mut e: Box<Error>,
 ) -> Box<Error> {
     if let Some(addr) = ctx.upstream.backend.as_ref().map(|b| b.addr.clone()) {
@@ -246,7 +265,7 @@ pub(super) fn answered(
 /// on a reused connection that the upstream had closed is sent again, if
 /// that is safe).
 pub(super) fn proxy_failed(
-    peer: &HttpPeer,
+    peer: &dyn std::fmt::Display,
     client: &dyn Client,
     e: Box<Error>,
     ctx: &mut GatewayCtx,
