@@ -95,33 +95,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run  # noqa: E402  (the load test's own process setup)
-from harness import Stack, free_port, log  # noqa: E402
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def family(pid: int) -> list[int]:
-    """`pid` and its direct children (nginx's worker)."""
-    pids = [pid]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                pids.append(int(entry.name))
-    return pids
-
+from harness import Stack, cpu_times, family, free_port, log  # noqa: E402
 
 def cpu(pids: list[int]) -> tuple[float, float, int, int]:
     """User and kernel CPU seconds, voluntary and involuntary switches."""
-    user = kernel = 0.0
+    user, kernel = cpu_times(pids)
     vol = invol = 0
     for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        user += int(fields[11]) / TICK
-        kernel += int(fields[12]) / TICK
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("voluntary_ctxt_switches"):
                 vol += int(line.split()[1])

@@ -32,6 +32,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def family(pid: int) -> list[int]:
+    """`pid` and its direct children (nginx's worker)."""
+    pids = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                pids.append(int(entry.name))
+    return pids
+
+
+def cpu_times(pids: list[int]) -> tuple[float, float]:
+    """User and kernel CPU seconds of `pids` so far (all their threads;
+    /proc/PID/stat, in clock ticks)."""
+    user = kernel = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        user += int(fields[11]) / TICK
+        kernel += int(fields[12]) / TICK
+    return user, kernel
+
+
 def pin(cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu)] if shutil.which("taskset") and (os.cpu_count() or 1) > cpu else []
 

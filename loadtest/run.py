@@ -41,8 +41,8 @@ import tomllib
 from pathlib import Path
 
 import real_models
-from harness import (HERE, ROOT, Stack, free_port, listening_fields, log, ort_lib, pin, read_line, sse_load,
-                     wait_http, wrk)
+from harness import (HERE, ROOT, Stack, cpu_times, family, free_port, listening_fields, log, ort_lib, pin,
+                     read_line, sse_load, wait_http, wrk)
 
 TOOLS = HERE / ".tools"
 MODELS = ROOT / "backend-engine" / "models" / "repo"
@@ -448,6 +448,9 @@ def merge_rounds(rounds: list[dict]) -> dict:
     for key in ("p50", "p90", "p99", "p999", "mean"):
         row[key] = statistics.median(r[key] for r in rounds)
     row["rps"] = row["requests"] / (row["duration_us"] / 1e6)
+    if all("cpu_us" in r for r in rounds):
+        row["cpu_us_rounds"] = [r["cpu_us"] for r in rounds]
+        row["cpu_us"] = statistics.median(row["cpu_us_rounds"])
     return row
 
 
@@ -501,6 +504,14 @@ def evaluate(results: dict, targets: dict, quick: bool) -> list[str]:
             results["ratios"][f"rps_weir_over_{peer}_max"] = max(per_round)
             if peer == "nginx":
                 checks.append(("weir rps / nginx rps (median of rounds)", ratio, ">=", t["rps_ratio_vs_nginx_min"]))
+            # Requests per CPU second, weir over the peer, round by round:
+            # the rate each would reach with the proxy's core to itself.
+            if "cpu_us_rounds" in ours and "cpu_us_rounds" in theirs:
+                per_round = [b / a for a, b in zip(ours["cpu_us_rounds"], theirs["cpu_us_rounds"]) if a]
+                if per_round:
+                    results["ratios"][f"per_cpu_weir_over_{peer}"] = statistics.median(per_round)
+                    results["ratios"][f"per_cpu_weir_over_{peer}_min"] = min(per_round)
+                    results["ratios"][f"per_cpu_weir_over_{peer}_max"] = max(per_round)
     if "weir_one_in_flight" in r and "direct_one_in_flight" in r:
         added = r["weir_one_in_flight"]["p99"] - r["direct_one_in_flight"]["p99"]
         results["ratios"]["added_p99_one_in_flight_us"] = added
@@ -646,6 +657,8 @@ def wrk_plan(connections: int) -> list[tuple]:
 # ratios outside the range of the rounds it missed).
 PEERS = ("weir_weighted", "nginx_weighted", "haproxy_weighted")
 PEER_ROUNDS = 9
+# The process each peer runs as (its workers are its children).
+PEER_PROCS = {"weir": "weir", "nginx": "nginx-proxy", "haproxy": "haproxy"}
 # Idle keep-alive clients whose memory weir_idle_clients measures.
 IDLE_CLIENTS = (1000, 10000)
 
@@ -744,7 +757,15 @@ def main() -> int:
             # each peer takes each place as often.
             shift = r % len(peers)
             for name, server, script, conns, *path in peers[shift:] + peers[:shift]:
-                peer_rounds[name].append(wrk(servers[server], script, slice_s, conns, *path))
+                # The proxy's CPU time in the round, per request: what
+                # the host's spells move least (a stall slows the round's
+                # rate, not the work each request takes).
+                pids = family(stack.procs[PEER_PROCS[server]].pid)
+                before = sum(cpu_times(pids))
+                row = wrk(servers[server], script, slice_s, conns, *path)
+                if row["requests"]:
+                    row["cpu_us"] = (sum(cpu_times(pids)) - before) / row["requests"] * 1e6
+                peer_rounds[name].append(row)
         for name, rows in peer_rounds.items():
             sc[name] = merge_rounds(rows)
         for name, server, script, conns, *path in plan:
