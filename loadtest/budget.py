@@ -97,6 +97,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # noqa: E402  (the load test's own process setup)
 from harness import Stack, cpu_times, family, free_port, log  # noqa: E402
 
+
 def cpu(pids: list[int]) -> tuple[float, float, int, int]:
     """User and kernel CPU seconds, voluntary and involuntary switches."""
     user, kernel = cpu_times(pids)

@@ -149,9 +149,7 @@ impl RouteRt {
         }
         peer
     }
-}
 
-impl RouteRt {
     /// An attempt's connect, read and write timeouts: the route's, each
     /// capped by `remaining` (of the route's total timeout).
     pub fn timeouts(&self, remaining: Option<Duration>) -> AttemptTimeouts {
